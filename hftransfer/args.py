@@ -1,0 +1,180 @@
+"""Settings as `HfArgumentParser` dataclasses: one set drives the command line, YAML/JSON configs and the saved record.
+
+Names follow the Hugging Face example scripts where they overlap, and every `TrainingArguments` flag is accepted.
+Precedence: built-in defaults < automatic choices (made from the data and hardware) < config file < command line.
+Only settings the user did not give are chosen automatically, so `explicit` remembers what the user gave.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+STRATEGIES = ("staged", "feature_extraction", "fine_tune", "full")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id, local folder, or `zoo:NAME` (see `hftransfer zoo list`). "
+                                        "Default: the recipe's own."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub checkpoint."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code from the checkpoint's repository. Off: only turn it on for "
+                                         "repositories you trust."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub id or local dataset folder for load_dataset."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder: one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder for validation."})
+    train_file: str | None = field(default=None, metadata={"help": "CSV, JSON, JSON Lines or Parquet file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation file, same formats."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    text_column_names: str = field(default="text", metadata={"help": "Text column, or two comma-separated for pairs."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of training data held out when no validation set is given."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training data (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation data (debugging)."})
+    max_seq_length: int | None = field(default=None, metadata={"help": "Token limit; default: the model's, capped."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Square input size in pixels. Default: chosen from the images' own size, at "
+                                        "most the checkpoint's (small images are not blown up to 224 px)."})
+    augment: bool | None = field(
+        default=None, metadata={"help": "Random crop and horizontal flip while the base trains. Default: off."})
+
+
+@dataclass
+class TransferArguments:
+    strategy: str = field(
+        default="staged",
+        metadata={"help": "staged: train the new head on the frozen base, then fine-tune the whole model at a lower "
+                          "rate. feature_extraction: train the head only. fine_tune: train the head and the last "
+                          "blocks (--unfreeze_last_n, default 2). full: train everything.",
+                  "choices": STRATEGIES})
+    freeze: list[str] = field(default_factory=list, metadata={
+        "help": "Parameter-name patterns to freeze (globs like 'bert.encoder.layer.[0-3].*', or 're:REGEX').",
+        "nargs": "*"})
+    unfreeze: list[str] = field(default_factory=list, metadata={
+        "help": "Patterns to train even where the strategy or --freeze froze them.", "nargs": "*"})
+    unfreeze_last_n: int | None = field(
+        default=None, metadata={"help": "Train the last N blocks of the base (and what follows them)."})
+    head_epochs: float = field(
+        default=10, metadata={"help": "Epochs for the head on the frozen base (stage 1 of `staged`, or the "
+                                      "feature-extraction run)."})
+    head_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the head-only stage."})
+    cache_features: bool = field(
+        default=True, metadata={"help": "When the whole base is frozen, run it once and train the head on stored "
+                                        "features (same result, a fraction of the time)."})
+    reset_bn_momentum: bool = field(
+        default=True, metadata={"help": "Give trainable BatchNorm layers PyTorch's momentum 0.1 when the checkpoint "
+                                        "carries a TensorFlow-style decay (> 0.5, e.g. MobileNetV2's 0.997)."})
+
+
+@dataclass
+class TransferTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults for transfer learning on a few thousand examples.
+
+    The learning rate and epochs given here are those of the fine-tuning stage; the head stage has its own.
+    """
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where the model and results are written."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the stage that trains the "
+                                                                 "base (AdamW, one-cycle warm-up then decay)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the stage that trains the base."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up: steps, or a fraction of them if < 1."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per device for evaluation."})
+    eval_strategy: str = field(default="no", metadata={"help": "When to evaluate during training; the final "
+                                                               "evaluation always runs."})
+    save_strategy: str = field(default="no", metadata={"help": "When to save checkpoints; the final model is always "
+                                                               "saved."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns: transforms run lazily."})
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+
+
+# Defaults of parent fields whose types HfArgumentParser cannot redeclare in a subclass.
+TRAINING_DEFAULTS = {"report_to": "none"}  # nothing leaves the machine unless asked
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TransferArguments, TransferTrainingArguments)
+
+
+@dataclass
+class RunArguments:
+    model: ModelArguments
+    data: DataArguments
+    transfer: TransferArguments
+    training: TransferTrainingArguments
+    explicit: frozenset[str]  # the settings the user gave in a config file or on the command line
+
+    def given(self, name: str) -> bool:
+        return name in self.explicit
+
+    def to_dict(self) -> dict:
+        """A record of the run without secrets (`hub_token` never leaves memory)."""
+        record = {}
+        for part in (self.model, self.data, self.transfer):
+            record.update(asdict(part))
+        record.update({k: v for k, v in self.training.to_dict().items() if "token" not in k})
+        return record
+
+
+def _config_file(argv: list[str]) -> tuple[Path | None, list[str]]:
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        return Path(argv[0]), argv[1:]
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SystemExit("--config needs a file")
+        return Path(argv[i + 1]), argv[:i] + argv[i + 2:]
+    return None, argv
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise SystemExit(f"Config file not found: {path}")
+    text = path.read_text()
+    config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(config, dict):
+        raise SystemExit(f"{path}: expected a mapping of setting -> value at the top level")
+    return config
+
+
+def _flag_names(argv: list[str]) -> set[str]:
+    names = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            names.add(name.removeprefix("no_"))
+            names.add(name)
+    return names
+
+
+def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> RunArguments:
+    """Parse `[config.yaml] [--flag value ...]`; unknown settings are errors that name them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
+    config_path, argv = _config_file(argv)
+    config = _read_config(config_path) if config_path else {}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise SystemExit(f"{config_path}: unknown setting(s) {', '.join(unknown)}")
+    parser.set_defaults(**{**TRAINING_DEFAULTS, **(defaults or {}), **config})
+    model, data, transfer, training, rest = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False)
+    if rest:
+        raise SystemExit(f"Unknown argument(s): {' '.join(rest)}. See --help for the settings.")
+    explicit = frozenset((set(config) | _flag_names(argv)) & known)
+    return RunArguments(model, data, transfer, training, explicit)

@@ -1,0 +1,232 @@
+"""Load, check and split labelled data, the same way for images and text, before any training step.
+
+Sources, in order of precedence: `--dataset_name` (Hub id or local dataset folder), `--train_dir` (one sub-folder per
+class), `--train_file` (CSV, JSON, JSON Lines, Parquet), else the recipe's embedded sample. Every row that cannot be
+used is either an error that names it or a counted skip reported before training and again at the end: never a
+crash after minutes of training, never silent loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+
+if TYPE_CHECKING:
+    from .args import DataArguments
+    from .tasks import TaskAdapter
+
+logger = logging.getLogger(__name__)
+
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """Input data that cannot be trained on; the message names the file, row, column or parameter."""
+
+
+@dataclass
+class DataReport:
+    source: str = ""
+    skipped: dict[str, Counter] = field(default_factory=dict)  # split -> reason -> count
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few offending items
+
+    def skip(self, split: str, reason: str, item: str) -> None:
+        self.skipped.setdefault(split, Counter())[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < 3:
+            shown.append(item)
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(sum(c.values()) for c in self.skipped.values())
+
+    def summary(self) -> str:
+        if not self.total_skipped:
+            return f"Data from {self.source}: every row usable."
+        lines = [f"Data from {self.source}: skipped {self.total_skipped} unusable row(s):"]
+        for split, reasons in self.skipped.items():
+            for reason, count in reasons.items():
+                lines.append(f"  {split}: {count} x {reason} (e.g. {', '.join(self.examples[reason])})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "skipped": {s: dict(c) for s, c in self.skipped.items()},
+                "examples": self.examples}
+
+
+# ---------------------------------------------------------------- sources
+
+def _load_folder(folder: str, task: "TaskAdapter", split: str, report: DataReport) -> Dataset:
+    """One sub-folder per class. Every file is tried; the ones the task cannot read are counted, not dropped quietly."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{split} folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders (expected {root}/<label>/<file>)")
+    paths, labels = [], []
+    for label in classes:
+        for path in sorted(p for p in (root / label).rglob("*") if p.is_file()):
+            problem = task.check_file(path)
+            if problem:
+                report.skip(split, problem, str(path))
+            else:
+                paths.append(str(path))
+                labels.append(label)
+    for stray in sorted(p for p in root.iterdir() if p.is_file()):
+        report.skip(split, "file outside any class folder", str(stray))
+    if not paths:
+        raise DataError(f"{root}: no readable files in {len(classes)} class folder(s)")
+    return task.dataset_from_files(paths, labels)
+
+
+def _load_file(path: str, split: str) -> Dataset:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{split} file not found: {file}")
+    fmt = FILE_FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{file}: unknown format '{file.suffix}' (use {', '.join(sorted(FILE_FORMATS))})")
+    try:
+        return load_dataset(fmt, data_files={split: str(file)}, split=split,
+                            **({"delimiter": "\t"} if file.suffix.lower() == ".tsv" else {}))
+    except Exception as err:  # pyarrow/pandas parse errors carry the row; add the file
+        raise DataError(f"{file}: cannot be read as {fmt}: {err}") from err
+
+
+def load_raw(args: "DataArguments", task: "TaskAdapter", report: DataReport) -> DatasetDict:
+    if args.dataset_name:
+        report.source = args.dataset_name
+        loaded = load_dataset(args.dataset_name, args.dataset_config_name)
+        splits = {"train": loaded["train"]}
+        for name in ("validation", "valid", "val", "test"):
+            if name in loaded:
+                splits["validation"] = loaded[name]
+                break
+        return DatasetDict(splits)
+    if args.train_dir:
+        report.source = args.train_dir
+        splits = {"train": _load_folder(args.train_dir, task, "train", report)}
+        if args.validation_dir:
+            splits["validation"] = _load_folder(args.validation_dir, task, "validation", report)
+        return DatasetDict(splits)
+    if args.train_file:
+        report.source = args.train_file
+        splits = {"train": _load_file(args.train_file, "train")}
+        if args.validation_file:
+            splits["validation"] = _load_file(args.validation_file, "validation")
+        return DatasetDict(splits)
+    if args.validation_dir or args.validation_file:
+        raise DataError("A validation set was given without a training set (--train_dir / --train_file)")
+    report.source = f"embedded sample ({task.embedded_name})"
+    return task.load_embedded()
+
+
+# ---------------------------------------------------------------- labels
+
+def _check_columns(splits: DatasetDict, needed: list[str], where: str) -> None:
+    for split, dataset in splits.items():
+        missing = [c for c in needed if c not in dataset.column_names]
+        if missing:
+            raise DataError(f"{where} ({split}): no column {', '.join(map(repr, missing))}; the columns are "
+                            f"{', '.join(dataset.column_names)}. Name yours with --label_column_name / "
+                            f"--image_column_name / --text_column_names.")
+
+
+def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
+    """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training."""
+    train = splits["train"]
+    feature = train.features[column]
+    if isinstance(feature, ClassLabel):
+        names = feature.names
+    else:
+        values = train.unique(column)
+        if None in values:
+            raise DataError(f"{where} (train): column '{column}' has empty labels; remove or fill those rows")
+        names = [str(v) for v in sorted(values)]
+    if len(names) < 2:
+        raise DataError(f"{where}: column '{column}' has a single class ({names[0]!r}); a classifier needs two")
+    encoded = {}
+    for split, dataset in splits.items():
+        current = dataset.features[column]
+        if isinstance(current, ClassLabel):
+            if split != "train" and current.names != names:
+                dataset = dataset.map(_rename_labels(current.names, names), input_columns=column, batched=True)
+                dataset = dataset.cast_column(column, ClassLabel(names=names))
+        else:
+            values = {str(v) for v in dataset.unique(column)}
+            unseen = sorted(values - set(names))
+            if unseen:
+                raise DataError(f"{where} ({split}): label(s) {', '.join(map(repr, unseen[:10]))} do not occur in "
+                                f"training (classes: {', '.join(names[:20])})")
+            dataset = dataset.cast_column(column, Value("string"))
+            dataset = dataset.cast_column(column, ClassLabel(names=names))
+        encoded[split] = dataset
+    counts = Counter(encoded["train"][column])
+    rare = [names[i] for i in range(len(names)) if counts.get(i, 0) < 1]
+    if rare:
+        raise DataError(f"{where}: class(es) {', '.join(rare)} have no training example")
+    return DatasetDict(encoded)
+
+
+def _rename_labels(old: list[str], new: list[str]):
+    index = {name: i for i, name in enumerate(new)}
+
+    def convert(batch):
+        unseen = sorted({old[i] for i in batch} - set(index))
+        if unseen:
+            raise DataError(f"validation label(s) {', '.join(unseen)} do not occur in training")
+        return {"label": [index[old[i]] for i in batch]}
+
+    return convert
+
+
+# ---------------------------------------------------------------- the whole preparation
+
+def prepare_splits(args: "DataArguments", task: "TaskAdapter", seed: int) -> tuple[DatasetDict, DataReport]:
+    """Load, check, label-encode, split and truncate: everything that can fail does so here, before training."""
+    report = DataReport()
+    splits = load_raw(args, task, report)
+    where = report.source
+    columns = task.input_columns(args)
+    _check_columns(splits, [*columns, args.label_column_name], where)
+    keep = [*columns, args.label_column_name]
+    splits = DatasetDict({s: d.select_columns(keep) for s, d in splits.items()})
+    if args.label_column_name != "label":
+        splits = splits.rename_column(args.label_column_name, "label")
+    splits = DatasetDict({s: task.drop_unusable(d, s, report) for s, d in splits.items()})
+    splits = encode_labels(splits, "label", where)
+    if "validation" not in splits:
+        if not 0 < args.train_val_split < 1:
+            raise DataError(f"--train_val_split must be in (0, 1) when no validation set is given, not "
+                            f"{args.train_val_split}")
+        parts = splits["train"].train_test_split(test_size=args.train_val_split, seed=seed,
+                                                 stratify_by_column=_stratify_column(splits["train"]))
+        splits = DatasetDict(train=parts["train"], validation=parts["test"])
+    if args.max_train_samples:
+        splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples,
+                                                                            len(splits["train"]))))
+    if args.max_eval_samples:
+        splits["validation"] = splits["validation"].select(range(min(args.max_eval_samples,
+                                                                     len(splits["validation"]))))
+    logger.info(report.summary())
+    return splits, report
+
+
+def _stratify_column(dataset: Dataset) -> str | None:
+    counts = Counter(dataset["label"])
+    return "label" if min(counts.values()) >= 2 else None
+
+
+def label_names(splits: DatasetDict) -> list[str]:
+    return splits["train"].features["label"].names
+
+
+def features_for_files(input_feature, names: list[str] | None = None) -> Features:
+    label = ClassLabel(names=names) if names else Value("string")
+    return Features({"input": input_feature, "label": label})

@@ -1,0 +1,219 @@
+"""Freeze and unfreeze by parameter-name patterns, for any `transformers` model, with no table per architecture.
+
+The model is read as base + head: the base is `model.base_model` (found through `base_model_prefix`), the head is
+every parameter outside it. The base splits into an ordered list of groups: what comes before its blocks (stem,
+embeddings), each block (the largest `ModuleList` in the base: transformer layers, inverted residuals, stages), and
+what follows them (final norm, pooler). Strategies and `--unfreeze_last_n` work on these groups; patterns work on
+names. The resolved plan is a small JSON document saved beside the model so a run can be reproduced from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+PLAN_FILE = "freeze_plan.json"
+BN_MOMENTUM = 0.1
+
+
+@dataclass
+class FreezePlan:
+    """A declarative, serialisable description of what trains (compare PEFT's `LoraConfig`)."""
+
+    strategy: str = "feature_extraction"  # feature_extraction | fine_tune | full
+    freeze: list[str] = field(default_factory=list)
+    unfreeze: list[str] = field(default_factory=list)
+    unfreeze_last_n: int | None = None
+    trainable: list[str] = field(default_factory=list)  # filled in by `apply`: the resolved result
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / PLAN_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FreezePlan":
+        path = Path(path)
+        if path.is_dir():
+            path = path / PLAN_FILE
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass
+class ParamGroup:
+    name: str  # "head", "base.stem", "base.block.3", "base.top"
+    params: list[str]
+
+
+class PatternError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- reading a model's structure
+
+def base_prefix(model: nn.Module) -> str:
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
+        return prefix
+    raise ValueError(f"{type(model).__name__} has no base model (`base_model_prefix`); freezing needs one")
+
+
+def block_list_name(model: nn.Module) -> str | None:
+    """The `ModuleList` inside the base holding the most parameters: the base's sequence of blocks."""
+    prefix = base_prefix(model)
+    best, best_size = None, 0
+    for name, module in getattr(model, prefix).named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = f"{prefix}.{name}", size
+    return best
+
+
+def param_groups(model: nn.Module) -> list[ParamGroup]:
+    """Ordered groups: base.stem, base.block.0 .. base.block.N-1, base.top, head (empty groups dropped)."""
+    prefix = base_prefix(model)
+    blocks = block_list_name(model)
+    stem, top, head = [], [], []
+    block_params: dict[int, list[str]] = {}
+    for name, _ in model.named_parameters():
+        if not name.startswith(prefix + "."):
+            head.append(name)
+        elif blocks and name.startswith(blocks + "."):
+            index = int(name[len(blocks) + 1:].split(".", 1)[0])
+            block_params.setdefault(index, []).append(name)
+        elif block_params:
+            top.append(name)
+        else:
+            stem.append(name)
+    groups = [ParamGroup("base.stem", stem)]
+    groups += [ParamGroup(f"base.block.{i}", block_params[i]) for i in sorted(block_params)]
+    groups += [ParamGroup("base.top", top), ParamGroup("head", head)]
+    return [g for g in groups if g.params]
+
+
+# ---------------------------------------------------------------- patterns
+
+def _compile(pattern: str):
+    """Globs match a parameter name or any module prefix of it; `re:` patterns use `re.fullmatch` the same way."""
+    if pattern.startswith("re:"):
+        regex = re.compile(pattern[3:])
+        return lambda name: any(regex.fullmatch(p) for p in _prefixes(name))
+    return lambda name: any(fnmatch.fnmatchcase(p, pattern) for p in _prefixes(name))
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def match(pattern: str, names: list[str]) -> list[str]:
+    """Names matched by `pattern`; a pattern that matches nothing is an error naming the nearest names."""
+    try:
+        matcher = _compile(pattern)
+    except re.error as err:
+        raise PatternError(f"Pattern '{pattern}' is not a valid regular expression: {err}") from err
+    found = [n for n in names if matcher(n)]
+    if not found:
+        candidates = sorted({p for n in names for p in _prefixes(n)})
+        bare = pattern.removeprefix("re:").replace("*", "").replace("?", "")
+        near = difflib.get_close_matches(bare, candidates, n=5, cutoff=0.4) or candidates[:5]
+        raise PatternError(f"Pattern '{pattern}' matches no parameter. Nearest names: {', '.join(near)}")
+    return found
+
+
+# ---------------------------------------------------------------- applying a plan
+
+def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
+    """The names of the parameters that train under `plan`."""
+    groups = param_groups(model)
+    names = [n for n, _ in model.named_parameters()]
+    head = {n for g in groups if g.name == "head" for n in g.params}
+    if plan.strategy == "full":
+        trainable = set(names)
+    elif plan.strategy in ("feature_extraction", "fine_tune"):
+        trainable = set(head)
+    else:
+        raise ValueError(f"Unknown strategy '{plan.strategy}' (feature_extraction, fine_tune, full)")
+    last_n = plan.unfreeze_last_n
+    if last_n is None and plan.strategy == "fine_tune":
+        last_n = 2
+    if last_n:
+        blocks = [g for g in groups if g.name.startswith("base.block.")]
+        if last_n > len(blocks):
+            raise PatternError(f"--unfreeze_last_n {last_n}: the base has only {len(blocks)} blocks")
+        for group in blocks[-last_n:] + [g for g in groups if g.name == "base.top"]:
+            trainable.update(group.params)
+    for pattern in plan.freeze:
+        trainable.difference_update(match(pattern, names))
+    for pattern in plan.unfreeze:
+        trainable.update(match(pattern, names))
+    return trainable
+
+
+def apply(model: nn.Module, plan: FreezePlan, reset_bn_momentum: bool = True) -> FreezePlan:
+    """Set `requires_grad` from `plan`, pin fully frozen BatchNorm layers to eval mode, and record the result."""
+    trainable = resolve(model, plan)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            _set_bn_policy(module, reset_bn_momentum)
+    plan.trainable = sorted(trainable, key=[n for n, _ in model.named_parameters()].index)
+    return plan
+
+
+def _keep_eval(module: nn.Module, args) -> None:
+    # Runs before each forward: Trainer calls model.train() every step, which would put a frozen BN back in train
+    # mode, and HF MobileNetV2's momentum of 0.997 would then replace the ImageNet statistics within a few batches.
+    module.training = False
+
+
+def _set_bn_policy(module: _BatchNorm, reset_bn_momentum: bool) -> None:
+    frozen = not any(p.requires_grad for p in module.parameters(recurse=False))
+    hook = getattr(module, "_hftransfer_eval_hook", None)
+    if frozen and hook is None:
+        module._hftransfer_eval_hook = module.register_forward_pre_hook(_keep_eval)
+    elif not frozen and hook is not None:
+        hook.remove()
+        del module._hftransfer_eval_hook
+    if not frozen and reset_bn_momentum and module.momentum is not None and module.momentum > 0.5:
+        # A TensorFlow decay (keep 99.7% of the old value) was passed as PyTorch momentum (take 99.7% of the batch).
+        module.momentum = BN_MOMENTUM
+
+
+# ---------------------------------------------------------------- reporting
+
+def report(model: nn.Module, plan: FreezePlan | None = None) -> str:
+    """A table of groups, parameters, trainable parameters and percent, as printed before training."""
+    params = dict(model.named_parameters())
+    rows = []
+    for group in param_groups(model):
+        total = sum(params[n].numel() for n in group.params)
+        train = sum(params[n].numel() for n in group.params if params[n].requires_grad)
+        rows.append((group.name, len(group.params), total, train))
+    total = sum(r[2] for r in rows)
+    train = sum(r[3] for r in rows)
+    lines = [f"{'group':<16}{'tensors':>8}{'parameters':>14}{'trainable':>14}{'%':>8}"]
+    for name, count, size, trainable in rows:
+        lines.append(f"{name:<16}{count:>8}{size:>14,}{trainable:>14,}{100 * trainable / max(size, 1):>7.1f}%")
+    lines.append(f"{'total':<16}{len(params):>8}{total:>14,}{train:>14,}{100 * train / max(total, 1):>7.1f}%")
+    if plan is not None:
+        header = f"strategy={plan.strategy}"
+        for key in ("freeze", "unfreeze", "unfreeze_last_n"):
+            if getattr(plan, key):
+                header += f" {key}={getattr(plan, key)}"
+        lines.insert(0, header)
+    return "\n".join(lines)
+
+
+def trainable_count(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total

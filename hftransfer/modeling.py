@@ -1,0 +1,64 @@
+"""Load a pretrained classifier with a head for the user's labels.
+
+A new label set needs a new head: it is replaced on purpose and said so in the log (module, old -> new size), rather
+than leaving users to discover `ignore_mismatched_sizes`. A checkpoint whose labels are exactly the user's keeps its
+head. The real label names go into the config, so the Hub widget and pipelines never show `LABEL_0`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import AutoConfig
+from transformers.utils import logging as hf_logging
+
+from . import zoo
+from .freezing import base_prefix
+
+logger = logging.getLogger(__name__)
+
+
+def head_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules outside the base that own parameters: the classifier, and its hidden layers where it has some."""
+    prefix = base_prefix(model)
+    return {name: module for name, module in model.named_modules()
+            if name and name != prefix and not name.startswith(prefix + ".") and any(True for _ in module.parameters(recurse=False))}
+
+
+def load_model(task, model_args, labels: list[str]):
+    """Returns (model, processor, head_replaced)."""
+    path = zoo.resolve(model_args.model_name_or_path)
+    common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
+              "trust_remote_code": model_args.trust_remote_code}
+    config = AutoConfig.from_pretrained(path, **common)
+    old_labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+    keep_head = old_labels == labels
+    id2label = dict(enumerate(labels))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # our own log line replaces the load report about the mismatched head
+    try:
+        model = task.auto_model_class.from_pretrained(
+            path, num_labels=len(labels), id2label=id2label, label2id={n: i for i, n in id2label.items()},
+            ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32, **common)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if keep_head:
+        logger.info("The checkpoint's %d labels are this data's labels: keeping its head", len(labels))
+    else:
+        for name, module in head_modules(model).items():
+            _reinitialise(model, module)
+            logger.info("New head: %s (%s) replaced, %d -> %d outputs", name, type(module).__name__,
+                        len(old_labels), len(labels))
+    processor = task.load_processor(path, **common)
+    return model, processor, not keep_head
+
+
+def _reinitialise(model, module: nn.Module) -> None:
+    # Same-size heads are not re-initialised by `ignore_mismatched_sizes`: a 10-class checkpoint reused for other
+    # 10 classes would otherwise start from the old classes' weights.
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+    if hasattr(model, "_init_weights"):
+        model._init_weights(module)

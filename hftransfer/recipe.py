@@ -1,0 +1,67 @@
+"""The recipes' shared `main`: the lesson in order. `recipes/image.py` and `recipes/text.py` only pick the task."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import replace
+
+import datasets
+import torch
+import transformers
+
+from .args import parse_args
+from .data import DataError
+from .fastpath import reexec_with_fast_malloc
+from .freezing import PatternError
+from .tasks import TASKS
+from .training import TransferRun
+
+logger = logging.getLogger("hftransfer")
+
+
+def hardware_defaults(run):
+    """On a GPU: bf16 (or fp16), TF32 and loader workers unless the user chose; on a CPU: the plain fp32 path."""
+    changes = {}
+    if torch.cuda.is_available():
+        if not (run.given("bf16") or run.given("fp16")):
+            changes["bf16" if torch.cuda.is_bf16_supported() else "fp16"] = True
+        if not run.given("tf32"):
+            changes["tf32"] = True
+        if not run.given("dataloader_num_workers"):
+            changes["dataloader_num_workers"] = 4
+    if changes:
+        run.training = replace(run.training, **changes)
+    return changes
+
+
+def setup_logging(training_args) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    # INFO from hftransfer on the main process (the freeze report, chosen settings), warnings elsewhere
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+    transformers.utils.logging.set_verbosity(max(level, logging.WARNING))
+
+
+def main(task_name: str, argv: list[str] | None = None) -> dict:
+    if argv is None:  # a command-line run owns its process: give it the CPU fast path
+        reexec_with_fast_malloc()
+    task_cls = TASKS[task_name]
+    run = parse_args(argv, defaults={"model_name_or_path": task_cls.default_model,
+                                     "output_dir": f"outputs/{task_name}"})
+    setup_logging(run.training)
+    chosen = hardware_defaults(run)
+    if chosen:
+        logger.info("Chosen for this hardware: %s", chosen)
+    transfer = TransferRun(run, task_cls(run.data))
+    try:
+        metrics = transfer.execute()
+    except (DataError, PatternError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if run.training.should_log:
+        print(f"\nModel, processor and results: {run.training.output_dir}\n"
+              f"eval_accuracy = {metrics['eval_accuracy']:.4f}  (train {metrics['train_runtime']:.0f} s, "
+              f"total {metrics['total_runtime']:.0f} s)")
+    return metrics

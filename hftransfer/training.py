@@ -1,0 +1,238 @@
+"""Train in stages with the `Trainer` under Accelerate, evaluate, and leave a folder `from_pretrained` loads.
+
+Each stage gets a fresh `Trainer`: `create_optimizer` keeps only the parameters that need grad when it runs, and
+changing `requires_grad` after DDP wrapping breaks the reducer, so the optimizer, scheduler and distributed wrapper
+are rebuilt for what trains in that stage. A stage whose base is wholly frozen trains on cached features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, default_data_collator, set_seed
+
+from . import features as feature_cache
+from . import freezing
+from .data import label_names, prepare_splits
+from .freezing import FreezePlan
+from .metrics import load_metrics
+from .modeling import load_model
+from .zoo import resolve
+
+logger = logging.getLogger(__name__)
+
+MIN_BASE_STEPS = 200  # fewer optimizer steps than this under-train the base on small data sets (see README)
+MAX_AUTO_EPOCHS = 20
+
+
+@dataclass
+class Stage:
+    name: str
+    plan: FreezePlan
+    learning_rate: float
+    epochs: float
+    augment: bool = False
+
+
+def plan_stages(run) -> list[Stage]:
+    """The strategy as a list of stages. staged = feature extraction, then fine-tuning at the base's rate."""
+    transfer, training = run.transfer, run.training
+    patterns = {"freeze": list(transfer.freeze), "unfreeze": list(transfer.unfreeze),
+                "unfreeze_last_n": transfer.unfreeze_last_n}
+    augment = bool(run.data.augment)
+    head = Stage("head", FreezePlan("feature_extraction", **patterns), transfer.head_learning_rate,
+                 transfer.head_epochs)
+    if transfer.strategy == "feature_extraction":
+        return [head]
+    base_strategy = {"fine_tune": "fine_tune", "full": "full"}.get(transfer.strategy)
+    if transfer.strategy == "staged":
+        base_strategy = "fine_tune" if transfer.unfreeze_last_n else "full"
+        head.plan = FreezePlan("feature_extraction")
+    tune = Stage(transfer.strategy, FreezePlan(base_strategy, **patterns), training.learning_rate,
+                 training.num_train_epochs, augment)
+    return [head, tune] if transfer.strategy == "staged" else [tune]
+
+
+def auto_epochs(run, train_size: int) -> float:
+    """Epochs of the base-training stage when the user gave none: enough optimizer steps on small data sets."""
+    if run.given("num_train_epochs") or run.given("max_steps"):
+        return run.training.num_train_epochs
+    world = max(1, run.training.world_size)
+    steps_per_epoch = math.ceil(train_size / (run.training.per_device_train_batch_size * world))
+    epochs = max(run.training.num_train_epochs, math.ceil(MIN_BASE_STEPS / steps_per_epoch))
+    return float(min(epochs, MAX_AUTO_EPOCHS))
+
+
+class TransferTrainer(Trainer):
+    """`Trainer` that never writes the Hub token: `training_args.bin` is saved without it."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        token, self.args.hub_token = self.args.hub_token, None
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.args.hub_token = token
+
+
+def _argmax(logits, labels):
+    return logits.argmax(-1)
+
+
+def make_compute_metrics(names):
+    metrics = load_metrics(names)
+
+    def compute(prediction):
+        result = {}
+        for metric in metrics:
+            result.update(metric.compute(predictions=prediction.predictions, references=prediction.label_ids))
+        return result
+
+    return compute
+
+
+class TransferRun:
+    """One run of the lesson: load, freeze, add head, train in stages, evaluate, save."""
+
+    def __init__(self, run, task):
+        self.run, self.task = run, task
+        self.args = run.training
+        self.history: list[dict] = []
+
+    # data and model --------------------------------------------------------
+    def setup(self):
+        set_seed(self.args.seed)
+        with self.args.main_process_first(desc="data preparation"):
+            self.splits, self.data_report = prepare_splits(self.run.data, self.task, self.args.seed)
+        self.labels = label_names(self.splits)
+        self.model, self.processor, self.head_replaced = load_model(self.task, self.run.model, self.labels)
+        self.model = self.task.prepare_model(self.model)
+        self.processor = self.task.adapt_processor(self.processor, self.model, self.splits)
+        self.train_raw = self.splits["train"].with_transform(self.task.transform(self.processor, train=False))
+        self.eval_raw = self.splits["validation"].with_transform(self.task.transform(self.processor, train=False))
+        self.compute_metrics = make_compute_metrics(["accuracy"])
+        self._cache = {}
+        logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
+                    len(self.splits["validation"]), len(self.labels))
+
+    def _stage_args(self, stage: Stage, **changes):
+        output_dir = self.args.output_dir
+        if self.args.save_strategy != "no":
+            output_dir = os.path.join(output_dir, f"stage-{stage.name}")
+        return replace(self.args, learning_rate=stage.learning_rate, num_train_epochs=stage.epochs,
+                       output_dir=output_dir, **changes)
+
+    # feature cache ---------------------------------------------------------
+    def _cache_layout(self):
+        if "layout" not in self._cache:
+            rows = [self.eval_raw[i] for i in range(min(4, len(self.eval_raw)))]
+            batch = (self.task.collator(self.processor) or default_data_collator)(rows)
+            layout = feature_cache.discover_layout(self.model, {k: v for k, v in batch.items() if k != "labels"})
+            ok = feature_cache.agrees(self.model, batch, layout)
+            if not ok:
+                logger.warning("Cached features do not reproduce %s's own outputs: training on the frozen base "
+                               "without a cache", type(self.model).__name__)
+            self._cache["layout"] = layout if ok else None
+        return self._cache["layout"]
+
+    def _features(self, split: str):
+        if split not in self._cache:
+            layout = self._cache["layout"]
+            dataset = self.train_raw if split == "train" else self.eval_raw
+            key = feature_cache.cache_key(resolve(self.run.model.model_name_or_path), self.run.model.model_revision,
+                                          self.processor, feature_cache.data_fingerprint(self.splits[split]), layout)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size,
+                                                 collate_fn=self.task.collator(self.processor) or default_data_collator)
+            with self.args.main_process_first(desc="feature cache"):
+                features, labels = feature_cache.load_or_extract(self.model, loader, layout, key,
+                                                                 f"Features ({split})")
+            self._cache[split] = feature_cache.FeatureDataset(features, labels, self.model.main_input_name)
+        return self._cache[split]
+
+    def _uses_cache(self, stage: Stage) -> bool:
+        prefix = freezing.base_prefix(self.model)
+        base_frozen = not any(p.requires_grad for n, p in self.model.named_parameters() if n.startswith(prefix + "."))
+        return self.run.transfer.cache_features and base_frozen and self._cache_layout() is not None
+
+    # stages ----------------------------------------------------------------
+    def train_stage(self, stage: Stage) -> dict:
+        freezing.apply(self.model, stage.plan, self.run.transfer.reset_bn_momentum)
+        if self.args.should_log:
+            logger.info("Stage '%s' (lr %.2g, %.3g epochs):\n%s", stage.name, stage.learning_rate, stage.epochs,
+                        freezing.report(self.model, stage.plan))
+        cached = self._uses_cache(stage)
+        if cached:
+            train, layout = self._features("train"), self._cache["layout"]
+            with feature_cache.swapped_base(self.model, layout):
+                trainer = TransferTrainer(model=self.model, args=self._stage_args(stage), train_dataset=train)
+                result = trainer.train()
+        else:
+            train = self.splits["train"].with_transform(self.task.transform(self.processor, train=stage.augment))
+            trainer = TransferTrainer(model=self.model, args=self._stage_args(stage), train_dataset=train,
+                                      data_collator=self.task.collator(self.processor))
+            result = trainer.train()
+        metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
+                   "trainable_parameters": freezing.trainable_count(self.model)[0]}
+        self.history.append({"stage": stage.name, "plan": asdict(stage.plan), "metrics": metrics,
+                             "log": trainer.state.log_history})
+        return metrics
+
+    def evaluate(self, last: Stage) -> tuple[TransferTrainer, dict]:
+        """The final evaluation, through the cache when the last stage trained on it (same logits, one pass)."""
+        eval_args = replace(self.args, hub_token=None)
+        if self._uses_cache(last):
+            with feature_cache.swapped_base(self.model, self._cache["layout"]):
+                trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
+                                          preprocess_logits_for_metrics=_argmax)
+                metrics = trainer.evaluate(self._features("validation"))
+        else:
+            trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
+                                      preprocess_logits_for_metrics=_argmax,
+                                      data_collator=self.task.collator(self.processor))
+            metrics = trainer.evaluate(self.eval_raw)
+        metrics.pop("epoch", None)  # the evaluation trainer trained nothing; train_results.json has the epochs
+        metrics["eval_samples"] = len(self.splits["validation"])
+        return trainer, metrics
+
+    # the whole run ---------------------------------------------------------
+    def execute(self) -> dict:
+        start = time.time()
+        self.setup()
+        stages = plan_stages(self.run)
+        for stage in stages:
+            if stage.plan.strategy != "feature_extraction":
+                stage.epochs = auto_epochs(self.run, len(self.splits["train"]))
+            self.train_stage(stage)
+        trainer, eval_metrics = self.evaluate(stages[-1])
+        train_metrics = self._train_metrics(time.time() - start)
+        self.save(trainer, train_metrics, eval_metrics, stages)
+        return {**train_metrics, **eval_metrics}
+
+    def _train_metrics(self, wall: float) -> dict:
+        stages = [h["metrics"] for h in self.history]
+        return {"train_samples": len(self.splits["train"]), "train_runtime": sum(m["train_runtime"] for m in stages),
+                "train_loss": stages[-1]["train_loss"], "epoch": sum(m.get("epoch", 0) for m in stages),
+                "total_runtime": round(wall, 2), "trainable_parameters": stages[-1]["trainable_parameters"],
+                "skipped_examples": self.data_report.total_skipped}
+
+    def save(self, trainer: TransferTrainer, train_metrics: dict, eval_metrics: dict, stages: list[Stage]):
+        """Model, processor, metrics in the `save_metrics` convention, freeze plan and the run's record."""
+        trainer.save_model(self.args.output_dir)
+        if not trainer.is_world_process_zero():
+            return
+        out = Path(self.args.output_dir)
+        self.processor.save_pretrained(out)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        stages[-1].plan.save(out)
+        record = {"settings": self.run.to_dict(), "stages": self.history, "data": self.data_report.to_dict(),
+                  "head_replaced": self.head_replaced, "labels": self.labels}
+        (out / "hftransfer_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        logger.info(self.data_report.summary())
