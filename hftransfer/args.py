@@ -70,7 +70,7 @@ class TransferArguments:
         default=None, metadata={"help": "Train the last N blocks of the base (and what follows them)."})
     head_epochs: float = field(
         default=10, metadata={"help": "Epochs for the head on the frozen base (stage 1 of `staged`, or the "
-                                      "feature-extraction run)."})
+                                      "feature-extraction run). Default: enough for 300 steps, 10 to 100."})
     head_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the head-only stage."})
     cache_features: bool = field(
         default=True, metadata={"help": "When the whole base is frozen, run it once and train the head on stored "
@@ -90,7 +90,8 @@ class TransferTrainingArguments(TrainingArguments):
     output_dir: str | None = field(default=None, metadata={"help": "Where the model and results are written."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the stage that trains the "
                                                                  "base (AdamW, one-cycle warm-up then decay)."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the stage that trains the base."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the stage that trains the base. Default: "
+                                                                   "enough for 500 steps, 3 to 30."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up: steps, or a fraction of them if < 1."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
@@ -164,7 +165,7 @@ def _flag_names(argv: list[str]) -> set[str]:
 def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> RunArguments:
     """Parse `[config.yaml] [--flag value ...]`; unknown settings are errors that name them."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)  # a typo must not pass for a prefix
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
     config_path, argv = _config_file(argv)
     config = _read_config(config_path) if config_path else {}

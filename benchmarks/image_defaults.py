@@ -1,0 +1,122 @@
+"""Measure strategies and defaults of the image recipe on varied data, to choose the defaults from numbers.
+
+    python benchmarks/image_defaults.py [--out benchmarks/results/image_defaults.json] [--only NAME ...]
+
+Data sets (all offline): Fashion-MNIST 3,000 train / 10,000 test (grayscale 28 px, 10 classes), Fashion-MNIST
+150 train / 1,000 validation, scikit-learn digits (8 px, 10 classes), and 5-class RGB texture patches cut from
+scikit-image photos (96 px). Each configuration runs `recipes/image.py` in its own process, one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path("/tmp/hftransfer-bench")
+
+
+def write_folder(folder: Path, arrays, labels, names) -> None:
+    for i, (array, label) in enumerate(zip(arrays, labels)):
+        target = folder / names[label]
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(target / f"{i:05d}.png")
+
+
+def make_fashion(name: str, train_per_class: int, validation: str) -> Path:
+    out = DATA / name
+    if not out.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "fashion_folders.py"), str(out),
+                        "--train_per_class", str(train_per_class), "--validation", validation], check=True)
+    return out
+
+
+def make_digits() -> Path:
+    from sklearn.datasets import load_digits
+
+    out = DATA / "digits"
+    if not out.exists():
+        digits = load_digits()
+        images = (digits.images * 255 / 16).astype(np.uint8)
+        order = np.random.default_rng(0).permutation(len(images))
+        names = [str(i) for i in range(10)]
+        write_folder(out / "train", images[order[:1400]], digits.target[order[:1400]], names)
+        write_folder(out / "validation", images[order[1400:]], digits.target[order[1400:]], names)
+    return out
+
+
+def make_textures() -> Path:
+    import skimage.data
+
+    out = DATA / "textures"
+    if not out.exists():
+        sources = ["hubble_deep_field", "immunohistochemistry", "retina", "skin", "lily"]
+        rng = np.random.default_rng(0)
+        for split, per_class in (("train", 60), ("validation", 40)):
+            arrays, labels = [], []
+            for label, source in enumerate(sources):
+                photo = getattr(skimage.data, source)()[..., :3]
+                for _ in range(per_class):
+                    y, x = rng.integers(0, photo.shape[0] - 96), rng.integers(0, photo.shape[1] - 96)
+                    arrays.append(photo[y:y + 96, x:x + 96])
+                    labels.append(label)
+            write_folder(out / split, arrays, labels, sources)
+    return out
+
+
+DATASETS = {
+    "fashion_3000": lambda: make_fashion("fashion_3000", 300, "all"),
+    "fashion_150": lambda: make_fashion("fashion_150", 15, "100"),
+    "digits": make_digits,
+    "textures": make_textures,
+}
+CONFIGS = {
+    "staged (default)": [],
+    "feature_extraction": ["--strategy", "feature_extraction"],
+    "fine_tune (last 2 blocks)": ["--strategy", "fine_tune"],
+    "full (no head stage)": ["--strategy", "full"],
+}
+
+
+def run(dataset: str, config: str) -> dict:
+    folder = DATASETS[dataset]()
+    out = DATA / "runs" / f"{dataset}-{config.split()[0].strip(',')}-{abs(hash(config)) % 10**6}"
+    command = [sys.executable, str(ROOT / "recipes" / "image.py"), "--model_name_or_path", "zoo:mobilenet_v2",
+               "--train_dir", str(folder / "train"), "--validation_dir", str(folder / "validation"),
+               "--output_dir", str(out), "--disable_tqdm", "true", *CONFIGS[config]]
+    start = time.time()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.time() - start
+    if done.returncode:
+        return {"dataset": dataset, "config": config, "error": done.stderr[-2000:]}
+    results = json.loads((out / "all_results.json").read_text())
+    return {"dataset": dataset, "config": config, "eval_accuracy": results["eval_accuracy"], "wall_s": round(wall, 1),
+            "train_runtime": results["train_runtime"], "eval_samples": results["eval_samples"],
+            "train_samples": results["train_samples"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "image_defaults.json")
+    parser.add_argument("--only", nargs="*", help="data set names")
+    parser.add_argument("--configs", nargs="*", help="configuration names")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(args.out.read_text()) if args.out.exists() else []
+    for dataset in args.only or DATASETS:
+        for config in args.configs or CONFIGS:
+            row = run(dataset, config)
+            rows = [r for r in rows if (r["dataset"], r["config"]) != (dataset, config)] + [row]
+            args.out.write_text(json.dumps(rows, indent=2) + "\n")
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

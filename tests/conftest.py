@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny random-init checkpoints of several families, and small image folders made on the fly.
+
+Logic is tested on tiny models; a few tests run the real zoo checkpoint end to end. The zoo and the feature cache
+are built in a per-session folder, so the suite leaves nothing behind and depends on no earlier run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_cache(tmp_path_factory):
+    os.environ["HFTRANSFER_CACHE"] = str(tmp_path_factory.mktemp("hftransfer-cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    yield
+
+
+def tiny_image_model(family: str, num_labels: int = 3, image_size: int = 32):
+    """A random-init classifier of `family` small enough to train in a second."""
+    import transformers as tf
+
+    labels = {i: f"old_{i}" for i in range(num_labels)}
+    if family == "vit":
+        config = tf.ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37,
+                              image_size=image_size, patch_size=8, id2label=labels)
+        return tf.ViTForImageClassification(config)
+    if family == "mobilenet_v2":
+        config = tf.MobileNetV2Config(depth_multiplier=0.35, image_size=image_size, tf_padding=False, id2label=labels)
+        return tf.MobileNetV2ForImageClassification(config)
+    if family == "resnet":
+        config = tf.ResNetConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], embedding_size=8, id2label=labels)
+        return tf.ResNetForImageClassification(config)
+    if family == "convnext":
+        config = tf.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], id2label=labels)
+        return tf.ConvNextForImageClassification(config)
+    raise ValueError(family)
+
+
+IMAGE_FAMILIES = ["vit", "mobilenet_v2", "resnet", "convnext"]
+
+
+def save_tiny_checkpoint(folder: Path, family: str, num_labels: int = 3, image_size: int = 32) -> Path:
+    from transformers import ViTImageProcessorPil
+
+    model = tiny_image_model(family, num_labels, image_size)
+    model.save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return folder
+
+
+def shape_image(label: int, rng, size: int = 32) -> np.ndarray:
+    """Class 0: bright square, 1: horizontal stripes, 2: vertical stripes, 3+: checkerboards; with noise."""
+    image = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    if label == 0:
+        mask = (abs(yy - size / 2) < size / 4) & (abs(xx - size / 2) < size / 4)
+    elif label == 1:
+        mask = (yy // 4) % 2 == 0
+    elif label == 2:
+        mask = (xx // 4) % 2 == 0
+    else:
+        mask = ((yy // (label + 1)) + (xx // (label + 1))) % 2 == 0
+    image[mask] = 255 - image[mask]
+    return image
+
+
+def make_image_folder(root: Path, per_class: int = 8, classes=("square", "hstripes", "vstripes"), seed: int = 0,
+                      size: int = 32) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(shape_image(label, rng, size)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folders(tmp_path):
+    return (make_image_folder(tmp_path / "train", 12, seed=0), make_image_folder(tmp_path / "validation", 4, seed=1))
+
+
+@pytest.fixture(scope="session")
+def mobilenet_zoo():
+    from hftransfer import zoo
+
+    return zoo.prepare("mobilenet_v2")

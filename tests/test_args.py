@@ -1,0 +1,39 @@
+import pytest
+
+from hftransfer.args import parse_args
+
+
+def test_yaml_config_then_flags_override(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("strategy: fine_tune\nunfreeze_last_n: 3\nlearning_rate: 0.0005\nfreeze: ['a.*', 'b']\n")
+    run = parse_args([str(config), "--learning_rate", "1e-4", "--output_dir", str(tmp_path / "out")])
+    assert run.transfer.strategy == "fine_tune" and run.transfer.unfreeze_last_n == 3
+    assert run.transfer.freeze == ["a.*", "b"]
+    assert run.training.learning_rate == pytest.approx(1e-4)
+    assert {"strategy", "learning_rate", "output_dir", "freeze"} <= run.explicit
+    assert not run.given("num_train_epochs")
+    same = parse_args(["--config", str(config), "--output_dir", str(tmp_path / "out")])
+    assert same.training.learning_rate == pytest.approx(5e-4)
+
+
+def test_every_training_arguments_flag_passes_through(tmp_path):
+    run = parse_args(["--output_dir", str(tmp_path), "--gradient_accumulation_steps", "4", "--lr_scheduler_type",
+                      "cosine", "--seed", "7", "--max_grad_norm", "0.5"])
+    assert run.training.gradient_accumulation_steps == 4 and run.training.seed == 7
+    assert run.training.lr_scheduler_type == "cosine" and run.training.max_grad_norm == 0.5
+    assert run.training.report_to in ([], "none", ["none"])  # nothing reported anywhere unless asked
+
+
+def test_unknown_flags_and_settings_are_errors(tmp_path):
+    with pytest.raises(SystemExit, match="--learning_rat"):
+        parse_args(["--learning_rat", "1"])
+    config = tmp_path / "bad.yaml"
+    config.write_text("stratgy: full\n")
+    with pytest.raises(SystemExit, match="stratgy"):
+        parse_args([str(config)])
+
+
+def test_record_never_holds_the_token(tmp_path):
+    run = parse_args(["--output_dir", str(tmp_path), "--hub_token", "hf_secret123"])
+    assert run.training.hub_token == "hf_secret123"
+    assert "hf_secret123" not in repr(run.to_dict())

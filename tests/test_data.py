@@ -1,0 +1,82 @@
+import pytest
+from conftest import make_image_folder
+from datasets import ClassLabel, Dataset, DatasetDict
+
+from hftransfer.args import DataArguments
+from hftransfer.data import DataError, encode_labels, prepare_splits
+from hftransfer.tasks import ImageTask
+
+
+def prepare(**kwargs):
+    args = DataArguments(**kwargs)
+    return prepare_splits(args, ImageTask(args), seed=0)
+
+
+def test_corrupt_and_non_image_files_are_counted_and_reported(image_folders):
+    train, validation = image_folders
+    good = (train / "square" / "0.png").read_bytes()
+    (train / "square" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (train / "hstripes" / "notes.txt").write_text("not an image")
+    (train / "vstripes" / "fake.jpg").write_bytes(b"\x00" * 10)
+    splits, report = prepare(train_dir=str(train), validation_dir=str(validation))
+    assert len(splits["train"]) == 36 and len(splits["validation"]) == 12
+    assert report.total_skipped == 3
+    reasons = report.skipped["train"]
+    assert reasons["not an image"] == 2 and sum(v for k, v in reasons.items() if k.startswith("corrupt")) == 1
+    summary = report.summary()
+    assert "truncated.png" in summary and "notes.txt" in summary
+
+
+def test_labels_come_from_folder_names(image_folders):
+    splits, _ = prepare(train_dir=str(image_folders[0]), validation_dir=str(image_folders[1]))
+    assert splits["train"].features["label"].names == ["hstripes", "square", "vstripes"]
+    assert splits["validation"].features["label"].names == ["hstripes", "square", "vstripes"]
+
+
+def test_validation_class_missing_from_training_is_caught_up_front(tmp_path):
+    train = make_image_folder(tmp_path / "train", 4, classes=("a", "b"))
+    validation = make_image_folder(tmp_path / "validation", 2, classes=("a", "b", "c"))
+    with pytest.raises(DataError, match="'c'"):
+        prepare(train_dir=str(train), validation_dir=str(validation))
+
+
+def test_missing_label_column_names_the_columns(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    path = tmp_path / "rows.parquet"
+    Dataset.from_dict({"image": [str(tmp_path / "a.png")] * 4, "category": ["x", "y"] * 2}).to_parquet(path)
+    with pytest.raises(DataError) as err:
+        prepare(train_file=str(path))
+    assert "'label'" in str(err.value) and "category" in str(err.value) and "--label_column_name" in str(err.value)
+
+
+def test_train_val_split_is_stratified_when_no_validation_is_given(image_folders):
+    splits, _ = prepare(train_dir=str(image_folders[0]), train_val_split=0.25)
+    assert len(splits["validation"]) == 9 and len(splits["train"]) == 27
+    assert sorted(set(splits["validation"]["label"])) == [0, 1, 2]
+
+
+def test_string_labels_become_one_class_label_for_all_splits():
+    splits = DatasetDict(train=Dataset.from_dict({"label": ["cat", "dog", "cat"]}),
+                         validation=Dataset.from_dict({"label": ["dog"]}))
+    encoded = encode_labels(splits, "label", "test")
+    assert isinstance(encoded["validation"].features["label"], ClassLabel)
+    assert encoded["train"].features["label"].names == ["cat", "dog"] and encoded["validation"]["label"] == [1]
+    with pytest.raises(DataError, match="single class"):
+        encode_labels(DatasetDict(train=Dataset.from_dict({"label": ["cat", "cat"]})), "label", "test")
+
+
+def test_missing_folder_and_unknown_format_are_named(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        prepare(train_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "data.xlsx").write_text("x")
+    with pytest.raises(DataError, match="xlsx"):
+        prepare(train_file=str(tmp_path / "data.xlsx"))
+
+
+def test_embedded_sample_loads_balanced():
+    splits, report = prepare()
+    assert len(splits["train"]) == 2000 and len(splits["validation"]) == 500
+    assert splits["train"].features["label"].names[0] == "T-shirt/top"
+    assert report.total_skipped == 0 and "embedded" in report.source

@@ -1,0 +1,122 @@
+import pytest
+import torch
+from conftest import IMAGE_FAMILIES, tiny_image_model
+
+from hftransfer import freezing
+from hftransfer.freezing import FreezePlan, PatternError
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def head_names(model):
+    prefix = model.base_model_prefix
+    return {n for n, _ in model.named_parameters() if not n.startswith(prefix + ".")}
+
+
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+def test_strategies_select_head_blocks_and_all(family):
+    model = tiny_image_model(family)
+    all_names = {n for n, _ in model.named_parameters()}
+    head = head_names(model)
+    assert head and head < all_names
+
+    freezing.apply(model, FreezePlan("feature_extraction"))
+    assert trainable_names(model) == head
+    trained, total = freezing.trainable_count(model)
+    assert trained == sum(p.numel() for n, p in model.named_parameters() if n in head) < total
+
+    freezing.apply(model, FreezePlan("full"))
+    assert trainable_names(model) == all_names
+
+    freezing.apply(model, FreezePlan("fine_tune", unfreeze_last_n=1))
+    blocks = freezing.block_list_name(model)
+    last_block = len(dict(model.named_modules())[blocks]) - 1
+    names = trainable_names(model)
+    assert head < names
+    assert any(n.startswith(f"{blocks}.{last_block}.") for n in names)
+    assert not any(n.startswith(f"{blocks}.0.") for n in names)  # earlier blocks stay frozen
+
+
+def test_blocks_are_found_generically():
+    assert freezing.block_list_name(tiny_image_model("mobilenet_v2")) == "mobilenet_v2.layer"
+    assert freezing.block_list_name(tiny_image_model("resnet")) == "resnet.encoder.stages"
+    assert freezing.block_list_name(tiny_image_model("convnext")) == "convnext.encoder.stages"
+    groups = [g.name for g in freezing.param_groups(tiny_image_model("vit"))]
+    assert groups[0] == "base.stem" and groups[-1] == "head" and "base.block.3" in groups
+
+
+def test_glob_and_regex_patterns():
+    model = tiny_image_model("mobilenet_v2")
+    plan = freezing.apply(model, FreezePlan("feature_extraction", unfreeze=["mobilenet_v2.layer.1[2-5].*"]))
+    blocks = {n.split(".")[2] for n in plan.trainable if n.startswith("mobilenet_v2.layer.")}
+    assert blocks == {"12", "13", "14", "15"}
+
+    freezing.apply(model, FreezePlan("full", freeze=[r"re:mobilenet_v2\.layer\.\d+\.expand_1x1\..*"]))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(".expand_1x1." in n for n in frozen)
+
+
+def test_module_prefix_without_wildcard_matches_its_parameters():
+    model = tiny_image_model("vit")
+    plan = freezing.apply(model, FreezePlan("full", freeze=["vit.embeddings"]))
+    assert not any(n.startswith("vit.embeddings.") for n in plan.trainable)
+    assert any(n.startswith("vit.layers.") or n.startswith("vit.encoder.") for n in plan.trainable)
+
+
+def test_pattern_matching_nothing_names_nearest_parameters():
+    model = tiny_image_model("mobilenet_v2")
+    with pytest.raises(PatternError) as err:
+        freezing.apply(model, FreezePlan("feature_extraction", unfreeze=["mobilenet_v2.layers.15.*"]))
+    message = str(err.value)
+    assert "mobilenet_v2.layers.15.*" in message and "mobilenet_v2.layer" in message
+    with pytest.raises(PatternError, match="regular expression"):
+        freezing.apply(model, FreezePlan("full", freeze=["re:(unclosed"]))
+    with pytest.raises(PatternError, match="only 16 blocks"):
+        freezing.apply(model, FreezePlan("fine_tune", unfreeze_last_n=17))
+
+
+def _bn_stats(model):
+    return {n: b.clone() for n, b in model.named_buffers() if "running_" in n}
+
+
+def _train_steps(model, steps=3):
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(steps):
+        model.train()  # as the Trainer does before every step
+        x = torch.randn(4, 3, 32, 32) * 3 + 1  # far from the stored statistics
+        loss = model(pixel_values=x, labels=torch.tensor([0, 1, 2, 0])).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_frozen_batchnorm_keeps_its_statistics():
+    model = tiny_image_model("mobilenet_v2")
+    before = _bn_stats(model)
+    freezing.apply(model, FreezePlan("feature_extraction"))
+    _train_steps(model)
+    after = _bn_stats(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    # control: once trainable, the same steps do move them, with momentum reset from HF's 0.997 to 0.1
+    freezing.apply(model, FreezePlan("full"))
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.momentum == pytest.approx(0.1)
+    _train_steps(model)
+    moved = _bn_stats(model)
+    assert any(not torch.equal(after[n], moved[n]) for n in after)
+
+
+def test_plan_round_trip_and_report(tmp_path):
+    model = tiny_image_model("vit")
+    plan = freezing.apply(model, FreezePlan("fine_tune", unfreeze_last_n=2, freeze=["vit.layernorm"]))
+    loaded = FreezePlan.load(plan.save(tmp_path))
+    assert loaded == plan
+    again = tiny_image_model("vit")
+    freezing.apply(again, FreezePlan(loaded.strategy, loaded.freeze, loaded.unfreeze, loaded.unfreeze_last_n))
+    assert trainable_names(again) == set(loaded.trainable)
+    text = freezing.report(model, plan)
+    assert "strategy=fine_tune" in text and "head" in text and "total" in text
+    total_line = text.splitlines()[-1].split()
+    assert int(total_line[3].replace(",", "")) == freezing.trainable_count(model)[0]

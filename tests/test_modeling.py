@@ -1,0 +1,44 @@
+import logging
+
+import torch
+from conftest import save_tiny_checkpoint
+
+from hftransfer.args import ModelArguments
+from hftransfer.modeling import head_modules, load_model
+from hftransfer.tasks import ImageTask
+
+
+def load(path, labels):
+    return load_model(ImageTask(), ModelArguments(model_name_or_path=str(path)), labels)
+
+
+def test_new_label_set_replaces_the_head_and_says_so(tmp_path, caplog):
+    path = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2", num_labels=3)
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        model, processor, replaced = load(path, ["cat", "dog", "bird", "fish", "ant"])
+    assert replaced and model.classifier.out_features == 5
+    assert model.config.id2label == {0: "cat", 1: "dog", 2: "bird", 3: "fish", 4: "ant"}
+    assert model.config.label2id["fish"] == 3
+    assert "classifier" in caplog.text and "3 -> 5" in caplog.text
+    assert processor is not None
+
+
+def test_same_labels_keep_the_pretrained_head(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "ckpt", "vit", num_labels=3)
+    from transformers import AutoModelForImageClassification
+
+    reference = AutoModelForImageClassification.from_pretrained(path)
+    model, _, replaced = load(path, ["old_0", "old_1", "old_2"])
+    assert not replaced
+    assert torch.equal(model.classifier.weight, reference.classifier.weight)
+
+
+def test_same_size_but_other_labels_gets_a_fresh_head(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    path = save_tiny_checkpoint(tmp_path / "ckpt", "resnet", num_labels=3)
+    reference = AutoModelForImageClassification.from_pretrained(path)
+    model, _, replaced = load(path, ["x", "y", "z"])
+    assert replaced
+    assert not torch.equal(model.classifier[1].weight, reference.classifier[1].weight)
+    assert list(head_modules(model)) == ["classifier.1"]

@@ -1,0 +1,119 @@
+"""End to end: real training runs through `accelerate launch`, and the saved folders reload."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, save_tiny_checkpoint
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from hftransfer.args import parse_args
+from hftransfer.tasks import ImageTask
+from hftransfer.training import TransferRun
+
+
+def accelerate_launch(args, processes=1, timeout=900):
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               *(["--multi_gpu"] if processes > 1 else []),  # torchrun; on a CPU, DDP over gloo
+               str(ROOT / "recipes" / "image.py"), *args, "--disable_tqdm", "true"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def predict(folder, images):
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    with torch.no_grad():
+        return model(**processor([i.convert("RGB") for i in images], return_tensors="pt")).logits.argmax(-1).numpy()
+
+
+def test_embedded_default_trains_through_accelerate_and_reloads(tmp_path):
+    out = tmp_path / "out"
+    done = accelerate_launch(["--output_dir", str(out), "--max_train_samples", "600", "--max_eval_samples", "200",
+                              "--num_train_epochs", "1"])
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_accuracy"] > 0.6  # 10 classes: chance is 0.1
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] == results["eval_accuracy"]
+    assert "train_runtime" in json.loads((out / "train_results.json").read_text())
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "freeze_plan.json"} <= files
+    assert not any(f.endswith((".bin", ".pth")) for f in files - {"training_args.bin"})
+    assert "New head: classifier" in done.stdout and "strategy=full" in done.stdout  # reports were printed
+
+    from hftransfer.data import prepare_splits
+
+    run = parse_args(["--max_eval_samples", "200", "--output_dir", str(out)])
+    validation = prepare_splits(run.data, ImageTask(run.data), 42)[0]["validation"]
+    predictions = predict(out, validation["image"])
+    reloaded_accuracy = float(np.mean(predictions == np.array(validation["label"])))
+    assert reloaded_accuracy == pytest.approx(results["eval_accuracy"], abs=0.02)
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"]["0"] == "T-shirt/top" and config["label2id"]["Ankle boot"] == 9
+
+
+def test_two_processes_train_with_gloo(tmp_path, image_folders):
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    out = tmp_path / "out"
+    accelerate_launch(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
+                       "--validation_dir", str(image_folders[1]), "--output_dir", str(out),
+                       "--num_train_epochs", "2", "--per_device_train_batch_size", "4"], processes=2)
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    assert record["world_size"] == 2
+    assert [s["stage"] for s in record["stages"]] == ["head", "staged"]
+    assert AutoModelForImageClassification.from_pretrained(out).config.id2label[1] == "square"
+    assert 0 <= json.loads((out / "all_results.json").read_text())["eval_accuracy"] <= 1
+
+
+def _run(args):
+    run = parse_args(args)
+    transfer = TransferRun(run, ImageTask(run.data))
+    return transfer, transfer.execute()
+
+
+def test_cache_trained_head_equals_the_saved_full_model(tmp_path, image_folders, caplog):
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    common = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+              str(image_folders[1]), "--strategy", "feature_extraction", "--head_epochs", "3", "--disable_tqdm", "true"]
+    transfer, metrics = _run([*common, "--output_dir", str(tmp_path / "a")])
+    assert transfer.history[0]["metrics"]["cached_features"]
+    validation = transfer.splits["validation"]
+    reloaded = predict(tmp_path / "a", validation["image"])
+    assert metrics["eval_accuracy"] == pytest.approx(float(np.mean(reloaded == np.array(validation["label"]))))
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        _run([*common, "--output_dir", str(tmp_path / "b"), "--head_learning_rate", "0.01"])
+    assert caplog.text.count("reusing cached features") == 2  # train and validation: no second pass of the base
+
+
+def test_bad_files_are_skipped_and_the_run_goes_on(tmp_path, image_folders):
+    train, validation = image_folders
+    (train / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    (train / "hstripes" / "readme.txt").write_text("hello")
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    _, metrics = _run(["--model_name_or_path", str(checkpoint), "--train_dir", str(train), "--validation_dir",
+                       str(validation), "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1",
+                       "--disable_tqdm", "true"])
+    assert metrics["skipped_examples"] == 2
+    record = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
+    assert sum(record["data"]["skipped"]["train"].values()) == 2
+
+
+def test_missing_label_column_fails_before_training(tmp_path):
+    from datasets import Dataset
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Dataset.from_dict({"image": [str(tmp_path / "a.png")] * 4, "kind": ["a", "b"] * 2}).to_parquet(tmp_path / "d.parquet")
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "image.py"), "--train_file", str(tmp_path / "d.parquet"),
+                           "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0
+    assert "no column 'label'" in done.stderr and "kind" in done.stderr
+    assert not (tmp_path / "out").exists()
