@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, List, Sequence, Value, load_dataset
 
 if TYPE_CHECKING:
     from .args import DataArguments
@@ -95,8 +95,11 @@ def _load_file(path: str, split: str) -> Dataset:
     try:
         return load_dataset(fmt, data_files={split: str(file)}, split=split,
                             **({"delimiter": "\t"} if file.suffix.lower() == ".tsv" else {}))
-    except Exception as err:  # pyarrow/pandas parse errors carry the row; add the file
-        raise DataError(f"{file}: cannot be read as {fmt}: {err}") from err
+    except Exception as err:  # the parser's own error (with its line) sits at the root of the chain; add the file
+        root = err
+        while root.__cause__ or root.__context__:
+            root = root.__cause__ or root.__context__
+        raise DataError(f"{file}: cannot be read as {fmt}: {root}") from err
 
 
 def load_raw(args: "DataArguments", task: "TaskAdapter", report: DataReport) -> DatasetDict:
@@ -138,8 +141,15 @@ def _check_columns(splits: DatasetDict, needed: list[str], where: str) -> None:
                             f"--image_column_name / --text_column_names.")
 
 
+def is_multi_label(dataset: Dataset, column: str = "label") -> bool:
+    """A label column of lists (`["drama", "comedy"]`): each example may carry several labels."""
+    return isinstance(dataset.features[column], (List, Sequence))
+
+
 def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
     """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training."""
+    if is_multi_label(splits["train"], column):
+        return _encode_multi_labels(splits, column, where)
     train = splits["train"]
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
@@ -168,9 +178,24 @@ def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
             dataset = dataset.cast_column(column, ClassLabel(names=names))
         encoded[split] = dataset
     counts = Counter(encoded["train"][column])
-    rare = [names[i] for i in range(len(names)) if counts.get(i, 0) < 1]
+    rare = [names[i] for i in range(len(names)) if counts.get(i, 0) < 1]  # a ClassLabel given with unused names
     if rare:
         raise DataError(f"{where}: class(es) {', '.join(rare)} have no training example")
+    return DatasetDict(encoded)
+
+
+def _encode_multi_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
+    names = sorted({str(v) for row in splits["train"][column] for v in (row or [])})
+    if len(names) < 2:
+        raise DataError(f"{where}: column '{column}' holds fewer than two distinct labels")
+    encoded = {}
+    for split, dataset in splits.items():
+        unseen = sorted({str(v) for row in dataset[column] for v in (row or [])} - set(names))
+        if unseen:
+            raise DataError(f"{where} ({split}): label(s) {', '.join(map(repr, unseen[:10]))} do not occur in "
+                            f"training (labels: {', '.join(names[:20])})")
+        dataset = dataset.cast_column(column, List(Value("string")))
+        encoded[split] = dataset.cast_column(column, List(ClassLabel(names=names)))
     return DatasetDict(encoded)
 
 
@@ -219,14 +244,13 @@ def prepare_splits(args: "DataArguments", task: "TaskAdapter", seed: int) -> tup
 
 
 def _stratify_column(dataset: Dataset) -> str | None:
+    if is_multi_label(dataset):
+        return None
     counts = Counter(dataset["label"])
     return "label" if min(counts.values()) >= 2 else None
 
 
 def label_names(splits: DatasetDict) -> list[str]:
-    return splits["train"].features["label"].names
+    feature = splits["train"].features["label"]
+    return (feature.feature if isinstance(feature, (List, Sequence)) else feature).names
 
-
-def features_for_files(input_feature, names: list[str] | None = None) -> Features:
-    label = ClassLabel(names=names) if names else Value("string")
-    return Features({"input": input_feature, "label": label})

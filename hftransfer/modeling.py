@@ -27,7 +27,7 @@ def head_modules(model: nn.Module) -> dict[str, nn.Module]:
             if name and name != prefix and not name.startswith(prefix + ".") and any(True for _ in module.parameters(recurse=False))}
 
 
-def load_model(task, model_args, labels: list[str]):
+def load_model(task, model_args, labels: list[str], multi_label: bool = False):
     """Returns (model, processor, head_replaced)."""
     path = zoo.resolve(model_args.model_name_or_path)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
@@ -41,7 +41,8 @@ def load_model(task, model_args, labels: list[str]):
     try:
         model = task.auto_model_class.from_pretrained(
             path, num_labels=len(labels), id2label=id2label, label2id={n: i for i, n in id2label.items()},
-            ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32, **common)
+            ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32,
+            problem_type="multi_label_classification" if multi_label else "single_label_classification", **common)
     finally:
         hf_logging.set_verbosity(verbosity)
     if keep_head:

@@ -53,6 +53,10 @@ class TaskAdapter:
     def load_processor(self, path: str, **kwargs):
         raise NotImplementedError
 
+    def prepare_model(self, model):
+        """Hardware-friendly layout of the loaded model (no change by default)."""
+        return model
+
     def adapt_processor(self, processor, model, splits: DatasetDict):
         """Settings chosen from the data (image size, sequence length); returns the processor to save."""
         return processor
@@ -170,7 +174,7 @@ class ImageTask(TaskAdapter):
                 images = [_augment(image, size) for image in images]
             inputs = {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
             if "label" in batch:
-                inputs["labels"] = torch.tensor(batch["label"])
+                inputs["labels"] = batch["label"]  # the collator makes tensors; multi-label lists vary in length
             return inputs
 
         return apply
@@ -234,4 +238,87 @@ def _accepts_size(model, size: int) -> bool:
         model.train(was_training)
 
 
-TASKS = {task.name: task for task in (ImageTask,)}
+# ---------------------------------------------------------------- text
+
+class TextTask(TaskAdapter):
+    name = "text"
+    default_model = "zoo:all-MiniLM-L6-v2"
+    embedded_name = "rotten_tomatoes"
+    max_length_cap = 512  # longer inputs cost quadratic attention for little gain in classification
+
+    @property
+    def columns(self) -> list[str]:
+        names = self.data_args.text_column_names if self.data_args else "text"
+        columns = [c.strip() for c in names.split(",") if c.strip()]
+        if not 1 <= len(columns) <= 2:
+            raise ValueError(f"--text_column_names takes one column, or two for sentence pairs, not '{names}'")
+        return columns
+
+    @property
+    def auto_model_class(self):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def input_columns(self, args) -> list[str]:
+        return self.columns
+
+    def check_file(self, path: Path) -> str | None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            return "not UTF-8 text"
+        return None if text.strip() else "empty text"
+
+    def dataset_from_files(self, paths, labels) -> Dataset:
+        texts = [Path(p).read_text(encoding="utf-8").strip() for p in paths]
+        return Dataset.from_dict({self.columns[0]: texts, "label": labels})
+
+    def drop_unusable(self, dataset, split, report):
+        good = []
+        columns = self.columns
+        for index, row in enumerate(dataset.select_columns(columns)):
+            empty = [c for c in columns if not isinstance(row[c], str) or not row[c].strip()]
+            if empty:
+                report.skip(split, f"empty text in '{empty[0]}'", f"row {index}")
+            else:
+                good.append(index)
+        return dataset if len(good) == len(dataset) else dataset.select(good)
+
+    def load_processor(self, path, **kwargs):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+
+    def adapt_processor(self, tokenizer, model, splits):
+        """The token limit: --max_seq_length, else the model's, capped at 512 (and at the position table)."""
+        limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None),
+                  self.max_length_cap]
+        natural = min(int(v) for v in limits if v)
+        wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else natural
+        if wanted > natural:
+            logger.warning("--max_seq_length %d is more than %s takes; using %d", wanted, type(model).__name__,
+                           natural)
+        tokenizer.model_max_length = min(wanted, natural)
+        logger.info("Texts are truncated to %d tokens and padded per batch", tokenizer.model_max_length)
+        return tokenizer
+
+    def transform(self, tokenizer, train):
+        columns = self.columns
+
+        def apply(batch):
+            texts = [batch[c] for c in columns]
+            inputs = dict(tokenizer(*texts, truncation=True, max_length=tokenizer.model_max_length))
+            if "label" in batch:
+                inputs["labels"] = batch["label"]
+            return inputs
+
+        return apply
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)  # dynamic padding, never to the maximum
+
+
+TASKS = {task.name: task for task in (ImageTask, TextTask)}

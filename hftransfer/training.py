@@ -21,9 +21,9 @@ from transformers import Trainer, default_data_collator, set_seed
 
 from . import features as feature_cache
 from . import freezing
-from .data import label_names, prepare_splits
+from .data import is_multi_label, label_names, prepare_splits
 from .freezing import FreezePlan
-from .metrics import load_metrics
+from .metrics import load_metrics, multi_label_metrics
 from .modeling import load_model
 from .zoo import resolve
 
@@ -75,6 +75,16 @@ def auto_epochs(run, stage: "Stage", train_size: int) -> float:
     return float(min(max(low, math.ceil(MIN_STEPS[kind] / steps_per_epoch)), high))
 
 
+CONV_LEARNING_RATE = 1e-3  # MobileNetV2 on Fashion-MNIST: 1e-3 and 3e-4 within noise, see README
+ATTENTION_LEARNING_RATE = 5e-5  # the usual fine-tuning rate of BERT- and ViT-like models
+
+
+def default_learning_rate(model: torch.nn.Module) -> float:
+    """The base-training rate when the user gave none: attention models fine-tune at a far lower rate than convnets."""
+    uses_attention = any("attention" in type(m).__name__.lower() for m in model.modules())
+    return ATTENTION_LEARNING_RATE if uses_attention else CONV_LEARNING_RATE
+
+
 class TransferTrainer(Trainer):
     """`Trainer` that never writes the Hub token: `training_args.bin` is saved without it."""
 
@@ -90,7 +100,14 @@ def _argmax(logits, labels):
     return logits.argmax(-1)
 
 
-def make_compute_metrics(names):
+def _above_half(logits, labels):
+    return (logits > 0).int()  # sigmoid(logit) > 0.5
+
+
+def make_compute_metrics(names, multi_label: bool):
+    """Single-label: the `evaluate` modules in `names` on argmax predictions. Multi-label: F1 and exact match."""
+    if multi_label:
+        return lambda prediction: multi_label_metrics(prediction.predictions, prediction.label_ids)
     metrics = load_metrics(names)
 
     def compute(prediction):
@@ -100,6 +117,20 @@ def make_compute_metrics(names):
         return result
 
     return compute
+
+
+def with_multi_hot_labels(transform, num_labels: int):
+    """Label-id lists -> float vectors of 0/1, what `multi_label_classification` trains on."""
+    def apply(batch):
+        inputs = transform(batch)
+        if "labels" in inputs:
+            hot = torch.zeros(len(inputs["labels"]), num_labels)
+            for row, ids in enumerate(inputs["labels"]):
+                hot[row, list(ids)] = 1.0
+            inputs["labels"] = hot.tolist()
+        return inputs
+
+    return apply
 
 
 class TransferRun:
@@ -116,15 +147,22 @@ class TransferRun:
         with self.args.main_process_first(desc="data preparation"):
             self.splits, self.data_report = prepare_splits(self.run.data, self.task, self.args.seed)
         self.labels = label_names(self.splits)
-        self.model, self.processor, self.head_replaced = load_model(self.task, self.run.model, self.labels)
+        self.multi_label = is_multi_label(self.splits["train"])
+        self.model, self.processor, self.head_replaced = load_model(self.task, self.run.model, self.labels,
+                                                                    self.multi_label)
         self.model = self.task.prepare_model(self.model)
         self.processor = self.task.adapt_processor(self.processor, self.model, self.splits)
-        self.train_raw = self.splits["train"].with_transform(self.task.transform(self.processor, train=False))
-        self.eval_raw = self.splits["validation"].with_transform(self.task.transform(self.processor, train=False))
-        self.compute_metrics = make_compute_metrics(["accuracy"])
+        self.train_raw = self.splits["train"].with_transform(self.transform(train=False))
+        self.eval_raw = self.splits["validation"].with_transform(self.transform(train=False))
+        self.compute_metrics = make_compute_metrics(["accuracy"], self.multi_label)
+        self.predictions = _above_half if self.multi_label else _argmax
         self._cache = {}
         logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
                     len(self.splits["validation"]), len(self.labels))
+
+    def transform(self, train: bool):
+        transform = self.task.transform(self.processor, train=train)
+        return with_multi_hot_labels(transform, len(self.labels)) if self.multi_label else transform
 
     def _stage_args(self, stage: Stage, **changes):
         output_dir = self.args.output_dir
@@ -175,7 +213,7 @@ class TransferRun:
         evaluating = self.args.eval_strategy != "no"
         common = {"model": self.model, "args": self._stage_args(stage),
                   "compute_metrics": self.compute_metrics if evaluating else None,
-                  "preprocess_logits_for_metrics": _argmax if evaluating else None}
+                  "preprocess_logits_for_metrics": self.predictions if evaluating else None}
         if cached:
             train, layout = self._features("train"), self._cache["layout"]
             held_out = self._features("validation") if evaluating else None
@@ -183,7 +221,7 @@ class TransferRun:
                 trainer = TransferTrainer(train_dataset=train, eval_dataset=held_out, **common)
                 result = trainer.train()
         else:
-            train = self.splits["train"].with_transform(self.task.transform(self.processor, train=stage.augment))
+            train = self.splits["train"].with_transform(self.transform(train=stage.augment))
             trainer = TransferTrainer(train_dataset=train, eval_dataset=self.eval_raw if evaluating else None,
                                       data_collator=self.task.collator(self.processor), **common)
             result = trainer.train()
@@ -200,11 +238,11 @@ class TransferRun:
             features = self._features("validation")  # extracted by the real base, before the swap
             with feature_cache.swapped_base(self.model, self._cache["layout"]):
                 trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
-                                          preprocess_logits_for_metrics=_argmax)
+                                          preprocess_logits_for_metrics=self.predictions)
                 metrics = trainer.evaluate(features)
         else:
             trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
-                                      preprocess_logits_for_metrics=_argmax,
+                                      preprocess_logits_for_metrics=self.predictions,
                                       data_collator=self.task.collator(self.processor))
             metrics = trainer.evaluate(self.eval_raw)
         metrics.pop("epoch", None)  # the evaluation trainer trained nothing; train_results.json has the epochs
@@ -218,6 +256,8 @@ class TransferRun:
         stages = plan_stages(self.run)
         for stage in stages:
             stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]))
+            if stage.plan.strategy != "feature_extraction" and not self.run.given("learning_rate"):
+                stage.learning_rate = default_learning_rate(self.model)
             self.train_stage(stage)
         trainer, eval_metrics = self.evaluate(stages[-1])
         train_metrics = self._train_metrics(time.time() - start)
@@ -242,6 +282,6 @@ class TransferRun:
         trainer.save_metrics("eval", eval_metrics)
         stages[-1].plan.save(out)
         record = {"settings": self.run.to_dict(), "stages": self.history, "data": self.data_report.to_dict(),
-                  "head_replaced": self.head_replaced, "labels": self.labels, "world_size": self.args.world_size}
+                  "head_replaced": self.head_replaced, "labels": self.labels, "multi_label": self.multi_label, "world_size": self.args.world_size}
         (out / "hftransfer_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         logger.info(self.data_report.summary())

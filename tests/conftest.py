@@ -95,3 +95,42 @@ def mobilenet_zoo():
     from hftransfer import zoo
 
     return zoo.prepare("mobilenet_v2")
+
+
+def tiny_text_model(family: str, num_labels: int = 2):
+    import transformers as tf
+
+    if family == "bert":
+        config = tf.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6, num_attention_heads=2,
+                               intermediate_size=37, max_position_embeddings=128, num_labels=num_labels)
+        return tf.BertForSequenceClassification(config)
+    if family == "distilbert":
+        config = tf.DistilBertConfig(vocab_size=30522, dim=32, n_layers=3, n_heads=2, hidden_dim=37,
+                                     max_position_embeddings=128, num_labels=num_labels)
+        return tf.DistilBertForSequenceClassification(config)
+    raise ValueError(family)
+
+
+def save_tiny_text_checkpoint(folder: Path, family: str) -> Path:
+    """A tiny random model with the real MiniLM (BERT uncased) tokenizer."""
+    from hftransfer import zoo
+    from transformers import AutoTokenizer
+
+    tiny_text_model(family).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2")).save_pretrained(folder)
+    return folder
+
+
+POSITIVE = ["a wonderful, moving film", "brilliant acting and a great story", "I loved every minute",
+            "funny, warm and beautifully shot", "a delight from start to finish", "superb and touching"]
+NEGATIVE = ["a dull, boring mess", "terrible acting and a weak plot", "I hated every minute",
+            "tedious, flat and badly shot", "a waste of two hours", "awful and lifeless"]
+
+
+def write_reviews_csv(path: Path, repeat: int = 4, extra_rows: list[str] = ()) -> Path:
+    lines = ["text,label"]
+    for _ in range(repeat):
+        lines += [f'"{t}",good' for t in POSITIVE] + [f'"{t}",bad' for t in NEGATIVE]
+    lines += list(extra_rows)
+    path.write_text("\n".join(lines) + "\n")
+    return path

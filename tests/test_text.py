@@ -1,0 +1,132 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import NEGATIVE, POSITIVE, ROOT, save_tiny_text_checkpoint, tiny_text_model, write_reviews_csv
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hftransfer import freezing
+from hftransfer.args import DataArguments, parse_args
+from hftransfer.data import DataError, prepare_splits
+from hftransfer.freezing import FreezePlan
+from hftransfer.tasks import TextTask
+from hftransfer.training import TransferRun
+
+
+def prepare(**kwargs):
+    args = DataArguments(**kwargs)
+    return prepare_splits(args, TextTask(args), seed=0)
+
+
+def run(args):
+    parsed = parse_args([*args, "--disable_tqdm", "true"])
+    transfer = TransferRun(parsed, TextTask(parsed.data))
+    return transfer, transfer.execute()
+
+
+def test_freezing_bert_by_patterns():
+    model = tiny_text_model("bert")
+    plan = freezing.apply(model, FreezePlan("full", freeze=["bert.embeddings.*", "bert.encoder.layer.[0-3].*"]))
+    assert not any(n.startswith(("bert.embeddings.", "bert.encoder.layer.0.", "bert.encoder.layer.3."))
+                   for n in plan.trainable)
+    assert any(n.startswith("bert.encoder.layer.4.") for n in plan.trainable)
+    assert {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight"} <= set(plan.trainable)
+    assert freezing.block_list_name(model) == "bert.encoder.layer"
+
+
+def test_distilbert_head_includes_its_pre_classifier():
+    model = tiny_text_model("distilbert")
+    plan = freezing.apply(model, FreezePlan("feature_extraction"))
+    assert set(plan.trainable) == {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight",
+                                   "classifier.bias"}
+    plan = freezing.apply(model, FreezePlan("fine_tune", unfreeze_last_n=1))
+    assert any(n.startswith("distilbert.transformer.layer.2.") for n in plan.trainable)
+    assert not any(n.startswith("distilbert.transformer.layer.1.") for n in plan.trainable)
+
+
+def test_string_labels_are_cast_and_named_in_the_saved_config(tmp_path):
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "distilbert")
+    data = write_reviews_csv(tmp_path / "train.csv")
+    _, metrics = run(["--model_name_or_path", str(checkpoint), "--train_file", str(data), "--output_dir",
+                      str(tmp_path / "out"), "--num_train_epochs", "1"])
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "bad", "1": "good"}
+    assert (tmp_path / "out" / "tokenizer.json").exists() or (tmp_path / "out" / "vocab.txt").exists()
+    assert 0 <= metrics["eval_accuracy"] <= 1
+
+
+def test_sentence_pairs_reach_the_model_as_pairs(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"premise": p, "hypothesis": h, "label": int(p in POSITIVE)} for p in POSITIVE + NEGATIVE
+            for h in ("it was good", "it was bad")]
+    path.write_text("\n".join(json.dumps(r) for r in rows * 2))
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    transfer, _ = run(["--model_name_or_path", str(checkpoint), "--train_file", str(path), "--text_column_names",
+                       "premise,hypothesis", "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1"])
+    item = transfer.train_raw[0]
+    assert 1 in item["token_type_ids"]  # the second segment is marked
+    tokens = AutoTokenizer.from_pretrained(tmp_path / "out").convert_ids_to_tokens(item["input_ids"])
+    assert tokens.count("[SEP]") == 2
+
+
+def test_multi_label_trains_with_the_right_problem_type_and_metrics(tmp_path):
+    path = tmp_path / "tags.jsonl"
+    rows = []
+    for text in POSITIVE + NEGATIVE:
+        rows.append({"text": text, "label": ["positive" if text in POSITIVE else "negative"]
+                     + (["visual"] if "shot" in text else [])})
+    path.write_text("\n".join(json.dumps(r) for r in rows * 3))
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    _, metrics = run(["--model_name_or_path", str(checkpoint), "--train_file", str(path), "--output_dir",
+                      str(tmp_path / "out"), "--num_train_epochs", "1"])
+    assert {"eval_f1_micro", "eval_f1_macro", "eval_accuracy"} <= set(metrics)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert model.config.problem_type == "multi_label_classification"
+    assert set(model.config.id2label.values()) == {"negative", "positive", "visual"}
+
+
+def test_empty_and_whitespace_texts_are_counted_skips(tmp_path):
+    data = write_reviews_csv(tmp_path / "train.csv", extra_rows=['"",good', '"   ",bad', ',good'])
+    splits, report = prepare(train_file=str(data))
+    assert report.total_skipped == 3
+    assert "empty text in 'text'" in report.summary()
+    assert len(splits["train"]) + len(splits["validation"]) == 48
+
+
+def test_missing_text_column_and_unseen_label_are_errors(tmp_path):
+    data = write_reviews_csv(tmp_path / "train.csv")
+    with pytest.raises(DataError, match="no column 'review'"):
+        prepare(train_file=str(data), text_column_names="review")
+    validation = tmp_path / "validation.csv"
+    validation.write_text('text,label\n"fine",good\n"meh",neutral\n')
+    with pytest.raises(DataError, match="'neutral'"):
+        prepare(train_file=str(data), validation_file=str(validation))
+
+
+def test_csv_with_a_broken_row_names_the_file_and_line(tmp_path):
+    data = write_reviews_csv(tmp_path / "train.csv", extra_rows=['"a broken row",good,extra,fields'])
+    with pytest.raises(DataError) as err:
+        prepare(train_file=str(data))
+    assert "train.csv" in str(err.value) and "line" in str(err.value).lower()
+
+
+def test_minilm_zoo_transfers_through_accelerate_and_reloads(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "text.py"),
+               "--output_dir", str(out), "--max_train_samples", "800", "--max_eval_samples", "300",
+               "--num_train_epochs", "1", "--disable_tqdm", "true"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_accuracy"] > 0.65  # balanced binary: chance is 0.5
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.id2label == {0: "rotten", 1: "fresh"}
+    inputs = tokenizer(["a masterpiece: moving, funny and brilliantly acted",
+                        "a tedious, clumsy and utterly boring film"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**inputs).logits.argmax(-1).tolist()
+    assert predicted == [1, 0]
