@@ -90,7 +90,7 @@ class TransferTrainingArguments(TrainingArguments):
     output_dir: str | None = field(default=None, metadata={"help": "Where the model and results are written."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the stage that trains the "
                                                                  "base (AdamW, warm-up then linear decay). Default: "
-                                                                 "1e-3 for convnets, 5e-5 for attention models."})
+                                                                 "1e-3 for convnets, 1e-4 for attention models."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the stage that trains the base. Default: "
                                                                    "enough for 500 steps, 3 to 30."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up: steps, or a fraction of them if < 1."})

@@ -26,8 +26,11 @@ def hardware_defaults(run):
     DDP over gloo when launched as several processes (`accelerate launch --multi_gpu --num_processes N`)."""
     changes = {}
     several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if several_processes and not torch.cuda.is_available() and not run.given("use_cpu"):
-        changes["use_cpu"] = True  # several processes and no GPU: DDP over gloo on the CPU
+    if not torch.cuda.is_available():
+        if several_processes and not run.given("use_cpu"):
+            changes["use_cpu"] = True  # several processes and no GPU: DDP over gloo on the CPU
+        if not run.given("dataloader_pin_memory"):
+            changes["dataloader_pin_memory"] = False  # nothing to pin for
     if torch.cuda.is_available():
         if not (run.given("bf16") or run.given("fp16")):
             changes["bf16" if torch.cuda.is_bf16_supported() else "fp16"] = True

@@ -65,6 +65,10 @@ class TaskAdapter:
         """A `set_transform` function: raw rows -> model inputs, applied lazily per batch."""
         raise NotImplementedError
 
+    def lengths(self, dataset: Dataset, processor) -> list[int] | None:
+        """Per-example input lengths where inputs vary in length, so batches can group similar lengths."""
+        return None
+
     def collator(self, processor):
         return None  # the Trainer's default collator stacks tensors
 
@@ -314,6 +318,11 @@ class TextTask(TaskAdapter):
             return inputs
 
         return apply
+
+    def lengths(self, dataset, tokenizer):
+        texts = [list(dataset[c]) for c in self.columns]
+        encoded = tokenizer(*texts, truncation=True, max_length=tokenizer.model_max_length)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def collator(self, tokenizer):
         from transformers import DataCollatorWithPadding

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import Trainer, default_data_collator, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import features as feature_cache
 from . import freezing
@@ -29,9 +30,14 @@ from .zoo import resolve
 
 logger = logging.getLogger(__name__)
 
-# Auto epochs (measured, README): a stage should make enough optimizer steps whatever the data size. On 3,000
-# Fashion-MNIST images, 6 epochs of fine-tuning gave 0.906 against 0.887 for 3; small sets need many more epochs.
-MIN_STEPS = {"base": 500, "head": 300}
+# Defaults by architecture, measured (README, benchmarks/results/defaults.json). Convnets (MobileNetV2 on
+# Fashion-MNIST): rate 1e-3 (3e-4 within noise), and enough epochs for 500 steps: 6 epochs on 3,000 images gave
+# 0.906 against 0.887 for 3. Attention models (MiniLM, 2,000 Rotten Tomatoes snippets): 1e-4 for 150 steps
+# (3 epochs) gave 0.806 in 93 s; 5e-5 gave 0.796, and 8 epochs at 5e-5 overfit (training loss 0.01) for 0.804 at
+# 2.5x the time.
+BASE_DEFAULTS = {"conv": {"learning_rate": 1e-3, "min_steps": 500},
+                 "attention": {"learning_rate": 1e-4, "min_steps": 150}}
+HEAD_MIN_STEPS = 300
 EPOCH_RANGE = {"base": (3, 30), "head": (10, 100)}
 
 
@@ -63,7 +69,16 @@ def plan_stages(run) -> list[Stage]:
     return [head, tune] if transfer.strategy == "staged" else [tune]
 
 
-def auto_epochs(run, stage: "Stage", train_size: int) -> float:
+def architecture(model: torch.nn.Module) -> str:
+    return "attention" if any("attention" in type(m).__name__.lower() for m in model.modules()) else "conv"
+
+
+def default_learning_rate(model: torch.nn.Module) -> float:
+    """The base-training rate when the user gave none: attention models fine-tune at a far lower rate than convnets."""
+    return BASE_DEFAULTS[architecture(model)]["learning_rate"]
+
+
+def auto_epochs(run, stage: "Stage", train_size: int, model: torch.nn.Module) -> float:
     """Epochs of a stage whose epochs the user did not give: enough optimizer steps for the data size."""
     kind = "head" if stage.plan.strategy == "feature_extraction" else "base"
     flag = "head_epochs" if kind == "head" else "num_train_epochs"
@@ -71,22 +86,40 @@ def auto_epochs(run, stage: "Stage", train_size: int) -> float:
         return stage.epochs
     world = max(1, run.training.world_size)
     steps_per_epoch = math.ceil(train_size / (run.training.per_device_train_batch_size * world))
+    min_steps = HEAD_MIN_STEPS if kind == "head" else BASE_DEFAULTS[architecture(model)]["min_steps"]
     low, high = EPOCH_RANGE[kind]
-    return float(min(max(low, math.ceil(MIN_STEPS[kind] / steps_per_epoch)), high))
-
-
-CONV_LEARNING_RATE = 1e-3  # MobileNetV2 on Fashion-MNIST: 1e-3 and 3e-4 within noise, see README
-ATTENTION_LEARNING_RATE = 5e-5  # the usual fine-tuning rate of BERT- and ViT-like models
-
-
-def default_learning_rate(model: torch.nn.Module) -> float:
-    """The base-training rate when the user gave none: attention models fine-tune at a far lower rate than convnets."""
-    uses_attention = any("attention" in type(m).__name__.lower() for m in model.modules())
-    return ATTENTION_LEARNING_RATE if uses_attention else CONV_LEARNING_RATE
+    return float(min(max(low, math.ceil(min_steps / steps_per_epoch)), high))
 
 
 class TransferTrainer(Trainer):
-    """`Trainer` that never writes the Hub token: `training_args.bin` is saved without it."""
+    """`Trainer` that never writes the Hub token (`training_args.bin` is saved without it) and groups batches by
+    lengths computed once from the raw data (its own grouping would read them through the lazy transform)."""
+
+    def __init__(self, *args, lengths: dict | None = None, **kwargs):
+        self.lengths = lengths or {}
+        super().__init__(*args, **kwargs)
+
+    def _length_sampler(self, split: str, batch_size: int):
+        lengths = self.lengths.get(split)
+        if self.args.train_sampling_strategy != "group_by_length" or lengths is None:
+            return None
+        return LengthGroupedSampler(batch_size, lengths=lengths,
+                                    generator=torch.Generator().manual_seed(self.args.seed))
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if len(dataset) == len(self.lengths.get("train") or []):
+            sampler = self._length_sampler("train", self.args.train_batch_size * self.args.gradient_accumulation_steps)
+            if sampler is not None:
+                return sampler
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        if len(eval_dataset) == len(self.lengths.get("validation") or []):
+            sampler = self._length_sampler("validation", self.args.eval_batch_size)
+            if sampler is not None:
+                return sampler
+        return super()._get_eval_sampler(eval_dataset)
 
     def _save(self, output_dir=None, state_dict=None):
         token, self.args.hub_token = self.args.hub_token, None
@@ -152,6 +185,7 @@ class TransferRun:
                                                                     self.multi_label)
         self.model = self.task.prepare_model(self.model)
         self.processor = self.task.adapt_processor(self.processor, self.model, self.splits)
+        self._group_by_length()
         self.train_raw = self.splits["train"].with_transform(self.transform(train=False))
         self.eval_raw = self.splits["validation"].with_transform(self.transform(train=False))
         self.compute_metrics = make_compute_metrics(["accuracy"], self.multi_label)
@@ -159,6 +193,13 @@ class TransferRun:
         self._cache = {}
         logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
                     len(self.splits["validation"]), len(self.labels))
+
+    def _group_by_length(self) -> None:
+        """Texts of similar length share a batch, so dynamic padding pads little (Rotten Tomatoes snippets run from
+        1 to 1,000 words: random batches pad most of them to the longest)."""
+        self.lengths = {split: self.task.lengths(d, self.processor) for split, d in self.splits.items()}
+        if self.lengths["train"] is not None and not self.run.given("train_sampling_strategy"):
+            self.args = replace(self.args, train_sampling_strategy="group_by_length")
 
     def transform(self, train: bool):
         transform = self.task.transform(self.processor, train=train)
@@ -190,7 +231,11 @@ class TransferRun:
             dataset = self.train_raw if split == "train" else self.eval_raw
             key = feature_cache.cache_key(resolve(self.run.model.model_name_or_path), self.run.model.model_revision,
                                           self.processor, feature_cache.data_fingerprint(self.splits[split]), layout)
+            # shortest inputs first where lengths vary: features and labels stay paired, their order is free
+            lengths = self.lengths[split]
+            order = None if lengths is None else np.argsort(lengths, kind="stable").tolist()
             loader = torch.utils.data.DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size,
+                                                 sampler=order,
                                                  collate_fn=self.task.collator(self.processor) or default_data_collator)
             with self.args.main_process_first(desc="feature cache"):
                 features, labels = feature_cache.load_or_extract(self.model, loader, layout, key,
@@ -209,6 +254,11 @@ class TransferRun:
         if self.args.should_log:
             logger.info("Stage '%s' (lr %.2g, %.3g epochs):\n%s", stage.name, stage.learning_rate, stage.epochs,
                         freezing.report(self.model, stage.plan))
+        if self.args.gradient_checkpointing:
+            try:  # checkpointed blocks after frozen embeddings would otherwise get inputs without grad: no gradients
+                self.model.enable_input_require_grads()
+            except (NotImplementedError, AttributeError):
+                pass  # no input embeddings to hook (convnets)
         cached = self._uses_cache(stage)
         evaluating = self.args.eval_strategy != "no"
         common = {"model": self.model, "args": self._stage_args(stage),
@@ -223,7 +273,8 @@ class TransferRun:
         else:
             train = self.splits["train"].with_transform(self.transform(train=stage.augment))
             trainer = TransferTrainer(train_dataset=train, eval_dataset=self.eval_raw if evaluating else None,
-                                      data_collator=self.task.collator(self.processor), **common)
+                                      data_collator=self.task.collator(self.processor), lengths=self.lengths,
+                                      **common)
             result = trainer.train()
         metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
                    "trainable_parameters": freezing.trainable_count(self.model)[0]}
@@ -243,7 +294,7 @@ class TransferRun:
         else:
             trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
                                       preprocess_logits_for_metrics=self.predictions,
-                                      data_collator=self.task.collator(self.processor))
+                                      data_collator=self.task.collator(self.processor), lengths=self.lengths)
             metrics = trainer.evaluate(self.eval_raw)
         metrics.pop("epoch", None)  # the evaluation trainer trained nothing; train_results.json has the epochs
         metrics["eval_samples"] = len(self.splits["validation"])
@@ -255,7 +306,7 @@ class TransferRun:
         self.setup()
         stages = plan_stages(self.run)
         for stage in stages:
-            stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]))
+            stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]), self.model)
             if stage.plan.strategy != "feature_extraction" and not self.run.given("learning_rate"):
                 stage.learning_rate = default_learning_rate(self.model)
             self.train_stage(stage)

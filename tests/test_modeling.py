@@ -42,3 +42,14 @@ def test_same_size_but_other_labels_gets_a_fresh_head(tmp_path):
     assert replaced
     assert not torch.equal(model.classifier[1].weight, reference.classifier[1].weight)
     assert list(head_modules(model)) == ["classifier.1"]
+
+
+def test_default_learning_rate_follows_the_architecture():
+    from conftest import tiny_image_model, tiny_text_model
+
+    from hftransfer.training import default_learning_rate
+
+    assert default_learning_rate(tiny_image_model("mobilenet_v2")) == 1e-3
+    assert default_learning_rate(tiny_image_model("resnet")) == 1e-3
+    assert default_learning_rate(tiny_image_model("vit")) == 1e-4
+    assert default_learning_rate(tiny_text_model("bert")) == 1e-4

@@ -117,3 +117,14 @@ def test_missing_label_column_fails_before_training(tmp_path):
     assert done.returncode != 0
     assert "no column 'label'" in done.stderr and "kind" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_no_file_in_the_output_holds_the_hub_token(tmp_path, image_folders):
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "resnet")
+    out = tmp_path / "out"
+    _run(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+          str(image_folders[1]), "--output_dir", str(out), "--num_train_epochs", "1", "--hub_token", "hf_SECRET42",
+          "--disable_tqdm", "true"])
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in written)
+    assert not [p.name for p in written if b"hf_SECRET42" in p.read_bytes()]

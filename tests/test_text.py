@@ -130,3 +130,15 @@ def test_minilm_zoo_transfers_through_accelerate_and_reloads(tmp_path):
     with torch.no_grad():
         predicted = model(**inputs).logits.argmax(-1).tolist()
     assert predicted == [1, 0]
+
+
+def test_text_folders_are_read_and_empty_files_counted(tmp_path):
+    for label, texts in (("good", POSITIVE), ("bad", NEGATIVE)):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i, text in enumerate(texts * 2):
+            (tmp_path / "train" / label / f"{i}.txt").write_text(text)
+    (tmp_path / "train" / "good" / "empty.txt").write_text("  \n")
+    (tmp_path / "train" / "bad" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    splits, report = prepare(train_dir=str(tmp_path / "train"))
+    assert len(splits["train"]) + len(splits["validation"]) == 24
+    assert report.skipped["train"] == {"empty text": 1, "not UTF-8 text": 1}
