@@ -199,7 +199,7 @@ class TransferRun:
         1 to 1,000 words: random batches pad most of them to the longest)."""
         self.lengths = {split: self.task.lengths(d, self.processor) for split, d in self.splits.items()}
         if self.lengths["train"] is not None and not self.run.given("train_sampling_strategy"):
-            self.args = replace(self.args, train_sampling_strategy="group_by_length")
+            self.args = self.run.training = replace(self.args, train_sampling_strategy="group_by_length")
 
     def transform(self, train: bool):
         transform = self.task.transform(self.processor, train=train)
@@ -278,7 +278,8 @@ class TransferRun:
             result = trainer.train()
         metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
                    "trainable_parameters": freezing.trainable_count(self.model)[0]}
-        self.history.append({"stage": stage.name, "plan": asdict(stage.plan), "metrics": metrics,
+        self.history.append({"stage": stage.name, "learning_rate": stage.learning_rate, "epochs": stage.epochs,
+                             "plan": asdict(stage.plan), "metrics": metrics,
                              "log": trainer.state.log_history})
         return metrics
 

@@ -142,3 +142,28 @@ def test_text_folders_are_read_and_empty_files_counted(tmp_path):
     splits, report = prepare(train_dir=str(tmp_path / "train"))
     assert len(splits["train"]) + len(splits["validation"]) == 24
     assert report.skipped["train"] == {"empty text": 1, "not UTF-8 text": 1}
+
+
+def test_batches_group_texts_of_similar_length(tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from hftransfer.training import TransferTrainer
+
+    data = write_reviews_csv(tmp_path / "train.csv", extra_rows=[f'"{"very long " * 60}",good'] * 16)
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    parsed = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(data), "--output_dir",
+                         str(tmp_path / "out"), "--per_device_train_batch_size", "4"])
+    transfer = TransferRun(parsed, TextTask(parsed.data))
+    transfer.setup()
+    assert transfer.args.train_sampling_strategy == "group_by_length"
+    from dataclasses import replace
+
+    def padded_tokens(strategy):
+        trainer = TransferTrainer(model=transfer.model, train_dataset=transfer.train_raw, lengths=transfer.lengths,
+                                  args=replace(transfer.args, train_sampling_strategy=strategy),
+                                  data_collator=TextTask().collator(transfer.processor))
+        sampler = trainer._get_train_sampler()
+        assert isinstance(sampler, LengthGroupedSampler) == (strategy == "group_by_length")
+        return sum(batch["input_ids"].numel() for batch in trainer.get_train_dataloader())
+
+    assert padded_tokens("group_by_length") < 0.75 * padded_tokens("random")  # long texts travel together
