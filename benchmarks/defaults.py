@@ -112,6 +112,8 @@ CONFIGS = {
     "staged, 3 epochs": ["--num_train_epochs", "3"],
     "staged, 3 epochs, lr 1e-4": ["--num_train_epochs", "3", "--learning_rate", "1e-4"],
     "staged, 3 epochs, lr 2e-4": ["--num_train_epochs", "3", "--learning_rate", "2e-4"],
+    "staged, layer_lr_decay 0.8": ["--layer_lr_decay", "0.8"],
+    "staged, layer_lr_decay 0.8, lr 2e-4": ["--layer_lr_decay", "0.8", "--learning_rate", "2e-4"],
 }
 
 

@@ -68,6 +68,12 @@ class TransferArguments:
         "help": "Patterns to train even where the strategy or --freeze froze them.", "nargs": "*"})
     unfreeze_last_n: int | None = field(
         default=None, metadata={"help": "Train the last N blocks of the base (and what follows them)."})
+    layer_lr_decay: float | None = field(
+        default=None, metadata={"help": "Discriminative rates: each block deeper in the base trains at the rate of "
+                                        "the block above times this (e.g. 0.8); the head at the full rate."})
+    lr_multipliers: list[str] = field(default_factory=list, metadata={
+        "help": "Rate factors by pattern, 'PATTERN=FACTOR' (e.g. 'bert.embeddings.*=0.1'); they multiply.",
+        "nargs": "*"})
     head_epochs: float = field(
         default=10, metadata={"help": "Epochs for the head on the frozen base (stage 1 of `staged`, or the "
                                       "feature-extraction run). Default: enough for 300 steps, 10 to 100."})

@@ -1,6 +1,7 @@
 """`hftransfer` command: freeze reports and the offline zoo.
 
     hftransfer freeze-report MODEL [--strategy S] [--freeze P ...] [--unfreeze P ...] [--unfreeze_last_n N]
+                                   [--layer_lr_decay D] [--lr_multipliers P=F ...]
     hftransfer freeze-report OUTPUT_DIR --plan OUTPUT_DIR/freeze_plan.json
     hftransfer zoo list
     hftransfer zoo prepare NAME [--force]
@@ -33,7 +34,8 @@ def freeze_report(args) -> None:
         plan = freezing.FreezePlan.load(args.plan)
         expected = set(plan.trainable)
     else:
-        plan = freezing.FreezePlan(args.strategy, args.freeze, args.unfreeze, args.unfreeze_last_n)
+        plan = freezing.FreezePlan(args.strategy, args.freeze, args.unfreeze, args.unfreeze_last_n,
+                                   args.layer_lr_decay, args.lr_multipliers)
         expected = None
     try:
         freezing.apply(model, plan)
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--freeze", nargs="*", default=[])
     report.add_argument("--unfreeze", nargs="*", default=[])
     report.add_argument("--unfreeze_last_n", type=int)
+    report.add_argument("--layer_lr_decay", type=float)
+    report.add_argument("--lr_multipliers", nargs="*", default=[])
     report.add_argument("--plan", help="a saved freeze_plan.json to reproduce")
     report.add_argument("--json", action="store_true", help="also print the resolved plan")
     report.add_argument("--trust_remote_code", action="store_true")

@@ -31,6 +31,8 @@ class FreezePlan:
     freeze: list[str] = field(default_factory=list)
     unfreeze: list[str] = field(default_factory=list)
     unfreeze_last_n: int | None = None
+    layer_lr_decay: float | None = None  # each group deeper in the base trains at this times the next one's rate
+    lr_multipliers: list[str] = field(default_factory=list)  # "PATTERN=FACTOR": rate factors by name
     trainable: list[str] = field(default_factory=list)  # filled in by `apply`: the resolved result
 
     def save(self, folder: str | Path) -> Path:
@@ -189,25 +191,58 @@ def _set_bn_policy(module: _BatchNorm, reset_bn_momentum: bool) -> None:
         module.momentum = BN_MOMENTUM
 
 
+# ---------------------------------------------------------------- discriminative learning rates
+
+def lr_factors(model: nn.Module, plan: FreezePlan) -> dict[str, float]:
+    """Learning-rate factor of every parameter: `layer_lr_decay` per group below the head (head and base.top 1,
+    last block decay, ..., stem decay^(blocks+1)), times every `lr_multipliers` factor whose pattern matches."""
+    groups = param_groups(model)
+    blocks = sum(g.name.startswith("base.block.") for g in groups)
+    decay = plan.layer_lr_decay or 1.0
+    factors = {}
+    for group in groups:
+        if group.name in ("head", "base.top"):
+            exponent = 0
+        elif group.name == "base.stem":
+            exponent = blocks + 1
+        else:
+            exponent = blocks - int(group.name.rsplit(".", 1)[1])
+        factors.update({name: decay ** exponent for name in group.params})
+    names = list(factors)
+    for rule in plan.lr_multipliers:
+        pattern, _, value = rule.rpartition("=")
+        try:
+            factor = float(value)
+        except ValueError:
+            raise PatternError(f"--lr_multipliers '{rule}': expected PATTERN=FACTOR, e.g. 'bert.embeddings.*=0.1'")
+        for name in match(pattern, names):
+            factors[name] *= factor
+    return factors
+
+
 # ---------------------------------------------------------------- reporting
 
 def report(model: nn.Module, plan: FreezePlan | None = None) -> str:
     """A table of groups, parameters, trainable parameters and percent, as printed before training."""
     params = dict(model.named_parameters())
+    factors = lr_factors(model, plan) if plan is not None else {}
     rows = []
     for group in param_groups(model):
         total = sum(params[n].numel() for n in group.params)
         train = sum(params[n].numel() for n in group.params if params[n].requires_grad)
-        rows.append((group.name, len(group.params), total, train))
+        lrs = sorted({factors.get(n, 1.0) for n in group.params if params[n].requires_grad})
+        lr = "-" if not lrs else f"{lrs[0]:.3g}" if len(lrs) == 1 else f"{lrs[0]:.2g}-{lrs[-1]:.2g}"
+        rows.append((group.name, len(group.params), total, train, lr))
     total = sum(r[2] for r in rows)
     train = sum(r[3] for r in rows)
-    lines = [f"{'group':<16}{'tensors':>8}{'parameters':>14}{'trainable':>14}{'%':>8}"]
-    for name, count, size, trainable in rows:
-        lines.append(f"{name:<16}{count:>8}{size:>14,}{trainable:>14,}{100 * trainable / max(size, 1):>7.1f}%")
+    lines = [f"{'group':<16}{'tensors':>8}{'parameters':>14}{'trainable':>14}{'%':>8}{'lr x':>10}"]
+    for name, count, size, trainable, lr in rows:
+        lines.append(f"{name:<16}{count:>8}{size:>14,}{trainable:>14,}{100 * trainable / max(size, 1):>7.1f}%"
+                     f"{lr:>10}")
     lines.append(f"{'total':<16}{len(params):>8}{total:>14,}{train:>14,}{100 * train / max(total, 1):>7.1f}%")
     if plan is not None:
         header = f"strategy={plan.strategy}"
-        for key in ("freeze", "unfreeze", "unfreeze_last_n"):
+        for key in ("freeze", "unfreeze", "unfreeze_last_n", "layer_lr_decay", "lr_multipliers"):
             if getattr(plan, key):
                 header += f" {key}={getattr(plan, key)}"
         lines.insert(0, header)

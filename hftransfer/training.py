@@ -54,7 +54,8 @@ def plan_stages(run) -> list[Stage]:
     """The strategy as a list of stages. staged = feature extraction, then fine-tuning at the base's rate."""
     transfer, training = run.transfer, run.training
     patterns = {"freeze": list(transfer.freeze), "unfreeze": list(transfer.unfreeze),
-                "unfreeze_last_n": transfer.unfreeze_last_n}
+                "unfreeze_last_n": transfer.unfreeze_last_n, "layer_lr_decay": transfer.layer_lr_decay,
+                "lr_multipliers": list(transfer.lr_multipliers)}
     augment = bool(run.data.augment)
     head = Stage("head", FreezePlan("feature_extraction", **patterns), transfer.head_learning_rate,
                  transfer.head_epochs)
@@ -95,9 +96,29 @@ class TransferTrainer(Trainer):
     """`Trainer` that never writes the Hub token (`training_args.bin` is saved without it) and groups batches by
     lengths computed once from the raw data (its own grouping would read them through the lazy transform)."""
 
-    def __init__(self, *args, lengths: dict | None = None, **kwargs):
+    def __init__(self, *args, lengths: dict | None = None, plan: FreezePlan | None = None, **kwargs):
         self.lengths = lengths or {}
+        self.plan = plan
         super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        """The `Trainer`'s optimizer, with one parameter group per (rate factor, weight decay) from the plan."""
+        plan = getattr(self, "plan", None)
+        if self.optimizer is not None or plan is None or not (plan.layer_lr_decay or plan.lr_multipliers):
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        factors = freezing.lr_factors(model, plan)
+        decay_names = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple, list] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                key = (factors.get(name, 1.0), self.args.weight_decay if name in decay_names else 0.0)
+                groups.setdefault(key, []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls([{"params": params, "lr": self.args.learning_rate * factor,
+                                         "weight_decay": weight_decay}
+                                        for (factor, weight_decay), params in groups.items()], **optimizer_kwargs)
+        return self.optimizer
 
     def _length_sampler(self, split: str, batch_size: int):
         lengths = self.lengths.get(split)
@@ -261,7 +282,7 @@ class TransferRun:
                 pass  # no input embeddings to hook (convnets)
         cached = self._uses_cache(stage)
         evaluating = self.args.eval_strategy != "no"
-        common = {"model": self.model, "args": self._stage_args(stage),
+        common = {"model": self.model, "args": self._stage_args(stage), "plan": stage.plan,
                   "compute_metrics": self.compute_metrics if evaluating else None,
                   "preprocess_logits_for_metrics": self.predictions if evaluating else None}
         if cached:

@@ -120,3 +120,33 @@ def test_plan_round_trip_and_report(tmp_path):
     assert "strategy=fine_tune" in text and "head" in text and "total" in text
     total_line = text.splitlines()[-1].split()
     assert int(total_line[3].replace(",", "")) == freezing.trainable_count(model)[0]
+
+
+def test_layer_lr_decay_and_multipliers_give_each_group_its_rate(tmp_path):
+    from transformers import TrainingArguments
+
+    from hftransfer.training import TransferTrainer
+
+    model = tiny_image_model("vit")  # 4 blocks
+    plan = freezing.apply(model, FreezePlan("full", layer_lr_decay=0.5, lr_multipliers=["vit.embeddings.*=0.1"]))
+    factors = freezing.lr_factors(model, plan)
+    assert factors["classifier.weight"] == 1.0 and factors["vit.layernorm.weight"] == 1.0
+    last, first = freezing.block_list_name(model) + ".3.", freezing.block_list_name(model) + ".0."
+    assert {factors[n] for n in factors if n.startswith(last)} == {0.5}
+    assert {factors[n] for n in factors if n.startswith(first)} == {0.5 ** 4}
+    assert factors["vit.embeddings.cls_token"] == pytest.approx(0.5 ** 5 * 0.1)
+
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.01, report_to="none",
+                             use_cpu=True)
+    optimizer = TransferTrainer(model=model, args=args, plan=plan).create_optimizer()
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert rate[id(named["classifier.weight"])] == pytest.approx(1e-3)
+    assert rate[id(named["vit.embeddings.cls_token"])] == pytest.approx(1e-3 * 0.5 ** 5 * 0.1)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
+    text = freezing.report(model, plan)
+    assert "lr x" in text and "layer_lr_decay=0.5" in text
+    row = next(line for line in text.splitlines() if line.startswith("base.block.3"))
+    assert row.split()[-1] == "0.5"
+    with pytest.raises(PatternError, match="PATTERN=FACTOR"):
+        freezing.lr_factors(model, FreezePlan("full", lr_multipliers=["vit.embeddings=fast"]))
