@@ -213,11 +213,36 @@ def _rename_labels(old: list[str], new: list[str]):
 
 # ---------------------------------------------------------------- the whole preparation
 
-def prepare_splits(args: "DataArguments", task: "TaskAdapter", seed: int) -> tuple[DatasetDict, DataReport]:
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "y")
+INPUT_SETTINGS = {"image": "image_column_name", "text": "text_column_names"}
+
+
+def infer_columns(train: Dataset, args: "DataArguments", task: "TaskAdapter", given: frozenset) -> None:
+    """Columns the user did not name and the data does not have under the default name: take the only plausible
+    one (a label-like name; the only column of the task's input type), and say so. Named columns are never guessed."""
+    columns = train.column_names
+    if args.label_column_name not in columns and "label_column_name" not in given:
+        lowered = {c.lower(): c for c in columns}
+        found = next((lowered[n] for n in LABEL_COLUMNS if n in lowered), None)
+        if found:
+            logger.info("No column '%s': using '%s' for the labels", args.label_column_name, found)
+            args.label_column_name = found
+    setting = INPUT_SETTINGS[task.name]
+    if all(c in columns for c in task.input_columns(args)) or setting in given:
+        return
+    inputs = [c for c in columns if c != args.label_column_name and task.is_input_feature(train.features[c])]
+    if len(inputs) == 1:
+        logger.info("No column %s: using '%s' for the %s", task.input_columns(args), inputs[0], task.name)
+        setattr(args, setting, inputs[0])
+
+
+def prepare_splits(args: "DataArguments", task: "TaskAdapter", seed: int,
+                   given: frozenset = frozenset()) -> tuple[DatasetDict, DataReport]:
     """Load, check, label-encode, split and truncate: everything that can fail does so here, before training."""
     report = DataReport()
     splits = load_raw(args, task, report)
     where = report.source
+    infer_columns(splits["train"], args, task, given)
     columns = task.input_columns(args)
     _check_columns(splits, [*columns, args.label_column_name], where)
     keep = [*columns, args.label_column_name]

@@ -44,6 +44,10 @@ class TaskAdapter:
     def drop_unusable(self, dataset: Dataset, split: str, report: DataReport) -> Dataset:
         return dataset
 
+    def is_input_feature(self, feature) -> bool:
+        """Whether a column of this `datasets` feature type could hold this task's inputs."""
+        raise NotImplementedError
+
     def load_embedded(self) -> DatasetDict:
         folder = resources.files("hftransfer") / "samples" / self.embedded_name
         files = {split: str(folder / f"{split}.parquet") for split in ("train", "validation")}
@@ -119,6 +123,9 @@ class ImageTask(TaskAdapter):
 
     def check_file(self, path: Path) -> str | None:
         return _image_problem(str(path))
+
+    def is_input_feature(self, feature) -> bool:
+        return isinstance(feature, ImageFeature)
 
     def dataset_from_files(self, paths, labels) -> Dataset:
         return Dataset.from_dict({self.column: paths, "label": labels}).cast_column(self.column, ImageFeature())
@@ -266,6 +273,11 @@ class TextTask(TaskAdapter):
 
     def input_columns(self, args) -> list[str]:
         return self.columns
+
+    def is_input_feature(self, feature) -> bool:
+        from datasets import Value
+
+        return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
     def check_file(self, path: Path) -> str | None:
         try:

@@ -199,7 +199,8 @@ class TransferRun:
     def setup(self):
         set_seed(self.args.seed)
         with self.args.main_process_first(desc="data preparation"):
-            self.splits, self.data_report = prepare_splits(self.run.data, self.task, self.args.seed)
+            self.splits, self.data_report = prepare_splits(self.run.data, self.task, self.args.seed,
+                                                           self.run.explicit)
         self.labels = label_names(self.splits)
         self.multi_label = is_multi_label(self.splits["train"])
         self.model, self.processor, self.head_replaced = load_model(self.task, self.run.model, self.labels,

@@ -45,10 +45,10 @@ def test_missing_label_column_names_the_columns(tmp_path):
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     path = tmp_path / "rows.parquet"
-    Dataset.from_dict({"image": [str(tmp_path / "a.png")] * 4, "category": ["x", "y"] * 2}).to_parquet(path)
+    Dataset.from_dict({"image": [str(tmp_path / "a.png")] * 4, "kind": ["x", "y"] * 2}).to_parquet(path)
     with pytest.raises(DataError) as err:
         prepare(train_file=str(path))
-    assert "'label'" in str(err.value) and "category" in str(err.value) and "--label_column_name" in str(err.value)
+    assert "'label'" in str(err.value) and "kind" in str(err.value) and "--label_column_name" in str(err.value)
 
 
 def test_train_val_split_is_stratified_when_no_validation_is_given(image_folders):

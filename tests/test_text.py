@@ -97,8 +97,9 @@ def test_empty_and_whitespace_texts_are_counted_skips(tmp_path):
 
 def test_missing_text_column_and_unseen_label_are_errors(tmp_path):
     data = write_reviews_csv(tmp_path / "train.csv")
-    with pytest.raises(DataError, match="no column 'review'"):
-        prepare(train_file=str(data), text_column_names="review")
+    named = DataArguments(train_file=str(data), text_column_names="review")
+    with pytest.raises(DataError, match="no column 'review'"):  # named by the user: never guessed
+        prepare_splits(named, TextTask(named), seed=0, given=frozenset({"text_column_names"}))
     validation = tmp_path / "validation.csv"
     validation.write_text('text,label\n"fine",good\n"meh",neutral\n')
     with pytest.raises(DataError, match="'neutral'"):
@@ -167,3 +168,16 @@ def test_batches_group_texts_of_similar_length(tmp_path):
         return sum(batch["input_ids"].numel() for batch in trainer.get_train_dataloader())
 
     assert padded_tokens("group_by_length") < 0.75 * padded_tokens("random")  # long texts travel together
+
+
+def test_unnamed_columns_are_inferred_when_unambiguous_and_never_when_named(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("id,sentence,Sentiment\n" + "\n".join(
+        f'{i},"{t}",{"pos" if t in POSITIVE else "neg"}' for i, t in enumerate((POSITIVE + NEGATIVE) * 3)))
+    args = DataArguments(train_file=str(path))
+    splits, _ = prepare_splits(args, TextTask(args), seed=0)
+    assert args.text_column_names == "sentence" and args.label_column_name == "Sentiment"
+    assert splits["train"].features["label"].names == ["neg", "pos"]
+    named = DataArguments(train_file=str(path), text_column_names="text")
+    with pytest.raises(DataError, match="no column 'text'"):
+        prepare_splits(named, TextTask(named), seed=0, given=frozenset({"text_column_names"}))
