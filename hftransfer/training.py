@@ -61,8 +61,8 @@ def plan_stages(run) -> list[Stage]:
                  transfer.head_epochs)
     if transfer.strategy == "feature_extraction":
         return [head]
-    base_strategy = {"fine_tune": "fine_tune", "full": "full"}.get(transfer.strategy)
-    if transfer.strategy == "staged":
+    base_strategy = transfer.strategy
+    if transfer.strategy == "staged":  # the user's patterns shape stage 2; stage 1 trains the head alone
         base_strategy = "fine_tune" if transfer.unfreeze_last_n else "full"
         head.plan = FreezePlan("feature_extraction")
     tune = Stage(transfer.strategy, FreezePlan(base_strategy, **patterns), training.learning_rate,
@@ -103,7 +103,7 @@ class TransferTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         """The `Trainer`'s optimizer, with one parameter group per (rate factor, weight decay) from the plan."""
-        plan = getattr(self, "plan", None)
+        plan = self.plan
         if self.optimizer is not None or plan is None or not (plan.layer_lr_decay or plan.lr_multipliers):
             return super().create_optimizer(model)
         model = self.model if model is None else model
@@ -207,6 +207,7 @@ class TransferRun:
                                                                     self.multi_label)
         self.model = self.task.prepare_model(self.model)
         self.processor = self.task.adapt_processor(self.processor, self.model, self.splits)
+        self.collator = self.task.collator(self.processor) or default_data_collator
         self._group_by_length()
         self.train_raw = self.splits["train"].with_transform(self.transform(train=False))
         self.eval_raw = self.splits["validation"].with_transform(self.transform(train=False))
@@ -238,7 +239,7 @@ class TransferRun:
     def _cache_layout(self):
         if "layout" not in self._cache:
             rows = [self.eval_raw[i] for i in range(min(4, len(self.eval_raw)))]
-            batch = (self.task.collator(self.processor) or default_data_collator)(rows)
+            batch = self.collator(rows)
             layout = feature_cache.discover_layout(self.model, {k: v for k, v in batch.items() if k != "labels"})
             ok = feature_cache.agrees(self.model, batch, layout)
             if not ok:
@@ -257,15 +258,16 @@ class TransferRun:
             lengths = self.lengths[split]
             order = None if lengths is None else np.argsort(lengths, kind="stable").tolist()
             loader = torch.utils.data.DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size,
-                                                 sampler=order,
-                                                 collate_fn=self.task.collator(self.processor) or default_data_collator)
+                                                 sampler=order, collate_fn=self.collator)
             with self.args.main_process_first(desc="feature cache"):
                 features, labels = feature_cache.load_or_extract(self.model, loader, layout, key,
                                                                  f"Features ({split})")
             self._cache[split] = feature_cache.FeatureDataset(features, labels, self.model.main_input_name)
         return self._cache[split]
 
-    def _uses_cache(self, stage: Stage) -> bool:
+    def _trains_on_cache(self) -> bool:
+        """Whether the model as now frozen can train on cached features: the whole base frozen, and a layout that
+        reproduces the model's own logits."""
         prefix = freezing.base_prefix(self.model)
         base_frozen = not any(p.requires_grad for n, p in self.model.named_parameters() if n.startswith(prefix + "."))
         return self.run.transfer.cache_features and base_frozen and self._cache_layout() is not None
@@ -281,7 +283,7 @@ class TransferRun:
                 self.model.enable_input_require_grads()
             except (NotImplementedError, AttributeError):
                 pass  # no input embeddings to hook (convnets)
-        cached = self._uses_cache(stage)
+        cached = self._trains_on_cache()
         evaluating = self.args.eval_strategy != "no"
         common = {"model": self.model, "args": self._stage_args(stage), "plan": stage.plan,
                   "compute_metrics": self.compute_metrics if evaluating else None,
@@ -295,8 +297,7 @@ class TransferRun:
         else:
             train = self.splits["train"].with_transform(self.transform(train=stage.augment))
             trainer = TransferTrainer(train_dataset=train, eval_dataset=self.eval_raw if evaluating else None,
-                                      data_collator=self.task.collator(self.processor), lengths=self.lengths,
-                                      **common)
+                                      data_collator=self.collator, lengths=self.lengths, **common)
             result = trainer.train()
         metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
                    "trainable_parameters": freezing.trainable_count(self.model)[0]}
@@ -305,19 +306,18 @@ class TransferRun:
                              "log": trainer.state.log_history})
         return metrics
 
-    def evaluate(self, last: Stage) -> tuple[TransferTrainer, dict]:
+    def evaluate(self) -> tuple[TransferTrainer, dict]:
         """The final evaluation, through the cache when the last stage trained on it (same logits, one pass)."""
-        eval_args = replace(self.args, hub_token=None)
-        if self._uses_cache(last):
+        if self._trains_on_cache():
             features = self._features("validation")  # extracted by the real base, before the swap
             with feature_cache.swapped_base(self.model, self._cache["layout"]):
-                trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
+                trainer = TransferTrainer(model=self.model, args=self.args, compute_metrics=self.compute_metrics,
                                           preprocess_logits_for_metrics=self.predictions)
                 metrics = trainer.evaluate(features)
         else:
-            trainer = TransferTrainer(model=self.model, args=eval_args, compute_metrics=self.compute_metrics,
+            trainer = TransferTrainer(model=self.model, args=self.args, compute_metrics=self.compute_metrics,
                                       preprocess_logits_for_metrics=self.predictions,
-                                      data_collator=self.task.collator(self.processor), lengths=self.lengths)
+                                      data_collator=self.collator, lengths=self.lengths)
             metrics = trainer.evaluate(self.eval_raw)
         metrics.pop("epoch", None)  # the evaluation trainer trained nothing; train_results.json has the epochs
         metrics["eval_samples"] = len(self.splits["validation"])
@@ -333,7 +333,7 @@ class TransferRun:
             if stage.plan.strategy != "feature_extraction" and not self.run.given("learning_rate"):
                 stage.learning_rate = default_learning_rate(self.model)
             self.train_stage(stage)
-        trainer, eval_metrics = self.evaluate(stages[-1])
+        trainer, eval_metrics = self.evaluate()
         train_metrics = self._train_metrics(time.time() - start)
         self.save(trainer, train_metrics, eval_metrics, stages)
         return {**train_metrics, **eval_metrics}
