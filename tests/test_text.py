@@ -181,3 +181,16 @@ def test_unnamed_columns_are_inferred_when_unambiguous_and_never_when_named(tmp_
     named = DataArguments(train_file=str(path), text_column_names="text")
     with pytest.raises(DataError, match="no column 'text'"):
         prepare_splits(named, TextTask(named), seed=0, given=frozenset({"text_column_names"}))
+
+
+def test_dataset_name_takes_a_local_dataset_folder_and_its_test_split(tmp_path):
+    from datasets import Dataset
+
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    rows = {"text": POSITIVE + NEGATIVE, "label": ["good"] * len(POSITIVE) + ["bad"] * len(NEGATIVE)}
+    Dataset.from_dict({k: v * 3 for k, v in rows.items()}).to_parquet(folder / "train.parquet")
+    Dataset.from_dict(rows).to_parquet(folder / "test.parquet")
+    splits, report = prepare(dataset_name=str(folder))
+    assert len(splits["train"]) == 36 and len(splits["validation"]) == 12  # "test" serves as validation
+    assert report.source == str(folder)
