@@ -62,7 +62,8 @@ class DataReport:
 # ---------------------------------------------------------------- sources
 
 def _load_folder(folder: str, task: "TaskAdapter", split: str, report: DataReport) -> Dataset:
-    """One sub-folder per class. Every file is tried; the ones the task cannot read are counted, not dropped quietly."""
+    """One sub-folder per class. Files the task cannot read into a row are counted here, not dropped quietly;
+    the rows' content (does the image decode?) is checked later by `drop_unusable`, as for every other source."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{split} folder not found: {root}")

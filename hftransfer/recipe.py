@@ -31,7 +31,7 @@ def hardware_defaults(run):
             changes["use_cpu"] = True  # several processes and no GPU: DDP over gloo on the CPU
         if not run.given("dataloader_pin_memory"):
             changes["dataloader_pin_memory"] = False  # nothing to pin for
-    if torch.cuda.is_available():
+    else:
         if not (run.given("bf16") or run.given("fp16")):
             changes["bf16" if torch.cuda.is_bf16_supported() else "fp16"] = True
         if not run.given("tf32"):

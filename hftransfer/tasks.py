@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, DatasetDict, Image as ImageFeature, load_dataset
+from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 
 from .data import DataReport
 
@@ -35,8 +35,9 @@ class TaskAdapter:
         raise NotImplementedError
 
     def check_file(self, path: Path) -> str | None:
-        """Why the file at `path` cannot be used, or None."""
-        raise NotImplementedError
+        """Why the file at `path` cannot be read into a row, or None. Content checks that apply to every source
+        belong in `drop_unusable`, which sees folder rows too."""
+        return None
 
     def dataset_from_files(self, paths: list[str], labels: list[str]) -> Dataset:
         raise NotImplementedError
@@ -120,9 +121,6 @@ class ImageTask(TaskAdapter):
 
     def input_columns(self, args) -> list[str]:
         return [args.image_column_name]
-
-    def check_file(self, path: Path) -> str | None:
-        return _image_problem(str(path))
 
     def is_input_feature(self, feature) -> bool:
         return isinstance(feature, ImageFeature)
@@ -275,8 +273,6 @@ class TextTask(TaskAdapter):
         return self.columns
 
     def is_input_feature(self, feature) -> bool:
-        from datasets import Value
-
         return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
     def check_file(self, path: Path) -> str | None:
