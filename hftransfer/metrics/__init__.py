@@ -8,10 +8,78 @@ import evaluate
 
 SHIPPED = Path(__file__).parent
 
+_CACHE: dict[str, evaluate.EvaluationModule] = {}  # the shipped modules `classification_metrics` reuses
+
+
+def shipped_names() -> list[str]:
+    """The metrics that load without the Hub: one folder each, holding `<name>.py`."""
+    return sorted(p.parent.name for p in SHIPPED.glob("*/*.py") if p.stem == p.parent.name)
+
+
+def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
+    """A shipped module by path, else `evaluate.load(name)`; a Hub miss says which names need no Hub."""
+    if (SHIPPED / name / f"{name}.py").is_file():
+        return evaluate.load(str(SHIPPED / name), **kwargs)
+    try:
+        return evaluate.load(name, **kwargs)
+    except OSError as error:  # evaluate raises FileNotFoundError offline and for unknown names alike
+        raise ValueError(f"Metric '{name}' is not shipped with hftransfer (shipped: {', '.join(shipped_names())}) "
+                         f"and could not be loaded from the Hugging Face Hub (offline, unreachable, or no such "
+                         f"module): {error}") from error
+
 
 def load_metrics(names: list[str]) -> list[evaluate.EvaluationModule]:
-    return [evaluate.load(str(SHIPPED / name) if (SHIPPED / name / f"{name}.py").is_file() else name)
-            for name in names]
+    return [load_metric(name) for name in names]
+
+
+def _shipped(name: str) -> evaluate.EvaluationModule:
+    if name not in _CACHE:  # in memory: nothing written under the metrics cache on every evaluation
+        _CACHE[name] = load_metric(name, keep_in_memory=True)
+    return _CACHE[name]
+
+
+def classification_metrics(logits, references, num_labels: int) -> dict:
+    """Accuracy, macro F1/precision/recall and, past 5 classes, top-5 accuracy: the headline numbers of a run.
+
+    Macro averages run over the labels found in predictions or references (the Hub modules' default), and a label
+    never predicted scores 0 rather than warning. Top-5 needs the scores, which is why this takes logits.
+    """
+    import numpy as np
+
+    logits, references = np.asarray(logits, dtype=float), np.asarray(references).astype(int)
+    if logits.ndim != 2 or logits.shape[1] != num_labels:
+        raise ValueError(f"Expected logits of shape (examples, {num_labels}), got {logits.shape}")
+    predictions = logits.argmax(-1)
+    result = dict(_shipped("accuracy").compute(predictions=predictions, references=references))
+    for name in ("f1", "precision", "recall"):
+        score = _shipped(name).compute(predictions=predictions, references=references, average="macro",
+                                       zero_division=0)
+        result[f"{name}_macro"] = score[name]
+    if num_labels > 5:
+        result.update(_shipped("top_k_accuracy").compute(predictions=logits, references=references, k=5))
+    return result
+
+
+def per_class_report(predictions, references, labels: list[str]) -> list[dict]:
+    """One row a class, in label order, including classes absent from this split (support 0, scores 0)."""
+    import numpy as np
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        np.asarray(references).astype(int), np.asarray(predictions).astype(int), labels=list(range(len(labels))),
+        zero_division=0)
+    return [{"label": label, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support)]
+
+
+def confusion(predictions, references, num_labels: int) -> list[list[int]]:
+    """Counts with rows = true class, columns = predicted class; plain lists so it serialises to JSON."""
+    import numpy as np
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(np.asarray(references).astype(int), np.asarray(predictions).astype(int),
+                              labels=list(range(num_labels)))
+    return [[int(count) for count in row] for row in matrix]
 
 
 def multi_label_metrics(predictions, references) -> dict:
