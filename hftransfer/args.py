@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-STRATEGIES = ("staged", "feature_extraction", "fine_tune", "full")
+STRATEGIES = ("staged", "feature_extraction", "fine_tune", "full", "lora")
 
 
 @dataclass
@@ -59,7 +59,9 @@ class TransferArguments:
         default="staged",
         metadata={"help": "staged: train the new head on the frozen base, then fine-tune the whole model at a lower "
                           "rate. feature_extraction: train the head only. fine_tune: train the head and the last "
-                          "blocks (--unfreeze_last_n, default 2). full: train everything.",
+                          "blocks (--unfreeze_last_n, default 2). full: train everything. lora: train the head on "
+                          "the frozen base, then low-rank adapters in the base's blocks with the head (PEFT); the "
+                          "model is saved with the adapters merged.",
                   "choices": STRATEGIES})
     freeze: list[str] = field(default_factory=list, metadata={
         "help": "Parameter-name patterns to freeze (globs like 'bert.encoder.layer.[0-3].*', or 're:REGEX').",
@@ -81,6 +83,22 @@ class TransferArguments:
     cache_features: bool = field(
         default=True, metadata={"help": "When the whole base is frozen, run it once and train the head on stored "
                                         "features (same result, a fraction of the time)."})
+    head_hidden_sizes: list[int] = field(default_factory=list, metadata={
+        "help": "Hidden layers of an MLP head in place of the linear classifier, e.g. 128 (Linear-ReLU-Dropout per "
+                "size, then Linear to the labels). Default: the checkpoint's own linear head, which "
+                "`transformers.pipeline` loads without hftransfer.", "nargs": "*"})
+    head_dropout: float = field(default=0.0, metadata={"help": "Dropout after each hidden layer of the MLP head."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (strategy lora)."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: updates are scaled by "
+                                                            "alpha / r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] = field(default_factory=list, metadata={
+        "help": "Modules that get adapters: names or name suffixes as in PEFT, or 're:REGEX'. Default: every Linear "
+                "and ungrouped Conv2d inside the base's blocks (attention and MLP projections; pointwise convs).",
+        "nargs": "*"})
+    metric_names: list[str] = field(default_factory=list, metadata={
+        "help": "More `evaluate` metrics on the predicted labels, by Hub name or local path (accuracy, macro "
+                "F1/precision/recall and top-5 are always computed, offline).", "nargs": "*"})
     reset_bn_momentum: bool = field(
         default=True, metadata={"help": "Give trainable BatchNorm layers PyTorch's momentum 0.1 when the checkpoint "
                                         "carries a TensorFlow-style decay (> 0.5, e.g. MobileNetV2's 0.997)."})

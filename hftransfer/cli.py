@@ -1,5 +1,9 @@
-"""`hftransfer` command: freeze reports and the offline zoo.
+"""`hftransfer` command: train, compare strategies, freeze reports and the offline zoo.
 
+    hftransfer train image|text [recipe flags]      (the recipes, installed: same flags as recipes/image.py)
+    hftransfer compare image|text [recipe flags]    (feature extraction, staged and LoRA; writes comparison.md)
+    hftransfer card OUTPUT_DIR                       (rebuild the model card from the folder's files)
+    hftransfer push OUTPUT_DIR [--repo_id ID] [--private] [--hub_token T]
     hftransfer freeze-report MODEL [--strategy S] [--freeze P ...] [--unfreeze P ...] [--unfreeze_last_n N]
                                    [--layer_lr_decay D] [--lr_multipliers P=F ...]
     hftransfer freeze-report OUTPUT_DIR --plan OUTPUT_DIR/freeze_plan.json
@@ -18,14 +22,12 @@ from . import freezing, zoo
 
 def _load_for_report(model_name_or_path: str, trust_remote_code: bool):
     """Any sequence or image classifier; its task is read from the config, so no flag is needed."""
-    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+    from .modeling import load_trained
 
-    path = zoo.resolve(model_name_or_path)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    for auto_class in (AutoModelForImageClassification, AutoModelForSequenceClassification):
-        if type(config) in auto_class._model_mapping:
-            return auto_class.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
-    raise SystemExit(f"{model_name_or_path}: {type(config).__name__} is neither an image nor a sequence classifier")
+    try:
+        return load_trained(model_name_or_path, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        raise SystemExit(f"{model_name_or_path}: {err}") from None
 
 
 def freeze_report(args) -> None:
@@ -58,7 +60,40 @@ def zoo_command(args) -> None:
         print(zoo.prepare(args.name, force=args.force))
 
 
+def card_command(args) -> None:
+    from .card import write_card
+
+    try:
+        print(write_card(args.folder, args.model_name))
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def push_command(args) -> None:
+    from .hub import PushError, push
+
+    try:
+        print(push(args.folder, repo_id=args.repo_id, token=args.hub_token, private=args.private or None))
+    except PushError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["train"], ["compare"]):  # recipe flags pass through untouched
+        if len(argv) < 2 or argv[1] not in ("image", "text"):
+            raise SystemExit(f"usage: hftransfer {argv[0]} image|text [recipe flags]")
+        if argv[0] == "train":
+            from .fastpath import reexec_with_fast_malloc
+            from .recipe import main as recipe_main
+
+            reexec_with_fast_malloc()
+            recipe_main(argv[1], argv[2:])
+        else:
+            from .compare import compare
+
+            compare(argv[1], argv[2:])
+        return
     parser = argparse.ArgumentParser(prog="hftransfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +116,16 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("name")
     prepare.add_argument("--force", action="store_true", help="rebuild even if built")
     zoo_parser.set_defaults(func=zoo_command)
+    card = commands.add_parser("card", help="rebuild an output folder's model card (README.md)")
+    card.add_argument("folder")
+    card.add_argument("--model_name", help="title and model-index name (default: the folder's name)")
+    card.set_defaults(func=card_command)
+    push_parser = commands.add_parser("push", help="check an output folder and upload it to the Hub")
+    push_parser.add_argument("folder")
+    push_parser.add_argument("--repo_id", help="NAMESPACE/NAME, or NAME under your user (default: the folder's name)")
+    push_parser.add_argument("--private", action="store_true", help="create the repository private")
+    push_parser.add_argument("--hub_token", help="default: HF_TOKEN or the stored login (`hf auth login`)")
+    push_parser.set_defaults(func=push_command)
     args = parser.parse_args(argv)
     args.func(args)
 

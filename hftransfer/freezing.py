@@ -27,12 +27,13 @@ BN_MOMENTUM = 0.1
 class FreezePlan:
     """A declarative, serialisable description of what trains (compare PEFT's `LoraConfig`)."""
 
-    strategy: str = "feature_extraction"  # feature_extraction | fine_tune | full
+    strategy: str = "feature_extraction"  # feature_extraction | fine_tune | full | lora (the base gets adapters)
     freeze: list[str] = field(default_factory=list)
     unfreeze: list[str] = field(default_factory=list)
     unfreeze_last_n: int | None = None
     layer_lr_decay: float | None = None  # each group deeper in the base trains at this times the next one's rate
     lr_multipliers: list[str] = field(default_factory=list)  # "PATTERN=FACTOR": rate factors by name
+    lora: dict | None = None  # strategy lora: r, alpha, dropout and the modules that got adapters
     trainable: list[str] = field(default_factory=list)  # filled in by `apply`: the resolved result
 
     def save(self, folder: str | Path) -> Path:
@@ -140,10 +141,10 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
     head = {n for g in groups if g.name == "head" for n in g.params}
     if plan.strategy == "full":
         trainable = set(names)
-    elif plan.strategy in ("feature_extraction", "fine_tune"):
-        trainable = set(head)
+    elif plan.strategy in ("feature_extraction", "fine_tune", "lora"):
+        trainable = set(head)  # lora: the base stays frozen, PEFT adds trainable adapters to it
     else:
-        raise ValueError(f"Unknown strategy '{plan.strategy}' (feature_extraction, fine_tune, full)")
+        raise ValueError(f"Unknown strategy '{plan.strategy}' (feature_extraction, fine_tune, full, lora)")
     last_n = plan.unfreeze_last_n
     if last_n is None and plan.strategy == "fine_tune":
         last_n = 2

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
-from . import zoo
+from . import heads, zoo
 from .freezing import base_prefix
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,9 @@ def head_modules(model: nn.Module) -> dict[str, nn.Module]:
             if name and name != prefix and not name.startswith(prefix + ".") and any(True for _ in module.parameters(recurse=False))}
 
 
-def load_model(task, model_args, labels: list[str], multi_label: bool = False):
-    """Returns (model, processor, head_replaced)."""
+def load_model(task, model_args, labels: list[str], multi_label: bool = False,
+               head_hidden_sizes: list[int] = (), head_dropout: float = 0.0):
+    """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one."""
     path = zoo.resolve(model_args.model_name_or_path)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
               "trust_remote_code": model_args.trust_remote_code}
@@ -52,6 +53,9 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False):
             _reinitialise(model, module)
             logger.info("New head: %s (%s) replaced, %d -> %d outputs", name, type(module).__name__,
                         len(old_labels), len(labels))
+    if head_hidden_sizes:
+        name = heads.install(model, head_hidden_sizes, head_dropout)
+        logger.info("MLP head in place of %s: hidden sizes %s, dropout %g", name, head_hidden_sizes, head_dropout)
     processor = task.load_processor(path, **common)
     return model, processor, not keep_head
 
@@ -63,3 +67,30 @@ def _reinitialise(model, module: nn.Module) -> None:
         module.reset_parameters()
     if hasattr(model, "_init_weights"):
         model._init_weights(module)
+
+
+def auto_class_for(config):
+    """The `AutoModelFor...Classification` class that maps this config: no task flag is needed to load a model."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    for auto_class in (AutoModelForImageClassification, AutoModelForSequenceClassification):
+        if type(config) in auto_class._model_mapping:
+            return auto_class
+    raise ValueError(f"{type(config).__name__} is neither an image nor a sequence classifier")
+
+
+def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+    """A trained classifier from an output folder, a Hub id or `zoo:NAME`, in eval mode. Safetensors only.
+
+    A model with an hftransfer MLP head loads through a subclass of its own class that rebuilds the head in
+    `__init__`, so `from_pretrained` (and its key conversions between checkpoint layouts) fills it; plain
+    `from_pretrained` would drop the head's weights and start a random linear one.
+    """
+    path = zoo.resolve(model_name_or_path)
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(path, **common)
+    auto_class = auto_class_for(config)
+    if getattr(config, heads.CONFIG_KEY, None):
+        return heads.with_mlp_head(auto_class._model_mapping[type(config)]).from_pretrained(
+            path, config=config, use_safetensors=True, **common).eval()
+    return auto_class.from_pretrained(path, use_safetensors=True, **common).eval()

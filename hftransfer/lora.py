@@ -1,0 +1,68 @@
+"""LoRA through PEFT: low-rank adapters in the base's blocks, the head trained in full, saved merged.
+
+Target modules are found generically, with no table per family: every `Linear` and ungrouped `Conv2d` inside the
+base's blocks (the same block list the freezing code uses). For attention models these are the attention and MLP
+projections (PEFT's "all-linear" advice); for convnets the pointwise and full convolutions (PEFT cannot merge LoRA
+into depthwise convolutions). The stem and embeddings keep their pretrained weights.
+
+After training, the adapters are merged into the base (`merge_and_unload`), so `output_dir` is a plain model that
+`from_pretrained`, pipelines and the demo load; the adapter itself (with the trained head) is also saved, in
+`output_dir/lora_adapter/`, for PEFT users who keep one base and many adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from .freezing import PatternError, block_list_name, match
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FOLDER = "lora_adapter"
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    blocks = block_list_name(model)
+    if blocks is None:
+        raise PatternError(f"{type(model).__name__}: no block list found in the base; give --lora_target_modules")
+    return [name for name, module in model.named_modules()
+            if name.startswith(blocks + ".") and (isinstance(module, nn.Linear)
+                                                  or (isinstance(module, nn.Conv2d) and module.groups == 1))]
+
+
+def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Full names of the modules that get adapters. A pattern is a module name, a name suffix (PEFT's rule: 'query'
+    is every '...query'), a glob, or 're:REGEX'; one that matches no Linear or Conv2d is an error naming near ones."""
+    if not patterns:
+        return default_targets(model)
+    adaptable = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
+    found: set[str] = set()
+    for pattern in patterns:
+        by_suffix = [n for n in adaptable if n == pattern or n.endswith("." + pattern)]
+        found.update(by_suffix or match(pattern, adaptable))
+    return [n for n in adaptable if n in found]
+
+
+def wrap(model: nn.Module, transfer, head_names: list[str]):
+    """The model as a `PeftModel`: adapters on the targets, the head modules trained in full (`modules_to_save`)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = resolve_targets(model, list(transfer.lora_target_modules))
+    config = LoraConfig(r=transfer.lora_r, lora_alpha=transfer.lora_alpha, lora_dropout=transfer.lora_dropout,
+                        target_modules=targets, modules_to_save=head_names)
+    peft_model = get_peft_model(model, config)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info("LoRA r=%d alpha=%g on %d modules (%s ...); %s of %s parameters train (%.2f%%)", transfer.lora_r,
+                transfer.lora_alpha, len(targets), ", ".join(targets[:3]), f"{trainable:,}", f"{total:,}",
+                100 * trainable / total)
+    return peft_model
+
+
+def merge(peft_model, adapter_dir: str | Path | None):
+    """Save the adapter (when `adapter_dir` is given: main process only), then return the merged plain model."""
+    if adapter_dir is not None:
+        peft_model.save_pretrained(adapter_dir)
+    return peft_model.merge_and_unload()

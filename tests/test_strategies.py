@@ -1,0 +1,169 @@
+"""Custom MLP heads, LoRA, gradient checkpointing over frozen embeddings, and `hftransfer compare`."""
+
+import json
+
+import pytest
+import torch
+from conftest import (IMAGE_FAMILIES, save_tiny_checkpoint, save_tiny_text_checkpoint, tiny_image_model,
+                      tiny_text_model, write_reviews_csv)
+from torch import nn
+from transformers import AutoModelForImageClassification
+
+from hftransfer import heads, lora
+from hftransfer.args import parse_args
+from hftransfer.freezing import PatternError
+from hftransfer.modeling import load_trained
+from hftransfer.tasks import ImageTask, TextTask
+from hftransfer.training import TransferRun
+
+FAMILIES = [("image", f) for f in IMAGE_FAMILIES] + [("text", "bert"), ("text", "distilbert")]
+
+
+def tiny(kind, family):
+    return tiny_image_model(family) if kind == "image" else tiny_text_model(family, num_labels=3)
+
+
+def inputs(kind, model):
+    if kind == "image":
+        return {"pixel_values": torch.randn(2, 3, 32, 32)}
+    return {"input_ids": torch.randint(0, 1000, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+
+
+def train(task_cls, args):
+    parsed = parse_args([*args, "--disable_tqdm", "true"])
+    transfer = TransferRun(parsed, task_cls(parsed.data))
+    return transfer, transfer.execute()
+
+
+@pytest.mark.parametrize("kind,family", FAMILIES)
+def test_mlp_head_replaces_the_final_classifier_of_every_family(kind, family):
+    model = tiny(kind, family)
+    before = {n for n, _ in model.named_parameters()}
+    name = heads.install(model, [16, 8], dropout=0.2)
+    head = model.get_submodule(name)
+    assert isinstance(head, heads.MLPHead)
+    assert [m.out_features for m in head if isinstance(m, nn.Linear)] == [16, 8, 3]
+    assert [m.p for m in head if isinstance(m, nn.Dropout)] == [0.2, 0.2]
+    assert model(**inputs(kind, model)).logits.shape == (2, 3)
+    if family == "distilbert":  # the pre-classifier stays: only the final Linear is replaced
+        assert name == "classifier" and "pre_classifier.weight" in before
+    if family == "resnet":
+        assert name == "classifier.1"  # inside ResNet's Sequential(Flatten, Linear)
+    assert getattr(model.config, heads.CONFIG_KEY) == {"module": name, "hidden_sizes": [16, 8], "dropout": 0.2}
+
+
+def test_mlp_head_trains_on_cached_features_and_reloads_with_its_weights(tmp_path, image_folders):
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    out = tmp_path / "out"
+    transfer, metrics = train(ImageTask, [
+        "--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+        str(image_folders[1]), "--output_dir", str(out), "--strategy", "feature_extraction", "--head_epochs", "3",
+        "--head_hidden_sizes", "32", "--head_dropout", "0.1"])
+    assert transfer.history[0]["metrics"]["cached_features"]
+    batch = transfer.collator([transfer.eval_raw[i] for i in range(len(transfer.eval_raw))])
+    reloaded = load_trained(str(out))
+    assert isinstance(reloaded.classifier, heads.MLPHead)
+    with torch.no_grad():
+        expected = transfer.model.eval()(pixel_values=batch["pixel_values"]).logits
+        got = reloaded(pixel_values=batch["pixel_values"]).logits
+    torch.testing.assert_close(got, expected)
+    accuracy = (got.argmax(-1) == batch["labels"]).float().mean().item()
+    assert accuracy == pytest.approx(metrics["eval_accuracy"])
+    plain = AutoModelForImageClassification.from_pretrained(out)  # what plain transformers would do: a new head
+    assert not isinstance(plain.classifier, heads.MLPHead)
+
+
+def test_lora_default_targets_skip_depthwise_convs_and_stem():
+    mobilenet = tiny_image_model("mobilenet_v2")
+    targets = lora.default_targets(mobilenet)
+    modules = dict(mobilenet.named_modules())
+    assert targets and all(modules[t].groups == 1 for t in targets)
+    assert not any("conv_stem" in t for t in targets)
+    bert = tiny_text_model("bert")
+    targets = lora.default_targets(bert)
+    assert "bert.encoder.layer.0.attention.self.query" in targets
+    assert not any("embeddings" in t or "pooler" in t for t in targets)
+    assert lora.resolve_targets(bert, ["query", "value"]) == [
+        f"bert.encoder.layer.{i}.attention.self.{p}" for i in range(6) for p in ("query", "value")]
+    with pytest.raises(PatternError, match="Nearest"):
+        lora.resolve_targets(bert, ["qurey"])
+
+
+def test_lora_run_saves_a_merged_model_equal_to_base_plus_adapter(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    data = write_reviews_csv(tmp_path / "train.csv")
+    out = tmp_path / "out"
+    transfer, metrics = train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(data),
+                                         "--output_dir", str(out), "--strategy", "lora", "--lora_r", "4", "--eval_strategy", "epoch",
+                                         "--head_epochs", "2", "--num_train_epochs", "2", "--learning_rate", "3e-2"])
+    assert [s["stage"] for s in transfer.history] == ["head", "lora"]
+    lora_stage, head_stage = transfer.history[1]["metrics"], transfer.history[0]["metrics"]
+    assert not lora_stage["cached_features"] and head_stage["cached_features"]
+    total = sum(p.numel() for p in transfer.model.parameters())
+    assert 0 < lora_stage["trainable_parameters"] < total / 4
+    plan = json.loads((out / "freeze_plan.json").read_text())
+    assert plan["strategy"] == "lora" and plan["lora"]["r"] == 4 and plan["lora"]["target_modules"]
+
+    merged = AutoModelForSequenceClassification.from_pretrained(out).eval()  # no PEFT needed
+    validation = transfer.collator([transfer.eval_raw[i] for i in range(len(transfer.eval_raw))])
+    with torch.no_grad():  # the reported evaluation is the saved model's (not stale cached features of the base)
+        assert merged(**validation).loss.item() == pytest.approx(metrics["eval_loss"], rel=1e-4)
+    tokenizer = transfer.processor
+    batch = tokenizer(["a wonderful film", "a dull mess of a movie"], return_tensors="pt", padding=True)
+    base = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2).eval()
+    adapted = PeftModel.from_pretrained(base, out / lora.ADAPTER_FOLDER).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, adapted(**batch).logits, atol=1e-4, rtol=1e-4)
+        before = AutoModelForSequenceClassification.from_pretrained(checkpoint).bert.encoder.layer[0]
+        query = merged.bert.encoder.layer[0].attention.self.query.weight
+        assert not torch.equal(query, before.attention.self.query.weight)  # the adapter was merged into the base
+
+
+def test_gradient_checkpointing_over_frozen_embeddings_still_trains_the_blocks(tmp_path):
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    data = write_reviews_csv(tmp_path / "train.csv")
+    transfer, _ = train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(data),
+                                   "--output_dir", str(tmp_path / "out"), "--strategy", "fine_tune",
+                                   "--unfreeze_last_n", "2", "--num_train_epochs", "2", "--learning_rate", "1e-3",
+                                   "--gradient_checkpointing", "true"])
+    original = tiny_text_model("bert").__class__.from_pretrained(checkpoint)
+    trained, frozen = transfer.model.bert.encoder.layer[5], transfer.model.bert.encoder.layer[0]
+    assert transfer.model.is_activation_checkpointing
+    assert not torch.equal(trained.attention.self.query.weight, original.bert.encoder.layer[5].attention.self.query.weight)
+    assert torch.equal(frozen.attention.self.query.weight, original.bert.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(transfer.model.bert.embeddings.word_embeddings.weight,
+                       original.bert.embeddings.word_embeddings.weight)
+
+
+def test_compare_runs_three_strategies_and_writes_the_table(tmp_path, image_folders):
+    import os
+    import subprocess
+    import sys
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    out = tmp_path / "compare"
+    done = subprocess.run([sys.executable, "-m", "hftransfer.cli", "compare", "image", "--model_name_or_path",
+                           str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+                           str(image_folders[1]), "--output_dir", str(out), "--head_epochs", "2",
+                           "--num_train_epochs", "1", "--disable_tqdm", "true"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = {row["strategy"]: row for row in json.loads((out / "comparison.json").read_text())}
+    assert list(rows) == ["feature_extraction", "staged", "lora"]
+    trainable = {name: row["trainable_parameters"] for name, row in rows.items()}
+    assert trainable["feature_extraction"] < trainable["lora"] < trainable["staged"]
+    for name, row in rows.items():
+        assert 0 <= row["eval_accuracy"] <= 1 and row["peak_memory_mb"] > 0
+        assert set(load_trained(row["output_dir"]).config.label2id) == {"square", "hstripes", "vstripes"}
+        assert json.loads((out / name / "all_results.json").read_text())["eval_accuracy"] == row["eval_accuracy"]
+    for name in rows:
+        assert "| lora " in (out / name / "README.md").read_text()  # each card shows the comparison
+        assert "| staged " in (out / name / "report" / "report.md").read_text()
+    table = (out / "comparison.md").read_text()
+    assert table.count("\n") == 5 and "| lora " in table
+    with pytest.raises(SystemExit, match="leave out --strategy"):
+        from hftransfer.compare import compare
+        compare("image", ["--strategy", "full"])
