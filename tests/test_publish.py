@@ -1,0 +1,152 @@
+"""Report, model card and push: real runs, the card parsed back with huggingface_hub, and pushes to a local HTTP
+endpoint that speaks the Hub API (`hub_server.LocalHub`, through HF_ENDPOINT): no real Hub is reachable here."""
+
+import json
+import shutil
+from dataclasses import replace
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, save_tiny_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from hftransfer import cli, hub
+from hftransfer.args import parse_args
+from hftransfer.tasks import ImageTask
+from hftransfer.training import TransferRun
+from hub_server import TOKEN, USER, local_hub  # noqa: F401 - local_hub is a fixture
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+
+def local_files(folder):
+    """What a push must deliver: every file but intermediate checkpoints."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not p.relative_to(folder).parts[0].startswith(("checkpoint-", "stage-"))}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny staged image run, shared by the card and check tests (they copy it before breaking it)."""
+    from conftest import make_image_folder
+
+    root = tmp_path_factory.mktemp("trained")
+    checkpoint = save_tiny_checkpoint(root / "ckpt", "vit", num_labels=7)
+    classes = ("square", "hstripes", "vstripes", "check3", "check4", "check5", "check6")
+    train, validation = (make_image_folder(root / "train", 6, classes, seed=0),
+                         make_image_folder(root / "validation", 3, classes, seed=1))
+    out = root / "out"
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(train), "--validation_dir",
+                      str(validation), "--output_dir", str(out), "--head_epochs", "2", "--num_train_epochs", "2",
+                      "--disable_tqdm", "true"])
+    transfer = TransferRun(run, ImageTask(run.data))
+    return out, transfer, transfer.execute()
+
+
+def test_run_leaves_report_and_card_with_the_right_numbers(trained):
+    out, transfer, metrics = trained
+    for key in ("eval_accuracy", "eval_f1_macro", "eval_precision_macro", "eval_recall_macro", "eval_top_5_accuracy"):
+        assert 0 <= metrics[key] <= 1, key
+    report = out / "report"
+    for name in ("confusion_matrix.png", "training_curves.png", "per_class.md", "report.md"):
+        assert (report / name).is_file(), name
+    assert Image.open(report / "confusion_matrix.png").size[0] > 300
+    accuracy_logged = [entry["train_accuracy"] for stage in transfer.history for entry in stage["log"]
+                       if "train_accuracy" in entry]
+    assert len(accuracy_logged) == 4 and all(0 <= a <= 1 for a in accuracy_logged)  # every epoch of both stages
+    per_class = (report / "per_class.md").read_text()
+    assert sum(f"| {label} " in per_class for label in transfer.labels) == 7
+
+    card = ModelCard.load(out / "README.md")
+    data = card.data
+    assert data.pipeline_tag == "image-classification" and data.library_name == "transformers"
+    assert {"hftransfer", "transfer-learning"} <= set(data.tags)
+    results = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert results["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-4)
+    assert results["f1"] == pytest.approx(metrics["eval_f1_macro"], abs=1e-4)
+    assert results["top_5_accuracy"] == pytest.approx(metrics["eval_top_5_accuracy"], abs=1e-4)
+    assert "](report/confusion_matrix.png)" in card.text and "](report/training_curves.png)" in card.text
+    assert "staged" in card.text and "pipeline(" in card.text and "Intended use" in card.text
+    assert data.base_model is None  # a local checkpoint is not a Hub id: no false `base_model`
+
+
+def test_push_from_a_recipe_run_is_byte_identical(local_hub, trained, tmp_path):
+    out, transfer, _ = trained
+    folder = tmp_path / "image-model"
+    shutil.copytree(out, folder)
+    saved = transfer.args
+    transfer.args = replace(saved, output_dir=str(folder), push_to_hub=True, hub_model_id="image-model",
+                            hub_token=TOKEN, hub_private_repo=True)
+    try:
+        url = transfer.push()  # what the recipe calls after saving
+    finally:
+        transfer.args = saved
+    assert url.startswith(local_hub.endpoint)
+    assert local_hub.repos[f"{USER}/image-model"]["private"] is True  # namespace from whoami, like transformers
+    assert local_hub.files(f"{USER}/image-model") == local_files(folder)
+
+
+def test_push_from_the_text_recipe_through_accelerate(local_hub, tmp_path):
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    out = tmp_path / "text-model"
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", str(ROOT / "recipes" / "text.py"), "--model_name_or_path", str(checkpoint),
+         "--train_file", str(write_reviews_csv(tmp_path / "reviews.csv")), "--output_dir", str(out),
+         "--head_epochs", "1", "--num_train_epochs", "1", "--disable_tqdm", "true", "--push_to_hub",
+         "--hub_model_id", f"{USER}/text-model", "--hub_token", TOKEN],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert local_hub.files(f"{USER}/text-model") == local_files(out)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "text-classification"
+    assert TOKEN not in done.stdout + done.stderr  # nor in any file: the push itself checked that
+
+
+def test_hftransfer_push_uses_hf_token_from_the_environment(local_hub, trained, monkeypatch, capsys):
+    out, _, _ = trained
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    cli.main(["push", str(out), "--repo_id", f"{USER}/cli-model"])
+    assert local_hub.repos[f"{USER}/cli-model"]["private"] is False
+    assert local_hub.files(f"{USER}/cli-model") == local_files(out)
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    with pytest.raises(Exception, match="401|Invalid credentials"):
+        cli.main(["push", str(out), "--repo_id", f"{USER}/other"])
+
+
+def _break_labels(folder):
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i): f"LABEL_{i}" for i in range(len(config["id2label"]))}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _break_card(folder):
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# no results\n")
+
+
+BROKEN = {
+    "real id2label": (_break_labels, "LABEL_0"),
+    "processor saved": (lambda f: (f / "preprocessor_config.json").unlink(), "no image processor or tokenizer"),
+    "metrics in the card": (_break_card, "no results in its metadata"),
+    "no model card": (lambda f: (f / "README.md").unlink(), "no model card"),
+    "token in a file": (lambda f: (f / "notes.txt").write_text(f"token={TOKEN}\n"), "token is written in notes.txt"),
+    "hf_ token pattern": (lambda f: (f / "log.txt").write_text("hf_" + "a" * 34), "token is written in log.txt"),
+    "pickled weights": (lambda f: (f / "pytorch_model.bin").write_bytes(b"\x80\x04"), "pickled weights"),
+    "safetensors": (lambda f: (f / "model.safetensors").unlink(), "no .*safetensors weights"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_each_pre_push_check_refuses_before_any_upload(local_hub, trained, tmp_path, case):
+    out, _, _ = trained
+    folder = tmp_path / "broken"
+    shutil.copytree(out, folder)
+    breaker, message = BROKEN[case]
+    breaker(folder)
+    with pytest.raises(hub.PushError, match=message):
+        hub.push(folder, repo_id=f"{USER}/broken", token=TOKEN)
+    assert not local_hub.repos  # refused before creating anything
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["push", str(folder), "--repo_id", f"{USER}/broken", "--hub_token", TOKEN])
