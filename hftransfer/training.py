@@ -21,11 +21,11 @@ from transformers import Trainer, default_data_collator, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import features as feature_cache
-from . import freezing
+from . import card, freezing, hub, lora, report
 from .data import is_multi_label, label_names, prepare_splits
 from .freezing import FreezePlan
-from .metrics import load_metrics, multi_label_metrics
-from .modeling import load_model
+from .metrics import classification_metrics, load_metrics, multi_label_metrics
+from .modeling import head_modules, load_model
 from .zoo import resolve
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 # 2.5x the time.
 BASE_DEFAULTS = {"conv": {"learning_rate": 1e-3, "min_steps": 500},
                  "attention": {"learning_rate": 1e-4, "min_steps": 150}}
+# LoRA trains few, freshly initialised parameters: a higher rate than full fine-tuning, as in the PEFT examples.
+LORA_LEARNING_RATE = {"conv": 2e-3, "attention": 1e-3}
 HEAD_MIN_STEPS = 300
 EPOCH_RANGE = {"base": (3, 30), "head": (10, 100)}
 
@@ -62,20 +64,23 @@ def plan_stages(run) -> list[Stage]:
     if transfer.strategy == "feature_extraction":
         return [head]
     base_strategy = transfer.strategy
-    if transfer.strategy == "staged":  # the user's patterns shape stage 2; stage 1 trains the head alone
-        base_strategy = "fine_tune" if transfer.unfreeze_last_n else "full"
+    if transfer.strategy in ("staged", "lora"):  # the user's patterns shape stage 2; stage 1 trains the head alone
+        if transfer.strategy == "staged":
+            base_strategy = "fine_tune" if transfer.unfreeze_last_n else "full"
         head.plan = FreezePlan("feature_extraction")
     tune = Stage(transfer.strategy, FreezePlan(base_strategy, **patterns), training.learning_rate,
                  training.num_train_epochs, augment)
-    return [head, tune] if transfer.strategy == "staged" else [tune]
+    return [head, tune] if transfer.strategy in ("staged", "lora") else [tune]
 
 
 def architecture(model: torch.nn.Module) -> str:
     return "attention" if any("attention" in type(m).__name__.lower() for m in model.modules()) else "conv"
 
 
-def default_learning_rate(model: torch.nn.Module) -> float:
+def default_learning_rate(model: torch.nn.Module, strategy: str = "full") -> float:
     """The base-training rate when the user gave none: attention models fine-tune at a far lower rate than convnets."""
+    if strategy == "lora":
+        return LORA_LEARNING_RATE[architecture(model)]
     return BASE_DEFAULTS[architecture(model)]["learning_rate"]
 
 
@@ -99,7 +104,24 @@ class TransferTrainer(Trainer):
     def __init__(self, *args, lengths: dict | None = None, plan: FreezePlan | None = None, **kwargs):
         self.lengths = lengths or {}
         self.plan = plan
+        self._hits = self._seen = 0
         super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The `Trainer`'s loss; single-label batches also count correct predictions, so every logging step reports
+        `train_accuracy` at no extra forward pass (this process's batches since the last log)."""
+        labels = inputs.get("labels")
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if labels is not None and labels.dim() == 1 and model.training:
+            self._hits += (outputs.logits.detach().argmax(-1) == labels).sum().item()
+            self._seen += len(labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs):
+        if "loss" in logs and self._seen:
+            logs["train_accuracy"] = round(self._hits / self._seen, 4)
+            self._hits = self._seen = 0
+        super().log(logs, *args, **kwargs)
 
     def create_optimizer(self, model=None):
         """The `Trainer`'s optimizer, with one parameter group per (rate factor, weight decay) from the plan."""
@@ -150,24 +172,22 @@ class TransferTrainer(Trainer):
             self.args.hub_token = token
 
 
-def _argmax(logits, labels):
-    return logits.argmax(-1)
-
-
 def _above_half(logits, labels):
     return (logits > 0).int()  # sigmoid(logit) > 0.5
 
 
-def make_compute_metrics(names, multi_label: bool):
-    """Single-label: the `evaluate` modules in `names` on argmax predictions. Multi-label: F1 and exact match."""
+def make_compute_metrics(num_labels: int, multi_label: bool, extra_names=()):
+    """Single-label: accuracy, macro F1/precision/recall, top-5 past 5 classes (the shipped `evaluate` modules),
+    plus any `evaluate` module named in `extra_names`. Multi-label: micro/macro F1 and exact match."""
     if multi_label:
         return lambda prediction: multi_label_metrics(prediction.predictions, prediction.label_ids)
-    metrics = load_metrics(names)
+    extra = load_metrics([name for name in extra_names if name != "accuracy"])
 
     def compute(prediction):
-        result = {}
-        for metric in metrics:
-            result.update(metric.compute(predictions=prediction.predictions, references=prediction.label_ids))
+        logits, references = prediction.predictions, prediction.label_ids
+        result = classification_metrics(logits, references, num_labels)
+        for metric in extra:
+            result.update(metric.compute(predictions=logits.argmax(-1), references=references))
         return result
 
     return compute
@@ -187,6 +207,15 @@ def with_multi_hot_labels(transform, num_labels: int):
     return apply
 
 
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated by PyTorch on a GPU; else this process's peak resident memory."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
 class TransferRun:
     """One run of the lesson: load, freeze, add head, train in stages, evaluate, save."""
 
@@ -203,16 +232,18 @@ class TransferRun:
                                                            self.run.explicit)
         self.labels = label_names(self.splits)
         self.multi_label = is_multi_label(self.splits["train"])
-        self.model, self.processor, self.head_replaced = load_model(self.task, self.run.model, self.labels,
-                                                                    self.multi_label)
+        transfer = self.run.transfer
+        self.model, self.processor, self.head_replaced = load_model(
+            self.task, self.run.model, self.labels, self.multi_label, transfer.head_hidden_sizes, transfer.head_dropout)
         self.model = self.task.prepare_model(self.model)
         self.processor = self.task.adapt_processor(self.processor, self.model, self.splits)
         self.collator = self.task.collator(self.processor) or default_data_collator
         self._group_by_length()
         self.train_raw = self.splits["train"].with_transform(self.transform(train=False))
         self.eval_raw = self.splits["validation"].with_transform(self.transform(train=False))
-        self.compute_metrics = make_compute_metrics(["accuracy"], self.multi_label)
-        self.predictions = _above_half if self.multi_label else _argmax
+        self.compute_metrics = make_compute_metrics(len(self.labels), self.multi_label,
+                                                    self.run.transfer.metric_names)
+        self.predictions = _above_half if self.multi_label else None  # single-label metrics need the logits (top-5)
         self._cache = {}
         logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
                     len(self.splits["validation"]), len(self.labels))
@@ -232,8 +263,21 @@ class TransferRun:
         output_dir = self.args.output_dir
         if self.args.save_strategy != "no":
             output_dir = os.path.join(output_dir, f"stage-{stage.name}")
-        return replace(self.args, learning_rate=stage.learning_rate, num_train_epochs=stage.epochs,
-                       output_dir=output_dir, **changes)
+        return self._final_args(learning_rate=stage.learning_rate, num_train_epochs=stage.epochs,
+                                output_dir=output_dir, **changes)
+
+    def _final_args(self, **changes):
+        # The Trainer would create the repo and push each stage's checkpoints; the finished folder is pushed once,
+        # after its checks (`hub.push`).
+        return replace(self.args, push_to_hub=False, **changes)
+
+    def _add_adapters(self, stage: Stage) -> dict:
+        """Wrap the model (base frozen, head trainable) with LoRA adapters; returns the settings for the plan."""
+        transfer = self.run.transfer
+        self.model = lora.wrap(self.model, transfer, list(head_modules(self.model)))
+        targets = sorted(self.model.peft_config["default"].target_modules)
+        return {"r": transfer.lora_r, "alpha": transfer.lora_alpha, "dropout": transfer.lora_dropout,
+                "target_modules": targets}
 
     # feature cache ---------------------------------------------------------
     def _cache_layout(self):
@@ -278,12 +322,15 @@ class TransferRun:
         if self.args.should_log:
             logger.info("Stage '%s' (lr %.2g, %.3g epochs):\n%s", stage.name, stage.learning_rate, stage.epochs,
                         freezing.report(self.model, stage.plan))
-        if self.args.gradient_checkpointing:
+        if self.args.gradient_checkpointing or getattr(self.args, "activation_checkpointing", False):
             try:  # checkpointed blocks after frozen embeddings would otherwise get inputs without grad: no gradients
                 self.model.enable_input_require_grads()
             except (NotImplementedError, AttributeError):
                 pass  # no input embeddings to hook (convnets)
-        cached = self._trains_on_cache()
+        adapted = stage.plan.strategy == "lora"
+        if adapted:
+            stage.plan.lora = self._add_adapters(stage)
+        cached = not adapted and self._trains_on_cache()
         evaluating = self.args.eval_strategy != "no"
         common = {"model": self.model, "args": self._stage_args(stage), "plan": stage.plan,
                   "compute_metrics": self.compute_metrics if evaluating else None,
@@ -301,24 +348,32 @@ class TransferRun:
             result = trainer.train()
         metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
                    "trainable_parameters": freezing.trainable_count(self.model)[0]}
+        if adapted:  # a plain model again, so evaluation, saving and the demo need no PEFT
+            adapter_dir = Path(self.args.output_dir) / lora.ADAPTER_FOLDER if self.args.should_save else None
+            self.model = lora.merge(self.model, adapter_dir)
         self.history.append({"stage": stage.name, "learning_rate": stage.learning_rate, "epochs": stage.epochs,
                              "plan": asdict(stage.plan), "metrics": metrics,
                              "log": trainer.state.log_history})
         return metrics
 
     def evaluate(self) -> tuple[TransferTrainer, dict]:
-        """The final evaluation, through the cache when the last stage trained on it (same logits, one pass)."""
-        if self._trains_on_cache():
+        """The final evaluation, through the cache when the last stage trained on it (same logits, one pass). Only
+        then: after LoRA the base is frozen again, but its merged weights are no longer those the cache holds."""
+        if self.history[-1]["metrics"]["cached_features"]:
             features = self._features("validation")  # extracted by the real base, before the swap
             with feature_cache.swapped_base(self.model, self._cache["layout"]):
-                trainer = TransferTrainer(model=self.model, args=self.args, compute_metrics=self.compute_metrics,
+                trainer = TransferTrainer(model=self.model, args=self._final_args(eval_strategy="no"),
+                                          compute_metrics=self.compute_metrics,
                                           preprocess_logits_for_metrics=self.predictions)
-                metrics = trainer.evaluate(features)
+                output = trainer.predict(features, metric_key_prefix="eval")
         else:
-            trainer = TransferTrainer(model=self.model, args=self.args, compute_metrics=self.compute_metrics,
+            trainer = TransferTrainer(model=self.model, args=self._final_args(eval_strategy="no"),
+                                      compute_metrics=self.compute_metrics,
                                       preprocess_logits_for_metrics=self.predictions,
                                       data_collator=self.collator, lengths=self.lengths)
-            metrics = trainer.evaluate(self.eval_raw)
+            output = trainer.predict(self.eval_raw, metric_key_prefix="eval")
+        self.eval_predictions, self.eval_references = output.predictions, output.label_ids  # for the report
+        metrics = dict(output.metrics)
         metrics.pop("epoch", None)  # the evaluation trainer trained nothing; train_results.json has the epochs
         metrics["eval_samples"] = len(self.splits["validation"])
         return trainer, metrics
@@ -331,11 +386,12 @@ class TransferRun:
         for stage in stages:
             stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]), self.model)
             if stage.plan.strategy != "feature_extraction" and not self.run.given("learning_rate"):
-                stage.learning_rate = default_learning_rate(self.model)
+                stage.learning_rate = default_learning_rate(self.model, stage.plan.strategy)
             self.train_stage(stage)
         trainer, eval_metrics = self.evaluate()
         train_metrics = self._train_metrics(time.time() - start)
         self.save(trainer, train_metrics, eval_metrics, stages)
+        self.push()
         return {**train_metrics, **eval_metrics}
 
     def _train_metrics(self, wall: float) -> dict:
@@ -343,7 +399,7 @@ class TransferRun:
         return {"train_samples": len(self.splits["train"]), "train_runtime": sum(m["train_runtime"] for m in stages),
                 "train_loss": stages[-1]["train_loss"], "epoch": sum(m.get("epoch", 0) for m in stages),
                 "total_runtime": round(wall, 2), "trainable_parameters": stages[-1]["trainable_parameters"],
-                "skipped_examples": self.data_report.total_skipped}
+                "skipped_examples": self.data_report.total_skipped, "peak_memory_mb": peak_memory_mb()}
 
     def save(self, trainer: TransferTrainer, train_metrics: dict, eval_metrics: dict, stages: list[Stage]):
         """Model, processor, metrics in the `save_metrics` convention, freeze plan and the run's record."""
@@ -358,4 +414,20 @@ class TransferRun:
         record = {"settings": self.run.to_dict(), "stages": self.history, "data": self.data_report.to_dict(),
                   "head_replaced": self.head_replaced, "labels": self.labels, "multi_label": self.multi_label, "world_size": self.args.world_size}
         (out / "hftransfer_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        self._write_report(out, eval_metrics, stages[-1].plan)
+        card.write_card(out, self.run.training.hub_model_id)
         logger.info(self.data_report.summary())
+        logger.info("Report: %s; model card: %s", out / report.REPORT_DIR / report.REPORT_MD, out / "README.md")
+
+    def _write_report(self, out: Path, eval_metrics: dict, plan: FreezePlan) -> None:
+        single = not self.multi_label
+        report.write_report(out, labels=self.labels, history=self.history, metrics=eval_metrics, plan=asdict(plan),
+                            predictions=self.eval_predictions.argmax(-1).tolist() if single else None,
+                            references=self.eval_references.tolist() if single else None)
+
+    def push(self) -> str | None:
+        """`--push_to_hub`: the main process pushes the finished folder, after `hub.push`'s checks."""
+        if not (self.args.push_to_hub and self.args.should_save):
+            return None
+        return hub.push(self.args.output_dir, repo_id=self.args.hub_model_id, token=self.args.hub_token,
+                        private=self.args.hub_private_repo)
