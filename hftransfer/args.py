@@ -99,6 +99,8 @@ class TransferArguments:
     metric_names: list[str] = field(default_factory=list, metadata={
         "help": "More `evaluate` metrics on the predicted labels, by Hub name or local path (accuracy, macro "
                 "F1/precision/recall and top-5 are always computed, offline).", "nargs": "*"})
+    serve_demo: bool = field(default=False, metadata={
+        "help": "After training, serve the Gradio demo of the saved model (as `hftransfer demo OUTPUT_DIR`)."})
     reset_bn_momentum: bool = field(
         default=True, metadata={"help": "Give trainable BatchNorm layers PyTorch's momentum 0.1 when the checkpoint "
                                         "carries a TensorFlow-style decay (> 0.5, e.g. MobileNetV2's 0.997)."})

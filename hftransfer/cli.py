@@ -4,6 +4,8 @@
     hftransfer compare image|text [recipe flags]    (feature extraction, staged and LoRA; writes comparison.md)
     hftransfer card OUTPUT_DIR                       (rebuild the model card from the folder's files)
     hftransfer push OUTPUT_DIR [--repo_id ID] [--private] [--hub_token T]
+    hftransfer demo MODEL [--port P] [--host H] [--share]      (MODEL: an output folder or a Hub id)
+    hftransfer publish-space --model MODEL --space_id ID [--private] [--hub_token T]
     hftransfer freeze-report MODEL [--strategy S] [--freeze P ...] [--unfreeze P ...] [--unfreeze_last_n N]
                                    [--layer_lr_decay D] [--lr_multipliers P=F ...]
     hftransfer freeze-report OUTPUT_DIR --plan OUTPUT_DIR/freeze_plan.json
@@ -78,6 +80,22 @@ def push_command(args) -> None:
         raise SystemExit(f"error: {err}") from None
 
 
+def demo_command(args) -> None:
+    from .demo import serve
+
+    serve(args.model, host=args.host, port=args.port, share=args.share)
+
+
+def publish_space_command(args) -> None:
+    from .hub import PushError
+    from .space import publish_space
+
+    try:
+        print(publish_space(args.model, args.space_id, token=args.hub_token, private=args.private or None))
+    except PushError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["train"], ["compare"]):  # recipe flags pass through untouched
@@ -126,6 +144,18 @@ def main(argv: list[str] | None = None) -> None:
     push_parser.add_argument("--private", action="store_true", help="create the repository private")
     push_parser.add_argument("--hub_token", help="default: HF_TOKEN or the stored login (`hf auth login`)")
     push_parser.set_defaults(func=push_command)
+    demo = commands.add_parser("demo", help="serve the Gradio demo of a trained model")
+    demo.add_argument("model", help="an output folder or a Hub id")
+    demo.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    demo.add_argument("--port", type=int, help="default: Gradio's (7860, or the next free one)")
+    demo.add_argument("--share", action="store_true", help="a temporary public link through Gradio's servers")
+    demo.set_defaults(func=demo_command)
+    space = commands.add_parser("publish-space", help="upload space/ and a model as a Hugging Face Space")
+    space.add_argument("--model", required=True, help="an output folder (uploaded with the Space) or a Hub id")
+    space.add_argument("--space_id", required=True, help="NAMESPACE/NAME, or NAME under your user")
+    space.add_argument("--private", action="store_true")
+    space.add_argument("--hub_token", help="default: HF_TOKEN or the stored login")
+    space.set_defaults(func=publish_space_command)
     args = parser.parse_args(argv)
     args.func(args)
 

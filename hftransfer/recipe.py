@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from dataclasses import replace
 
 import datasets
@@ -69,7 +70,23 @@ def main(task_name: str, argv: list[str] | None = None) -> dict:
     except (DataError, PatternError) as err:
         raise SystemExit(f"error: {err}") from None
     if run.training.should_log:
-        print(f"\nModel, processor and results: {run.training.output_dir}\n"
+        print(f"\nModel, processor, report and model card: {run.training.output_dir}\n"
               f"eval_accuracy = {metrics['eval_accuracy']:.4f}  (train {metrics['train_runtime']:.0f} s, "
-              f"total {metrics['total_runtime']:.0f} s)")
+              f"total {metrics['total_runtime']:.0f} s)\n"
+              f"Open its demo: {demo_command(run.training.output_dir)}")
+        if run.transfer.serve_demo:
+            from .demo import serve
+
+            serve(run.training.output_dir)
     return metrics
+
+
+def demo_command(output_dir: str) -> str:
+    """The command that serves the demo, runnable as printed: the venv's `hftransfer` where that is not on PATH."""
+    import shlex
+    import shutil
+
+    local = Path(sys.executable).with_name("hftransfer")
+    on_path = shutil.which("hftransfer")
+    program = os.path.relpath(local) if local.exists() and on_path != str(local) else "hftransfer"
+    return f"{program} demo {shlex.quote(output_dir)}"

@@ -7,6 +7,7 @@ how to turn raw rows into model inputs, and its embedded sample. Everything else
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 from importlib import resources
@@ -76,6 +77,26 @@ class TaskAdapter:
 
     def collator(self, processor):
         return None  # the Trainer's default collator stacks tensors
+
+    # demo -----------------------------------------------------------------
+    def demo_component(self, gr):
+        """The Gradio input widget (gradio is passed in: the core does not import it)."""
+        raise NotImplementedError
+
+    def demo_problem(self, value) -> str | None:
+        """Why one demo input cannot be classified, said to the user, or None."""
+        raise NotImplementedError
+
+    def demo_batch(self, processor, values: list) -> dict:
+        """Demo inputs (file paths or texts) -> model inputs, preprocessed exactly as in training."""
+        raise NotImplementedError
+
+    def save_examples(self, rows: list, folder: Path) -> None:
+        """Write a few validation inputs (`rows`: (input, label name)) where the demo finds them."""
+        raise NotImplementedError
+
+    def load_examples(self, folder: Path) -> list:
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------- images
@@ -187,6 +208,57 @@ class ImageTask(TaskAdapter):
             return inputs
 
         return apply
+
+
+    def demo_component(self, gr):
+        component = gr.Image(type="filepath", label="Image", elem_id="image-input", height=320)
+        read = component.preprocess
+
+        def preprocess(payload):
+            # Gradio opens every upload with PIL before the app sees it; its own failure reads "Could not preprocess
+            # input component at index 0"; a `gr.Error` reaches the user as it is.
+            try:
+                return read(payload)
+            except Exception as err:
+                name = getattr(payload, "orig_name", None) or "the upload"
+                raise gr.Error(f"Not an image that can be read: {name} ({type(err).__name__})",
+                               print_exception=False) from err
+
+        component.preprocess = preprocess
+        return component
+
+    def demo_problem(self, value):
+        from PIL import Image
+
+        if not value:
+            return "No image: upload one, or pick an example"
+        try:
+            with Image.open(value) as image:  # the header only: size is known before anything is decoded
+                width, height = image.size
+        except Image.DecompressionBombError:
+            return f"Image too large (limit {DEMO_MAX_PIXELS // 10**6} megapixels)"
+        except (OSError, ValueError, SyntaxError):
+            return f"Not an image that can be read: {Path(value).name}"
+        if width * height > DEMO_MAX_PIXELS:
+            return f"Image too large: {width} x {height} pixels (limit {DEMO_MAX_PIXELS // 10**6} megapixels)"
+        problem = _image_problem(value)
+        return f"{Path(value).name}: {problem}" if problem else None
+
+    def demo_batch(self, processor, values):
+        images = [_open_image(v).convert("RGB") for v in values]
+        return {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
+
+    def save_examples(self, rows, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, (value, label) in enumerate(rows):
+            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)
+            _open_image(value).convert("RGB").save(folder / f"{index:02d}_{safe}.png")
+
+    def load_examples(self, folder):
+        return [[str(p)] for p in sorted(folder.glob("*.png"))]
+
+
+DEMO_MAX_PIXELS = 40_000_000  # a 40 MP photo is fine; beyond, decoding alone would stall the demo for everyone
 
 
 def _augment(image, size: int):
@@ -336,6 +408,26 @@ class TextTask(TaskAdapter):
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)  # dynamic padding, never to the maximum
+
+    def demo_component(self, gr):
+        return gr.Textbox(label="Text", lines=4, elem_id="text-input", placeholder="Type a text to classify")
+
+    def demo_problem(self, value):
+        return None if isinstance(value, str) and value.strip() else "Empty text: type something to classify"
+
+    def demo_batch(self, tokenizer, values):
+        return dict(tokenizer(values, truncation=True, max_length=tokenizer.model_max_length, padding=True,
+                              return_tensors="pt"))
+
+    def save_examples(self, rows, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        examples = [{"text": text if isinstance(text, str) else " / ".join(text), "label": label}
+                    for text, label in rows]
+        (folder / "examples.json").write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
+
+    def load_examples(self, folder):
+        path = folder / "examples.json"
+        return [[row["text"]] for row in json.loads(path.read_text())] if path.is_file() else []
 
 
 TASKS = {task.name: task for task in (ImageTask, TextTask)}

@@ -216,6 +216,9 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
+EXAMPLES_FOLDER = "examples"
+
+
 class TransferRun:
     """One run of the lesson: load, freeze, add head, train in stages, evaluate, save."""
 
@@ -415,6 +418,7 @@ class TransferRun:
                   "head_replaced": self.head_replaced, "labels": self.labels, "multi_label": self.multi_label, "world_size": self.args.world_size}
         (out / "hftransfer_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         self._write_report(out, eval_metrics, stages[-1].plan)
+        self._save_examples(out / EXAMPLES_FOLDER)
         card.write_card(out, self.run.training.hub_model_id)
         logger.info(self.data_report.summary())
         logger.info("Report: %s; model card: %s", out / report.REPORT_DIR / report.REPORT_MD, out / "README.md")
@@ -424,6 +428,22 @@ class TransferRun:
         report.write_report(out, labels=self.labels, history=self.history, metrics=eval_metrics, plan=asdict(plan),
                             predictions=self.eval_predictions.argmax(-1).tolist() if single else None,
                             references=self.eval_references.tolist() if single else None)
+
+    def _save_examples(self, folder: Path, count: int = 8) -> None:
+        """A few validation inputs, one class after another, for the demo's examples."""
+        validation = self.splits["validation"]
+        column = self.task.input_columns(self.run.data)[0]
+        chosen: dict = {}
+        for index, label in enumerate(validation["label"]):
+            key = tuple(label) if self.multi_label else label
+            chosen.setdefault(key, index)
+            if len(chosen) == count:
+                break
+
+        def name(key):
+            return "+".join(self.labels[i] for i in key) if self.multi_label else self.labels[key]
+
+        self.task.save_examples([(validation[i][column], name(key)) for key, i in chosen.items()], folder)
 
     def push(self) -> str | None:
         """`--push_to_hub`: the main process pushes the finished folder, after `hub.push`'s checks."""

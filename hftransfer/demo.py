@@ -1,0 +1,157 @@
+"""The Gradio demo of a trained classifier: `hftransfer demo MODEL`, `space/app.py` and `--serve_demo` use it.
+
+Predict tab (image upload or text box, top-k classes, validation examples), Results tab (metrics, confusion matrix,
+curves, freeze plan, comparison) and Model card tab. Image and text models are told apart from the saved config;
+the task adapter supplies the input widget and the preprocessing, so the demo preprocesses exactly as training did.
+
+Fast by construction: the model loads once, predictions run in `torch.inference_mode` on batches Gradio gathers
+(`batch=True`), and each input is first checked on its own (a cheap header read), so one bad upload is a clear
+message to its sender and never fails the batch it would have joined. Gradio is imported here only: the core
+works without it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from . import zoo
+from .card import HEADLINE
+from .compare import COLUMNS, COMPARISON_FILE
+from .modeling import auto_class_for, load_trained
+from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, markdown_table
+from .tasks import TASKS
+from .training import EXAMPLES_FOLDER
+
+MAX_BATCH = 16
+TOP_K = 5
+
+
+def model_folder(model: str) -> Path:
+    """A local folder with the model's files: the folder itself, a zoo entry, or a Hub snapshot (weights too)."""
+    local = Path(zoo.resolve(model))
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, allow_patterns=["*.json", "*.md", "*.txt", "*.safetensors", "*.model",
+                                                         f"{REPORT_DIR}/*", f"{EXAMPLES_FOLDER}/*"]))
+
+
+class Predictor:
+    """A trained classifier and its processor, loaded once; `predict` takes a batch of raw inputs."""
+
+    def __init__(self, model: str):
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        self.folder = model_folder(model)
+        config = AutoConfig.from_pretrained(self.folder)
+        task_name = "image" if auto_class_for(config) is AutoModelForImageClassification else "text"
+        self.task = TASKS[task_name]()
+        self.model = load_trained(str(self.folder))
+        self.processor = self.task.load_processor(str(self.folder))
+        self.labels = [config.id2label[i] for i in sorted(config.id2label)]
+        self.multi_label = config.problem_type == "multi_label_classification"
+
+    @torch.inference_mode()
+    def predict(self, values: list) -> list[dict[str, float]]:
+        logits = self.model(**self.task.demo_batch(self.processor, values)).logits.float()
+        scores = logits.sigmoid() if self.multi_label else logits.softmax(-1)
+        top = scores.topk(min(TOP_K, len(self.labels)), dim=-1)
+        return [{self.labels[i]: float(p) for p, i in zip(ps.tolist(), ids.tolist())}
+                for ps, ids in zip(top.values, top.indices)]
+
+    def examples(self) -> list:
+        folder = self.folder / EXAMPLES_FOLDER
+        return self.task.load_examples(folder) if folder.is_dir() else []
+
+
+def _read(folder: Path, name: str):
+    path = folder / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def results_markdown(folder: Path) -> str:
+    """Metrics, stages, freeze plan and comparison of an output folder, as Markdown."""
+    results = _read(folder, "all_results.json") or {}
+    run = _read(folder, "hftransfer_run.json") or {}
+    plan = _read(folder, "freeze_plan.json")
+    comparison = _read(folder, COMPARISON_FILE)
+    parts = []
+    headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]
+    if headline:
+        parts.append("### Metrics (validation)\n\n" + markdown_table(headline))
+    if run.get("stages"):
+        parts.append("### Stages\n\n" + markdown_table([
+            {"stage": s["stage"], "learning rate": s["learning_rate"], "epochs": s["epochs"],
+             "trainable parameters": s["metrics"].get("trainable_parameters"),
+             "train loss": s["metrics"].get("train_loss")} for s in run["stages"]]))
+    if plan:
+        details = {k: plan[k] for k in ("strategy", "freeze", "unfreeze", "unfreeze_last_n", "layer_lr_decay",
+                                        "lr_multipliers") if plan.get(k)}
+        parts.append("### Freeze plan\n\n" + markdown_table([{"setting": k, "value": str(v)} for k, v in
+                                                            details.items()]))
+    if comparison:
+        parts.append("### Strategies compared\n\n" + markdown_table(comparison, COLUMNS))
+    return "\n".join(parts) or "No results were saved with this model."
+
+
+def card_markdown(folder: Path) -> str:
+    """The model card's body: YAML header dropped, relative images dropped (the Results tab shows them)."""
+    path = folder / "README.md"
+    if not path.is_file():
+        return "This model has no model card."
+    text = re.sub(r"\A---\n.*?\n---\n", "", path.read_text(), flags=re.S)
+    return re.sub(r"!\[[^\]]*\]\((?!https?:)[^)]*\)\n?", "", text)
+
+
+def build_demo(model: str, title: str | None = None):
+    import gradio as gr
+
+    predictor = Predictor(model)
+    folder = predictor.folder
+    title = title or (folder.name if Path(model).exists() else model)
+
+    def check(value):
+        problem = predictor.task.demo_problem(value)
+        if problem:
+            raise gr.Error(problem, print_exception=False)
+
+    def predict(values):  # Gradio batches: one list per input, one list per output
+        for value in values:  # the browser checked already; API callers reach this directly
+            check(value)
+        return [predictor.predict(values)]
+
+    with gr.Blocks(title=f"{title} - hftransfer") as demo:
+        gr.Markdown(f"# {title}\n{len(predictor.labels)} classes: {', '.join(predictor.labels[:20])}"
+                    f"{' ...' if len(predictor.labels) > 20 else ''}")
+        with gr.Tab("Predict"):
+            with gr.Row():
+                with gr.Column():
+                    value = predictor.task.demo_component(gr)
+                    button = gr.Button("Classify", variant="primary", elem_id="predict-button")
+                with gr.Column():
+                    label = gr.Label(num_top_classes=TOP_K, label="Prediction", elem_id="prediction")
+            examples = predictor.examples()
+            if examples:
+                gr.Examples(examples, inputs=[value], label="Examples from the validation data")
+        with gr.Tab("Results"):
+            gr.Markdown(results_markdown(folder))
+            for name, caption in ((CONFUSION_PNG, "Confusion matrix"), (CURVES_PNG, "Training curves")):
+                if (folder / REPORT_DIR / name).is_file():
+                    gr.Image(str(folder / REPORT_DIR / name), label=caption, interactive=False)
+        with gr.Tab("Model card"):
+            gr.Markdown(card_markdown(folder))
+        # The check is queued (an unqueued event's gr.Error shows no toast in Gradio 6) but never waits on the model.
+        button.click(check, [value], None, api_name=False, concurrency_limit=None).success(
+            predict, [value], [label], batch=True, max_batch_size=MAX_BATCH, api_name="predict")
+    return demo
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **launch):
+    demo = build_demo(model)
+    demo.queue(default_concurrency_limit=1)  # one model, one batch at a time: requests wait and get batched
+    return demo.launch(server_name=host, server_port=port, share=share, **launch)

@@ -1,0 +1,54 @@
+"""`hftransfer publish-space`: upload `space/` with the hftransfer package and a model as a Gradio Space.
+
+A local output folder goes into the Space as `model/` (after the same checks as a model push); a Hub id is written
+to `model_id.txt` and into the front matter's `models:`, so the Space page links the model. The package itself is
+uploaded beside `app.py`, so the Space runs without hftransfer being on PyPI.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .hub import NOT_UPLOADED, PushError, problems
+
+SPACE_DIR = Path(__file__).resolve().parent.parent / "space"
+PACKAGE_DIR = Path(__file__).resolve().parent
+SPACE_FILES = ("app.py", "README.md", "requirements.txt")
+
+
+def stage_space(model: str, target: Path) -> Path:
+    """Lay out the Space's files in `target`: app, front matter, requirements, package, and the model or its id."""
+    if not (SPACE_DIR / "app.py").is_file():
+        raise PushError(f"{SPACE_DIR} not found: publish-space runs from an hftransfer checkout")
+    for name in SPACE_FILES:
+        shutil.copy2(SPACE_DIR / name, target / name)
+    shutil.copytree(PACKAGE_DIR, target / "hftransfer", ignore=shutil.ignore_patterns("__pycache__", "samples"))
+    local = Path(model)
+    if local.is_dir():
+        found = problems(local)
+        if found:
+            raise PushError(f"Not publishing {local}:\n" + "\n".join(f"  - {p}" for p in found))
+        shutil.copytree(local, target / "model", ignore=shutil.ignore_patterns(*NOT_UPLOADED, "training_args.bin"))
+    else:
+        (target / "model_id.txt").write_text(model + "\n")
+        readme = target / "README.md"
+        readme.write_text(re.sub(r"^models: \[\]$", f"models:\n- {model}", readme.read_text(), flags=re.M))
+    return target
+
+
+def publish_space(model: str, space_id: str, token: str | None = None, private: bool | None = None) -> str:
+    """Create the Space (sdk gradio) if needed and upload it; returns its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    if "/" not in space_id:
+        space_id = f"{api.whoami()['name']}/{space_id}"
+    with tempfile.TemporaryDirectory() as staging:
+        folder = stage_space(model, Path(staging))
+        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
+                          commit_message="Demo of a model trained with hftransfer")
+    return str(url)

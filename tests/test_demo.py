@@ -1,0 +1,234 @@
+"""The Gradio demo, served for real on a free local port: gradio_client, bad inputs, and a headless browser."""
+
+import socket
+
+import numpy as np
+import pytest
+from conftest import make_image_folder, save_tiny_text_checkpoint, write_reviews_csv
+from PIL import Image
+
+from hftransfer.args import parse_args
+from hftransfer.demo import Predictor, build_demo
+from hftransfer.tasks import TextTask
+from hftransfer.training import TransferRun
+from hub_server import local_hub  # noqa: F401 - a fixture
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """A demo running in this process on a free port, with a gradio_client connected to it."""
+
+    def __init__(self, model):
+        from gradio_client import Client
+
+        self.demo = build_demo(str(model))
+        self.demo.queue(default_concurrency_limit=1)
+        self.port = free_port()
+        self.demo.launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True, quiet=True)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.client = Client(self.url, verbose=False)
+
+    def predict(self, value):
+        return self.client.predict(value, api_name="/predict")
+
+    def close(self):
+        self.demo.close()
+
+
+@pytest.fixture(scope="module")
+def image_demo(mobilenet_zoo):
+    served = Served(mobilenet_zoo)  # the real ImageNet MobileNetV2: known answers on real photos
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text-demo")
+    checkpoint = save_tiny_text_checkpoint(root / "ckpt", "bert")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file",
+                      str(write_reviews_csv(root / "reviews.csv")), "--output_dir", str(root / "out"),
+                      "--head_epochs", "2", "--num_train_epochs", "2", "--disable_tqdm", "true"])
+    TransferRun(run, TextTask(run.data)).execute()
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def text_demo(text_model):
+    served = Served(text_model)
+    yield served
+    served.close()
+
+
+def photo(tmp_path, name="chelsea"):
+    import skimage.data
+
+    path = tmp_path / f"{name}.png"
+    Image.fromarray(getattr(skimage.data, name)()).save(path)
+    return path
+
+
+def test_image_and_text_models_are_told_apart_from_their_files(mobilenet_zoo, text_model):
+    assert Predictor(str(mobilenet_zoo)).task.name == "image"
+    text = Predictor(str(text_model))
+    assert text.task.name == "text" and set(text.labels) == {"good", "bad"}
+    assert len(text.examples()) == 2  # one validation example per class, saved by the run
+
+
+CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat", "Egyptian Mau", "tabby", "Persian cat"}
+
+
+def is_cat(label: str) -> bool:
+    return label in CATS or "cat" in label
+
+
+def test_client_gets_the_right_top_class(image_demo, mobilenet_zoo, tmp_path):
+    from gradio_client import handle_file
+
+    result = image_demo.predict(handle_file(photo(tmp_path)))
+    assert is_cat(result["label"]), result  # chelsea, scikit-image's cat
+    assert len(result["confidences"]) == 5 and result["confidences"][0]["confidence"] > 0.2
+    direct = Predictor(str(mobilenet_zoo)).predict([str(photo(tmp_path))])[0]
+    assert result["label"] == max(direct, key=direct.get)
+    espresso = image_demo.predict(handle_file(photo(tmp_path, "coffee")))
+    assert "espresso" in espresso["label"]
+
+
+def test_text_demo_answers_what_the_model_answers(text_demo, text_model):
+    direct = Predictor(str(text_model)).predict(["a wonderful, moving film"])[0]
+    served = text_demo.predict("a wonderful, moving film")
+    assert served["label"] == max(direct, key=direct.get)
+    assert {c["label"]: c["confidence"] for c in served["confidences"]} == pytest.approx(direct)
+
+
+def _assert_refused(served, value, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        served.predict(value)
+
+
+def test_bad_inputs_get_clear_messages_and_the_server_keeps_serving(image_demo, text_demo, tmp_path):
+    from gradio_client import handle_file
+
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not an image")
+    _assert_refused(image_demo, handle_file(not_image), "Not an image")
+    huge = tmp_path / "huge.png"
+    Image.new("L", (9000, 6000)).save(huge)  # 54 megapixels of one colour: a small file, a large image
+    _assert_refused(image_demo, handle_file(huge), "Image too large")
+    _assert_refused(text_demo, "   ", "Empty text")
+    assert is_cat(image_demo.predict(handle_file(photo(tmp_path)))["label"])  # still serving
+    assert text_demo.predict("a dull mess")["label"] in {"good", "bad"}
+
+
+def test_batched_predictions_equal_single_ones(mobilenet_zoo, tmp_path):
+    predictor = Predictor(str(mobilenet_zoo))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (64 + 16 * i, 80, 3), dtype=np.uint8)).save(paths[-1])
+    batch = predictor.predict([str(p) for p in paths])
+    for path, together in zip(paths, batch):
+        alone = predictor.predict([str(path)])[0]
+        assert list(alone) == list(together) and list(alone.values()) == pytest.approx(list(together.values()),
+                                                                                          abs=1e-5)
+
+
+@pytest.fixture
+def page():
+    from browser import browser_available, headless_page
+
+    reason = browser_available()
+    if reason:
+        pytest.skip(reason)
+    with headless_page() as page:
+        yield page
+
+
+def test_a_real_browser_uploads_types_clicks_and_reads(image_demo, text_demo, text_model, page, tmp_path):
+    from conftest import ROOT
+
+    page.open(image_demo.url)
+    page.upload_image("image-input", photo(tmp_path))
+    page.click("predict-button")
+    assert is_cat(page.read_label("prediction"))
+    shots = ROOT / "outputs" / "screenshots"  # kept for a person to look at (gitignored)
+    shots.mkdir(parents=True, exist_ok=True)
+    assert page.screenshot(shots / "image-demo.png").stat().st_size > 10_000
+
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not an image")
+    page.upload_image("image-input", not_image, preview=False)
+    page.click("predict-button")
+    assert "Not an image" in page.read_error()
+
+    page.open(text_demo.url)
+    page.type_text("text-input", "a wonderful, moving film")
+    page.click("predict-button")
+    direct = Predictor(str(text_model)).predict(["a wonderful, moving film"])[0]
+    assert page.read_label("prediction") == max(direct, key=direct.get)
+    page.screenshot(shots / "text-demo.png")
+    page.type_text("text-input", "")
+    page.click("predict-button")
+    assert "Empty text" in page.read_error()
+    page.select_tab("Results")
+    assert "Accuracy" in page.driver.page_source
+    page.select_tab("Model card")
+    assert "Intended use" in page.driver.page_source
+
+
+def test_space_folder_runs_as_it_is(text_model, tmp_path):
+    """The Space's files as publish-space lays them out, started the way a Space starts them: `python app.py`."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client
+
+    from hftransfer.space import stage_space
+
+    space = stage_space(str(text_model), tmp_path)
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "PYTHONPATH": ""}
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while socket.socket().connect_ex(("127.0.0.1", port)) and time.time() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            time.sleep(0.3)
+        answer = Client(f"http://127.0.0.1:{port}/", verbose=False).predict("a dull mess", api_name="/predict")
+        direct = Predictor(str(text_model)).predict(["a dull mess"])[0]
+        assert answer["label"] == max(direct, key=direct.get)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_publish_space_uploads_app_package_and_model(local_hub, text_model, tmp_path):
+    from huggingface_hub import SpaceCard
+    from hub_server import TOKEN, USER
+
+    from hftransfer import cli
+
+    cli.main(["publish-space", "--model", str(text_model), "--space_id", "review-demo", "--hub_token", TOKEN])
+    repo = local_hub.repos[f"spaces/{USER}/review-demo"]
+    assert repo["sdk"] == "gradio"
+    files = local_hub.files(f"{USER}/review-demo", repo_type="space")
+    assert {"app.py", "README.md", "requirements.txt", "hftransfer/demo.py", "model/config.json"} <= set(files)
+    assert files["model/model.safetensors"] == (text_model / "model.safetensors").read_bytes()
+    card = SpaceCard(files["README.md"].decode())
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.sdk_version
+
+    cli.main(["publish-space", "--model", f"{USER}/some-model", "--space_id", "hub-demo", "--hub_token", TOKEN])
+    files = local_hub.files(f"{USER}/hub-demo", repo_type="space")
+    assert files["model_id.txt"].decode().strip() == f"{USER}/some-model" and "model/config.json" not in files
+    assert SpaceCard(files["README.md"].decode()).data.models == [f"{USER}/some-model"]
