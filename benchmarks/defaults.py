@@ -114,6 +114,10 @@ CONFIGS = {
     "staged, 3 epochs, lr 2e-4": ["--num_train_epochs", "3", "--learning_rate", "2e-4"],
     "staged, layer_lr_decay 0.8": ["--layer_lr_decay", "0.8"],
     "staged, layer_lr_decay 0.8, lr 2e-4": ["--layer_lr_decay", "0.8", "--learning_rate", "2e-4"],
+    "lora (r 8)": ["--strategy", "lora"],
+    "lora (r 8), lr 3e-4": ["--strategy", "lora", "--learning_rate", "3e-4"],
+    "lora (r 8) on query and value": ["--strategy", "lora", "--lora_target_modules", "query", "value"],
+    "staged, MLP head 128": ["--head_hidden_sizes", "128", "--head_dropout", "0.2"],
 }
 
 
