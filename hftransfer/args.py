@@ -99,6 +99,9 @@ class TransferArguments:
     metric_names: list[str] = field(default_factory=list, metadata={
         "help": "More `evaluate` metrics on the predicted labels, by Hub name or local path (accuracy, macro "
                 "F1/precision/recall and top-5 are always computed, offline).", "nargs": "*"})
+    restart: bool = field(default=False, metadata={
+        "help": "Start over even when output_dir holds the checkpoints of an interrupted run of this command (by "
+                "default a re-run resumes from them)."})
     serve_demo: bool = field(default=False, metadata={
         "help": "After training, serve the Gradio demo of the saved model (as `hftransfer demo OUTPUT_DIR`)."})
     reset_bn_momentum: bool = field(

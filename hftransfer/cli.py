@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from . import freezing, zoo
+from . import zoo
 
 
 def _load_for_report(model_name_or_path: str, trust_remote_code: bool):
@@ -33,6 +33,8 @@ def _load_for_report(model_name_or_path: str, trust_remote_code: bool):
 
 
 def freeze_report(args) -> None:
+    from . import freezing
+
     model = _load_for_report(args.model, args.trust_remote_code)
     if args.plan:
         plan = freezing.FreezePlan.load(args.plan)
@@ -103,9 +105,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"usage: hftransfer {argv[0]} image|text [recipe flags]")
         if argv[0] == "train":
             from .fastpath import reexec_with_fast_malloc
+
+            reexec_with_fast_malloc()  # before torch is imported: the allocator setting is read at start-up
             from .recipe import main as recipe_main
 
-            reexec_with_fast_malloc()
             recipe_main(argv[1], argv[2:])
         else:
             from .compare import compare

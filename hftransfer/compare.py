@@ -78,6 +78,7 @@ def compare(task: str, flags: list[str], strategies=STRATEGIES) -> list[dict]:
         write_card(folder)
         report_md = folder / REPORT_DIR / REPORT_MD
         if report_md.is_file():
-            report_md.write_text(report_md.read_text() + "\n## Strategies compared on the same data\n\n" + markdown(rows))
+            section = "\n## Strategies compared on the same data\n\n" + markdown(rows)
+            report_md.write_text(report_md.read_text() + section)
     print(f"\n{markdown(rows)}\nComparison table: {path} (and {COMPARISON_FILE})")
     return rows

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from datasets import ClassLabel, Dataset, DatasetDict, List, Sequence, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, List, Sequence, Value, concatenate_datasets, load_dataset
 
 if TYPE_CHECKING:
     from .args import DataArguments
@@ -34,6 +34,7 @@ class DataReport:
     source: str = ""
     skipped: dict[str, Counter] = field(default_factory=dict)  # split -> reason -> count
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few offending items
+    notes: list[str] = field(default_factory=list)  # what was kept but deserves a word (e.g. unvalidated classes)
 
     def skip(self, split: str, reason: str, item: str) -> None:
         self.skipped.setdefault(split, Counter())[reason] += 1
@@ -47,16 +48,18 @@ class DataReport:
 
     def summary(self) -> str:
         if not self.total_skipped:
-            return f"Data from {self.source}: every row usable."
-        lines = [f"Data from {self.source}: skipped {self.total_skipped} unusable row(s):"]
+            lines = [f"Data from {self.source}: every row usable."]
+        else:
+            lines = [f"Data from {self.source}: skipped {self.total_skipped} unusable row(s):"]
         for split, reasons in self.skipped.items():
             for reason, count in reasons.items():
                 lines.append(f"  {split}: {count} x {reason} (e.g. {', '.join(self.examples[reason])})")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"source": self.source, "skipped": {s: dict(c) for s, c in self.skipped.items()},
-                "examples": self.examples}
+                "examples": self.examples, "notes": self.notes}
 
 
 # ---------------------------------------------------------------- sources
@@ -100,7 +103,20 @@ def _load_file(path: str, split: str) -> Dataset:
         root = err
         while root.__cause__ or root.__context__:
             root = root.__cause__ or root.__context__
-        raise DataError(f"{file}: cannot be read as {fmt}: {root}") from err
+        raise DataError(f"{file}: cannot be read as {fmt}: {_first_bad_line(file) or root}") from err
+
+
+def _first_bad_line(file: Path) -> str | None:
+    """For text formats: the first line that is not UTF-8, which parsers report only by byte offset."""
+    if file.suffix.lower() not in (".csv", ".tsv", ".json", ".jsonl"):
+        return None
+    with file.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"line {number} is not UTF-8 ({err.reason} at byte {err.start}); save the file as UTF-8"
+    return None
 
 
 def load_raw(args: "DataArguments", task: "TaskAdapter", report: DataReport) -> DatasetDict:
@@ -256,9 +272,7 @@ def prepare_splits(args: "DataArguments", task: "TaskAdapter", seed: int,
         if not 0 < args.train_val_split < 1:
             raise DataError(f"--train_val_split must be in (0, 1) when no validation set is given, not "
                             f"{args.train_val_split}")
-        parts = splits["train"].train_test_split(test_size=args.train_val_split, seed=seed,
-                                                 stratify_by_column=_stratify_column(splits["train"]))
-        splits = DatasetDict(train=parts["train"], validation=parts["test"])
+        splits = _hold_out(splits["train"], args.train_val_split, seed, report)
     if args.max_train_samples:
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples,
                                                                             len(splits["train"]))))
@@ -269,11 +283,23 @@ def prepare_splits(args: "DataArguments", task: "TaskAdapter", seed: int,
     return splits, report
 
 
-def _stratify_column(dataset: Dataset) -> str | None:
-    if is_multi_label(dataset):
-        return None
-    counts = Counter(dataset["label"])
-    return "label" if min(counts.values()) >= 2 else None
+def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) -> DatasetDict:
+    """A stratified validation split. A class with a single example stays in training (held out, it would be a
+    validation class the model never saw); that is said in the data report."""
+    if is_multi_label(train):
+        parts = train.train_test_split(test_size=fraction, seed=seed)
+        return DatasetDict(train=parts["train"], validation=parts["test"])
+    labels = train["label"]
+    single = {label for label, count in Counter(labels).items() if count < 2}
+    rest = train.select([i for i, label in enumerate(labels) if label not in single]) if single else train
+    parts = rest.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")
+    if single:
+        names = [train.features["label"].int2str(label) for label in sorted(single)]
+        report.notes.append(f"class(es) {', '.join(names)} have a single example: kept in training, not validated")
+        logger.warning(report.notes[-1])
+        kept = train.select([i for i, label in enumerate(labels) if label in single])
+        parts["train"] = concatenate_datasets([parts["train"], kept])
+    return DatasetDict(train=parts["train"], validation=parts["test"])
 
 
 def label_names(splits: DatasetDict) -> list[str]:

@@ -24,7 +24,22 @@ def head_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Modules outside the base that own parameters: the classifier, and its hidden layers where it has some."""
     prefix = base_prefix(model)
     return {name: module for name, module in model.named_modules()
-            if name and name != prefix and not name.startswith(prefix + ".") and any(True for _ in module.parameters(recurse=False))}
+            if name and name != prefix and not name.startswith(prefix + ".")
+            and any(True for _ in module.parameters(recurse=False))}
+
+
+class ModelError(ValueError):
+    pass
+
+
+def _wrong_task(name: str, config, task_name: str) -> str:
+    article = {"image": "an", "text": "a"}
+    message = f"{name} ({type(config).__name__}) is not {article[task_name]} {task_name} classifier"
+    try:
+        other = "image" if auto_class_for(config).__name__ == "AutoModelForImageClassification" else "text"
+    except ValueError:
+        return message
+    return f"{message}: it is {article[other]} {other} model; use recipes/{other}.py"
 
 
 def load_model(task, model_args, labels: list[str], multi_label: bool = False,
@@ -34,6 +49,8 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
               "trust_remote_code": model_args.trust_remote_code}
     config = AutoConfig.from_pretrained(path, **common)
+    if type(config) not in task.auto_model_class._model_mapping:
+        raise ModelError(_wrong_task(model_args.model_name_or_path, config, task.name))
     old_labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
     keep_head = old_labels == labels
     id2label = dict(enumerate(labels))

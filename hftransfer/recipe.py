@@ -16,6 +16,7 @@ from .args import parse_args
 from .data import DataError
 from .fastpath import reexec_with_fast_malloc
 from .freezing import PatternError
+from .modeling import ModelError
 from .tasks import TASKS
 from .training import TransferRun
 
@@ -67,7 +68,7 @@ def main(task_name: str, argv: list[str] | None = None) -> dict:
     transfer = TransferRun(run, task_cls(run.data))
     try:
         metrics = transfer.execute()
-    except (DataError, PatternError) as err:
+    except (DataError, PatternError, ModelError) as err:
         raise SystemExit(f"error: {err}") from None
     if run.training.should_log:
         print(f"\nModel, processor, report and model card: {run.training.output_dir}\n"

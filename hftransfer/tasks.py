@@ -112,12 +112,14 @@ def _open_image(value) -> "PIL.Image.Image":
 
 
 def _image_problem(value) -> str | None:
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         _open_image(value)
     except UnidentifiedImageError:
         return "not an image"
+    except Image.DecompressionBombError:
+        return f"too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels: a possible decompression bomb)"
     except (OSError, ValueError, SyntaxError) as err:  # truncated data, bad headers
         return f"corrupt image ({type(err).__name__})"
     return None

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from transformers import Trainer, default_data_collator, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import features as feature_cache
-from . import card, freezing, hub, lora, report
+from . import card, freezing, hub, lora, report, resume
 from .data import is_multi_label, label_names, prepare_splits
 from .freezing import FreezePlan
 from .metrics import classification_metrics, load_metrics, multi_label_metrics
@@ -230,6 +231,9 @@ class TransferRun:
     # data and model --------------------------------------------------------
     def setup(self):
         set_seed(self.args.seed)
+        if self.run.transfer.restart and self.args.should_save:  # an interrupted run's stages must not come back
+            for old in Path(self.args.output_dir).glob("stage-*"):
+                shutil.rmtree(old)
         with self.args.main_process_first(desc="data preparation"):
             self.splits, self.data_report = prepare_splits(self.run.data, self.task, self.args.seed,
                                                            self.run.explicit)
@@ -297,7 +301,7 @@ class TransferRun:
 
     def _features(self, split: str):
         if split not in self._cache:
-            layout = self._cache["layout"]
+            layout = self._cache_layout()
             dataset = self.train_raw if split == "train" else self.eval_raw
             key = feature_cache.cache_key(resolve(self.run.model.model_name_or_path), self.run.model.model_revision,
                                           self.processor, feature_cache.data_fingerprint(self.splits[split]), layout)
@@ -318,6 +322,45 @@ class TransferRun:
         prefix = freezing.base_prefix(self.model)
         base_frozen = not any(p.requires_grad for n, p in self.model.named_parameters() if n.startswith(prefix + "."))
         return self.run.transfer.cache_features and base_frozen and self._cache_layout() is not None
+
+    # stages ----------------------------------------------------------------
+    # killed runs ------------------------------------------------------------
+    def _checkpointing(self) -> bool:
+        return self.args.save_strategy != "no"
+
+    def _restore_finished(self, stage: Stage) -> bool:
+        """A stage an earlier, interrupted run of this command finished: its model is loaded, not retrained."""
+        if not self._checkpointing() or self.run.transfer.restart:
+            return False
+        freezing.apply(self.model, stage.plan, self.run.transfer.reset_bn_momentum)
+        record = resume.restore_completed(self.model, resume.stage_dir(self.args.output_dir, stage.name))
+        if record is None:
+            return False
+        stage.plan.lora = record["plan"].get("lora")
+        self.history.append(record)
+        logger.info("Stage '%s' was finished by an earlier run: restored from %s", stage.name,
+                    resume.stage_dir(self.args.output_dir, stage.name))
+        return True
+
+    def _resume_checkpoint(self, stage: Stage) -> str | None:
+        """`--resume_from_checkpoint PATH` when it is this stage's, else this stage's last complete checkpoint."""
+        if not self._checkpointing() or self.run.transfer.restart:
+            return None
+        folder = resume.stage_dir(self.args.output_dir, stage.name)
+        given = self.args.resume_from_checkpoint
+        if given and Path(given).is_dir():
+            chosen = given if Path(given).resolve().parent == folder.resolve() else None
+        else:
+            found = resume.complete_checkpoints(folder)
+            chosen = str(found[0]) if found else None
+        if chosen:
+            logger.info("Resuming stage '%s' from %s (an earlier run of this command stopped there; --restart "
+                        "starts over)", stage.name, chosen)
+        return chosen
+
+    def _mark_finished(self, stage: Stage) -> None:
+        if self._checkpointing() and self.args.should_save:
+            resume.mark_completed(self.model, resume.stage_dir(self.args.output_dir, stage.name), self.history[-1])
 
     # stages ----------------------------------------------------------------
     def train_stage(self, stage: Stage) -> dict:
@@ -343,12 +386,12 @@ class TransferRun:
             held_out = self._features("validation") if evaluating else None
             with feature_cache.swapped_base(self.model, layout):
                 trainer = TransferTrainer(train_dataset=train, eval_dataset=held_out, **common)
-                result = trainer.train()
+                result = trainer.train(resume_from_checkpoint=self._resume_checkpoint(stage))
         else:
             train = self.splits["train"].with_transform(self.transform(train=stage.augment))
             trainer = TransferTrainer(train_dataset=train, eval_dataset=self.eval_raw if evaluating else None,
                                       data_collator=self.collator, lengths=self.lengths, **common)
-            result = trainer.train()
+            result = trainer.train(resume_from_checkpoint=self._resume_checkpoint(stage))
         metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
                    "trainable_parameters": freezing.trainable_count(self.model)[0]}
         if adapted:  # a plain model again, so evaluation, saving and the demo need no PEFT
@@ -357,6 +400,7 @@ class TransferRun:
         self.history.append({"stage": stage.name, "learning_rate": stage.learning_rate, "epochs": stage.epochs,
                              "plan": asdict(stage.plan), "metrics": metrics,
                              "log": trainer.state.log_history})
+        self._mark_finished(stage)
         return metrics
 
     def evaluate(self) -> tuple[TransferTrainer, dict]:
@@ -364,7 +408,7 @@ class TransferRun:
         then: after LoRA the base is frozen again, but its merged weights are no longer those the cache holds."""
         if self.history[-1]["metrics"]["cached_features"]:
             features = self._features("validation")  # extracted by the real base, before the swap
-            with feature_cache.swapped_base(self.model, self._cache["layout"]):
+            with feature_cache.swapped_base(self.model, self._cache_layout()):
                 trainer = TransferTrainer(model=self.model, args=self._final_args(eval_strategy="no"),
                                           compute_metrics=self.compute_metrics,
                                           preprocess_logits_for_metrics=self.predictions)
@@ -390,7 +434,8 @@ class TransferRun:
             stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]), self.model)
             if stage.plan.strategy != "feature_extraction" and not self.run.given("learning_rate"):
                 stage.learning_rate = default_learning_rate(self.model, stage.plan.strategy)
-            self.train_stage(stage)
+            if not self._restore_finished(stage):
+                self.train_stage(stage)
         trainer, eval_metrics = self.evaluate()
         train_metrics = self._train_metrics(time.time() - start)
         self.save(trainer, train_metrics, eval_metrics, stages)
@@ -405,21 +450,29 @@ class TransferRun:
                 "skipped_examples": self.data_report.total_skipped, "peak_memory_mb": peak_memory_mb()}
 
     def save(self, trainer: TransferTrainer, train_metrics: dict, eval_metrics: dict, stages: list[Stage]):
-        """Model, processor, metrics in the `save_metrics` convention, freeze plan and the run's record."""
-        trainer.save_model(self.args.output_dir)
+        """Model, processor, metrics in the `save_metrics` convention, freeze plan, the run's record, report, demo
+        examples and model card: written to a staging folder, then moved into `output_dir` file by file."""
+        out = Path(self.args.output_dir)
+        staging = out / resume.STAGING
+        with self.args.main_process_first(desc="staging folder"):
+            if self.args.should_save:
+                staging = resume.staging_dir(out)
+        trainer.save_model(str(staging))  # every process: sharded (FSDP, DeepSpeed) weights are gathered here
         if not trainer.is_world_process_zero():
             return
-        out = Path(self.args.output_dir)
-        self.processor.save_pretrained(out)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        stages[-1].plan.save(out)
+        self.processor.save_pretrained(staging)
+        all_results = {**train_metrics, **eval_metrics}
+        for name, metrics in (("train", train_metrics), ("eval", eval_metrics), ("all", all_results)):
+            (staging / f"{name}_results.json").write_text(json.dumps(metrics, indent=4, sort_keys=True) + "\n")
+        stages[-1].plan.save(staging)
         record = {"settings": self.run.to_dict(), "stages": self.history, "data": self.data_report.to_dict(),
-                  "head_replaced": self.head_replaced, "labels": self.labels, "multi_label": self.multi_label, "world_size": self.args.world_size}
-        (out / "hftransfer_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        self._write_report(out, eval_metrics, stages[-1].plan)
-        self._save_examples(out / EXAMPLES_FOLDER)
-        card.write_card(out, self.run.training.hub_model_id)
+                  "head_replaced": self.head_replaced, "labels": self.labels, "multi_label": self.multi_label,
+                  "world_size": self.args.world_size}
+        (staging / "hftransfer_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        self._write_report(staging, eval_metrics, stages[-1].plan)
+        self._save_examples(staging / EXAMPLES_FOLDER)
+        card.write_card(staging, self.run.training.hub_model_id or out.resolve().name)
+        resume.publish(staging, out)
         logger.info(self.data_report.summary())
         logger.info("Report: %s; model card: %s", out / report.REPORT_DIR / report.REPORT_MD, out / "README.md")
 

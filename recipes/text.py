@@ -10,7 +10,10 @@ the head stage, then fine-tuning at a lower rate; texts are padded per batch, ne
 `--text_column_names a,b` make sentence pairs. Every `TrainingArguments` flag works; see --help.
 """
 
-from hftransfer.recipe import main
+from hftransfer.fastpath import reexec_with_fast_malloc
 
 if __name__ == "__main__":
+    reexec_with_fast_malloc()  # first: the allocator setting is read at start-up, before torch is imported
+    from hftransfer.recipe import main
+
     main("text")

@@ -97,7 +97,8 @@ def test_lora_run_saves_a_merged_model_equal_to_base_plus_adapter(tmp_path):
     data = write_reviews_csv(tmp_path / "train.csv")
     out = tmp_path / "out"
     transfer, metrics = train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(data),
-                                         "--output_dir", str(out), "--strategy", "lora", "--lora_r", "4", "--eval_strategy", "epoch",
+                                         "--output_dir", str(out), "--strategy", "lora", "--lora_r", "4",
+                                         "--eval_strategy", "epoch",
                                          "--head_epochs", "2", "--num_train_epochs", "2", "--learning_rate", "3e-2"])
     assert [s["stage"] for s in transfer.history] == ["head", "lora"]
     lora_stage, head_stage = transfer.history[1]["metrics"], transfer.history[0]["metrics"]

@@ -5,48 +5,22 @@ computes what it computes (scikit-learn's `f1_score`), plus `zero_division`, whi
 scikit-learn's default.
 """
 
-import datasets
 import evaluate
-import numpy as np
 from sklearn.metrics import f1_score
 
+from hftransfer.metrics.sklearn_scores import INPUTS, averaged, label_info
+
 _DESCRIPTION = "F1 = 2 * (precision * recall) / (precision + recall), per class or averaged over classes."
-_INPUTS = """
-Args:
-    predictions (list of int): predicted labels.
-    references (list of int): true labels.
-    labels (list of int): the labels to include when `average` is not "binary", and their order when it is None.
-        By default every label found in `predictions` or `references`, sorted.
-    pos_label (int): the positive class when `average` is "binary" (default 1).
-    average (str or None): "binary" (default), "micro", "macro", "weighted", "samples" (multilabel), or None for
-        one score per label.
-    sample_weight (list of float): per-example weights.
-    zero_division ("warn", 0, 1 or nan): the value of an undefined score (a label never predicted nor true);
-        "warn" (default) gives 0 and a warning.
-Returns:
-    f1 (float, or an array of floats when `average` is None)
-Examples:
-    >>> f1 = evaluate.load("f1")
-    >>> f1.compute(predictions=[0, 0, 1, 1, 0], references=[0, 1, 0, 1, 0])
-    {'f1': 0.5}
-"""
+_INPUTS = INPUTS.format(name="f1", undefined="a label never predicted nor true",
+                        predictions="[0, 0, 1, 1, 0]", references="[0, 1, 0, 1, 0]",
+                        result="{'f1': 0.5}")
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _INPUTS)
 class F1(evaluate.Metric):
     def _info(self):
-        label = datasets.Sequence(datasets.Value("int32")) if self.config_name == "multilabel" \
-            else datasets.Value("int32")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features({"predictions": label, "references": label}),
-            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.f1_score.html"],
-        )
+        return label_info(_DESCRIPTION, _INPUTS, self.config_name == "multilabel",
+                          "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.f1_score.html")
 
-    def _compute(self, predictions, references, labels=None, pos_label=1, average="binary", sample_weight=None,
-                 zero_division="warn"):
-        score = f1_score(references, predictions, labels=labels, pos_label=pos_label, average=average,
-                         sample_weight=sample_weight, zero_division=zero_division)
-        return {"f1": float(score) if np.ndim(score) == 0 else np.asarray(score)}
+    def _compute(self, predictions, references, **options):
+        return averaged("f1", f1_score, predictions, references, **options)

@@ -1,0 +1,157 @@
+"""The bad-input matrix: each case gives a clear error before training, or a counted skip reported at the end."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, make_image_folder, save_tiny_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
+from PIL import Image
+
+from hftransfer.args import DataArguments
+from hftransfer.data import DataError, prepare_splits
+from hftransfer.tasks import ImageTask, TextTask
+
+
+def image_splits(train, validation):
+    args = DataArguments(train_dir=str(train), validation_dir=str(validation))
+    task = ImageTask(args)
+    splits, report = prepare_splits(args, task, seed=0)
+    return splits, report, task
+
+
+def write(path, make):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make(path)
+    return path
+
+
+def _exif_rotated(path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (40, 20), "red").save(path, exif=exif.tobytes())
+
+
+def _truncated(path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    path.write_bytes(buffer.getvalue()[:600])
+
+
+SKIPPED = {  # file -> the reason counted in the data report
+    "corrupt.png": (lambda p: p.write_bytes(np.random.default_rng(1).bytes(500)), "not an image"),
+    "truncated.png": (_truncated, "corrupt image"),
+    "empty.png": (lambda p: p.write_bytes(b""), "not an image"),
+    "notes.txt": (lambda p: p.write_text("not an image"), "not an image"),
+    "bomb.png": (lambda p: Image.new("1", (15000, 15000)).save(p), "decompression bomb"),
+}
+KEPT = {  # file -> (PIL mode it was saved in) ; all become 3-channel inputs
+    "rgba.png": lambda p: Image.new("RGBA", (30, 30), (255, 0, 0, 128)).save(p),
+    "cmyk.jpg": lambda p: Image.new("CMYK", (30, 30), (0, 255, 0, 0)).save(p),
+    "palette.png": lambda p: Image.new("RGB", (30, 30), "blue").convert("P").save(p),
+    "sixteen.png": lambda p: Image.fromarray(np.full((30, 30), 40000, dtype=np.uint16)).save(p),
+    "gray.png": lambda p: Image.new("L", (30, 30), 128).save(p),
+    "tiny.png": lambda p: Image.new("RGB", (1, 1), "white").save(p),
+    "rotated.jpg": _exif_rotated,
+}
+
+
+def test_image_matrix_skips_what_cannot_be_read_and_converts_the_rest(tmp_path):
+    train = make_image_folder(tmp_path / "train", 4)
+    validation = make_image_folder(tmp_path / "validation", 2)
+    for name, (make, _) in SKIPPED.items():
+        write(train / "square" / name, make)
+    for name, make in KEPT.items():
+        write(train / "hstripes" / name, make)
+    splits, report, task = image_splits(train, validation)
+    assert len(splits["train"]) == 12 + len(KEPT)
+    reasons = report.skipped["train"]
+    assert sum(reasons.values()) == len(SKIPPED) == report.total_skipped
+    for name, (_, reason) in SKIPPED.items():
+        assert any(reason in r for r in reasons), (name, reasons)
+    assert all(name in report.summary() for name in ["truncated.png", "notes.txt"])
+
+    processor = task.load_processor(str(save_tiny_checkpoint(tmp_path / "ckpt", "vit")))
+    batch = splits["train"].with_transform(task.transform(processor, train=False))[:]
+    assert batch["pixel_values"].shape == (len(splits["train"]), 3, 32, 32)  # every kept mode became RGB
+    paths = [str(p) for p in (train / "hstripes").iterdir()]
+    rotated = next(p for p in paths if p.endswith("rotated.jpg"))
+    from hftransfer.tasks import _open_image
+
+    assert _open_image(rotated).size == (20, 40)  # EXIF orientation applied: 40x20 stored, shown upright
+
+
+def text_splits(tmp_path, content, **kwargs):
+    path = tmp_path / "data.csv"
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    args = DataArguments(train_file=str(path), **kwargs)
+    return prepare_splits(args, TextTask(args), seed=0, given=frozenset(kwargs))  # named columns are never guessed
+
+
+ROWS = "text,label\n" + "".join(f"a good film {i},pos\na bad film {i},neg\n" for i in range(10))
+
+
+def test_text_empty_and_whitespace_are_counted_skips(tmp_path):
+    splits, report = text_splits(tmp_path, ROWS + '"",pos\n"   ",neg\n')
+    assert report.total_skipped == 2 and len(splits["train"]) + len(splits["validation"]) == 20
+
+
+def test_very_long_text_is_kept_and_truncated(tmp_path):
+    splits, report = text_splits(tmp_path, ROWS + f"{'word ' * 20000},pos\n")
+    assert report.total_skipped == 0
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    task = TextTask(DataArguments())
+    tokenizer = task.load_processor(str(checkpoint))
+    longest = max(task.lengths(splits["train"], tokenizer))
+    assert longest == tokenizer.model_max_length
+
+
+@pytest.mark.parametrize("content, message", [
+    (ROWS.encode() + b"caf\xe9 \xff broken,pos\n", "line 22 is not UTF-8"),
+    (ROWS + "no label here,\n", "empty labels"),
+    ("text,label\n" + "".join(f"film {i},pos\n" for i in range(10)), "single class"),
+    ("words,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(10)) + "x,1\n", "'text'"),
+], ids=["invalid UTF-8", "missing labels", "single class", "missing column"])
+def test_text_errors_name_file_and_problem(tmp_path, content, message):
+    with pytest.raises(DataError, match=message) as err:
+        text_splits(tmp_path, content, text_column_names="text")
+    assert "data.csv" in str(err.value)
+
+
+def test_unseen_validation_label_is_an_error(tmp_path):
+    (tmp_path / "val.csv").write_text("text,label\nsomething,neutral\nfine,pos\n")
+    with pytest.raises(DataError, match="neutral"):
+        text_splits(tmp_path, ROWS, validation_file=str(tmp_path / "val.csv"))
+
+
+def test_a_class_with_one_example_stays_in_training_and_is_reported(tmp_path):
+    splits, report = text_splits(tmp_path, ROWS + "an odd one,weird\n")
+    names = splits["train"].features["label"].names
+    assert names.index("weird") in splits["train"]["label"]
+    assert names.index("weird") not in splits["validation"]["label"]
+    assert "weird" in report.summary() and "single example" in report.summary()
+
+
+def recipe(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / "recipes" / script), *args, "--disable_tqdm", "true"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_config_errors_come_before_training(tmp_path, image_folders):
+    text_checkpoint = save_tiny_text_checkpoint(tmp_path / "text-ckpt", "bert")
+    image_checkpoint = save_tiny_checkpoint(tmp_path / "image-ckpt", "vit")
+    reviews = write_reviews_csv(tmp_path / "reviews.csv")
+    common = ["--output_dir", str(tmp_path / "out")]
+    cases = [
+        (recipe("image.py", "--model_name_or_path", str(text_checkpoint), "--train_dir", str(image_folders[0]),
+                *common), "is not an image classifier: it is a text model; use recipes/text.py"),
+        (recipe("text.py", "--model_name_or_path", str(image_checkpoint), "--train_file", str(reviews), *common),
+         "is not a text classifier: it is an image model; use recipes/image.py"),
+        (recipe("image.py", "--learning_rat", "1e-3", *common), "Unknown argument(s): --learning_rat"),
+        (recipe("image.py", "--model_name_or_path", str(image_checkpoint), "--train_dir", str(image_folders[0]),
+                "--strategy", "fine_tune", "--unfreeze", "vit.encoder.layers.*", *common), "matches no parameter"),
+    ]
+    for done, message in cases:
+        assert done.returncode != 0 and message in done.stderr, done.stderr[-1500:]
+        assert "Traceback" not in done.stderr and "{'loss'" not in done.stdout  # a message, before any step

@@ -1,0 +1,118 @@
+"""Killed runs: `kill -9` in the middle of training, then the same command again, resumes and loses nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, save_tiny_checkpoint
+
+from hftransfer import resume
+
+
+def command(checkpoint, folders, out, *extra):
+    return [sys.executable, str(ROOT / "recipes" / "image.py"), "--model_name_or_path", str(checkpoint),
+            "--train_dir", str(folders[0]), "--validation_dir", str(folders[1]), "--output_dir", str(out),
+            "--save_strategy", "steps", "--save_steps", "20", "--head_epochs", "30", "--num_train_epochs", "30",
+            "--per_device_train_batch_size", "4", "--disable_tqdm", "true", *extra]
+
+
+def run(args):
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def kill_when(args, ready, timeout=300):
+    """Start the command and SIGKILL it as soon as `ready()` holds."""
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from conftest import make_image_folder
+
+    root = tmp_path_factory.mktemp("resume")
+    checkpoint = save_tiny_checkpoint(root / "ckpt", "mobilenet_v2")
+    folders = (make_image_folder(root / "train", 12, seed=0), make_image_folder(root / "validation", 4, seed=1))
+    reference = root / "reference"
+    run(command(checkpoint, folders, reference))
+    return checkpoint, folders, json.loads((reference / "hftransfer_run.json").read_text()), \
+        json.loads((reference / "all_results.json").read_text())
+
+
+def losses(record):
+    return [[entry["loss"] for entry in stage["log"] if "loss" in entry] for stage in record["stages"]]
+
+
+def test_plain_rerun_after_kill_in_stage_two_resumes_and_loses_no_step(setup, tmp_path):
+    checkpoint, folders, reference, reference_results = setup
+    out = tmp_path / "out"
+    kill_when(command(checkpoint, folders, out), lambda: resume.complete_checkpoints(out / "stage-staged"))
+    assert (out / "stage-head" / "completed.json").is_file()  # stage 1 had finished
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()  # nothing half-done
+
+    log = run(command(checkpoint, folders, out))
+    assert "Stage 'head' was finished by an earlier run" in log and "Resuming stage 'staged' from" in log
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    # every logged epoch once, none lost, none repeated; and the same training as the uninterrupted run
+    assert [len(s) for s in losses(record)] == [len(s) for s in losses(reference)] == [30, 30]
+    assert losses(record)[0] == losses(reference)[0]
+    # the epoch cut by the kill logs the mean loss of its steps after the checkpoint only; all others are the same
+    differing = [a for a, b in zip(losses(record)[1], losses(reference)[1]) if a != pytest.approx(b, rel=0.01)]
+    assert len(differing) <= 1
+    assert losses(record)[1][-1] == pytest.approx(losses(reference)[1][-1], rel=0.01)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_accuracy"] == pytest.approx(reference_results["eval_accuracy"], abs=0.1)
+    assert not (out / resume.STAGING).exists()
+
+
+def test_resume_from_a_named_checkpoint_of_the_cached_head_stage(setup, tmp_path):
+    checkpoint, folders, reference, _ = setup
+    out = tmp_path / "out"
+    kill_when(command(checkpoint, folders, out), lambda: len(resume.complete_checkpoints(out / "stage-head")) >= 2)
+    named = resume.complete_checkpoints(out / "stage-head")[-1]  # the oldest complete one, to show it is the one used
+    log = run(command(checkpoint, folders, out, "--resume_from_checkpoint", str(named)))
+    assert f"Resuming stage 'head' from {named}" in log
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    assert [len(s) for s in losses(record)] == [30, 30]
+    assert losses(record)[0][-1] == pytest.approx(losses(reference)[0][-1], rel=0.01)
+
+
+def test_restart_ignores_an_interrupted_run(setup, tmp_path):
+    checkpoint, folders, _, _ = setup
+    out = tmp_path / "out"
+    kill_when(command(checkpoint, folders, out), lambda: resume.complete_checkpoints(out / "stage-head"))
+    log = run(command(checkpoint, folders, out, "--restart"))
+    assert "Resuming" not in log and "finished by an earlier run" not in log
+    assert (out / "all_results.json").is_file()
+
+
+def test_a_failed_save_leaves_no_half_written_output(tmp_path, image_folders, monkeypatch):
+    from hftransfer.args import parse_args
+    from hftransfer.tasks import ImageTask
+    from hftransfer.training import TransferRun
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    out = tmp_path / "out"
+    run_args = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
+                           "--validation_dir", str(image_folders[1]), "--output_dir", str(out), "--strategy",
+                           "feature_extraction", "--head_epochs", "1", "--disable_tqdm", "true"])
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the card")
+
+    monkeypatch.setattr("hftransfer.card.write_card", crash)
+    with pytest.raises(KeyboardInterrupt):
+        TransferRun(run_args, ImageTask(run_args.data)).execute()
+    assert not any(p.is_file() for p in out.iterdir()) if out.exists() else True  # only the staging folder
