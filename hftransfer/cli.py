@@ -83,6 +83,9 @@ def push_command(args) -> None:
 
 
 def demo_command(args) -> None:
+    from .fastpath import SERVER_TUNABLES, reexec_with_fast_malloc
+
+    reexec_with_fast_malloc(SERVER_TUNABLES)  # memory reused, not returned and faulted back; few arenas (fastpath)
     from .demo import serve
 
     serve(args.model, host=args.host, port=args.port, share=args.share)

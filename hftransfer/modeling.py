@@ -42,6 +42,21 @@ def _wrong_task(name: str, config, task_name: str) -> str:
     return f"{message}: it is {article[other]} {other} model; use recipes/{other}.py"
 
 
+def _require_safetensors(path: str, model_args) -> None:
+    """Pickled weights (`pytorch_model.bin`) can run code when loaded: a local folder without safetensors weights is
+    refused with a message that says so (`from_pretrained(use_safetensors=True)` refuses Hub repos the same way)."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    found = f" (found {', '.join(pickled)})" if pickled else ""
+    raise ModelError(f"{model_args.model_name_or_path}: no safetensors weights{found}; only safetensors are loaded, "
+                     "since pickled weights can run code. Convert them once, in a trusted environment, with "
+                     "`AutoModel.from_pretrained(path).save_pretrained(path)`.")
+
+
 def load_model(task, model_args, labels: list[str], multi_label: bool = False,
                head_hidden_sizes: list[int] = (), head_dropout: float = 0.0):
     """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one."""
@@ -56,6 +71,7 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     id2label = dict(enumerate(labels))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # our own log line replaces the load report about the mismatched head
+    _require_safetensors(path, model_args)
     try:
         model = task.auto_model_class.from_pretrained(
             path, num_labels=len(labels), id2label=id2label, label2id={n: i for i, n in id2label.items()},

@@ -107,6 +107,10 @@ class TransferTrainer(Trainer):
         self.plan = plan
         self._hits = self._seen = 0
         super().__init__(*args, **kwargs)
+        # Classifiers average their loss over the batch. A forward that merely takes **kwargs (MobileNetV2's does,
+        # and ignores them) makes the Trainer count items and multiply the loss by the number of processes, which
+        # doubled gradients and logged losses under 2-process DDP; a mean over equal batches needs no rescaling.
+        self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The `Trainer`'s loss; single-label batches also count correct predictions, so every logging step reports

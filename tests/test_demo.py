@@ -232,3 +232,52 @@ def test_publish_space_uploads_app_package_and_model(local_hub, text_model, tmp_
     files = local_hub.files(f"{USER}/hub-demo", repo_type="space")
     assert files["model_id.txt"].decode().strip() == f"{USER}/some-model" and "model/config.json" not in files
     assert SpaceCard(files["README.md"].decode()).data.models == [f"{USER}/some-model"]
+
+
+def test_busy_demo_answers_50_concurrent_requests_and_memory_stays_flat(mobilenet_zoo, tmp_path):
+    """The demo as users run it (its own process): 50 requests at once all get the right answer; over the last 500
+    of 1,000 requests its resident memory stays flat."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # as a user starts it: the command sets them
+    server = subprocess.Popen([sys.executable, "-m", "hftransfer.cli", "demo", str(mobilenet_zoo), "--port",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+    def rss_mb():
+        status = open(f"/proc/{server.pid}/status").read()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+    try:
+        deadline = time.time() + 120
+        while socket.socket().connect_ex(("127.0.0.1", port)) and time.time() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            time.sleep(0.3)
+        images = [photo(tmp_path, "chelsea"), photo(tmp_path, "coffee")]
+        expected = {str(p): max(d, key=d.get) for p, d in zip(images, Predictor(str(mobilenet_zoo)).predict(
+            [str(p) for p in images]))}
+        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(10)]
+
+        def ask(i):
+            image = str(images[i % 2])
+            return clients[i % 10].predict(handle_file(image), api_name="/predict")["label"] == expected[image]
+
+        with ThreadPoolExecutor(50) as pool:
+            assert all(pool.map(ask, range(50)))  # 50 at once, every answer right
+        with ThreadPoolExecutor(10) as pool:
+            # the allocator keeps what each new mix of batch sizes needed: memory rises over the first few hundred
+            # requests, then stays flat (measured: +34 MB from the 500th to the 1,000th request)
+            assert all(pool.map(ask, range(450)))
+            warm = rss_mb()
+            assert all(pool.map(ask, range(500)))  # 1,000 requests in all
+            growth = rss_mb() - warm
+        assert growth < 80, f"resident memory grew {growth:.0f} MB over the last 500 requests"  # < 160 kB each
+    finally:
+        server.terminate()
+        server.wait()

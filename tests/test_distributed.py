@@ -1,0 +1,63 @@
+"""Several processes (`accelerate launch --multi_gpu --num_processes 2`: DDP over gloo on this CPU machine) give
+the results one process gives, for every strategy; only the main process writes files and pushes."""
+
+import json
+
+import pytest
+from conftest import save_tiny_checkpoint
+from test_recipe import accelerate_launch
+
+from hftransfer.args import parse_args
+from hftransfer.tasks import ImageTask
+from hftransfer.training import TransferRun
+from hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+STRATEGIES = {"feature_extraction": [], "fine_tune": [], "staged": [], "lora": ["--lora_r", "4"]}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    # ViT: LayerNorm. A BatchNorm model trained under DDP normalises over each device's share of the batch, so
+    # its training differs from one process by design (as with any DDP run without SyncBatchNorm).
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), "vit")
+
+
+def flags(checkpoint, folders, out, strategy, batch):
+    return ["--model_name_or_path", str(checkpoint), "--train_dir", str(folders[0]), "--validation_dir",
+            str(folders[1]), "--output_dir", str(out), "--strategy", strategy, *STRATEGIES[strategy],
+            "--head_epochs", "8", "--num_train_epochs", "4", "--per_device_train_batch_size", str(batch), "--seed", "0"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_processes_match_one(strategy, checkpoint, image_folders, tmp_path):
+    one = parse_args([*flags(checkpoint, image_folders, tmp_path / "one", strategy, 8), "--disable_tqdm", "true"])
+    single = TransferRun(one, ImageTask(one.data))
+    single_results = single.execute()
+    # same global batch: 2 processes x 4
+    accelerate_launch(flags(checkpoint, image_folders, tmp_path / "two", strategy, 4), processes=2)
+    record = json.loads((tmp_path / "two" / "hftransfer_run.json").read_text())
+    results = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    assert record["world_size"] == 2
+    assert [s["stage"] for s in record["stages"]] == [s["stage"] for s in single.history]
+    assert [s["metrics"]["cached_features"] for s in record["stages"]] == \
+        [s["metrics"]["cached_features"] for s in single.history]
+    assert [s["metrics"]["trainable_parameters"] for s in record["stages"]] == \
+        [s["metrics"]["trainable_parameters"] for s in single.history]
+    assert results["eval_samples"] == single_results["eval_samples"] == 12  # every example evaluated once
+    assert results["eval_accuracy"] == pytest.approx(single_results["eval_accuracy"], abs=0.17)  # 2 of 12 images
+    # the loss is the mean over the same global batches (not multiplied by the number of processes)
+    # (data order differs between the two samplers; a doubled loss, as before the fix, is far outside this)
+    assert results["train_loss"] == pytest.approx(single_results["train_loss"], rel=0.3, abs=0.05)
+
+
+def test_only_the_main_process_writes_and_pushes(local_hub, checkpoint, image_folders, tmp_path):
+    out = tmp_path / "two"
+    accelerate_launch([*flags(checkpoint, image_folders, out, "feature_extraction", 4), "--push_to_hub",
+                       "--hub_model_id", f"{USER}/ddp-model", "--hub_token", TOKEN], processes=2)
+    uploads = [c for c in local_hub.commits(f"{USER}/ddp-model") if c["title"] != "initial commit"]
+    assert len(uploads) == 1  # one upload, from rank 0
+    creates = [path for method, path, _ in local_hub.requests if path == "/api/repos/create"]
+    assert len(creates) == 1
+    assert not (out / ".saving").exists() and (out / "model.safetensors").is_file()
