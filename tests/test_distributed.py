@@ -61,3 +61,18 @@ def test_only_the_main_process_writes_and_pushes(local_hub, checkpoint, image_fo
     creates = [path for method, path, _ in local_hub.requests if path == "/api/repos/create"]
     assert len(creates) == 1
     assert not (out / ".saving").exists() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2"])
+def test_shipped_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from conftest import ROOT
+
+    config = load_config_from_file(str(ROOT / "recipes" / "accelerate_configs" / f"{name}.yaml"))
+    expected = {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}[name]
+    assert str(config.distributed_type).endswith(expected) and config.mixed_precision == "bf16"
+    if name == "fsdp":
+        assert config.fsdp_config["fsdp_version"] == 2
+    if name == "deepspeed_zero2":
+        assert config.deepspeed_config["zero_stage"] == 2
