@@ -1,0 +1,244 @@
+"""hftransfer against the way users do it today, side by side in one run on one machine.
+
+    python benchmarks/run.py            # full: about 15 minutes on 2 CPU cores
+    python benchmarks/run.py --quick    # under 10 minutes on 2 CPU cores (fewer training examples, fewer requests)
+    python benchmarks/run.py --only text demo
+
+Each hftransfer path runs next to its plain baseline, one process at a time (two PyTorch processes on 2 cores slow
+each other tenfold), both with the same allocator settings, so only the method differs:
+- image_fe: head training for 10 epochs on the embedded image default: cached features against a plain `Trainer`
+  with the base frozen by hand (as users write it, and with the BatchNorm fix a careful user adds);
+- image_finetune: hftransfer's defaults (staged, input size from the data) against the HF example script's
+  defaults (224 px, random resized crop + flip, lr 5e-5, 3 epochs, batch 8, whole model);
+- text: fine-tuning all-MiniLM-L6-v2 with dynamic padding and length-grouped batches against every example padded
+  to 128 tokens (run_glue's default), same rate, epochs and batch size;
+- demo: p50/p95 latency through gradio_client against a bare prediction plus a no-op Gradio round trip;
+- gpu (--gpu, with CUDA): bf16 throughput of ViT-base and BERT-base-sized models, fine-tune against frozen base,
+  and achieved FLOP/s against a measured matmul peak.
+Every training row has wall time (command start to saved model), training samples per second, accuracy, peak
+resident memory, and its ratio to the baseline. Writes benchmarks/results/run.json, BENCHMARKS.md and
+benchmarks/results/speedups.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores of {cpu}, {gpu}, torch {torch.__version__}"
+
+
+def measure(command: list[str], env: dict, results_file: Path | None = None) -> dict:
+    """Run one command; its wall time, peak resident memory (its own process: os.wait4) and reported metrics."""
+    start = time.time()
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.time() - start
+        out.seek(0)
+        log = out.read()
+    if status:
+        raise SystemExit(f"{' '.join(command)} failed:\n{log[-3000:]}")
+    metrics = json.loads(results_file.read_text()) if results_file else json.loads(log.strip().splitlines()[-1])
+    epochs = metrics.get("epochs") or metrics.get("epoch")
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "eval_accuracy": round(metrics["eval_accuracy"], 4),
+            "train_samples_per_s": round(metrics["train_samples"] * epochs / metrics["train_runtime"], 1)}
+
+
+def recipe(task: str, out: Path, *flags: str) -> list[str]:
+    return [sys.executable, f"recipes/{task}.py", "--output_dir", str(out), "--disable_tqdm", "true", *flags]
+
+
+def plain(script: str, out: Path, *flags: str) -> list[str]:
+    return [sys.executable, f"benchmarks/{script}", str(out), *flags]
+
+
+def image_fe(work: Path, env: dict, quick: bool) -> list[dict]:
+    head = ["--strategy", "feature_extraction", "--head_epochs", "10"]
+    rows = [("plain Trainer, base frozen by hand", plain("plain_image_trainer.py", work / "p1", "--mode", "frozen")),
+            ("plain Trainer, base frozen, BatchNorm kept in eval", plain("plain_image_trainer.py", work / "p2",
+                                                                         "--mode", "frozen", "--bn_eval")),
+            ("hftransfer feature_extraction, empty feature cache", recipe("image", work / "h1", *head)),
+            ("hftransfer, other head rate, cache reused", recipe("image", work / "h2", *head,
+                                                                "--head_learning_rate", "1e-2"))]
+    return _rows("image_fe", rows, work, env, baseline=0)
+
+
+def image_finetune(work: Path, env: dict, quick: bool) -> list[dict]:
+    subset = ["--max_train_samples", "600"] if quick else []
+    rows = [("HF example defaults (224 px, augmentation, lr 5e-5, 3 epochs)",
+             plain("plain_image_trainer.py", work / "p3", "--mode", "finetune", *subset)),
+            ("hftransfer defaults (staged)", recipe("image", work / "h3", *subset))]
+    return _rows("image_finetune", rows, work, env, baseline=0)
+
+
+def text(work: Path, env: dict, quick: bool) -> list[dict]:
+    subset = ["--max_train_samples", "800"] if quick else []
+    same = ["--learning_rate", "1e-4", "--num_train_epochs", "3"]
+    rows = [("every example padded to 128 tokens", plain("plain_text_trainer.py", work / "p4", *subset)),
+            ("hftransfer: dynamic padding, length-grouped batches", recipe("text", work / "h4", "--strategy",
+                                                                          "full", *same, *subset))]
+    return _rows("text", rows, work, env, baseline=0)
+
+
+def _rows(section: str, runs: list, work: Path, env: dict, baseline: int) -> list[dict]:
+    rows = []
+    for name, command in runs:
+        folder = Path(command[command.index("--output_dir") + 1]) if "--output_dir" in command else None
+        result = measure(command, env, folder / "all_results.json" if folder else None)
+        rows.append({"section": section, "run": name, **result})
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[baseline]
+    for row in rows:
+        row["speedup"] = round(base["wall_s"] / row["wall_s"], 2)
+        row["accuracy_delta_points"] = round(100 * (row["eval_accuracy"] - base["eval_accuracy"]), 1)
+    return rows
+
+
+def demo(work: Path, env: dict, quick: bool) -> dict:
+    out = work / "demo.json"
+    subprocess.run([sys.executable, "benchmarks/demo_latency.py", "--requests", "30" if quick else "60", "--out",
+                    str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
+    return json.loads(out.read_text())
+
+
+def gpu_section() -> dict:
+    """bf16 training throughput of ViT-base / BERT-base-sized models (random init), fine-tune vs frozen base, and
+    achieved FLOP/s (6 x parameters x tokens for a full step, 2 x for forward-only) against a bf16 matmul peak."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+
+    device = torch.device("cuda")
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    start = time.time()
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    peak = 20 * 2 * 8192 ** 3 / (time.time() - start)
+    models = {"vit-base": (ViTForImageClassification(ViTConfig(num_labels=10)),
+                           lambda b: {"pixel_values": torch.randn(b, 3, 224, 224, device=device)}, 197),
+              "bert-base": (BertForSequenceClassification(BertConfig(num_labels=2)),
+                            lambda b: {"input_ids": torch.randint(0, 30000, (b, 128), device=device)}, 128)}
+    rows = []
+    for name, (model, batch, tokens) in models.items():
+        model.to(device)
+        params = sum(p.numel() for p in model.parameters())
+        for frozen in (False, True):
+            for n, p in model.named_parameters():
+                p.requires_grad = not frozen or not n.startswith(model.base_model_prefix)
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            inputs, labels = batch(64), torch.randint(0, 2, (64,), device=device)
+            for step in range(13):
+                if step == 3:
+                    torch.cuda.synchronize()
+                    start = time.time()
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(**inputs, labels=labels).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            torch.cuda.synchronize()
+            per_s = 10 * 64 / (time.time() - start)
+            flops = (2 if frozen else 6) * params * tokens * per_s
+            rows.append({"model": name, "base": "frozen" if frozen else "trained", "samples_per_s": round(per_s),
+                         "tflops": round(flops / 1e12, 1), "fraction_of_peak": round(flops / peak, 2)})
+    return {"matmul_peak_tflops": round(peak / 1e12), "rows": rows}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 0.45 * len(rows) + 1.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    labels = [f"{r['section']}: {r['run']}" for r in rows]
+    ax.barh(labels[::-1], [r["speedup"] for r in rows][::-1], color="tab:orange")
+    ax.axvline(1, color="grey", linestyle="--", linewidth=1)
+    ax.set(xlabel="speed-up against the section's baseline (wall time)", title="hftransfer against plain scripts")
+    figure.savefig(path)
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    from hftransfer.report import markdown_table
+
+    columns = {"section": "section", "run": "run", "wall_s": "wall (s)", "speedup": "speed-up",
+               "train_samples_per_s": "train samples/s", "eval_accuracy": "accuracy",
+               "accuracy_delta_points": "accuracy vs baseline (points)", "peak_rss_mb": "peak RSS (MB)"}
+    lines = [f"# Benchmarks\n", f"Measured {result['date']} at commit `{result['commit']}` on {result['machine']}, "
+             f"mode `{result['mode']}`, with `python benchmarks/run.py{' --quick' if result['mode'] == 'quick' else ''}`"
+             f" (one process at a time; the first row of each section is its baseline).\n",
+             markdown_table(result["training"], columns), "\n![speed-ups](benchmarks/results/speedups.png)\n"]
+    if result.get("demo"):
+        d = result["demo"]
+        floor = {k: d["rows"]["bare prediction"][k] + d["rows"]["no-op Gradio round trip"][k]
+                 for k in ("p50_ms", "p95_ms")}
+        lines += ["## Demo latency\n", markdown_table([{"path": k, **v} for k, v in d["rows"].items()]),
+                  f"\nDemo against bare prediction + no-op round trip: {d['ratio_p50']}x at p50 "
+                  f"({d['rows']['hftransfer demo']['p50_ms']} ms against {floor['p50_ms']:.1f} ms), "
+                  f"{d['ratio_p95']}x at p95. With 8 concurrent clients: {d['throughput_8_clients_rps']['demo']} "
+                  f"requests/s (no-op app: {d['throughput_8_clients_rps']['noop']}).\n"]
+    if result.get("gpu"):
+        lines += ["## GPU\n", f"bf16 matmul peak: {result['gpu']['matmul_peak_tflops']} TFLOP/s\n",
+                  markdown_table(result["gpu"]["rows"])]
+    path.write_text("\n".join(lines))
+
+
+SECTIONS = {"image_fe": image_fe, "image_finetune": image_finetune, "text": text}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="also the GPU section (needs CUDA)")
+    parser.add_argument("--only", nargs="*", choices=[*SECTIONS, "demo"])
+    args = parser.parse_args()
+    from hftransfer.fastpath import fast_malloc_env
+
+    work = Path(tempfile.mkdtemp(prefix="hftransfer-bench-"))
+    env = fast_malloc_env({**os.environ, "HFTRANSFER_CACHE": str(work / "cache")})  # cold feature cache
+    for entry in ("mobilenet_v2", "all-MiniLM-L6-v2"):  # zoo conversion is set-up, not part of any timing
+        subprocess.run([sys.executable, "-m", "hftransfer.cli", "zoo", "prepare", entry], env=env, check=True,
+                       capture_output=True)
+    chosen = args.only or [*SECTIONS, "demo"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    result = {"mode": "quick" if args.quick else "full", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "commit": commit.stdout.strip() or "unknown", "training": []}
+    for name in chosen:
+        if name == "demo":
+            result["demo"] = demo(work, env, args.quick)
+        else:
+            result["training"] += SECTIONS[name](work, env, args.quick)
+    if args.gpu:
+        import torch
+
+        result["gpu"] = gpu_section() if torch.cuda.is_available() else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "run.json").write_text(json.dumps(result, indent=2) + "\n")
+    if result["training"]:
+        plot(result["training"], RESULTS / "speedups.png")
+    write_markdown(result, ROOT / "BENCHMARKS.md")
+    print((ROOT / "BENCHMARKS.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
