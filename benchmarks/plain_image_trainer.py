@@ -30,7 +30,7 @@ def keep_batchnorm_in_eval(model) -> None:
     before each of its forwards (frozen BN in train mode replaces its ImageNet statistics: momentum 0.997 in HF)."""
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.register_forward_pre_hook(lambda bn, inputs: bn.eval())
+            module.register_forward_pre_hook(lambda bn, inputs: setattr(bn, "training", False))
 
 
 def random_resized_crop_and_flip(image, size: int):

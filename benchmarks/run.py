@@ -168,11 +168,14 @@ def plot(rows: list[dict], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(9, 0.45 * len(rows) + 1.2), dpi=110, layout="constrained")
+    figure = Figure(figsize=(12, 0.45 * len(rows) + 1.4), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()
     labels = [f"{r['section']}: {r['run']}" for r in rows]
-    ax.barh(labels[::-1], [r["speedup"] for r in rows][::-1], color="tab:orange")
+    bars = ax.barh(labels[::-1], [r["speedup"] for r in rows][::-1], color="tab:orange")
+    ax.bar_label(bars, labels=[f"{r['speedup']:.2f}x, acc {r['eval_accuracy']:.3f}" for r in rows][::-1],
+                 padding=3, fontsize=8)
+    ax.margins(x=0.25)
     ax.axvline(1, color="grey", linestyle="--", linewidth=1)
     ax.set(xlabel="speed-up against the section's baseline (wall time)", title="hftransfer against plain scripts")
     figure.savefig(path)
