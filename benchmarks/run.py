@@ -226,11 +226,18 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     result = {"mode": "quick" if args.quick else "full", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "commit": commit.stdout.strip() or "unknown", "training": []}
+    previous = RESULTS / "run.json"
+    if args.only and previous.is_file():  # re-measure some sections, keep the others' last numbers
+        kept = json.loads(previous.read_text())
+        result["demo"] = kept.get("demo")
+        result["training"] = [row for row in kept["training"] if row["section"] not in chosen]
     for name in chosen:
         if name == "demo":
             result["demo"] = demo(work, env, args.quick)
         else:
             result["training"] += SECTIONS[name](work, env, args.quick)
+    order = list(SECTIONS)
+    result["training"].sort(key=lambda row: order.index(row["section"]))  # stable: baselines stay first
     if args.gpu:
         import torch
 
