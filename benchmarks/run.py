@@ -187,7 +187,7 @@ def write_markdown(result: dict, path: Path) -> None:
     columns = {"section": "section", "run": "run", "wall_s": "wall (s)", "speedup": "speed-up",
                "train_samples_per_s": "train samples/s", "eval_accuracy": "accuracy",
                "accuracy_delta_points": "accuracy vs baseline (points)", "peak_rss_mb": "peak RSS (MB)"}
-    lines = [f"# Benchmarks\n", f"Measured {result['date']} at commit `{result['commit']}` on {result['machine']}, "
+    lines = ["# Benchmarks\n", f"Measured {result['date']} at commit `{result['commit']}` on {result['machine']}, "
              f"mode `{result['mode']}`, with `python benchmarks/run.py{' --quick' if result['mode'] == 'quick' else ''}`"
              f" (one process at a time; the first row of each section is its baseline).\n",
              markdown_table(result["training"], columns), "\n![speed-ups](benchmarks/results/speedups.png)\n"]

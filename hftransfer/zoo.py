@@ -11,7 +11,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass

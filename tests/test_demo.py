@@ -4,7 +4,7 @@ import socket
 
 import numpy as np
 import pytest
-from conftest import make_image_folder, save_tiny_text_checkpoint, write_reviews_csv
+from conftest import save_tiny_text_checkpoint, write_reviews_csv
 from PIL import Image
 
 from hftransfer.args import parse_args
