@@ -327,7 +327,6 @@ class TransferRun:
         base_frozen = not any(p.requires_grad for n, p in self.model.named_parameters() if n.startswith(prefix + "."))
         return self.run.transfer.cache_features and base_frozen and self._cache_layout() is not None
 
-    # stages ----------------------------------------------------------------
     # killed runs ------------------------------------------------------------
     def _checkpointing(self) -> bool:
         return self.args.save_strategy != "no"
@@ -336,10 +335,10 @@ class TransferRun:
         """A stage an earlier, interrupted run of this command finished: its model is loaded, not retrained."""
         if not self._checkpointing() or self.run.transfer.restart:
             return False
-        freezing.apply(self.model, stage.plan, self.run.transfer.reset_bn_momentum)
         record = resume.restore_completed(self.model, resume.stage_dir(self.args.output_dir, stage.name))
         if record is None:
             return False
+        freezing.apply(self.model, stage.plan, self.run.transfer.reset_bn_momentum)  # what trains next, and the plan
         stage.plan.lora = record["plan"].get("lora")
         self.history.append(record)
         logger.info("Stage '%s' was finished by an earlier run: restored from %s", stage.name,
