@@ -42,7 +42,7 @@ def _wrong_task(name: str, config, task_name: str) -> str:
     return f"{message}: it is {article[other]} {other} model; use recipes/{other}.py"
 
 
-def _require_safetensors(path: str, model_args) -> None:
+def _require_safetensors(path: str, name: str) -> None:
     """Pickled weights (`pytorch_model.bin`) can run code when loaded: a local folder without safetensors weights is
     refused with a message that says so (`from_pretrained(use_safetensors=True)` refuses Hub repos the same way)."""
     from pathlib import Path
@@ -52,7 +52,7 @@ def _require_safetensors(path: str, model_args) -> None:
         return
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     found = f" (found {', '.join(pickled)})" if pickled else ""
-    raise ModelError(f"{model_args.model_name_or_path}: no safetensors weights{found}; only safetensors are loaded, "
+    raise ModelError(f"{name}: no safetensors weights{found}; only safetensors are loaded, "
                      "since pickled weights can run code. Convert them once, in a trusted environment, with "
                      "`AutoModel.from_pretrained(path).save_pretrained(path)`.")
 
@@ -71,7 +71,7 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     id2label = dict(enumerate(labels))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # our own log line replaces the load report about the mismatched head
-    _require_safetensors(path, model_args)
+    _require_safetensors(path, model_args.model_name_or_path)
     try:
         model = task.auto_model_class.from_pretrained(
             path, num_labels=len(labels), id2label=id2label, label2id={n: i for i, n in id2label.items()},
@@ -120,6 +120,7 @@ def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_c
     `from_pretrained` would drop the head's weights and start a random linear one.
     """
     path = zoo.resolve(model_name_or_path)
+    _require_safetensors(path, model_name_or_path)
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(path, **common)
     auto_class = auto_class_for(config)

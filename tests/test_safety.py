@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, save_tiny_checkpoint
 
 from hftransfer.args import ModelArguments
-from hftransfer.modeling import ModelError, load_model
+from hftransfer.modeling import ModelError, load_model, load_trained
 from hftransfer.tasks import ImageTask
 
 
@@ -23,6 +23,8 @@ def test_pickled_weights_are_refused(tmp_path):
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     with pytest.raises(ModelError, match=r"no safetensors weights \(found pytorch_model.bin\)"):
         load_model(ImageTask(), ModelArguments(model_name_or_path=str(folder)), ["a", "b"])
+    with pytest.raises(ModelError, match="only safetensors are loaded"):  # the demo's and the CLI's loader too
+        load_trained(str(folder))
 
 
 def test_remote_code_is_not_run_unless_asked(tmp_path):
