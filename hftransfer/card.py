@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import zoo
 from .compare import COLUMNS, COMPARISON_FILE
-from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, REPORT_MD, markdown_table
+from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, REPORT_MD, markdown_table, stage_rows
 
 PIPELINE_TAGS = {"image": "image-classification", "text": "text-classification"}
 HEADLINE = {"eval_accuracy": ("accuracy", "Accuracy"), "eval_f1_macro": ("f1", "Macro F1"),
@@ -23,7 +23,7 @@ HEADLINE = {"eval_accuracy": ("accuracy", "Accuracy"), "eval_f1_macro": ("f1", "
             "eval_top_5_accuracy": ("top_5_accuracy", "Top-5 accuracy"), "eval_f1_micro": ("f1", "Micro F1")}
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -80,10 +80,7 @@ def _usage(task: str, folder_name: str, mlp_head: bool) -> str:
 
 def _training_section(run: dict, plan: dict | None) -> str:
     settings = run["settings"]
-    stages = [{"stage": s["stage"], "learning rate": s["learning_rate"], "epochs": s["epochs"],
-               "trainable parameters": s["metrics"].get("trainable_parameters"),
-               "train loss": s["metrics"].get("train_loss"), "cached features": s["metrics"].get("cached_features")}
-              for s in run["stages"]]
+    stages = stage_rows(run["stages"])
     keys = ["strategy", "per_device_train_batch_size", "weight_decay", "warmup_steps", "lr_scheduler_type", "seed",
             "image_size", "max_seq_length", "layer_lr_decay", "lr_multipliers", "head_hidden_sizes", "head_dropout",
             "bf16", "fp16"]
@@ -118,11 +115,11 @@ def _limits(run: dict, results: dict) -> str:
 
 def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     folder = Path(folder)
-    config = _read_json(folder / "config.json")
-    run = _read_json(folder / "hftransfer_run.json")
-    results = _read_json(folder / "all_results.json") or {}
-    plan = _read_json(folder / "freeze_plan.json")
-    comparison = _read_json(folder / COMPARISON_FILE)
+    config = read_json(folder / "config.json")
+    run = read_json(folder / "hftransfer_run.json")
+    results = read_json(folder / "all_results.json") or {}
+    plan = read_json(folder / "freeze_plan.json")
+    comparison = read_json(folder / COMPARISON_FILE)
     if config is None or run is None:
         raise FileNotFoundError(f"{folder}: no config.json or hftransfer_run.json (not an hftransfer output folder)")
     task = _task(config)

@@ -12,17 +12,16 @@ works without it.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from . import zoo
-from .card import HEADLINE
+from .card import HEADLINE, read_json
 from .compare import COLUMNS, COMPARISON_FILE
 from .modeling import auto_class_for, load_trained
-from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, markdown_table
+from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, markdown_table, stage_rows
 from .tasks import TASKS
 from .training import EXAMPLES_FOLDER
 
@@ -69,26 +68,18 @@ class Predictor:
         return self.task.load_examples(folder) if folder.is_dir() else []
 
 
-def _read(folder: Path, name: str):
-    path = folder / name
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def results_markdown(folder: Path) -> str:
     """Metrics, stages, freeze plan and comparison of an output folder, as Markdown."""
-    results = _read(folder, "all_results.json") or {}
-    run = _read(folder, "hftransfer_run.json") or {}
-    plan = _read(folder, "freeze_plan.json")
-    comparison = _read(folder, COMPARISON_FILE)
+    results = read_json(folder / "all_results.json") or {}
+    run = read_json(folder / "hftransfer_run.json") or {}
+    plan = read_json(folder / "freeze_plan.json")
+    comparison = read_json(folder / COMPARISON_FILE)
     parts = []
     headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]
     if headline:
         parts.append("### Metrics (validation)\n\n" + markdown_table(headline))
     if run.get("stages"):
-        parts.append("### Stages\n\n" + markdown_table([
-            {"stage": s["stage"], "learning rate": s["learning_rate"], "epochs": s["epochs"],
-             "trainable parameters": s["metrics"].get("trainable_parameters"),
-             "train loss": s["metrics"].get("train_loss")} for s in run["stages"]]))
+        parts.append("### Stages\n\n" + markdown_table(stage_rows(run["stages"])))
     if plan:
         details = {k: plan[k] for k in ("strategy", "freeze", "unfreeze", "unfreeze_last_n", "layer_lr_decay",
                                         "lr_multipliers") if plan.get(k)}

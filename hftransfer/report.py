@@ -197,14 +197,16 @@ def _plan_rows(plan) -> list[dict]:
     return rows
 
 
-def _stage_rows(history: list[dict]) -> list[dict]:
+def stage_rows(history: list[dict]) -> list[dict]:
+    """One row a stage (rate, epochs, where it starts, loss, what trained): the report, card and demo show it."""
     _, boundaries = stage_curves(history)
     rows = []
     for (start, name), stage in zip(boundaries, history):
         metrics = stage.get("metrics") or {}
         rows.append({"stage": name, "learning rate": stage.get("learning_rate"), "epochs": stage.get("epochs"),
                      "starts at epoch": start, "train loss": metrics.get("train_loss"),
-                     "trainable parameters": metrics.get("trainable_parameters")})
+                     "trainable parameters": metrics.get("trainable_parameters"),
+                     "cached features": metrics.get("cached_features")})
     return rows
 
 
@@ -237,7 +239,7 @@ def write_report(folder, *, labels: list[str], predictions: list[int] | None, re
     sections.append(f"## Training curves\n\nStages follow each other on one epoch axis; dashed lines mark where each "
                     f"begins.\n\n![training curves]({CURVES_PNG})\n")
     if history:
-        sections.append("### Stages\n\n" + markdown_table(_stage_rows(history)))
+        sections.append("### Stages\n\n" + markdown_table(stage_rows(history)))
     if per_class:
         sections.append(f"## Per-class scores\n\nAlso in [{PER_CLASS_MD}]({PER_CLASS_MD}).\n\n{per_class}")
     if plan:
