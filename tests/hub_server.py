@@ -119,6 +119,16 @@ def _safe_repo_path(path: str) -> str:
     return str(p)
 
 
+
+def _read_exactly(rfile, size: int, chunk_size: int):
+    """`size` bytes of `rfile`, in chunks; a body cut short is an error, not a silently short file."""
+    while size:
+        data = rfile.read(min(size, chunk_size))
+        if not data:
+            raise ConnectionError("client closed the connection mid-body")
+        size -= len(data)
+        yield data
+
 class _Request:
     """What a route needs from the HTTP request; the body is read lazily (plain or chunked)."""
 
@@ -143,21 +153,10 @@ class _Request:
                     while rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     break
-                while size:
-                    data = rfile.read(min(size, chunk_size))
-                    if not data:
-                        raise ConnectionError("client closed the connection mid-body")
-                    size -= len(data)
-                    yield data
+                yield from _read_exactly(rfile, size, chunk_size)
                 rfile.readline()
         else:
-            remaining = self._length
-            while remaining:
-                data = rfile.read(min(remaining, chunk_size))
-                if not data:
-                    raise ConnectionError("client closed the connection mid-body")
-                remaining -= len(data)
-                yield data
+            yield from _read_exactly(rfile, self._length, chunk_size)
         self.body_consumed = True
 
     def body(self) -> bytes:
