@@ -236,7 +236,7 @@ def test_publish_space_uploads_app_package_and_model(local_hub, text_model, tmp_
 
 def test_busy_demo_answers_50_concurrent_requests_and_memory_stays_flat(mobilenet_zoo, tmp_path):
     """The demo as users run it (its own process): 50 requests at once all get the right answer; over the last 500
-    of 1,000 requests its resident memory stays flat."""
+    of 1,000 requests its resident memory does not keep growing."""
     import os
     import subprocess
     import sys
@@ -272,12 +272,16 @@ def test_busy_demo_answers_50_concurrent_requests_and_memory_stays_flat(mobilene
             assert all(pool.map(ask, range(50)))  # 50 at once, every answer right
         with ThreadPoolExecutor(10) as pool:
             # the allocator keeps what each new mix of batch sizes needed: memory rises over the first few hundred
-            # requests, then stays flat (measured: +34 MB from the 500th to the 1,000th request)
+            # requests, then stays flat but for rare steps (measured: +34 MB from the 500th to the 1,000th request)
             assert all(pool.map(ask, range(450)))
-            warm = rss_mb()
-            assert all(pool.map(ask, range(500)))  # 1,000 requests in all
-            growth = rss_mb() - warm
-        assert growth < 80, f"resident memory grew {growth:.0f} MB over the last 500 requests"  # < 160 kB each
+            samples = [rss_mb()]
+            for _ in range(10):  # 1,000 requests in all, memory read after every 50 of the last 500
+                assert all(pool.map(ask, range(50)))
+                samples.append(rss_mb())
+        # A leak grows memory in every block (40 kB a request is 2 MB a block); the allocator takes a new step now
+        # and then, when a new mix of batch sizes comes. Flat: growth in at most 3 of the 10 blocks.
+        growing = [round(b - a) for a, b in zip(samples, samples[1:]) if b - a > 2]
+        assert len(growing) <= 3, f"resident memory grew in {len(growing)} of 10 blocks of 50 requests: {growing} MB"
     finally:
         server.terminate()
         server.wait()
