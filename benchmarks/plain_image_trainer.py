@@ -15,14 +15,13 @@ import argparse
 import json
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import load_dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
 
 from hftransfer import zoo
+from plain_common import embedded_sample, with_new_head
 
 
 def keep_batchnorm_in_eval(model) -> None:
@@ -67,14 +66,8 @@ def main() -> None:
     batch_size = args.batch_size or (8 if finetune else 32)
 
     folder = zoo.prepare("mobilenet_v2")
-    samples = Path(__file__).resolve().parent.parent / "hftransfer" / "samples" / "fashion_mnist"
-    data = load_dataset("parquet", data_files={s: str(samples / f"{s}.parquet") for s in ("train", "validation")})
-    if args.max_train_samples:
-        data["train"] = data["train"].shuffle(seed=42).select(range(args.max_train_samples))
-    names = data["train"].features["label"].names
-    model = AutoModelForImageClassification.from_pretrained(
-        folder, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-        ignore_mismatched_sizes=True)
+    data, names = embedded_sample("fashion_mnist", args.max_train_samples)
+    model = with_new_head(AutoModelForImageClassification, folder, names, ignore_mismatched_sizes=True)
     if not finetune:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("classifier")
