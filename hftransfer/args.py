@@ -107,6 +107,10 @@ class TransferArguments:
     reset_bn_momentum: bool = field(
         default=True, metadata={"help": "Give trainable BatchNorm layers PyTorch's momentum 0.1 when the checkpoint "
                                         "carries a TensorFlow-style decay (> 0.5, e.g. MobileNetV2's 0.997)."})
+    freeze_bn_stats: bool = field(
+        default=False, metadata={"help": "Keep every BatchNorm layer in inference mode (its pretrained running "
+                                         "statistics), also where its weights train, as the Keras fine-tuning guide "
+                                         "advises: on small data, batch statistics are noisy."})
 
 
 @dataclass

@@ -161,14 +161,16 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
     return trainable
 
 
-def apply(model: nn.Module, plan: FreezePlan, reset_bn_momentum: bool = True) -> FreezePlan:
-    """Set `requires_grad` from `plan`, pin fully frozen BatchNorm layers to eval mode, and record the result."""
+def apply(model: nn.Module, plan: FreezePlan, reset_bn_momentum: bool = True,
+          freeze_bn_stats: bool = False) -> FreezePlan:
+    """Set `requires_grad` from `plan`, pin fully frozen BatchNorm layers (all of them with `freeze_bn_stats`) to
+    eval mode, and record the result."""
     trainable = resolve(model, plan)
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
     for module in model.modules():
         if isinstance(module, _BatchNorm):
-            _set_bn_policy(module, reset_bn_momentum)
+            _set_bn_policy(module, reset_bn_momentum, freeze_bn_stats)
     plan.trainable = sorted(trainable, key=[n for n, _ in model.named_parameters()].index)
     return plan
 
@@ -179,15 +181,16 @@ def _keep_eval(module: nn.Module, args) -> None:
     module.training = False
 
 
-def _set_bn_policy(module: _BatchNorm, reset_bn_momentum: bool) -> None:
+def _set_bn_policy(module: _BatchNorm, reset_bn_momentum: bool, freeze_bn_stats: bool) -> None:
     frozen = not any(p.requires_grad for p in module.parameters(recurse=False))
+    keep_stats = frozen or freeze_bn_stats
     hook = getattr(module, "_hftransfer_eval_hook", None)
-    if frozen and hook is None:
+    if keep_stats and hook is None:
         module._hftransfer_eval_hook = module.register_forward_pre_hook(_keep_eval)
-    elif not frozen and hook is not None:
+    elif not keep_stats and hook is not None:
         hook.remove()
         del module._hftransfer_eval_hook
-    if not frozen and reset_bn_momentum and module.momentum is not None and module.momentum > 0.5:
+    if not keep_stats and reset_bn_momentum and module.momentum is not None and module.momentum > 0.5:
         # A TensorFlow decay (keep 99.7% of the old value) was passed as PyTorch momentum (take 99.7% of the batch).
         module.momentum = BN_MOMENTUM
 

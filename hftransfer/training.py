@@ -338,7 +338,7 @@ class TransferRun:
         record = resume.restore_completed(self.model, resume.stage_dir(self.args.output_dir, stage.name))
         if record is None:
             return False
-        freezing.apply(self.model, stage.plan, self.run.transfer.reset_bn_momentum)  # what trains next, and the plan
+        self._apply_plan(stage.plan)  # what trains next, and the plan
         stage.plan.lora = record["plan"].get("lora")
         self.history.append(record)
         logger.info("Stage '%s' was finished by an earlier run: restored from %s", stage.name,
@@ -361,13 +361,18 @@ class TransferRun:
                         "starts over)", stage.name, chosen)
         return chosen
 
+    def _apply_plan(self, plan) -> None:
+        """What trains next (requires_grad, BatchNorm modes), recorded in the plan."""
+        transfer = self.run.transfer
+        freezing.apply(self.model, plan, transfer.reset_bn_momentum, transfer.freeze_bn_stats)
+
     def _mark_finished(self, stage: Stage) -> None:
         if self._checkpointing() and self.args.should_save:
             resume.mark_completed(self.model, resume.stage_dir(self.args.output_dir, stage.name), self.history[-1])
 
     # stages ----------------------------------------------------------------
     def train_stage(self, stage: Stage) -> dict:
-        freezing.apply(self.model, stage.plan, self.run.transfer.reset_bn_momentum)
+        self._apply_plan(stage.plan)
         if self.args.should_log:
             logger.info("Stage '%s' (lr %.2g, %.3g epochs):\n%s", stage.name, stage.learning_rate, stage.epochs,
                         freezing.report(self.model, stage.plan))

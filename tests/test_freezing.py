@@ -108,6 +108,21 @@ def test_frozen_batchnorm_keeps_its_statistics():
     assert any(not torch.equal(after[n], moved[n]) for n in after)
 
 
+def test_freeze_bn_stats_keeps_statistics_while_batchnorm_weights_train():
+    model = tiny_image_model("mobilenet_v2")
+    before = _bn_stats(model)
+    weights = {n: p.clone() for n, p in model.named_parameters() if "normalization" in n}
+    freezing.apply(model, FreezePlan("full"), freeze_bn_stats=True)
+    _train_steps(model)
+    after = _bn_stats(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # inference mode: the pretrained statistics
+    moved = dict(model.named_parameters())
+    assert any(not torch.equal(weights[n], moved[n]) for n in weights)  # the BN scale and shift still learn
+    freezing.apply(model, FreezePlan("full"))  # switched back: statistics follow the batches again
+    _train_steps(model)
+    assert any(not torch.equal(after[n], b) for n, b in _bn_stats(model).items())
+
+
 def test_plan_round_trip_and_report(tmp_path):
     model = tiny_image_model("vit")
     plan = freezing.apply(model, FreezePlan("fine_tune", unfreeze_last_n=2, freeze=["vit.layernorm"]))
