@@ -60,8 +60,14 @@ def plan_stages(run) -> list[Stage]:
                 "unfreeze_last_n": transfer.unfreeze_last_n, "layer_lr_decay": transfer.layer_lr_decay,
                 "lr_multipliers": list(transfer.lr_multipliers)}
     augment = bool(run.data.augment)
+    # Cached features are computed once from un-augmented inputs: the head stage augments only without a cache.
     head = Stage("head", FreezePlan("feature_extraction", **patterns), transfer.head_learning_rate,
-                 transfer.head_epochs)
+                 transfer.head_epochs, augment and not transfer.cache_features)
+    if augment and transfer.cache_features:
+        logger.warning("--augment: the head-only stage trains on cached features of un-augmented inputs; "
+                       "augmentation applies to the stage that trains the base%s",
+                       " (--cache_features false augments the head's training too, at the cost of a pass of "
+                       "the base every epoch)" if transfer.strategy == "feature_extraction" else "")
     if transfer.strategy == "feature_extraction":
         return [head]
     base_strategy = transfer.strategy

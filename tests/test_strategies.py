@@ -168,3 +168,16 @@ def test_compare_runs_three_strategies_and_writes_the_table(tmp_path, image_fold
     with pytest.raises(SystemExit, match="leave out --strategy"):
         from hftransfer.compare import compare
         compare("image", ["--strategy", "full"])
+
+
+def test_augment_with_cached_features_is_said_and_applies_where_it_can(caplog):
+    from hftransfer.training import plan_stages
+
+    with caplog.at_level("WARNING", logger="hftransfer.training"):
+        head, tune = plan_stages(parse_args(["--augment", "true"]))
+    assert not head.augment and tune.augment  # the cache holds un-augmented inputs; the base's stage augments
+    assert "un-augmented" in caplog.text
+    caplog.clear()
+    (head,) = plan_stages(parse_args(["--augment", "true", "--strategy", "feature_extraction",
+                                      "--cache_features", "false"]))
+    assert head.augment and not caplog.text  # no cache: every epoch sees new crops
