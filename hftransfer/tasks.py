@@ -253,7 +253,10 @@ class ImageTask(TaskAdapter):
 
     def demo_batch(self, processor, values):
         images = [_open_image(v).convert("RGB") for v in values]
-        return {"pixel_values": self.pixel_values(processor, images)}
+        # The processor itself, not `pixel_values`' fast path (which gives the same values): in a server that runs
+        # for days, its batch-sized index tensors made resident memory creep (tests/test_demo.py, busy demo), and a
+        # few images per request gain little from it.
+        return {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
 
     def pixel_values(self, processor, images) -> torch.Tensor:
         """The processor's pixel values for RGB images, through its bit-identical fast path where it has one."""
