@@ -118,6 +118,8 @@ CONFIGS = {
     "lora (r 8), lr 3e-4": ["--strategy", "lora", "--learning_rate", "3e-4"],
     "lora (r 8) on query and value": ["--strategy", "lora", "--lora_target_modules", "query", "value"],
     "staged, MLP head 128": ["--head_hidden_sizes", "128", "--head_dropout", "0.2"],
+    "staged, BatchNorm statistics frozen": ["--freeze_bn_stats", "true"],
+    "staged, last 2 blocks": ["--unfreeze_last_n", "2"],
 }
 
 
