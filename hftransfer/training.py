@@ -42,11 +42,6 @@ BASE_DEFAULTS = {"conv": {"learning_rate": 1e-3, "min_steps": 500},
 LORA_LEARNING_RATE = {"conv": 2e-3, "attention": 1e-3}
 HEAD_MIN_STEPS = 300
 EPOCH_RANGE = {"base": (3, 30), "head": (10, 100)}
-# Little data per class: staged fine-tunes the last blocks, not the whole base (the classic advice, and measured:
-# 96 px textures, 60 per class: 1.000 against 0.995 with everything unfrozen, in 68 s against 176 s; Fashion-MNIST
-# with 15 per class: 0.778 against 0.782, twice as fast; digits, 140 per class, keep the whole base: 0.995).
-SMALL_DATA_PER_CLASS = 100
-SMALL_DATA_BLOCKS = 2
 
 
 @dataclass
@@ -87,19 +82,6 @@ def plan_stages(run) -> list[Stage]:
 
 def architecture(model: torch.nn.Module) -> str:
     return "attention" if any("attention" in type(m).__name__.lower() for m in model.modules()) else "conv"
-
-
-def narrow_for_small_data(run, stage: "Stage", per_class: float) -> bool:
-    """Staged's fine-tuning stage trains only the last SMALL_DATA_BLOCKS blocks when the median class has fewer than
-    SMALL_DATA_PER_CLASS training examples and the user chose no blocks or patterns. Returns whether it did."""
-    chosen = any(run.given(flag) for flag in ("unfreeze_last_n", "freeze", "unfreeze"))
-    if run.transfer.strategy != "staged" or stage.plan.strategy != "full" or chosen or per_class >= SMALL_DATA_PER_CLASS:
-        return False
-    stage.plan = replace(stage.plan, strategy="fine_tune", unfreeze_last_n=SMALL_DATA_BLOCKS)
-    logger.info("%.0f training examples per class (fewer than %d): the fine-tuning stage trains the last %d blocks, "
-                "not the whole base (--unfreeze_last_n N chooses)", per_class, SMALL_DATA_PER_CLASS,
-                SMALL_DATA_BLOCKS)
-    return True
 
 
 def default_learning_rate(model: torch.nn.Module, strategy: str = "full") -> float:
@@ -463,7 +445,6 @@ class TransferRun:
         self.setup()
         stages = plan_stages(self.run)
         for stage in stages:
-            narrow_for_small_data(self.run, stage, self._examples_per_class())
             stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]), self.model)
             if stage.plan.strategy != "feature_extraction" and not self.run.given("learning_rate"):
                 stage.learning_rate = default_learning_rate(self.model, stage.plan.strategy)
@@ -474,13 +455,6 @@ class TransferRun:
         self.save(trainer, train_metrics, eval_metrics, stages)
         self.push()
         return {**train_metrics, **eval_metrics}
-
-    def _examples_per_class(self) -> float:
-        """Training examples of the median class (multi-label: of the median label)."""
-        labels = self.splits["train"]["label"]
-        if self.multi_label:  # lists of label indices
-            labels = [index for row in labels for index in (row or [])]
-        return float(np.median(np.bincount(labels, minlength=len(self.labels))))
 
     def _train_metrics(self, wall: float) -> dict:
         stages = [h["metrics"] for h in self.history]

@@ -181,22 +181,3 @@ def test_augment_with_cached_features_is_said_and_applies_where_it_can(caplog):
     (head,) = plan_stages(parse_args(["--augment", "true", "--strategy", "feature_extraction",
                                       "--cache_features", "false"]))
     assert head.augment and not caplog.text  # no cache: every epoch sees new crops
-
-
-def test_staged_on_little_data_fine_tunes_the_last_blocks_unless_told(caplog):
-    from hftransfer.training import SMALL_DATA_PER_CLASS, narrow_for_small_data, plan_stages
-
-    def tune_plan(flags, per_class):
-        run = parse_args(flags)
-        stage = plan_stages(run)[-1]
-        return narrow_for_small_data(run, stage, per_class), stage.plan
-
-    with caplog.at_level("INFO", logger="hftransfer.training"):
-        narrowed, plan = tune_plan([], SMALL_DATA_PER_CLASS - 1)
-    assert narrowed and (plan.strategy, plan.unfreeze_last_n) == ("fine_tune", 2)
-    assert "last 2 blocks" in caplog.text
-    assert tune_plan([], SMALL_DATA_PER_CLASS)[1].strategy == "full"  # enough data: the whole base
-    assert tune_plan(["--unfreeze_last_n", "4"], 10)[1].unfreeze_last_n == 4  # the user's choice stands
-    assert tune_plan(["--unfreeze", "mobilenet_v2.layer.*"], 10)[1].strategy == "full"
-    assert tune_plan(["--strategy", "full"], 10)[1].strategy == "full"  # only staged adapts
-    assert tune_plan(["--strategy", "lora"], 10)[1].strategy == "lora"
