@@ -119,7 +119,7 @@ CONFIGS = {
     "lora (r 8) on query and value": ["--strategy", "lora", "--lora_target_modules", "query", "value"],
     "staged, MLP head 128": ["--head_hidden_sizes", "128", "--head_dropout", "0.2"],
     "staged, BatchNorm statistics frozen": ["--freeze_bn_stats", "true"],
-    "staged, last 2 blocks": ["--unfreeze_last_n", "2"],
+    "staged, last 2 blocks": ["--unfreeze_last_n", "2"],  # a small-data rule, measured and rejected
 }
 
 
@@ -154,8 +154,9 @@ def table(rows: list[dict]) -> str:
         if "error" in row:
             continue
         note = f" ({row['note']})" if row.get("note") else ""
+        wall = "-" if row.get("wall_s") is None else f"{row['wall_s']:.0f}"
         lines.append(f"| {row['dataset']} | {row['train_samples']} / {row['eval_samples']} | {row['config']} | "
-                     f"{row['eval_accuracy']:.3f} | {row['wall_s']:.0f}{note} |")
+                     f"{row['eval_accuracy']:.3f} | {wall}{note} |")
     return "\n".join(lines)
 
 
