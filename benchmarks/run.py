@@ -106,7 +106,7 @@ def _rows(section: str, runs: list, work: Path, env: dict, baseline: int, seeds=
     rows = []
     for name, command in runs:
         results = [_measure_seeded(command, env, seed) for seed in seeds]
-        row = {"section": section, "run": name, **results[0]}
+        row = {"section": section, "run": name, **results[0], "commit": _commit()}
         if len(results) > 1:
             for key in ("wall_s", "peak_rss_mb", "eval_accuracy", "train_samples_per_s"):
                 row[key] = round(sum(r[key] for r in results) / len(results), 4 if key == "eval_accuracy" else 1)
@@ -118,6 +118,11 @@ def _rows(section: str, runs: list, work: Path, env: dict, baseline: int, seeds=
         row["speedup"] = round(base["wall_s"] / row["wall_s"], 2)
         row["accuracy_delta_points"] = round(100 * (row["eval_accuracy"] - base["eval_accuracy"]), 1)
     return rows
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 def _measure_seeded(command: list[str], env: dict, seed: int | None) -> dict:
@@ -210,6 +215,11 @@ def write_markdown(result: dict, path: Path) -> None:
              f"mode `{result['mode']}`, with `python benchmarks/run.py{' --quick' if result['mode'] == 'quick' else ''}`"
              f" (one process at a time; the first row of each section is its baseline).\n",
              markdown_table(result["training"], columns), "\n![speed-ups](benchmarks/results/speedups.png)\n"]
+    earlier = {row["section"]: row["commit"] for row in result["training"] if row.get("commit", result["commit"])
+               != result["commit"]}
+    if earlier:  # sections kept from an earlier --only run
+        lines.insert(2, "Sections kept from earlier runs: " + ", ".join(f"`{s}` at commit `{c}`"
+                                                                      for s, c in earlier.items()) + ".\n")
     if result.get("demo"):
         d = result["demo"]
         floor = {k: d["rows"]["bare prediction"][k] + d["rows"]["no-op Gradio round trip"][k]
@@ -242,9 +252,8 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "hftransfer.cli", "zoo", "prepare", entry], env=env, check=True,
                        capture_output=True)
     chosen = args.only or [*SECTIONS, "demo"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     result = {"mode": "quick" if args.quick else "full", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-              "commit": commit.stdout.strip() or "unknown", "training": []}
+              "commit": _commit(), "training": []}
     previous = RESULTS / "run.json"
     if args.only and previous.is_file():  # re-measure some sections, keep the others' last numbers
         kept = json.loads(previous.read_text())
