@@ -278,10 +278,11 @@ def test_busy_demo_answers_50_concurrent_requests_and_memory_stays_flat(mobilene
             for _ in range(10):  # 1,000 requests in all, memory read after every 50 of the last 500
                 assert all(pool.map(ask, range(50)))
                 samples.append(rss_mb())
-        # A leak grows memory in every block (40 kB a request is 2 MB a block); the allocator takes a new step now
-        # and then, when a new mix of batch sizes comes. Flat: growth in at most 3 of the 10 blocks.
+        # A leak of 40 kB a request or more grows memory by over 2 MB in every block; the allocator takes a step now
+        # and then, when a new mix of batch sizes comes: 2 to 5 of the 10 blocks in eight runs on 2 cores (the
+        # code of before this test's last change included), steps of 2 to 80 MB. Flat: at most 6 blocks grow.
         growing = [round(b - a) for a, b in zip(samples, samples[1:]) if b - a > 2]
-        assert len(growing) <= 3, f"resident memory grew in {len(growing)} of 10 blocks of 50 requests: {growing} MB"
+        assert len(growing) <= 6, f"resident memory grew in {len(growing)} of 10 blocks of 50 requests: {growing} MB"
     finally:
         server.terminate()
         server.wait()
