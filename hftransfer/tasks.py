@@ -253,9 +253,9 @@ class ImageTask(TaskAdapter):
 
     def demo_batch(self, processor, values):
         images = [_open_image(v).convert("RGB") for v in values]
-        # The processor itself, not `pixel_values`' fast path (which gives the same values): in a server that runs
-        # for days, its batch-sized index tensors made resident memory creep (tests/test_demo.py, busy demo), and a
-        # few images per request gain little from it.
+        # The processor itself, not `pixel_values`' fast path (which gives the same values): a few images per
+        # request gain little from it, and a server's memory is best kept to one well-trodden path (the busy-demo
+        # memory test failed twice with the fast path here, though it also fails now and then without it).
         return {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
 
     def pixel_values(self, processor, images) -> torch.Tensor:
