@@ -20,7 +20,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_KNOWN_STEPS = {"do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb", "do_reduce_labels"}
+_KNOWN_STEPS = {"do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"}
 
 
 def _pil_backend():
@@ -51,7 +51,7 @@ class FastPixels:
         if not (set(size) == {"height", "width"} or set(size) == {"shortest_edge"}):
             return None
         steps = {k for k, v in processor.to_dict().items() if k.startswith("do_") and v}
-        if steps - _KNOWN_STEPS or getattr(processor, "do_reduce_labels", False):
+        if steps - _KNOWN_STEPS:
             return None
         if not (processor.do_rescale or processor.do_normalize):
             return None  # the processor would return uint8 values

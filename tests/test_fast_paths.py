@@ -82,15 +82,11 @@ def randomize_batchnorm(model):
     return model
 
 
-def layout_of(model, inputs):
-    return features.discover_layout(model, inputs)
-
-
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_folded_base_gives_the_same_features_and_leaves_the_model_alone(family):
     model = randomize_batchnorm(tiny_image_model(family)).eval()
     inputs = {"pixel_values": torch.randn(4, 3, 32, 32)}
-    layout = layout_of(model, inputs)
+    layout = features.discover_layout(model, inputs)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.inference_mode():
         expected = features.base_features(model, inputs, layout)
