@@ -111,6 +111,10 @@ class TransferArguments:
         default=False, metadata={"help": "Keep every BatchNorm layer in inference mode (its pretrained running "
                                          "statistics), also where its weights train, as the Keras fine-tuning guide "
                                          "advises: on small data, batch statistics are noisy."})
+    calibrate_bn: bool = field(
+        default=True, metadata={"help": "Staged training: before the head-only stage, re-estimate on the training "
+                                        "data the statistics of the BatchNorm layers that stage 2 trains (AdaBN), so "
+                                        "the head learns the features that fine-tuning starts from."})
 
 
 @dataclass

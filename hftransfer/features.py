@@ -6,8 +6,8 @@ full model. Which base outputs the head reads (pooled output, first token, ...) 
 forward; the swap is then checked against the real model on real inputs, and training falls back to the ordinary
 frozen-base way, with a warning, if the two disagree (e.g. a head that reads `input_ids` itself).
 
-The cache lives in `$HFTRANSFER_CACHE/features/`, keyed by checkpoint, weights, preprocessing and data content, and
-is reused across runs. It stores un-augmented inputs: stages that use it never augment.
+The cache lives in `$HFTRANSFER_CACHE/features/`, keyed by checkpoint, weights, BatchNorm statistics, preprocessing
+and data content, and is reused across runs. It stores un-augmented inputs: stages that use it never augment.
 """
 
 from __future__ import annotations
@@ -163,10 +163,22 @@ def data_fingerprint(dataset) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: str, layout: Layout) -> str:
+def statistics_fingerprint(model: nn.Module) -> str:
+    """A hash of the model's BatchNorm running statistics, which staged training re-estimates on the data."""
+    digest = hashlib.sha256()
+    for name, buffer in model.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            digest.update(name.encode())
+            digest.update(buffer.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: str, layout: Layout,
+              statistics: str = "") -> str:
     processor_state = processor.to_dict() if hasattr(processor, "to_dict") else repr(processor)
     record = {"model": model_path, "revision": revision, "weights": _weights_fingerprint(model_path),
-              "processor": processor_state, "data": dataset_fingerprint, "read": sorted(layout.read)}
+              "processor": processor_state, "data": dataset_fingerprint, "read": sorted(layout.read),
+              "statistics": statistics}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -51,6 +51,7 @@ class Stage:
     learning_rate: float
     epochs: float
     augment: bool = False
+    calibrated_batchnorm: int = 0  # BatchNorm layers re-estimated on the data before this stage
 
 
 def plan_stages(run) -> list[Stage]:
@@ -314,7 +315,8 @@ class TransferRun:
             layout = self._cache_layout()
             dataset = self.train_raw if split == "train" else self.eval_raw
             key = feature_cache.cache_key(resolve(self.run.model.model_name_or_path), self.run.model.model_revision,
-                                          self.processor, feature_cache.data_fingerprint(self.splits[split]), layout)
+                                          self.processor, feature_cache.data_fingerprint(self.splits[split]), layout,
+                                          feature_cache.statistics_fingerprint(self.model))
             # shortest inputs first where lengths vary: features and labels stay paired, their order is free
             lengths = self.lengths[split]
             order = None if lengths is None else np.argsort(lengths, kind="stable").tolist()
@@ -376,6 +378,21 @@ class TransferRun:
         if self._checkpointing() and self.args.should_save:
             resume.mark_completed(self.model, resume.stage_dir(self.args.output_dir, stage.name), self.history[-1])
 
+    def _calibrate_batchnorm_for(self, stage: Stage) -> int:
+        """Before the head-only stage: the BatchNorm layers that `stage` will train get the training data's
+        statistics, so the head learns the features `stage` starts from (`freezing.calibrate_batchnorm`)."""
+        if not self.run.transfer.calibrate_bn:
+            return 0
+        names = freezing.batchnorm_to_train(self.model, stage.plan, self.run.transfer.freeze_bn_stats)
+        if names:
+            loader = torch.utils.data.DataLoader(self.train_raw, batch_size=self.args.per_device_eval_batch_size,
+                                                 collate_fn=self.collator)
+            freezing.calibrate_batchnorm(self.model, names, loader)
+            logger.info("BatchNorm statistics of the %d layers that stage '%s' trains re-estimated on the training "
+                        "data before the head trains (--calibrate_bn false keeps the checkpoint's)", len(names),
+                        stage.name)
+        return len(names)
+
     # stages ----------------------------------------------------------------
     def train_stage(self, stage: Stage) -> dict:
         self._apply_plan(stage.plan)
@@ -412,7 +429,8 @@ class TransferRun:
             adapter_dir = Path(self.args.output_dir) / lora.ADAPTER_FOLDER if self.args.should_save else None
             self.model = lora.merge(self.model, adapter_dir)
         self.history.append({"stage": stage.name, "learning_rate": stage.learning_rate, "epochs": stage.epochs,
-                             "plan": asdict(stage.plan), "metrics": metrics,
+                             "calibrated_batchnorm": stage.calibrated_batchnorm, "plan": asdict(stage.plan),
+                             "metrics": metrics,
                              "log": trainer.state.log_history})
         self._mark_finished(stage)
         return metrics
@@ -444,11 +462,13 @@ class TransferRun:
         start = time.time()
         self.setup()
         stages = plan_stages(self.run)
-        for stage in stages:
+        for stage, following in zip(stages, stages[1:] + [None]):
             stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]), self.model)
             if stage.plan.strategy != "feature_extraction" and not self.run.given("learning_rate"):
                 stage.learning_rate = default_learning_rate(self.model, stage.plan.strategy)
             if not self._restore_finished(stage):
+                if following is not None and stage.plan.strategy == "feature_extraction":
+                    stage.calibrated_batchnorm = self._calibrate_batchnorm_for(following)
                 self.train_stage(stage)
         trainer, eval_metrics = self.evaluate()
         train_metrics = self._train_metrics(time.time() - start)

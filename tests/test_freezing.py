@@ -123,6 +123,58 @@ def test_freeze_bn_stats_keeps_statistics_while_batchnorm_weights_train():
     assert any(not torch.equal(after[n], b) for n, b in _bn_stats(model).items())
 
 
+def _features(model, x, batch_statistics=()):
+    """The base's pooled output with the BatchNorm layers named in `batch_statistics` normalising with `x`'s own statistics and every
+    other one in inference mode; the running statistics are left as they were."""
+    model.eval()
+    modules = [model.get_submodule(n) for n in batch_statistics]
+    for module in modules:
+        module.training = True
+    before = _bn_stats(model)
+    with freezing._unpinned(modules), torch.no_grad():
+        features = model.base_model(pixel_values=x).pooler_output
+    for name, buffer in model.named_buffers():
+        if name in before:
+            buffer.copy_(before[name])
+    return features
+
+
+def test_calibration_makes_running_statistics_those_the_trained_layers_will_see():
+    torch.manual_seed(0)
+    model = tiny_image_model("mobilenet_v2")
+    x = torch.rand(96, 3, 32, 32) * 0.5 + 0.8  # unlike the stored statistics (means 0, variances 1)
+    freezing.apply(model, FreezePlan("feature_extraction"))  # the head stage: every BatchNorm pinned to eval
+    plan = FreezePlan("fine_tune", unfreeze_last_n=1)
+    names = freezing.batchnorm_to_train(model, plan)
+    all_bn = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert names and set(names) < set(all_bn)
+    untouched = {n: b for n, b in _bn_stats(model).items() if n.rsplit(".", 1)[0] not in names}
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    stage_two = _features(model, x, names)  # what stage 2 will see: its layers on batch statistics
+    gap_before = (_features(model, x) - stage_two).norm() / stage_two.norm()
+    momentum = model.get_submodule(names[0]).momentum
+
+    freezing.calibrate_batchnorm(model, names, [{"pixel_values": x[:48]}, {"pixel_values": x[48:]}])
+    gap_after = (_features(model, x) - stage_two).norm() / stage_two.norm()
+    assert gap_before > 0.5 and gap_after < 0.05  # (the rest: unbiased against biased variance, two batches against one)
+    assert all(torch.equal(b, _bn_stats(model)[n]) for n, b in untouched.items())
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    bn = model.get_submodule(names[0])
+    assert bn.momentum == momentum and bn._hftransfer_eval_hook is not None  # still pinned for stage 1
+    calibrated = _bn_stats(model)
+    _train_steps(model)  # stage 1 trains the head: the calibrated statistics stay
+    assert all(torch.equal(b, calibrated[n]) for n, b in _bn_stats(model).items())
+
+
+def test_batchnorm_to_train_follows_the_plan():
+    model = tiny_image_model("mobilenet_v2")
+    all_bn = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert freezing.batchnorm_to_train(model, FreezePlan("full")) == all_bn
+    assert freezing.batchnorm_to_train(model, FreezePlan("feature_extraction")) == []
+    assert freezing.batchnorm_to_train(model, FreezePlan("full"), freeze_bn_stats=True) == []
+    assert freezing.batchnorm_to_train(tiny_image_model("vit"), FreezePlan("full")) == []  # LayerNorm: nothing
+
+
 def test_plan_round_trip_and_report(tmp_path):
     model = tiny_image_model("vit")
     plan = freezing.apply(model, FreezePlan("fine_tune", unfreeze_last_n=2, freeze=["vit.layernorm"]))
