@@ -199,3 +199,17 @@ def test_staged_fine_tuning_starts_where_the_head_stage_ended(tmp_path, mobilene
     (head_end, first), (plain_head_end, plain_first) = ends["true"], ends["false"]
     assert first < head_end + 0.3
     assert plain_first > plain_head_end + 1.0
+
+
+def test_staged_rerun_with_other_head_settings_reuses_its_calibrated_features(tmp_path, image_folders, caplog):
+    import logging
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    common = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+              str(image_folders[1]), "--head_epochs", "2", "--num_train_epochs", "1"]
+    first, _ = train(ImageTask, [*common, "--output_dir", str(tmp_path / "a")])
+    assert first.history[0]["calibrated_batchnorm"] > 0
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        again, _ = train(ImageTask, [*common, "--output_dir", str(tmp_path / "b"), "--head_learning_rate", "0.01"])
+    assert "reusing cached features" in caplog.text  # the same data gives the same statistics, so the same key
+    assert again.history[0]["calibrated_batchnorm"] == first.history[0]["calibrated_batchnorm"]
