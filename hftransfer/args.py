@@ -112,9 +112,11 @@ class TransferArguments:
                                          "statistics), also where its weights train, as the Keras fine-tuning guide "
                                          "advises: on small data, batch statistics are noisy."})
     calibrate_bn: bool = field(
-        default=True, metadata={"help": "Staged training: before the head-only stage, re-estimate on the training "
-                                        "data the statistics of the BatchNorm layers that stage 2 trains (AdaBN), so "
-                                        "the head learns the features that fine-tuning starts from."})
+        default=False, metadata={"help": "Staged training: before the head-only stage, re-estimate on the training "
+                                         "data the statistics of the BatchNorm layers that stage 2 trains (AdaBN), "
+                                         "so the head learns the features that fine-tuning starts from. Measured: "
+                                         "helps where frozen features already fit (digits, faces), costs 1.8 points "
+                                         "on 150 Fashion-MNIST images: off by default."})
 
 
 @dataclass

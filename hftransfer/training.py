@@ -389,8 +389,7 @@ class TransferRun:
                                                  collate_fn=self.collator)
             freezing.calibrate_batchnorm(self.model, names, loader)
             logger.info("BatchNorm statistics of the %d layers that stage '%s' trains re-estimated on the training "
-                        "data before the head trains (--calibrate_bn false keeps the checkpoint's)", len(names),
-                        stage.name)
+                        "data before the head trains (--calibrate_bn)", len(names), stage.name)
         return len(names)
 
     # stages ----------------------------------------------------------------

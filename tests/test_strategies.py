@@ -206,7 +206,7 @@ def test_staged_rerun_with_other_head_settings_reuses_its_calibrated_features(tm
 
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
     common = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
-              str(image_folders[1]), "--head_epochs", "2", "--num_train_epochs", "1"]
+              str(image_folders[1]), "--head_epochs", "2", "--num_train_epochs", "1", "--calibrate_bn", "true"]
     first, _ = train(ImageTask, [*common, "--output_dir", str(tmp_path / "a")])
     assert first.history[0]["calibrated_batchnorm"] > 0
     with caplog.at_level(logging.INFO, logger="hftransfer"):
