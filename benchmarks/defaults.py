@@ -112,7 +112,8 @@ def make_surfaces() -> Path:
     """32 px patches of four grayscale surfaces, 25 a class for training and 100 for validation."""
     out = DATA / "surfaces"
     if not out.exists():
-        cut_patches(out, ["brick", "grass", "gravel", "moon"], 32, {"train": 25, "validation": 100}, split_photos=True)
+        cut_patches(out, ["brick", "grass", "gravel", "moon"], 32, {"train": 25, "validation": 100},
+                    split_photos=True)
     return out
 
 

@@ -174,7 +174,7 @@ def statistics_fingerprint(model: nn.Module) -> str:
 
 
 def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: str, layout: Layout,
-              statistics: str = "") -> str:
+              statistics: str) -> str:
     processor_state = processor.to_dict() if hasattr(processor, "to_dict") else repr(processor)
     record = {"model": model_path, "revision": revision, "weights": _weights_fingerprint(model_path),
               "processor": processor_state, "data": dataset_fingerprint, "read": sorted(layout.read),

@@ -183,12 +183,16 @@ def _keep_eval(module: nn.Module, args) -> None:
     module.training = False
 
 
+def _pin_to_eval(module: _BatchNorm) -> None:
+    module._hftransfer_eval_hook = module.register_forward_pre_hook(_keep_eval)
+
+
 def _set_bn_policy(module: _BatchNorm, reset_bn_momentum: bool, freeze_bn_stats: bool) -> None:
     frozen = not any(p.requires_grad for p in module.parameters(recurse=False))
     keep_stats = frozen or freeze_bn_stats
     hook = getattr(module, "_hftransfer_eval_hook", None)
     if keep_stats and hook is None:
-        module._hftransfer_eval_hook = module.register_forward_pre_hook(_keep_eval)
+        _pin_to_eval(module)
     elif not keep_stats and hook is not None:
         hook.remove()
         del module._hftransfer_eval_hook
@@ -245,7 +249,7 @@ def _unpinned(modules: list[nn.Module]):
         yield
     finally:
         for module in pinned:
-            module._hftransfer_eval_hook = module.register_forward_pre_hook(_keep_eval)
+            _pin_to_eval(module)
 
 
 # ---------------------------------------------------------------- discriminative learning rates

@@ -384,7 +384,7 @@ class TransferRun:
         if not self.run.transfer.calibrate_bn:
             return 0
         names = freezing.batchnorm_to_train(self.model, stage.plan, self.run.transfer.freeze_bn_stats)
-        if names:
+        if names:  # every process makes the same pass, so all hold the same statistics
             loader = torch.utils.data.DataLoader(self.train_raw, batch_size=self.args.per_device_eval_batch_size,
                                                  collate_fn=self.collator)
             freezing.calibrate_batchnorm(self.model, names, loader)

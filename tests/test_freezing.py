@@ -124,8 +124,8 @@ def test_freeze_bn_stats_keeps_statistics_while_batchnorm_weights_train():
 
 
 def _features(model, x, batch_statistics=()):
-    """The base's pooled output with the BatchNorm layers named in `batch_statistics` normalising with `x`'s own statistics and every
-    other one in inference mode; the running statistics are left as they were."""
+    """The base's pooled output with the BatchNorm layers named in `batch_statistics` normalising with `x`'s own
+    statistics and every other one in inference mode; the running statistics are left as they were."""
     model.eval()
     modules = [model.get_submodule(n) for n in batch_statistics]
     for module in modules:
@@ -156,7 +156,8 @@ def test_calibration_makes_running_statistics_those_the_trained_layers_will_see(
 
     freezing.calibrate_batchnorm(model, names, [{"pixel_values": x[:48]}, {"pixel_values": x[48:]}])
     gap_after = (_features(model, x) - stage_two).norm() / stage_two.norm()
-    assert gap_before > 0.5 and gap_after < 0.05  # (the rest: unbiased against biased variance, two batches against one)
+    # what remains: unbiased against biased variance, and two batches averaged against one
+    assert gap_before > 0.5 and gap_after < 0.05
     assert all(torch.equal(b, _bn_stats(model)[n]) for n, b in untouched.items())
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
     bn = model.get_submodule(names[0])
