@@ -238,9 +238,10 @@ def test_publish_space_uploads_app_package_and_model(local_hub, text_model, tmp_
 WARM_UP, BLOCK, BLOCKS = 425, 25, 20  # 50 + 425 + 21 x 25 = 1,000 requests
 # A leak grows the memory in use in every block: 40 kB a request is 0.95 MB a block of 25. A demo that does not leak
 # has blocks in which it does not grow. Measured on 2 cores over the last 20 blocks (memory in use: resident minus
-# malloc's free heap, tests/demo_load.py): 11 and 13 blocks within 0.5 MB as the demo is, 0 with a 40 kB-a-request
-# leak put into it. The demo's other blocks grow by 0.5 to 20 MB while the allocator settles.
-FLAT_MB, MIN_FLAT_BLOCKS = 0.5, 5
+# malloc's free heap, tests/demo_load.py): 8 to 15 blocks within 0.7 MB as the demo is (Gradio's bounded histories
+# take 0.3 or 0.6 MB now and then), none with a 40 kB-a-request leak put into it (its blocks: 1.0 MB and more).
+# Other blocks move by up to 20 MB either way: batch scratch taken or given back.
+FLAT_MB, MIN_FLAT_BLOCKS = 0.7, 5
 
 
 def test_busy_demo_answers_50_concurrent_requests_and_memory_stays_flat(mobilenet_zoo, tmp_path):
