@@ -195,9 +195,11 @@ class ImageTask(TaskAdapter):
         if size != native:
             if not _accepts_size(model, size):
                 logger.info("%s needs %d px inputs; keeping that size", type(model).__name__, native)
-                return processor
-            _set_processor_size(processor, size)
-            logger.info("Input size %d px (checkpoint: %d px), chosen from the images' size", size, native)
+            elif not _set_processor_size(processor, size):
+                logger.info("%s gives no %d px output with any size setting; keeping the checkpoint's %d px",
+                            type(processor).__name__, size, native)
+            else:
+                logger.info("Input size %d px (checkpoint: %d px), chosen from the images' size", size, native)
         return processor
 
     def transform(self, processor, train):
@@ -302,25 +304,52 @@ def _has_torchvision() -> bool:
 
 
 def _processor_size(processor) -> int:
-    for attr in ("crop_size", "size"):
+    """The side of the square the processor outputs: its crop where it crops, else its resize."""
+    from .pixels import _dims
+
+    crops = getattr(processor, "do_center_crop", True)
+    for attr in ("crop_size", "size") if crops else ("size",):
         value = getattr(processor, attr, None)
-        value = dict(value) if value is not None and hasattr(value, "keys") else value
-        if isinstance(value, dict):
-            for key in ("height", "shortest_edge"):
-                if value.get(key):
-                    return int(value[key])
-        elif isinstance(value, int):
+        dims = _dims(value) if value is not None and not isinstance(value, int) else {}
+        for key in ("height", "shortest_edge"):
+            if dims.get(key):
+                return int(dims[key])
+        if isinstance(value, int):
             return value
     return 224
 
 
-def _set_processor_size(processor, size: int) -> None:
-    """Resize straight to `size` x `size`: small images have no border worth cropping away."""
-    processor.size = {"height": size, "width": size}
-    if getattr(processor, "crop_size", None) is not None:
-        processor.crop_size = {"height": size, "width": size}
-    if hasattr(processor, "do_center_crop"):
-        processor.do_center_crop = False
+# Ways to make a processor output `size` x `size`, tried in order: the resize straight to the square (small images have
+# no border worth cropping away), then the shortest edge with a square crop, for processors that only take
+# `shortest_edge` (ConvNeXt's, as microsoft/resnet-50 ships it; crop_pct 1 so the resize is the crop's side).
+def _size_settings(processor, size: int) -> list[dict]:
+    square = {"height": size, "width": size}
+    straight = {"size": square, "crop_size": square, "do_center_crop": False}
+    edge = {"size": {"shortest_edge": size}, "crop_size": square, "do_center_crop": True, "crop_pct": 1.0}
+    return [{k: v for k, v in settings.items() if hasattr(processor, k) or k == "size"} for settings in (straight, edge)]
+
+
+def _set_processor_size(processor, size: int) -> bool:
+    """Make `processor` output `size` x `size` pixels, checked on a probe image; False (settings untouched) where no
+    setting does."""
+    import copy
+
+    from PIL import Image
+
+    probe = Image.new("RGB", (size + 37, size + 11))
+    for settings in _size_settings(processor, size):
+        saved = {k: copy.deepcopy(getattr(processor, k, None)) for k in settings}
+        for key, value in settings.items():
+            setattr(processor, key, value)
+        try:
+            shape = tuple(processor(images=[probe], return_tensors="pt")["pixel_values"].shape[-2:])
+        except Exception:  # noqa: BLE001 - a setting this processor refuses: try the next
+            shape = None
+        if shape == (size, size):
+            return True
+        for key, value in saved.items():
+            setattr(processor, key, value)
+    return False
 
 
 def _accepts_size(model, size: int) -> bool:

@@ -50,12 +50,13 @@ def tiny_image_model(family: str, num_labels: int = 3, image_size: int = 32):
 IMAGE_FAMILIES = ["vit", "mobilenet_v2", "resnet", "convnext"]
 
 
-def save_tiny_checkpoint(folder: Path, family: str, num_labels: int = 3, image_size: int = 32) -> Path:
+def save_tiny_checkpoint(folder: Path, family: str, num_labels: int = 3, image_size: int = 32,
+                         processor=None) -> Path:
     from transformers import ViTImageProcessorPil
 
     model = tiny_image_model(family, num_labels, image_size)
     model.save_pretrained(folder)
-    ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    (processor or ViTImageProcessorPil(size={"height": image_size, "width": image_size})).save_pretrained(folder)
     return folder
 
 

@@ -1,0 +1,60 @@
+"""Image processors of every kind take the input size the recipe chooses, or say truthfully that they keep theirs."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_image_folder, save_tiny_checkpoint
+from PIL import Image
+from transformers import (AutoImageProcessor, ConvNextImageProcessorPil, MobileNetV2ImageProcessorPil,
+                          ViTImageProcessorPil)
+
+from hftransfer.args import parse_args
+from hftransfer.tasks import ImageTask, _processor_size, _set_processor_size
+from hftransfer.training import TransferRun
+
+PROCESSORS = {
+    "height/width (ViT)": lambda: ViTImageProcessorPil(size={"height": 224, "width": 224}),
+    "shortest_edge + crop_size (MobileNetV2)": lambda: MobileNetV2ImageProcessorPil(),
+    "shortest_edge + crop_pct (ConvNeXt, as microsoft/resnet-50 ships it)": lambda: ConvNextImageProcessorPil(
+        size={"shortest_edge": 224}, crop_pct=0.875),
+}
+
+
+@pytest.mark.parametrize("name", PROCESSORS)
+def test_every_processor_kind_outputs_the_size_it_is_set_to(name):
+    processor = PROCESSORS[name]()
+    assert _set_processor_size(processor, 96)
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8))
+    assert processor(images=[wide], return_tensors="pt")["pixel_values"].shape[-2:] == (96, 96)
+    assert _processor_size(processor) == 96
+
+
+def test_a_processor_that_refuses_every_setting_is_left_as_it_was():
+    class FixedSize(ViTImageProcessorPil):  # always 224 px, whatever it is told
+        def __call__(self, images, **kwargs):
+            self.size, self.do_center_crop = {"height": 224, "width": 224}, False
+            return super().__call__(images, **kwargs)
+
+    processor = FixedSize(size={"height": 224, "width": 224}, do_center_crop=False)
+    before = processor.to_dict()
+    assert not _set_processor_size(processor, 96)
+    assert processor.to_dict() == before and _processor_size(processor) == 224
+
+
+def test_resnet_with_its_hub_processor_trains_on_small_images_at_the_size_it_logs(tmp_path, caplog):
+    """microsoft/resnet-50's layout: a native ResNet with the ConvNeXt processor it ships (shortest_edge only)."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "resnet", processor=ConvNextImageProcessorPil(
+        size={"shortest_edge": 224}, crop_pct=0.875))
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(data), "--output_dir",
+                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "2",
+                      "--disable_tqdm", "true"])
+    with caplog.at_level("INFO"):
+        TransferRun(run, ImageTask(run.data)).execute()
+    assert "Input size 128 px (checkpoint: 224 px)" in caplog.text  # 32 px images at 4x
+    saved = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    assert type(saved).__name__.startswith("ConvNextImageProcessor")
+    image = Image.open(next((data / "square").iterdir()))
+    assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (128, 128)
+    assert json.loads((tmp_path / "out" / "all_results.json").read_text())["eval_accuracy"] >= 0
