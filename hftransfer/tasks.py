@@ -432,6 +432,7 @@ class TextTask(TaskAdapter):
                            natural)
         tokenizer.model_max_length = min(wanted, natural)
         logger.info("Texts are truncated to %d tokens and padded per batch", tokenizer.model_max_length)
+        _give_pad_token(tokenizer, model)
         return tokenizer
 
     def transform(self, tokenizer, train):
@@ -478,3 +479,18 @@ class TextTask(TaskAdapter):
 
 
 TASKS = {task.name: task for task in (ImageTask, TextTask)}
+
+
+def _give_pad_token(tokenizer, model) -> None:
+    """Decoder LMs ship without a padding token, and their classifiers then refuse batches larger than one. Pad with
+    the end-of-text token (the usual fix, e.g. in TRL): the classifier reads the last token that is not padding, and
+    the attention mask keeps padding out of every other one. The model's config learns the id, so it reloads."""
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError(f"{type(tokenizer).__name__} has no padding, end-of-text or unknown token to pad "
+                             "batches with; add one (tokenizer.add_special_tokens) and save the tokenizer")
+        tokenizer.pad_token = fallback
+        logger.info("The tokenizer has no padding token: padding with %r", fallback)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
