@@ -19,7 +19,7 @@ import logging
 import os
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,12 +41,15 @@ class Layout:
     output_class: type
     fields: list[str]  # every field of the base output, in order (placeholders keep positions for `outputs[1]`)
     read: dict[str, tuple[int, ...] | None]  # field -> per-example shape, None where the base returned None
+    first_token: tuple[str, ...] = ()  # token sequences of which the head reads only the first: stored as that
+    per_token: tuple[str, ...] = ()  # token sequences stored whole: their length changes from batch to batch
 
     def width(self) -> int:
         return sum(_numel(s) for s in self.read.values() if s is not None)
 
     def pack(self, output) -> torch.Tensor:
-        parts = [output[name].flatten(1).float() for name, shape in self.read.items() if shape is not None]
+        parts = [(output[name][:, :1] if name in self.first_token else output[name]).flatten(1).float()
+                 for name, shape in self.read.items() if shape is not None]
         return torch.cat(parts, dim=1)
 
     def unpack(self, packed: torch.Tensor):
@@ -137,7 +140,23 @@ def discover_layout(model: nn.Module, batch: dict) -> Layout:
         smaller = Layout(layout.output_class, fields, {k: v for k, v in layout.read.items() if k != name})
         if smaller.width() and agrees(model, inputs, smaller):
             layout = smaller
-    return layout
+    return _first_tokens(model, inputs, layout)
+
+
+def _first_tokens(model: nn.Module, inputs: dict, layout: Layout) -> Layout:
+    """Text heads that read a token sequence (DistilBERT's, DeBERTa's ContextPooler) mostly read its first token:
+    store that alone, which also makes the rows of batches of different lengths the same width. A sequence the head
+    reads more of (a decoder's last real token, found from `input_ids`) stays whole and is marked `per_token`."""
+    tokens = inputs.get("input_ids")
+    if tokens is None or tokens.dim() != 2:
+        return layout
+    sequences = [n for n, shape in layout.read.items() if shape and len(shape) >= 2 and shape[0] == tokens.shape[1]]
+    for name in sequences:
+        read = {**layout.read, name: (1, *layout.read[name][1:])}
+        trimmed = replace(layout, read=read, first_token=(*layout.first_token, name))
+        if agrees(model, inputs, trimmed):
+            layout = trimmed
+    return replace(layout, per_token=tuple(n for n in sequences if n not in layout.first_token))
 
 
 # ---------------------------------------------------------------- the persistent cache
@@ -178,6 +197,7 @@ def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: st
     processor_state = processor.to_dict() if hasattr(processor, "to_dict") else repr(processor)
     record = {"model": model_path, "revision": revision, "weights": _weights_fingerprint(model_path),
               "processor": processor_state, "data": dataset_fingerprint, "read": sorted(layout.read),
+              "first_token": sorted(layout.first_token),
               "statistics": statistics}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

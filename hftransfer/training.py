@@ -307,6 +307,11 @@ class TransferRun:
             if not ok:
                 logger.warning("Cached features do not reproduce %s's own outputs: training on the frozen base "
                                "without a cache", type(self.model).__name__)
+            elif layout.per_token:
+                ok = False
+                logger.warning("%s's head reads whole token sequences (%s), whose length changes from batch to "
+                               "batch: training on the frozen base without a cache", type(self.model).__name__,
+                               ", ".join(layout.per_token))
             self._cache["layout"] = layout if ok else None
         return self._cache["layout"]
 

@@ -110,6 +110,11 @@ def tiny_text_model(family: str, num_labels: int = 2):
         config = tf.DistilBertConfig(vocab_size=30522, dim=32, n_layers=3, n_heads=2, hidden_dim=37,
                                      max_position_embeddings=128, num_labels=num_labels)
         return tf.DistilBertForSequenceClassification(config)
+    if family == "deberta-v2":  # its ContextPooler reads the first token of the hidden states itself
+        config = tf.DebertaV2Config(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=37, max_position_embeddings=128, pooler_hidden_size=32,
+                                    num_labels=num_labels)
+        return tf.DebertaV2ForSequenceClassification(config)
     raise ValueError(family)
 
 

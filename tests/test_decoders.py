@@ -37,3 +37,35 @@ def test_a_decoder_without_a_pad_token_trains_in_batches_and_reloads(decoder, st
     alone = [classify(t)[0] for t in texts]
     assert [b["label"] for b in batched] == [a["label"] for a in alone]
     assert [b["score"] for b in batched] == pytest.approx([a["score"] for a in alone], abs=1e-5)
+
+
+def test_decoder_heads_train_without_the_cache_and_say_why(decoder, tmp_path, caplog):
+    checkpoint, reviews = decoder
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
+                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "1",
+                      "--disable_tqdm", "true"])
+    with caplog.at_level("WARNING"):
+        TransferRun(run, TextTask(run.data)).execute()
+    # its head finds the last real token from input_ids, which cached features do not carry
+    assert "Cached features do not reproduce Qwen2ForSequenceClassification's own outputs" in caplog.text
+    record = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
+    assert record["stages"][0]["metrics"]["cached_features"] is False
+
+
+def test_deberta_caches_the_first_token_its_pooler_reads_over_batches_of_any_length(tmp_path):
+    """DeBERTa-v2/v3's ContextPooler reads the hidden states itself: the cache stores their first token, so batches
+    padded to different lengths concatenate (they crashed the cache before), and the cached head trains."""
+    from conftest import save_tiny_text_checkpoint
+
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "deberta-v2")
+    long_texts = [f'"{"a long and winding review that goes on and on " * 6}",good']
+    reviews = write_reviews_csv(tmp_path / "reviews.csv", extra_rows=long_texts * 4)
+    out = tmp_path / "out"
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
+                      str(out), "--strategy", "feature_extraction", "--head_epochs", "2",
+                      "--per_device_eval_batch_size", "4", "--disable_tqdm", "true"])
+    transfer = TransferRun(run, TextTask(run.data))
+    transfer.execute()
+    assert transfer._cache["layout"].first_token == ("last_hidden_state",)
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    assert record["stages"][0]["metrics"]["cached_features"] is True
