@@ -47,7 +47,7 @@ class FastPixels:
         if any(getattr(type(processor), step) is not getattr(backend, step)
                for step in ("resize", "center_crop", "rescale", "normalize")):
             return None
-        size = _dims(processor.size)
+        size = size_entries(processor.size)
         if not (set(size) == {"height", "width"} or set(size) == {"shortest_edge"}):
             return None
         steps = {k for k, v in processor.to_dict().items() if k.startswith("do_") and v}
@@ -83,7 +83,7 @@ class FastPixels:
             if (width, height) != image.size:
                 image = image.resize((width, height), resample=processor.resample)
         if processor.do_center_crop:
-            crop = _dims(processor.crop_size)
+            crop = size_entries(processor.crop_size)
             crop_height, crop_width = int(crop["height"]), int(crop["width"])
             width, height = image.size
             top, left = (height - crop_height) // 2, (width - crop_width) // 2
@@ -98,7 +98,7 @@ def _resize_target(processor, image) -> tuple[int, int]:
     from transformers.image_transforms import get_resize_output_image_size
     from transformers.image_utils import ChannelDimension
 
-    size = _dims(processor.size)
+    size = size_entries(processor.size)
     if "height" in size:
         return int(size["height"]), int(size["width"])
     shape_only = np.empty((3, image.height, image.width), dtype=np.uint8)
@@ -106,7 +106,7 @@ def _resize_target(processor, image) -> tuple[int, int]:
                                               input_data_format=ChannelDimension.FIRST))
 
 
-def _dims(value) -> dict:
+def size_entries(value) -> dict:
     """A size setting (dict or SizeDict) as a dict of its set entries."""
     if value is None:
         return {}

@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 
 from .data import DataReport
-from .pixels import FastPixels
+from .pixels import FastPixels, size_entries
 
 logger = logging.getLogger(__name__)
 
@@ -305,12 +305,10 @@ def _has_torchvision() -> bool:
 
 def _processor_size(processor) -> int:
     """The side of the square the processor outputs: its crop where it crops, else its resize."""
-    from .pixels import _dims
-
     crops = getattr(processor, "do_center_crop", True)
     for attr in ("crop_size", "size") if crops else ("size",):
         value = getattr(processor, attr, None)
-        dims = _dims(value) if value is not None and not isinstance(value, int) else {}
+        dims = size_entries(value) if value is not None and not isinstance(value, int) else {}
         for key in ("height", "shortest_edge"):
             if dims.get(key):
                 return int(dims[key])
@@ -326,7 +324,8 @@ def _size_settings(processor, size: int) -> list[dict]:
     square = {"height": size, "width": size}
     straight = {"size": square, "crop_size": square, "do_center_crop": False}
     edge = {"size": {"shortest_edge": size}, "crop_size": square, "do_center_crop": True, "crop_pct": 1.0}
-    return [{k: v for k, v in settings.items() if hasattr(processor, k) or k == "size"} for settings in (straight, edge)]
+    return [{k: v for k, v in settings.items() if k == "size" or hasattr(processor, k)}
+            for settings in (straight, edge)]
 
 
 def _set_processor_size(processor, size: int) -> bool:
@@ -478,9 +477,6 @@ class TextTask(TaskAdapter):
         return [[row["text"]] for row in json.loads(path.read_text())] if path.is_file() else []
 
 
-TASKS = {task.name: task for task in (ImageTask, TextTask)}
-
-
 def _give_pad_token(tokenizer, model) -> None:
     """Decoder LMs ship without a padding token, and their classifiers then refuse batches larger than one. Pad with
     the end-of-text token (the usual fix, e.g. in TRL): the classifier reads the last token that is not padding, and
@@ -494,3 +490,7 @@ def _give_pad_token(tokenizer, model) -> None:
         logger.info("The tokenizer has no padding token: padding with %r", fallback)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+
+
+TASKS = {task.name: task for task in (ImageTask, TextTask)}
+
