@@ -12,6 +12,8 @@ Each thread is one visitor: its own connection pool and its own session, kept ac
 keeps one (without a session every call would open a new one on the server, and Gradio keeps up to 10,000 of them).
 Every request's fate is the server's own word: an answer, an error, or a stream that ended without either (reported
 as such). Nothing is retried.
+
+`ProbedDemo` starts the demo in its own process, as users do, with a probe that reports its memory in use.
 """
 
 from __future__ import annotations
@@ -80,17 +82,14 @@ class DemoHttp:
         event_id = response.json()["event_id"]
         events = []
         with http.stream("GET", f"{self.url}/{API}/call/{api_name}/{event_id}") as stream:
-            event = None
             for line in stream.iter_lines():
                 if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and event in ("complete", "error"):
+                    events.append(line.split(":", 1)[1].strip())
+                elif line.startswith("data:") and events and events[-1] in ("complete", "error"):
                     payload = json.loads(line.split(":", 1)[1])
-                    if event == "complete":
+                    if events[-1] == "complete":
                         return event_id, payload[0]
                     raise NoAnswer(event_id, f"error {payload}")
-                if event:
-                    events.append(event)
         raise NoAnswer(event_id, f"the stream ended without an answer (events seen: {events})")
 
     def close(self) -> None:
@@ -98,7 +97,6 @@ class DemoHttp:
             for client in self._clients:
                 client.close()
             self._clients.clear()
-
 
 
 # Runs in the demo's own process ahead of `hftransfer demo` (again after the command's one re-exec, which repeats

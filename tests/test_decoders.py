@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import save_tiny_decoder_checkpoint, write_reviews_csv
+from conftest import save_tiny_decoder_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hftransfer.args import parse_args
@@ -55,8 +55,6 @@ def test_decoder_heads_train_without_the_cache_and_say_why(decoder, tmp_path, ca
 def test_deberta_caches_the_first_token_its_pooler_reads_over_batches_of_any_length(tmp_path):
     """DeBERTa-v2/v3's ContextPooler reads the hidden states itself: the cache stores their first token, so batches
     padded to different lengths concatenate (they crashed the cache before), and the cached head trains."""
-    from conftest import save_tiny_text_checkpoint
-
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "deberta-v2")
     long_texts = [f'"{"a long and winding review that goes on and on " * 6}",good']
     reviews = write_reviews_csv(tmp_path / "reviews.csv", extra_rows=long_texts * 4)
