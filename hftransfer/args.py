@@ -28,6 +28,9 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run model code from the checkpoint's repository. Off: only turn it on for "
                                          "repositories you trust."})
+    checkpoint_pooling: bool = field(
+        default=True, metadata={"help": "Classify with the pooling a sentence-transformers checkpoint was trained "
+                                        "with (its modules.json: mean or first token). false: the classifier's own."})
 
 
 @dataclass

@@ -47,7 +47,10 @@ def _data_name(settings: dict) -> str:
 
 
 def _task(config: dict) -> str:
-    return "image" if "image_size" in config or "num_channels" in config else "text"
+    """Image or text, from the config's model type as transformers maps it (a timm config has no image size)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    return "image" if config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES else "text"
 
 
 def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str) -> ModelCardData:
@@ -78,7 +81,18 @@ def _usage(task: str, folder_name: str, mlp_head: bool) -> str:
             f"`hftransfer demo {folder_name}`.\n")
 
 
-def _training_section(run: dict, plan: dict | None) -> str:
+def _pooling_line(config: dict) -> str:
+    pooling = config.get("hftransfer_pooling") or {}
+    if pooling.get("mode") == "mean":
+        return (f"\nPooling: mean of the tokens, as the sentence-transformers checkpoint was trained, computed by "
+                f"encoder layer {pooling['layer']} (added, frozen: uniform attention over the unpadded tokens), so "
+                "plain `transformers` runs it.\n")
+    if pooling.get("mode") == "cls":
+        return "\nPooling: the first token, as the sentence-transformers checkpoint was trained (pooler = identity).\n"
+    return ""
+
+
+def _training_section(run: dict, plan: dict | None, config: dict) -> str:
     settings = run["settings"]
     stages = stage_rows(run["stages"])
     keys = ["strategy", "per_device_train_batch_size", "weight_decay", "warmup_steps", "lr_scheduler_type", "seed",
@@ -97,7 +111,7 @@ def _training_section(run: dict, plan: dict | None) -> str:
             text += f", LoRA r={plan['lora']['r']} alpha={plan['lora']['alpha']} on " \
                     f"{len(plan['lora']['target_modules'])} modules (adapter in `lora_adapter/`, merged here)"
         text += ".\n"
-    return text
+    return text + _pooling_line(config)
 
 
 def _limits(run: dict, results: dict) -> str:
@@ -140,7 +154,7 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     if comparison:
         body.append("### Strategies compared on the same data\n\n" + markdown_table(comparison, COLUMNS))
     body += ["## How to use\n\n" + _usage(task, model_name, bool(config.get("hftransfer_head"))),
-             _training_section(run, plan), _limits(run, results)]
+             _training_section(run, plan, config), _limits(run, results)]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
     path = folder / "README.md"
     card.save(path)

@@ -28,10 +28,14 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm.auto import tqdm
 
-from .freezing import base_prefix
+from .anatomy import base_prefix
 from .zoo import cache_root
 
 logger = logging.getLogger(__name__)
+
+
+class LayoutError(ValueError):
+    """The model's forward cannot be split into a base output and a head that reads it."""
 
 
 @dataclass
@@ -122,7 +126,7 @@ def discover_layout(model: nn.Module, batch: dict) -> Layout:
 
     def hook(module, args, output):
         captured["output"] = output
-        return _watch_reads(output, seen)
+        return _watch_reads(output, seen) if hasattr(output, "__dataclass_fields__") else output
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     handle = base.register_forward_hook(hook)
@@ -131,7 +135,10 @@ def discover_layout(model: nn.Module, batch: dict) -> Layout:
             model(**inputs)
     finally:
         handle.remove()
-    output = captured["output"]
+    output = captured.get("output")
+    if not hasattr(output, "__dataclass_fields__"):  # timm under TimmWrapper: the base returns the logits
+        raise LayoutError(f"{type(base).__name__}, {type(model).__name__}'s base, returns "
+                          f"{type(output).__name__} rather than a model output the head reads: its head is inside it")
     fields = list(output.__dataclass_fields__)
     read = {name: (tuple(getattr(output, name).shape[1:]) if isinstance(getattr(output, name), torch.Tensor)
                    else None) for name in fields if name in seen}
@@ -193,12 +200,12 @@ def statistics_fingerprint(model: nn.Module) -> str:
 
 
 def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: str, layout: Layout,
-              statistics: str) -> str:
+              statistics: str, pooling: dict | None) -> str:
     processor_state = processor.to_dict() if hasattr(processor, "to_dict") else repr(processor)
     record = {"model": model_path, "revision": revision, "weights": _weights_fingerprint(model_path),
               "processor": processor_state, "data": dataset_fingerprint, "read": sorted(layout.read),
               "first_token": sorted(layout.first_token),
-              "statistics": statistics}
+              "statistics": statistics, "pooling": pooling}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

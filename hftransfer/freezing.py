@@ -1,10 +1,8 @@
 """Freeze and unfreeze by parameter-name patterns, for any `transformers` model, with no table per architecture.
 
-The model is read as base + head: the base is `model.base_model` (found through `base_model_prefix`), the head is
-every parameter outside it. The base splits into an ordered list of groups: what comes before its blocks (stem,
-embeddings), each block (the largest `ModuleList` in the base: transformer layers, inverted residuals, stages), and
-what follows them (final norm, pooler). Strategies and `--unfreeze_last_n` work on these groups; patterns work on
-names. The resolved plan is a small JSON document saved beside the model so a run can be reproduced from it.
+The model is read as ordered groups of parameters (`anatomy`: stem, blocks, pooling, top, head). Strategies and
+`--unfreeze_last_n` work on these groups; patterns work on names. The resolved plan is a small JSON document saved
+beside the model so a run can be reproduced from it.
 """
 
 from __future__ import annotations
@@ -20,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .anatomy import POOLING_GROUP, ParamGroup, base_prefix, block_list_name, param_groups  # noqa: F401 (re-exported)
 
 PLAN_FILE = "freeze_plan.json"
 BN_MOMENTUM = 0.1
@@ -51,57 +51,8 @@ class FreezePlan:
         return cls(**json.loads(path.read_text()))
 
 
-@dataclass
-class ParamGroup:
-    name: str  # "head", "base.stem", "base.block.3", "base.top"
-    params: list[str]
-
-
 class PatternError(ValueError):
     pass
-
-
-# ---------------------------------------------------------------- reading a model's structure
-
-def base_prefix(model: nn.Module) -> str:
-    prefix = getattr(model, "base_model_prefix", "")
-    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
-        return prefix
-    raise ValueError(f"{type(model).__name__} has no base model (`base_model_prefix`); freezing needs one")
-
-
-def block_list_name(model: nn.Module) -> str | None:
-    """The `ModuleList` inside the base holding the most parameters: the base's sequence of blocks."""
-    prefix = base_prefix(model)
-    best, best_size = None, 0
-    for name, module in getattr(model, prefix).named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 1:
-            size = sum(p.numel() for p in module.parameters())
-            if size > best_size:
-                best, best_size = f"{prefix}.{name}", size
-    return best
-
-
-def param_groups(model: nn.Module) -> list[ParamGroup]:
-    """Ordered groups: base.stem, base.block.0 .. base.block.N-1, base.top, head (empty groups dropped)."""
-    prefix = base_prefix(model)
-    blocks = block_list_name(model)
-    stem, top, head = [], [], []
-    block_params: dict[int, list[str]] = {}
-    for name, _ in model.named_parameters():
-        if not name.startswith(prefix + "."):
-            head.append(name)
-        elif blocks and name.startswith(blocks + "."):
-            index = int(name[len(blocks) + 1:].split(".", 1)[0])
-            block_params.setdefault(index, []).append(name)
-        elif block_params:
-            top.append(name)
-        else:
-            stem.append(name)
-    groups = [ParamGroup("base.stem", stem)]
-    groups += [ParamGroup(f"base.block.{i}", block_params[i]) for i in sorted(block_params)]
-    groups += [ParamGroup("base.top", top), ParamGroup("head", head)]
-    return [g for g in groups if g.params]
 
 
 # ---------------------------------------------------------------- patterns
@@ -160,7 +111,26 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
         trainable.difference_update(match(pattern, names))
     for pattern in plan.unfreeze:
         trainable.update(match(pattern, names))
+    # The pooling layer is a fixed computation (uniform attention, identity values): training it would unlearn it.
+    trainable.difference_update(n for g in groups if g.name == POOLING_GROUP for n in g.params)
     return trainable
+
+
+def check_trains(model: nn.Module, plan: FreezePlan, stage: str) -> None:
+    """Refuse, before any training, a plan under which nothing would train (a structure `anatomy` cannot read).
+    LoRA adds its own parameters; its targets are checked when they are resolved."""
+    if plan.strategy == "lora" or resolve(model, plan):
+        return
+    from .anatomy import describe
+
+    raise PatternError(f"Stage '{stage}' ({plan.strategy}) would train 0 parameters of {type(model).__name__}: found "
+                       f"{describe(model)}. Name what trains with --unfreeze PATTERN (and --freeze PATTERN), e.g. "
+                       f"--unfreeze '{_example_pattern(model)}'; `hftransfer freeze-report` lists the names")
+
+
+def _example_pattern(model: nn.Module) -> str:
+    last = [n for n, _ in model.named_parameters()][-1]
+    return last.rsplit(".", 1)[0] + ".*"
 
 
 def apply(model: nn.Module, plan: FreezePlan, reset_bn_momentum: bool = True,
@@ -262,7 +232,7 @@ def lr_factors(model: nn.Module, plan: FreezePlan) -> dict[str, float]:
     decay = plan.layer_lr_decay or 1.0
     factors = {}
     for group in groups:
-        if group.name in ("head", "base.top"):
+        if group.name in ("head", "base.top", POOLING_GROUP):
             exponent = 0
         elif group.name == "base.stem":
             exponent = blocks + 1

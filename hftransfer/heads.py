@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .freezing import base_prefix
+from .anatomy import head_modules
 
 CONFIG_KEY = "hftransfer_head"
 
@@ -29,14 +29,12 @@ class MLPHead(nn.Sequential):
 
 
 def classifier_name(model: nn.Module) -> str:
-    """The name of the final classifier: the last Linear outside the base with one output per label."""
-    prefix = base_prefix(model)
+    """The name of the final classifier: the last Linear of the head with one output per label."""
     num_labels = model.config.num_labels
-    found = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and module.out_features == num_labels
-             and not (name == prefix or name.startswith(prefix + "."))]
+    found = [name for name, module in head_modules(model).items()
+             if isinstance(module, nn.Linear) and module.out_features == num_labels]
     if not found:
-        raise ValueError(f"{type(model).__name__} has no Linear classifier with {num_labels} outputs outside its base")
+        raise ValueError(f"{type(model).__name__} has no Linear classifier with {num_labels} outputs in its head")
     return found[-1]
 
 

