@@ -6,7 +6,6 @@ are built in a per-session folder, so the suite leaves nothing behind and depend
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -141,24 +140,3 @@ def write_reviews_csv(path: Path, repeat: int = 4, extra_rows: list[str] = ()) -
     lines += list(extra_rows)
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def save_tiny_decoder_checkpoint(folder: Path) -> Path:
-    """A tiny random Qwen2 classifier with a byte-level BPE tokenizer that, as decoder LMs ship, has an end-of-text
-    token and no padding token."""
-    import transformers as tf
-    from tokenizers import ByteLevelBPETokenizer
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator((POSITIVE + NEGATIVE) * 4, vocab_size=300, special_tokens=["<|endoftext|>"])
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                           model_max_length=128)
-    config = tf.Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=4,
-                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                            eos_token_id=tokenizer.eos_token_id, num_labels=2)
-    tf.Qwen2ForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    settings = json.loads((folder / "tokenizer_config.json").read_text())
-    settings["pad_token"] = None  # Qwen2's tokenizer class would default to padding with <|endoftext|>
-    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
-    return folder

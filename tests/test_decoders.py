@@ -3,7 +3,9 @@
 import json
 
 import pytest
-from conftest import save_tiny_decoder_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
+import torch
+from conftest import save_tiny_text_checkpoint, write_reviews_csv
+from families import save_decoder_checkpoint
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hftransfer.args import parse_args
@@ -14,7 +16,7 @@ from hftransfer.training import TransferRun
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
     root = tmp_path_factory.mktemp("decoder")
-    return save_tiny_decoder_checkpoint(root / "ckpt"), write_reviews_csv(root / "reviews.csv")
+    return save_decoder_checkpoint(root / "ckpt", "qwen2"), write_reviews_csv(root / "reviews.csv")
 
 
 @pytest.mark.parametrize("strategy", ["feature_extraction", "staged"])
@@ -67,3 +69,22 @@ def test_deberta_caches_the_first_token_its_pooler_reads_over_batches_of_any_len
     assert transfer._cache["layout"].first_token == ("last_hidden_state",)
     record = json.loads((out / "hftransfer_run.json").read_text())
     assert record["stages"][0]["metrics"]["cached_features"] is True
+
+
+def test_a_decoder_trains_lora_with_its_score_head_by_default(decoder, tmp_path):
+    """One stage: adapters and the score head together (a head-only stage could not use the cache)."""
+    from safetensors.torch import load_file
+
+    checkpoint, reviews = decoder
+    out = tmp_path / "out"
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
+                      str(out), "--num_train_epochs", "1", "--disable_tqdm", "true"])
+    TransferRun(run, TextTask(run.data)).execute()
+    stages = json.loads((out / "hftransfer_run.json").read_text())["stages"]
+    assert [s["plan"]["strategy"] for s in stages] == ["lora"]
+    assert stages[0]["plan"]["lora"]["target_modules"] and stages[0]["metrics"]["trainable_parameters"] > 0
+    adapter = load_file(out / "lora_adapter" / "adapter_model.safetensors")
+    score = [k for k in adapter if "score" in k and k.endswith("weight")]
+    assert score, "the score head is trained with the adapters and saved with them"
+    merged = AutoModelForSequenceClassification.from_pretrained(out).score.weight
+    assert torch.equal(merged.detach(), adapter[score[0]])

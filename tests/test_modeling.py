@@ -4,7 +4,8 @@ import torch
 from conftest import save_tiny_checkpoint
 
 from hftransfer.args import ModelArguments
-from hftransfer.modeling import head_modules, load_model
+from hftransfer.anatomy import head_modules
+from hftransfer.modeling import load_model
 from hftransfer.tasks import ImageTask
 
 

@@ -1,0 +1,162 @@
+"""Tiny random-init checkpoints of the families users pick from the Hub, saved in the Hub's own file layout: the
+model's config and safetensors weights beside the processor or tokenizer class that family's checkpoints ship with.
+
+Image models are saved with their processors at the Hub's default settings (224 to 600 pixels, with or without a
+centre crop): a convnet's run adapts the processor to the 32-pixel test images, a transformer's keeps its size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import transformers as tf
+from conftest import NEGATIVE, POSITIVE
+
+LABELS = {0: "old_0", 1: "old_1", 2: "old_2"}
+VIT_LIKE = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 37,
+            "image_size": 224, "patch_size": 32}  # transformers take the size they were trained at, as on the Hub
+STAGES = {"hidden_sizes": [8, 16, 24], "depths": [1, 1, 1]}
+
+
+def _image(family: str):
+    """(model, processor) of an image family."""
+    if family == "vit":
+        return tf.ViTForImageClassification(tf.ViTConfig(**VIT_LIKE, id2label=LABELS)), tf.ViTImageProcessor()
+    if family == "deit":
+        return tf.DeiTForImageClassification(tf.DeiTConfig(**VIT_LIKE, id2label=LABELS)), tf.DeiTImageProcessor()
+    if family == "beit":
+        config = tf.BeitConfig(**VIT_LIKE, use_relative_position_bias=True, use_mean_pooling=True, id2label=LABELS)
+        return tf.BeitForImageClassification(config), tf.BeitImageProcessor()
+    if family == "dinov2":
+        config = tf.Dinov2Config(**{k: v for k, v in VIT_LIKE.items() if k != "intermediate_size"}, id2label=LABELS)
+        return tf.Dinov2ForImageClassification(config), tf.BitImageProcessor(crop_size={"height": 224, "width": 224})
+    if family == "swin":
+        config = tf.SwinConfig(image_size=224, patch_size=8, embed_dim=8, depths=[2, 2, 2], num_heads=[1, 2, 2],
+                               window_size=7, id2label=LABELS)
+        return tf.SwinForImageClassification(config), tf.ViTImageProcessor()
+    if family == "convnext":
+        return (tf.ConvNextForImageClassification(tf.ConvNextConfig(**STAGES, num_stages=3, id2label=LABELS)),
+                tf.ConvNextImageProcessor())
+    if family == "convnextv2":
+        config = tf.ConvNextV2Config(**STAGES, num_stages=3, id2label=LABELS)
+        return (tf.ConvNextV2ForImageClassification(config),
+                tf.ConvNextImageProcessor())
+    if family == "resnet":  # as microsoft/resnet-50 ships: ConvNeXt's processor, shortest edge 224 with crop_pct
+        config = tf.ResNetConfig(embedding_size=8, **STAGES, id2label=LABELS)
+        return tf.ResNetForImageClassification(config), tf.ConvNextImageProcessor()
+    if family == "regnet":
+        config = tf.RegNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48], depths=[1, 1, 1], groups_width=16,
+                                 id2label=LABELS)
+        return tf.RegNetForImageClassification(config), tf.ConvNextImageProcessor()
+    if family == "efficientnet":
+        config = tf.EfficientNetConfig(image_size=32, width_coefficient=0.1, depth_coefficient=0.2, hidden_dim=128,
+                                       id2label=LABELS)
+        return tf.EfficientNetForImageClassification(config), tf.EfficientNetImageProcessor()
+    if family == "mobilenet_v1":
+        config = tf.MobileNetV1Config(image_size=32, depth_multiplier=0.25, id2label=LABELS)
+        return tf.MobileNetV1ForImageClassification(config), tf.MobileNetV1ImageProcessor()
+    if family == "mobilenet_v2":
+        config = tf.MobileNetV2Config(image_size=32, depth_multiplier=0.35, tf_padding=False, id2label=LABELS)
+        return tf.MobileNetV2ForImageClassification(config), tf.MobileNetV2ImageProcessor()
+    if family == "mobilevit":
+        config = tf.MobileViTConfig(image_size=32, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 8, 8, 8, 8, 16],
+                                    num_attention_heads=2, id2label=LABELS)
+        # apple/mobilevit-* ship 256 px crops; 128 here, since attention models keep their size (a shorter suite)
+        processor = tf.MobileViTImageProcessor(size={"shortest_edge": 144}, crop_size={"height": 128, "width": 128})
+        return tf.MobileViTForImageClassification(config), processor
+    raise ValueError(family)
+
+
+IMAGE_FAMILIES = ["vit", "deit", "beit", "dinov2", "swin", "convnext", "convnextv2", "resnet", "regnet",
+                  "efficientnet", "mobilenet_v1", "mobilenet_v2", "mobilevit"]
+
+
+def save_image_checkpoint(folder: Path, family: str) -> Path:
+    model, processor = _image(family)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+TEXT_SIZES = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
+              "intermediate_size": 37, "max_position_embeddings": 128, "num_labels": 3}
+
+
+def _text(family: str):
+    if family in ("bert", "sentence-transformers"):
+        return tf.BertForSequenceClassification(tf.BertConfig(**TEXT_SIZES))
+    if family == "distilbert":
+        config = tf.DistilBertConfig(vocab_size=30522, dim=32, n_layers=3, n_heads=2, hidden_dim=37,
+                                     max_position_embeddings=128, num_labels=3)
+        return tf.DistilBertForSequenceClassification(config)
+    if family == "roberta":
+        return tf.RobertaForSequenceClassification(tf.RobertaConfig(**TEXT_SIZES, pad_token_id=0))
+    if family == "xlm-roberta":
+        return tf.XLMRobertaForSequenceClassification(tf.XLMRobertaConfig(**TEXT_SIZES, pad_token_id=0))
+    if family == "deberta-v2":
+        return tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(**TEXT_SIZES, pooler_hidden_size=32))
+    if family == "electra":
+        return tf.ElectraForSequenceClassification(tf.ElectraConfig(**TEXT_SIZES, embedding_size=16))
+    if family == "albert":
+        return tf.AlbertForSequenceClassification(tf.AlbertConfig(**TEXT_SIZES, embedding_size=16))
+    if family == "mpnet":
+        return tf.MPNetForSequenceClassification(tf.MPNetConfig(**TEXT_SIZES, pad_token_id=0))
+    if family == "modernbert":
+        config = tf.ModernBertConfig(**TEXT_SIZES, pad_token_id=0, bos_token_id=101, eos_token_id=102,
+                                     cls_token_id=101, sep_token_id=102, global_attn_every_n_layers=2,
+                                     local_attention=16)
+        return tf.ModernBertForSequenceClassification(config)
+    raise ValueError(family)
+
+
+TEXT_FAMILIES = ["bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "electra", "albert", "mpnet",
+                 "modernbert", "sentence-transformers"]
+DECODER_FAMILIES = ["qwen2", "llama"]
+
+
+def save_text_checkpoint(folder: Path, family: str) -> Path:
+    """Encoders with the real MiniLM (BERT uncased) tokenizer; the sentence-transformers row also carries the
+    `modules.json` and `1_Pooling/config.json` (mean pooling) that such checkpoints ship."""
+    from transformers import AutoTokenizer
+
+    from hftransfer import zoo
+
+    if family in DECODER_FAMILIES:
+        return save_decoder_checkpoint(folder, family)
+    _text(family).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2")).save_pretrained(folder)
+    if family == "sentence-transformers":
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    return folder
+
+
+def save_decoder_checkpoint(folder: Path, family: str = "qwen2") -> Path:
+    """A tiny decoder classifier with a byte-level BPE tokenizer that, as decoder LMs ship, has an end-of-text
+    token and no padding token."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator((POSITIVE + NEGATIVE) * 4, vocab_size=300, special_tokens=["<|endoftext|>"])
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                           model_max_length=128)
+    sizes = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 3,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128,
+             "eos_token_id": tokenizer.eos_token_id, "num_labels": 2}
+    if family == "qwen2":
+        model = tf.Qwen2ForSequenceClassification(tf.Qwen2Config(**sizes))
+    elif family == "llama":
+        model = tf.LlamaForSequenceClassification(tf.LlamaConfig(**sizes))
+    else:
+        raise ValueError(family)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings["pad_token"] = None  # Qwen2's tokenizer class would default to padding with <|endoftext|>
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    return folder

@@ -1,0 +1,108 @@
+"""A sentence-transformers checkpoint classifies the way it was trained to embed: its modules.json pooling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import write_reviews_csv
+from families import save_text_checkpoint
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from hftransfer import freezing, lora, pooling, zoo
+from hftransfer.args import parse_args
+from hftransfer.tasks import TextTask
+from hftransfer.training import TransferRun
+
+
+def _pooling_config(folder, **modes):
+    (folder / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling",
+                                                      "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(modes))
+    return folder
+
+
+def test_the_pooling_is_read_from_modules_json(tmp_path):
+    assert pooling.checkpoint_pooling(str(tmp_path)) is None  # a plain encoder
+    assert pooling.checkpoint_pooling(str(_pooling_config(tmp_path, pooling_mode_mean_tokens=True))) == "mean"
+    assert pooling.checkpoint_pooling(str(_pooling_config(tmp_path, pooling_mode_cls_token=True))) == "cls"
+    # the LayerNorm after the pooling layer removes the scale by which mean_sqrt_len differs from mean
+    assert pooling.checkpoint_pooling(str(_pooling_config(tmp_path, pooling_mode_mean_sqrt_len_tokens=True))) == "mean"
+    assert pooling.checkpoint_pooling(str(_pooling_config(tmp_path, pooling_mode_max_tokens=True))) == "max"
+    assert pooling.checkpoint_pooling(str(zoo.prepare("all-MiniLM-L6-v2"))) == "mean"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pooling")
+    checkpoint = save_text_checkpoint(root / "ckpt", "sentence-transformers")
+    reviews = write_reviews_csv(root / "reviews.csv")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
+                      str(root / "out"), "--head_epochs", "2", "--num_train_epochs", "1", "--disable_tqdm", "true"])
+    transfer = TransferRun(run, TextTask(run.data))
+    transfer.execute()
+    return checkpoint, root / "out", transfer
+
+
+def test_the_classifier_reads_the_mean_of_the_unpadded_tokens(trained):
+    checkpoint, out, _ = trained
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.hftransfer_pooling == {"mode": "mean", "layer": 3}
+    assert model.config.num_hidden_layers == 4  # the checkpoint's three layers and the pooling layer
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(["a wonderful, moving film with a great cast", "awful"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.bert(**batch, output_hidden_states=True).hidden_states
+    weights = batch["attention_mask"].unsqueeze(-1).float()
+    mean = (hidden[-2] * weights).sum(1) / weights.sum(1)
+    expected = torch.nn.functional.layer_norm(mean, mean.shape[-1:], eps=model.config.layer_norm_eps)
+    torch.testing.assert_close(hidden[-1][:, 0], expected, atol=0.02, rtol=0)
+    # padding changes nothing: batched and alone agree through a plain pipeline
+    classify = pipeline("text-classification", model=str(out))
+    texts = ["a wonderful, moving film with a great cast", "awful"]
+    batched = classify(texts, batch_size=2)
+    alone = [classify(t)[0] for t in texts]
+    assert [b["score"] for b in batched] == pytest.approx([a["score"] for a in alone], abs=1e-4)
+
+
+def test_the_pooling_layer_never_trains_and_gets_no_adapters(trained):
+    _, out, transfer = trained
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    full = record["stages"][-1]["plan"]
+    assert full["strategy"] == "full" and full["trainable"]
+    assert not [n for n in full["trainable"] if n.startswith("bert.encoder.layer.3.")]
+    assert any(n.startswith("bert.encoder.layer.2.") for n in full["trainable"])
+    groups = {g.name: g.params for g in freezing.param_groups(transfer.model)}
+    assert all(n.startswith("bert.encoder.layer.3.") for n in groups["base.pooling"])
+    assert not [t for t in lora.default_targets(transfer.model) if t.startswith("bert.encoder.layer.3.")]
+    last_two = freezing.resolve(transfer.model, freezing.FreezePlan("fine_tune", unfreeze_last_n=2))
+    assert any(n.startswith("bert.encoder.layer.1.") for n in last_two)  # the last two real layers: 1 and 2
+
+
+def test_the_card_says_how_the_model_pools(trained):
+    _, out, _ = trained
+    assert "Pooling: mean of the tokens" in (out / "README.md").read_text()
+
+
+def test_a_layer_kind_that_cannot_mean_pool_keeps_the_classifier_reading(tmp_path, caplog):
+    """MPNet adds one relative position bias to every layer's attention, so no layer of it attends uniformly."""
+    checkpoint = _pooling_config(save_text_checkpoint(tmp_path / "ckpt", "mpnet"), pooling_mode_mean_tokens=True)
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    layers = model.config.num_hidden_layers
+    message = pooling.adopt(model, pooling.checkpoint_pooling(str(checkpoint)))
+    assert "cannot be made into a mean-pooling layer" in message
+    assert model.config.num_hidden_layers == layers and len(model.mpnet.encoder.layer) == layers
+    assert getattr(model.config, pooling.CONFIG_KEY, None) is None
+
+
+def test_checkpoint_pooling_false_keeps_the_classifier_reading(tmp_path):
+    checkpoint = save_text_checkpoint(tmp_path / "ckpt", "sentence-transformers")
+    reviews = write_reviews_csv(tmp_path / "reviews.csv", repeat=1)
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
+                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "1",
+                      "--checkpoint_pooling", "false", "--disable_tqdm", "true"])
+    TransferRun(run, TextTask(run.data)).execute()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3 and "hftransfer_pooling" not in config
