@@ -192,6 +192,10 @@ CONFIGS = {
     "staged, BatchNorm statistics frozen": ["--freeze_bn_stats", "true"],
     "staged, BatchNorm calibrated": ["--calibrate_bn", "true"],  # measured, and kept opt-in
     "staged, last 2 blocks": ["--unfreeze_last_n", "2"],  # a small-data rule, measured and rejected
+    # text: the classifier's own first-token reading instead of the checkpoint's mean pooling (README, "Pooling")
+    "staged, first-token pooling": ["--checkpoint_pooling", "false"],
+    "feature_extraction, first-token pooling": ["--strategy", "feature_extraction", "--checkpoint_pooling", "false"],
+    "staged, embeddings frozen": ["--freeze", "bert.embeddings"],  # measured and rejected
 }
 
 
