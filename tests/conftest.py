@@ -14,6 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hftransfer.fastpath import imports_without_gc
+
+with imports_without_gc():  # as the recipes do: accelerate's gc.collect() after each stage then skips the libraries
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 

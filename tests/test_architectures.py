@@ -29,6 +29,12 @@ QUICK = ["--head_epochs", "1", "--num_train_epochs", "1", "--per_device_train_ba
 ONE_BLOCK = {"albert"}
 
 
+@pytest.fixture(autouse=True)
+def no_report(monkeypatch):
+    """The report (plots, per-class tables) is tested on its own; here it would be a second or more of every run."""
+    monkeypatch.setattr(TransferRun, "_write_report", lambda *args, **kwargs: None)
+
+
 @pytest.fixture(scope="module")
 def image_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")

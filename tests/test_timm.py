@@ -12,7 +12,7 @@ import json
 import pytest
 import timm_layout
 from conftest import make_image_folder
-from test_architectures import _check_reload, _check_stages, _train
+from test_architectures import _check_reload, _check_stages, _train, no_report  # noqa: F401 (autouse)
 from transformers import AutoModelForImageClassification
 
 from hftransfer import anatomy, freezing
