@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from . import zoo
 from .compare import COLUMNS, COMPARISON_FILE
 from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, REPORT_MD, markdown_table, stage_rows
+from .tasks import task_name_for
 
 PIPELINE_TAGS = {"image": "image-classification", "text": "text-classification"}
 HEADLINE = {"eval_accuracy": ("accuracy", "Accuracy"), "eval_f1_macro": ("f1", "Macro F1"),
@@ -44,13 +45,6 @@ def _data_name(settings: dict) -> str:
     path = Path(source)
     name = path.stem if path.is_file() else path.name
     return path.resolve().parent.name if name.lower() in ("train", "training", "data") else name
-
-
-def _task(config: dict) -> str:
-    """Image or text, from the config's model type as transformers maps it (a timm config has no image size)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-
-    return "image" if config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES else "text"
 
 
 def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str) -> ModelCardData:
@@ -136,7 +130,7 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     comparison = read_json(folder / COMPARISON_FILE)
     if config is None or run is None:
         raise FileNotFoundError(f"{folder}: no config.json or hftransfer_run.json (not an hftransfer output folder)")
-    task = _task(config)
+    task = task_name_for(config.get("model_type"))
     model_name = model_name or folder.resolve().name
     data = card_data(folder, run, results, task, model_name)
     base = run["settings"].get("model_name_or_path")

@@ -20,9 +20,9 @@ import torch
 from . import zoo
 from .card import HEADLINE, read_json
 from .compare import COLUMNS, COMPARISON_FILE
-from .modeling import auto_class_for, load_trained
+from .modeling import load_trained
 from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, markdown_table, stage_rows
-from .tasks import TASKS
+from .tasks import TASKS, task_name_for
 from .training import EXAMPLES_FOLDER
 
 MAX_BATCH = 16
@@ -44,12 +44,11 @@ class Predictor:
     """A trained classifier and its processor, loaded once; `predict` takes a batch of raw inputs."""
 
     def __init__(self, model: str):
-        from transformers import AutoConfig, AutoModelForImageClassification
+        from transformers import AutoConfig
 
         self.folder = model_folder(model)
         config = AutoConfig.from_pretrained(self.folder)
-        task_name = "image" if auto_class_for(config) is AutoModelForImageClassification else "text"
-        self.task = TASKS[task_name]()
+        self.task = TASKS[task_name_for(config.model_type)]()
         self.model = load_trained(str(self.folder))
         self.processor = self.task.load_processor(str(self.folder))
         self.labels = [config.id2label[i] for i in sorted(config.id2label)]

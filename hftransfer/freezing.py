@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .anatomy import POOLING_GROUP, ParamGroup, base_prefix, block_list_name, param_groups  # noqa: F401 (re-exported)
+from .anatomy import POOLING_GROUP, ParamGroup, base_prefix, block_list_name, describe, param_groups  # noqa: F401
 
 PLAN_FILE = "freeze_plan.json"
 BN_MOMENTUM = 0.1
@@ -121,8 +121,6 @@ def check_trains(model: nn.Module, plan: FreezePlan, stage: str) -> None:
     LoRA adds its own parameters; its targets are checked when they are resolved."""
     if plan.strategy == "lora" or resolve(model, plan):
         return
-    from .anatomy import describe
-
     raise PatternError(f"Stage '{stage}' ({plan.strategy}) would train 0 parameters of {type(model).__name__}: found "
                        f"{describe(model)}. Name what trains with --unfreeze PATTERN (and --freeze PATTERN), e.g. "
                        f"--unfreeze '{_example_pattern(model)}'; `hftransfer freeze-report` lists the names")

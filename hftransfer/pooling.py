@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from pathlib import Path
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "hftransfer_pooling"
 # The attention output's weight over the residual: LayerNorm(SCALE * mean + token) differs from LayerNorm(mean) by

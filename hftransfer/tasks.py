@@ -504,3 +504,11 @@ def _give_pad_token(tokenizer, model) -> None:
 
 TASKS = {task.name: task for task in (ImageTask, TextTask)}
 
+
+def task_name_for(model_type: str | None) -> str:
+    """"image" or "text" for a classifier's config: whether transformers maps its model type to an image classifier
+    (a config's keys cannot tell: a timm config has no image size)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    return ImageTask.name if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES else TextTask.name
+
