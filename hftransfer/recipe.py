@@ -6,12 +6,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from dataclasses import replace
 
 import datasets
-import torch
 import transformers
 
+from . import hardware
 from .args import parse_args
 from .data import DataError
 from .fastpath import reexec_with_fast_malloc
@@ -21,28 +20,6 @@ from .tasks import TASKS
 from .training import TransferRun
 
 logger = logging.getLogger("hftransfer")
-
-
-def hardware_defaults(run):
-    """On a GPU: bf16 (or fp16), TF32 and loader workers unless the user chose; on a CPU: the plain fp32 path, and
-    DDP over gloo when launched as several processes (`accelerate launch --multi_gpu --num_processes N`)."""
-    changes = {}
-    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not torch.cuda.is_available():
-        if several_processes and not run.given("use_cpu"):
-            changes["use_cpu"] = True  # several processes and no GPU: DDP over gloo on the CPU
-        if not run.given("dataloader_pin_memory"):
-            changes["dataloader_pin_memory"] = False  # nothing to pin for
-    else:
-        if not (run.given("bf16") or run.given("fp16")):
-            changes["bf16" if torch.cuda.is_bf16_supported() else "fp16"] = True
-        if not run.given("tf32"):
-            changes["tf32"] = True
-        if not run.given("dataloader_num_workers"):
-            changes["dataloader_num_workers"] = 4
-    if changes:
-        run.training = replace(run.training, **changes)
-    return changes
 
 
 def setup_logging(training_args) -> None:
@@ -61,7 +38,7 @@ def main(task_name: str, argv: list[str] | None = None) -> dict:
     task_cls = TASKS[task_name]
     run = parse_args(argv, defaults={"model_name_or_path": task_cls.default_model,
                                      "output_dir": f"outputs/{task_name}"})
-    chosen = hardware_defaults(run)
+    chosen = hardware.apply_defaults(run)
     setup_logging(run.training)
     if chosen:
         logger.info("Chosen for this hardware: %s", chosen)

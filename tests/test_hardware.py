@@ -1,0 +1,124 @@
+"""Hardware defaults: by the GPU's compute capability, never over what the user set, and every CPU core under a
+plain `accelerate launch` (whose default is one thread per process)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from hftransfer import hardware
+from hftransfer.args import parse_args
+
+PROBE = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import torch
+from hftransfer import hardware
+from hftransfer.args import parse_args
+run = parse_args(["--output_dir", "unused"])
+chosen = hardware.apply_defaults(run)
+print("PROBE" + json.dumps({{"env": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads(),
+                            "chosen": chosen}}))
+"""
+
+
+def launch_probe(tmp_path, *launch_flags, env_threads=None):
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE.format(root=str(ROOT)))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if env_threads:
+        env["OMP_NUM_THREADS"] = env_threads
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", *launch_flags, str(script)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("PROBE"))
+    return json.loads(line[len("PROBE"):])
+
+
+@pytest.mark.skipif(hardware.usable_cores() < 2, reason="one core: nothing to gain")
+def test_plain_accelerate_launch_trains_on_every_core(tmp_path):
+    cores = hardware.usable_cores()
+    probe = launch_probe(tmp_path)
+    assert probe["torch"] == cores and probe["env"] == str(cores)
+    assert "accelerate launch's default was 1" in probe["chosen"]["cpu_threads"]
+    # the user's own choice stays: the launcher's flag, or OMP_NUM_THREADS in the launching shell
+    assert launch_probe(tmp_path, "--num_cpu_threads_per_process", "1")["torch"] == 1
+    assert launch_probe(tmp_path, env_threads="1")["torch"] == 1
+
+
+def test_no_launcher_no_thread_change():
+    assert hardware.parent_launcher(os.getpid()) is None  # pytest is not `accelerate launch`
+    assert hardware.launcher_threads(None) is None
+
+
+def launcher(*argv, environ=None):
+    return hardware.Launcher(["python", "-m", "accelerate.commands.launch", *argv, "train.py"],
+                             environ if environ is not None else {"HOME": "/nonexistent"})
+
+
+@pytest.mark.parametrize("capability, precision, tf32", [((7, 0), "fp16", False), ((7, 5), "fp16", False),
+                                                         ((8, 0), "bf16", True), ((9, 0), "bf16", True)])
+def test_gpu_defaults_follow_the_compute_capability(capability, precision, tf32):
+    run = parse_args(["--output_dir", "unused"])
+    changes = hardware.gpu_defaults(run, capability, launcher())
+    assert changes[precision] is True and ({"bf16", "fp16"} - {precision}).isdisjoint(changes)
+    assert changes.get("tf32", False) is tf32  # TF32 raises on pre-Ampere cards
+    assert 0 <= changes["dataloader_num_workers"] <= hardware.MAX_WORKERS
+
+
+def test_gpu_defaults_leave_what_the_user_set(tmp_path):
+    run = parse_args(["--output_dir", "unused", "--fp16", "true", "--tf32", "false", "--dataloader_num_workers", "1"])
+    assert hardware.gpu_defaults(run, (9, 0), launcher()) == {}
+    plain = parse_args(["--output_dir", "unused"])
+    # the Makefile's `accelerate launch --mixed_precision no`, or a config file that names a precision
+    assert not {"bf16", "fp16"} & set(hardware.gpu_defaults(plain, (9, 0), launcher("--mixed_precision", "no")))
+    config = tmp_path / "config.yaml"
+    config.write_text("mixed_precision: 'no'\nnum_processes: 1\n")
+    assert not {"bf16", "fp16"} & set(hardware.gpu_defaults(plain, (9, 0), launcher("--config_file", str(config))))
+    config.write_text("num_processes: 1\n")
+    assert hardware.gpu_defaults(plain, (9, 0), launcher("--config_file", str(config)))["bf16"] is True
+
+
+def test_apply_defaults_with_a_mocked_gpu_sets_the_training_arguments():
+    run = parse_args(["--output_dir", "unused"])
+    chosen = hardware.apply_defaults(run, capability=(7, 5), launcher=launcher())
+    assert run.training.fp16 and not run.training.bf16 and "tf32" not in chosen
+
+
+def test_training_steps_never_read_a_tensor_back(monkeypatch, tmp_path):
+    """A host sync per step stalls a GPU: between two logs the loop must not call `.item()` or `bool()` on a
+    tensor (counted on the CPU, where the same calls would sync a GPU). A convnet, whose own forward reads nothing
+    back (BERT's attention-mask shortcut does, inside transformers)."""
+    import torch
+    from conftest import tiny_image_model
+    from transformers import TrainingArguments
+
+    from hftransfer.training import TransferTrainer
+
+    model = tiny_image_model("resnet", image_size=16)
+    data = [{"pixel_values": torch.randn(3, 16, 16), "labels": torch.tensor(i % 3)} for i in range(64)]
+    run = parse_args(["--output_dir", str(tmp_path)])
+    gpu_like = hardware.gpu_defaults(run, (9, 0), None)  # what a GPU run gets, precision aside
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, max_steps=30, logging_steps=100,
+                             report_to=[], save_strategy="no", use_cpu=True,
+                             logging_nan_inf_filter=gpu_like["logging_nan_inf_filter"])
+    trainer = TransferTrainer(model=model, args=args, train_dataset=data)
+    reads = {"item": 0, "bool": 0}
+    item, as_bool = torch.Tensor.item, torch.Tensor.__bool__
+
+    def counted_item(self):
+        reads["item"] += 1
+        return item(self)
+
+    def counted_bool(self):
+        reads["bool"] += 1
+        return as_bool(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    monkeypatch.setattr(torch.Tensor, "__bool__", counted_bool)
+    trainer.train()
+    assert reads["item"] + reads["bool"] < 10, reads  # 30 steps; a read per step would be 30 or more
