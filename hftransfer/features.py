@@ -200,13 +200,36 @@ def statistics_fingerprint(model: nn.Module) -> str:
 
 
 def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: str, layout: Layout,
-              statistics: str, pooling: dict | None) -> str:
+              statistics: str, pooling: dict | None, numerics: dict) -> str:
+    """`numerics`: what changes the features' rounding (`Precision.describe()`): device, autocast dtype, TF32."""
     processor_state = processor.to_dict() if hasattr(processor, "to_dict") else repr(processor)
     record = {"model": model_path, "revision": revision, "weights": _weights_fingerprint(model_path),
               "processor": processor_state, "data": dataset_fingerprint, "read": sorted(layout.read),
               "first_token": sorted(layout.first_token),
-              "statistics": statistics, "pooling": pooling}
+              "statistics": statistics, "pooling": pooling, "numerics": numerics}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic features are extracted in: the training run's own (its autocast dtype on its device), for
+    the training and the validation split alike. After a stage, Accelerate leaves the model's forward wrapped in
+    its autocast, so a split extracted later would otherwise be computed differently from one extracted before."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None  # autocast dtype; None: full precision
+    tf32: bool = False
+
+    @classmethod
+    def of(cls, args) -> Precision:
+        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+        return cls(args.device, dtype, bool(args.tf32))
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+
+    def describe(self) -> dict:
+        return {"device": self.device.type, "autocast": str(self.dtype or "float32"), "tf32": self.tf32}
 
 
 def extract(model: nn.Module, loader, layout: Layout, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,22 +342,51 @@ def _run_base_only(model, inputs, captured) -> None:
         handle.remove()
 
 
-def load_or_extract(model, loader, layout: Layout, key: str, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    path = cache_root() / "features" / f"{key}.safetensors"
-    if path.is_file():
-        stored = load_file(path)
-        logger.info("%s: reusing cached features %s", desc, path)
-        return stored["features"], stored["labels"]
-    features, labels = extract(model, loader, layout, desc)
+def cache_path(key: str) -> Path:
+    return cache_root() / "features" / f"{key}.safetensors"
+
+
+def load(path: Path, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    stored = load_file(path)
+    logger.info("%s: reusing cached features %s", desc, path)
+    return stored["features"], stored["labels"]
+
+
+def store(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(partial))
+    save_file({"features": features.cpu().contiguous(), "labels": labels.cpu().contiguous()}, str(partial))
     os.replace(partial, path)  # atomic: a killed run leaves no half-written cache entry
-    return features, labels
+
+
+def share(order: list[int], rank: int, world: int) -> list[int]:
+    """This process's rows: every world-th of `order`, so that lengths (shortest first) stay balanced."""
+    return order[rank::world]
+
+
+def gather_shares(features: torch.Tensor, labels: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's share, back in the order `share` took them from: each process ends with the whole cache,
+    each row extracted once."""
+    if world == 1:
+        return features, labels
+    from accelerate.utils import gather_object
+
+    parts = gather_object([(features.cpu(), labels.cpu())])
+    total = sum(len(p[1]) for p in parts)
+    logger.info("Features: %d rows, extracted by %d processes (%s rows)", total, world,
+                " + ".join(str(len(p[1])) for p in parts))
+    whole = torch.empty(total, features.shape[1], dtype=features.dtype)
+    whole_labels = torch.empty(total, *labels.shape[1:], dtype=labels.dtype)
+    for rank, (part, part_labels) in enumerate(parts):
+        whole[rank::world], whole_labels[rank::world] = part, part_labels
+    return whole, whole_labels
 
 
 class FeatureDataset(torch.utils.data.Dataset):
-    """Rows of packed features under the model's main input name, so `model(**batch)` reaches `CachedBase`."""
+    """Rows of packed features under the model's main input name, so `model(**batch)` reaches `CachedBase`.
+    A batch is one indexing of the whole matrix (`__getitems__`, read by PyTorch's loader with `collate_batch`),
+    not a row-by-row collate: the head stage runs 10 to 100 epochs of tiny steps, and the matrix may sit on the
+    device it trains on."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, input_name: str):
         self.features, self.labels, self.input_name = features, labels, input_name
@@ -344,6 +396,15 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return {self.input_name: self.features[index], "labels": self.labels[index]}
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        rows = torch.as_tensor(indices, device=self.features.device)
+        return {self.input_name: self.features[rows], "labels": self.labels[rows]}
+
+
+def collate_batch(batch: dict) -> dict:
+    """The loader's collate for `FeatureDataset`: its batches come whole."""
+    return batch
 
 
 class swapped_base:

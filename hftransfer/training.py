@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import Trainer, default_data_collator, set_seed
+from accelerate.utils import broadcast_object_list, gather_object
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import features as feature_cache
@@ -125,13 +126,14 @@ class TransferTrainer(Trainer):
         labels = inputs.get("labels")
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if labels is not None and labels.dim() == 1 and model.training:
-            self._hits += (outputs.logits.detach().argmax(-1) == labels).sum().item()
+            # a device tensor: read (one host sync) only when logged, never at every step
+            self._hits = self._hits + (outputs.logits.detach().argmax(-1) == labels).sum()
             self._seen += len(labels)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs):
         if "loss" in logs and self._seen:
-            logs["train_accuracy"] = round(self._hits / self._seen, 4)
+            logs["train_accuracy"] = round(int(self._hits) / self._seen, 4)
             self._hits = self._seen = 0
         super().log(logs, *args, **kwargs)
 
@@ -283,7 +285,7 @@ class TransferRun:
             logger.info("%s is a decoder classifier: strategy lora, its adapters and score head trained in one "
                         "stage (its head reads the last real token, which cached features do not carry, so a "
                         "head-only stage would cost a pass of the whole model every epoch)", type(self.model).__name__)
-        self.model = self.task.prepare_model(self.model)
+        self.model = self.task.prepare_model(self.model).to(self.args.device)  # the cache extracts where it trains
         self.processor = self.task.adapt_processor(self.processor, self.model, self.splits)
         self.collator = self.task.collator(self.processor) or default_data_collator
         self._group_by_length()
@@ -331,7 +333,7 @@ class TransferRun:
     def _cache_layout(self):
         if "layout" not in self._cache:
             rows = [self.eval_raw[i] for i in range(min(4, len(self.eval_raw)))]
-            batch = self.collator(rows)
+            batch = {k: v.to(self.args.device) for k, v in self.collator(rows).items()}
             try:
                 layout = feature_cache.discover_layout(self.model, {k: v for k, v in batch.items() if k != "labels"})
             except (feature_cache.LayoutError, RuntimeError, TypeError, ValueError, AttributeError) as err:
@@ -353,23 +355,60 @@ class TransferRun:
         return self._cache["layout"]
 
     def _features(self, split: str):
+        """The split's cached features, extracted where training runs, in its precision: each process extracts
+        its share and all end with the whole matrix (one process's disk write). Kept on the training device."""
         if split not in self._cache:
             layout = self._cache_layout()
-            dataset = self.train_raw if split == "train" else self.eval_raw
-            key = feature_cache.cache_key(resolve(self.run.model.model_name_or_path), self.run.model.model_revision,
-                                          self.processor, feature_cache.data_fingerprint(self.splits[split]), layout,
-                                          feature_cache.statistics_fingerprint(self.model),
-                                          getattr(self.model.config, pooling.CONFIG_KEY, None))
-            # shortest inputs first where lengths vary: features and labels stay paired, their order is free
-            lengths = self.lengths[split]
-            order = None if lengths is None else np.argsort(lengths, kind="stable").tolist()
-            loader = torch.utils.data.DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size,
-                                                 sampler=order, collate_fn=self.collator)
-            with self.args.main_process_first(desc="feature cache"):
-                features, labels = feature_cache.load_or_extract(self.model, loader, layout, key,
-                                                                 f"Features ({split})")
-            self._cache[split] = feature_cache.FeatureDataset(features, labels, self.model.main_input_name)
+            precision = feature_cache.Precision.of(self.args)
+            path = feature_cache.cache_path(self._on_main_process(lambda: self._cache_key(split, layout, precision)))
+            world = self.args.world_size
+            if all(gather_object([path.is_file()]) if world > 1 else [path.is_file()]):
+                features, labels = feature_cache.load(path, f"Features ({split})")
+            else:
+                features, labels = self._extract(split, layout, precision)
+                if self.args.should_save:
+                    feature_cache.store(path, features, labels)
+            self._cache[split] = feature_cache.FeatureDataset(features.to(self.args.device),
+                                                              labels.to(self.args.device),
+                                                              self.model.main_input_name)
         return self._cache[split]
+
+    def _cache_key(self, split: str, layout, precision) -> str:
+        return feature_cache.cache_key(resolve(self.run.model.model_name_or_path), self.run.model.model_revision,
+                                       self.processor, feature_cache.data_fingerprint(self.splits[split]), layout,
+                                       feature_cache.statistics_fingerprint(self.model),
+                                       getattr(self.model.config, pooling.CONFIG_KEY, None), precision.describe())
+
+    def _on_main_process(self, compute):
+        """`compute()` on the main process only (hashing all the data once, not once per process), shared."""
+        if self.args.world_size == 1:
+            return compute()
+        value = [compute() if self.args.process_index == 0 else None]
+        broadcast_object_list(value, from_process=0)
+        return value[0]
+
+    def _extract(self, split: str, layout, precision):
+        dataset = self.train_raw if split == "train" else self.eval_raw
+        # shortest inputs first where lengths vary: features and labels stay paired, their order is free
+        lengths = self.lengths[split]
+        order = list(range(len(dataset))) if lengths is None else np.argsort(lengths, kind="stable").tolist()
+        rows = feature_cache.share(order, self.args.process_index, self.args.world_size)
+        workers = self.args.dataloader_num_workers
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, sampler=rows,
+                                             collate_fn=self.collator, num_workers=workers,
+                                             pin_memory=self.args.dataloader_pin_memory and precision.device.type
+                                             == "cuda", persistent_workers=False)
+        self.model.to(precision.device)
+        with precision.autocast():
+            features, labels = feature_cache.extract(self.model, loader, layout, f"Features ({split})")
+        return feature_cache.gather_shares(features, labels, self.args.world_size)
+
+    @staticmethod
+    def _on_cache(args) -> dict:
+        """Trainer settings over cached features: whole batches indexed from the matrix where it sits (no workers
+        to fork every epoch, nothing to pin: it may already be on the device)."""
+        return {"args": replace(args, dataloader_num_workers=0, dataloader_pin_memory=False),
+                "data_collator": feature_cache.collate_batch}
 
     def _trains_on_cache(self) -> bool:
         """Whether the model as now frozen can train on cached features: the whole base frozen, and a layout that
@@ -458,7 +497,8 @@ class TransferRun:
             train, layout = self._features("train"), self._cache["layout"]
             held_out = self._features("validation") if evaluating else None
             with feature_cache.swapped_base(self.model, feature_cache.CachedBase(layout)):
-                trainer = TransferTrainer(train_dataset=train, eval_dataset=held_out, **common)
+                trainer = TransferTrainer(train_dataset=train, eval_dataset=held_out,
+                                          **{**common, **self._on_cache(common["args"])})
                 result = trainer.train(resume_from_checkpoint=self._resume_checkpoint(stage))
         else:
             train = self.splits["train"].with_transform(self.transform(train=stage.augment))
@@ -483,9 +523,9 @@ class TransferRun:
         if self.history[-1]["metrics"]["cached_features"]:
             features = self._features("validation")  # extracted by the real base, before the swap
             with feature_cache.swapped_base(self.model, feature_cache.CachedBase(self._cache_layout())):
-                trainer = TransferTrainer(model=self.model, args=self._final_args(eval_strategy="no"),
-                                          compute_metrics=self.compute_metrics,
-                                          preprocess_logits_for_metrics=self.predictions)
+                trainer = TransferTrainer(model=self.model, compute_metrics=self.compute_metrics,
+                                          preprocess_logits_for_metrics=self.predictions,
+                                          **self._on_cache(self._final_args(eval_strategy="no")))
                 output = trainer.predict(features, metric_key_prefix="eval")
         else:
             trainer = TransferTrainer(model=self.model, args=self._final_args(eval_strategy="no"),

@@ -2,8 +2,13 @@
 the results one process gives, for every strategy; only the main process writes files and pushes."""
 
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from conftest import save_tiny_checkpoint
 from test_recipe import accelerate_launch
 
@@ -35,8 +40,10 @@ def test_two_processes_match_one(strategy, checkpoint, image_folders, tmp_path):
     one = parse_args([*flags(checkpoint, image_folders, tmp_path / "one", strategy, 8), "--disable_tqdm", "true"])
     single = TransferRun(one, ImageTask(one.data))
     single_results = single.execute()
-    # same global batch: 2 processes x 4
-    accelerate_launch(flags(checkpoint, image_folders, tmp_path / "two", strategy, 4), processes=2)
+    # same global batch: 2 processes x 4; a cache of their own, so that they extract rather than reuse
+    fresh = tmp_path / "cache"
+    done = accelerate_launch(flags(checkpoint, image_folders, tmp_path / "two", strategy, 4), processes=2,
+                             HFTRANSFER_CACHE=str(fresh))
     record = json.loads((tmp_path / "two" / "hftransfer_run.json").read_text())
     results = json.loads((tmp_path / "two" / "all_results.json").read_text())
     assert record["world_size"] == 2
@@ -46,6 +53,15 @@ def test_two_processes_match_one(strategy, checkpoint, image_folders, tmp_path):
     assert [s["metrics"]["trainable_parameters"] for s in record["stages"]] == \
         [s["metrics"]["trainable_parameters"] for s in single.history]
     assert results["eval_samples"] == single_results["eval_samples"] == 12  # every example evaluated once
+    extracted = sorted((fresh / "features").glob("*.safetensors"))
+    assert bool(extracted) == any(s["metrics"]["cached_features"] for s in single.history)
+    shares = re.findall(r"Features: (\d+) rows, extracted by 2 processes \((\d+) \+ (\d+) rows\)", done.stdout)
+    assert len(shares) == len(extracted) and all(int(a) + int(b) == int(n) and abs(int(a) - int(b)) <= 1
+                                                 for n, a, b in shares)  # each process extracted its half
+    for path in extracted:  # and together they cached what one process did
+        mine, one_process = load_file(path), load_file(Path(os.environ["HFTRANSFER_CACHE"]) / "features" / path.name)
+        assert torch.equal(mine["labels"], one_process["labels"])
+        assert torch.allclose(mine["features"], one_process["features"], atol=1e-5)
     assert results["eval_accuracy"] == pytest.approx(single_results["eval_accuracy"], abs=0.17)  # 2 of 12 images
     # the loss is the mean over the same global batches (not multiplied by the number of processes)
     # (data order differs between the two samplers; a doubled loss, as before the fix, is far outside this)

@@ -16,8 +16,8 @@ from hftransfer.tasks import ImageTask
 from hftransfer.training import TransferRun
 
 
-def accelerate_launch(args, processes=1, timeout=900):
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))}
+def accelerate_launch(args, processes=1, timeout=900, **env_changes):
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes)), **env_changes}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                *(["--multi_gpu"] if processes > 1 else []),  # torchrun; on a CPU, DDP over gloo

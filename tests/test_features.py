@@ -1,0 +1,51 @@
+"""The feature cache where training runs: one precision for every split, batches indexed whole from the matrix."""
+
+import copy
+
+import torch
+from conftest import save_tiny_checkpoint
+
+from hftransfer import features
+from hftransfer.args import parse_args
+from hftransfer.tasks import ImageTask
+from hftransfer.training import TransferRun
+
+
+def extract_again(run: TransferRun, split: str, model, autocast: bool) -> torch.Tensor:
+    dataset = run.train_raw if split == "train" else run.eval_raw
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=run.collator)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with context:
+        return features.extract(model, loader, run._cache_layout(), split)[0]
+
+
+def test_bf16_on_the_cpu_extracts_every_split_in_bf16(image_folders, tmp_path):
+    """Validation features extracted after the head stage (when Accelerate has wrapped the model's forward in its
+    autocast) are computed as the training features were, before it: both in the run's bf16."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
+                      "--validation_dir", str(image_folders[1]), "--output_dir", str(tmp_path / "out"),
+                      "--strategy", "feature_extraction", "--head_epochs", "2", "--bf16", "true", "--use_cpu", "true",
+                      "--disable_tqdm", "true"])
+    transfer = TransferRun(run, ImageTask(run.data))
+    results = transfer.execute()
+    assert results["eval_samples"] == 12 and transfer.history[0]["metrics"]["cached_features"]
+    plain = copy.deepcopy(transfer.model)
+    vars(plain).pop("forward", None)  # without the autocast wrapper Accelerate left on the forward
+    for split in ("train", "validation"):
+        cached = transfer._cache[split].features.float()
+        in_bf16, in_fp32 = (extract_again(transfer, split, plain, autocast) for autocast in (True, False))
+        assert torch.allclose(cached, in_bf16, atol=1e-6), split
+        assert not torch.allclose(cached, in_fp32, atol=1e-4), split  # bf16 rounding is visible
+
+
+def test_feature_batches_are_one_indexing_of_the_matrix():
+    matrix, labels = torch.randn(10, 4), torch.arange(10)
+    dataset = features.FeatureDataset(matrix, labels, "pixel_values")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, collate_fn=features.collate_batch,
+                                         generator=torch.Generator().manual_seed(0))
+    seen = []
+    for batch in loader:
+        assert torch.equal(batch["pixel_values"], matrix[batch["labels"]])  # rows and labels stay paired
+        seen += batch["labels"].tolist()
+    assert sorted(seen) == list(range(10))
