@@ -77,6 +77,11 @@ def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def fsdp_enabled(args) -> bool:
+    """FSDP from the recipe's flags or from `accelerate launch` (its config file's distributed_type)."""
+    return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

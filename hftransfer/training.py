@@ -23,7 +23,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import features as feature_cache
-from . import anatomy, card, freezing, hub, lora, pooling, report, resume
+from . import anatomy, card, freezing, hardware, hub, lora, pooling, report, resume
 from .data import is_multi_label, label_names, prepare_splits
 from .freezing import FreezePlan
 from .metrics import classification_metrics, load_metrics, multi_label_metrics
@@ -264,6 +264,8 @@ class TransferRun:
         self.run, self.task = run, task
         self.args = run.training
         self.history: list[dict] = []
+        self.final_trainer: TransferTrainer | None = None  # the last stage's: it evaluates and saves
+        self.eval_output = None
 
     # data and model --------------------------------------------------------
     def setup(self):
@@ -285,7 +287,9 @@ class TransferRun:
             logger.info("%s is a decoder classifier: strategy lora, its adapters and score head trained in one "
                         "stage (its head reads the last real token, which cached features do not carry, so a "
                         "head-only stage would cost a pass of the whole model every epoch)", type(self.model).__name__)
-        self.model = self.task.prepare_model(self.model).to(self.args.device)  # the cache extracts where it trains
+        if not hardware.fsdp_enabled(self.args):  # FSDP2 refuses the non-contiguous channels-last weights
+            self.model = self.task.prepare_model(self.model)
+        self.model.to(self.args.device)  # the cache extracts where it trains
         self.processor = self.task.adapt_processor(self.processor, self.model, self.splits)
         self.collator = self.task.collator(self.processor) or default_data_collator
         self._group_by_length()
@@ -331,6 +335,10 @@ class TransferRun:
 
     # feature cache ---------------------------------------------------------
     def _cache_layout(self):
+        if "layout" not in self._cache and hardware.fsdp_enabled(self.args):
+            logger.warning("FSDP: no feature cache (the base it would stand in for is what FSDP wraps and shards); "
+                           "the head trains on the frozen base")
+            self._cache["layout"] = None
         if "layout" not in self._cache:
             rows = [self.eval_raw[i] for i in range(min(4, len(self.eval_raw)))]
             batch = {k: v.to(self.args.device) for k, v in self.collator(rows).items()}
@@ -475,7 +483,9 @@ class TransferRun:
         return len(names)
 
     # stages ----------------------------------------------------------------
-    def train_stage(self, stage: Stage) -> dict:
+    def train_stage(self, stage: Stage, last: bool = False) -> dict:
+        """Train one stage. The last one also evaluates, through its own trainer: the engine it prepared
+        (DeepSpeed's, FSDP's) serves the evaluation, which a new trainer would have to initialise again."""
         self._apply_plan(stage.plan)
         if self.args.should_log:
             logger.info("Stage '%s' (lr %.2g, %.3g epochs):\n%s", stage.name, stage.learning_rate, stage.epochs,
@@ -495,21 +505,29 @@ class TransferRun:
                   "preprocess_logits_for_metrics": self.predictions if evaluating else None}
         if cached:
             train, layout = self._features("train"), self._cache["layout"]
-            held_out = self._features("validation") if evaluating else None
+            held_out = self._features("validation") if evaluating or last else None  # extracted by the real base
             with feature_cache.swapped_base(self.model, feature_cache.CachedBase(layout)):
                 trainer = TransferTrainer(train_dataset=train, eval_dataset=held_out,
                                           **{**common, **self._on_cache(common["args"])})
                 result = trainer.train(resume_from_checkpoint=self._resume_checkpoint(stage))
+                if last:
+                    self._evaluate_with(trainer, held_out)
         else:
             train = self.splits["train"].with_transform(self.transform(train=stage.augment))
             trainer = TransferTrainer(train_dataset=train, eval_dataset=self.eval_raw if evaluating else None,
                                       data_collator=self.collator, lengths=self.lengths, **common)
             result = trainer.train(resume_from_checkpoint=self._resume_checkpoint(stage))
+            if last:  # LoRA: before the merge, which changes the weights by float rounding only
+                self._evaluate_with(trainer, self.eval_raw)
         metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
                    "trainable_parameters": freezing.trainable_count(self.model)[0]}
-        if adapted:  # a plain model again, so evaluation, saving and the demo need no PEFT
+        if adapted:  # a plain model again, so saving and the demo need no PEFT
             adapter_dir = Path(self.args.output_dir) / lora.ADAPTER_FOLDER if self.args.should_save else None
-            self.model = lora.merge(self.model, adapter_dir)
+            self.model = trainer.model = lora.merge(self.model, adapter_dir)  # the trainer saves the merged model
+        if last:
+            self.final_trainer = trainer
+        else:
+            self._release(trainer)
         self.history.append({"stage": stage.name, "learning_rate": stage.learning_rate, "epochs": stage.epochs,
                              "calibrated_batchnorm": stage.calibrated_batchnorm, "plan": asdict(stage.plan),
                              "metrics": metrics,
@@ -517,27 +535,40 @@ class TransferRun:
         self._mark_finished(stage)
         return metrics
 
+    def _evaluate_with(self, trainer: TransferTrainer, dataset) -> None:
+        trainer.compute_metrics, trainer.preprocess_logits_for_metrics = self.compute_metrics, self.predictions
+        self.eval_output = trainer.predict(dataset, metric_key_prefix="eval")
+
+    @staticmethod
+    def _release(trainer: TransferTrainer) -> None:
+        """A finished stage lets go of its engine: Accelerate destroys a DeepSpeed engine (whose gradient hooks would
+        stay live on the parameters the next stage trains) and drops the prepared model, optimizer and loaders."""
+        trainer.accelerator.free_memory()
+        trainer.model_wrapped = trainer.model
+
     def evaluate(self) -> tuple[TransferTrainer, dict]:
-        """The final evaluation, through the cache when the last stage trained on it (same logits, one pass). Only
-        then: after LoRA the base is frozen again, but its merged weights are no longer those the cache holds."""
+        """The last stage's evaluation (`train_stage`); where that stage was restored from an earlier run, a new
+        evaluation, through the cache when the stage trained on it."""
+        if self.eval_output is None:
+            self._evaluate_restored()
+        output, trainer = self.eval_output, self.final_trainer
+        self.eval_predictions, self.eval_references = output.predictions, output.label_ids  # for the report
+        metrics = dict(output.metrics)
+        metrics.pop("epoch", None)  # the evaluation trained nothing; train_results.json has the epochs
+        metrics["eval_samples"] = len(self.splits["validation"])
+        return trainer, metrics
+
+    def _evaluate_restored(self) -> None:
+        args = self._final_args(eval_strategy="no")
         if self.history[-1]["metrics"]["cached_features"]:
             features = self._features("validation")  # extracted by the real base, before the swap
             with feature_cache.swapped_base(self.model, feature_cache.CachedBase(self._cache_layout())):
-                trainer = TransferTrainer(model=self.model, compute_metrics=self.compute_metrics,
-                                          preprocess_logits_for_metrics=self.predictions,
-                                          **self._on_cache(self._final_args(eval_strategy="no")))
-                output = trainer.predict(features, metric_key_prefix="eval")
+                self.final_trainer = TransferTrainer(model=self.model, **self._on_cache(args))
+                self._evaluate_with(self.final_trainer, features)
         else:
-            trainer = TransferTrainer(model=self.model, args=self._final_args(eval_strategy="no"),
-                                      compute_metrics=self.compute_metrics,
-                                      preprocess_logits_for_metrics=self.predictions,
-                                      data_collator=self.collator, lengths=self.lengths)
-            output = trainer.predict(self.eval_raw, metric_key_prefix="eval")
-        self.eval_predictions, self.eval_references = output.predictions, output.label_ids  # for the report
-        metrics = dict(output.metrics)
-        metrics.pop("epoch", None)  # the evaluation trainer trained nothing; train_results.json has the epochs
-        metrics["eval_samples"] = len(self.splits["validation"])
-        return trainer, metrics
+            self.final_trainer = TransferTrainer(model=self.model, args=args, data_collator=self.collator,
+                                                 lengths=self.lengths)
+            self._evaluate_with(self.final_trainer, self.eval_raw)
 
     # the whole run ---------------------------------------------------------
     def execute(self) -> dict:
@@ -553,7 +584,7 @@ class TransferRun:
             if not self._restore_finished(stage):
                 if following is not None and stage.plan.strategy == "feature_extraction":
                     stage.calibrated_batchnorm = self._calibrate_batchnorm_for(following)
-                self.train_stage(stage)
+                self.train_stage(stage, last=following is None)
         trainer, eval_metrics = self.evaluate()
         train_metrics = self._train_metrics(time.time() - start)
         self.save(trainer, train_metrics, eval_metrics, stages)

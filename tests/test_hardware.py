@@ -15,19 +15,20 @@ from hftransfer.args import parse_args
 PROBE = """
 import json, os, sys
 sys.path.insert(0, {root!r})
-import torch
 from hftransfer import hardware
-from hftransfer.args import parse_args
-run = parse_args(["--output_dir", "unused"])
-chosen = hardware.apply_defaults(run)
-print("PROBE" + json.dumps({{"env": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads(),
+if {whole}:  # the recipe's own call
+    from hftransfer.args import parse_args
+    chosen = hardware.apply_defaults(parse_args(["--output_dir", "unused"]))
+else:  # its thread decision alone: no transformers to import
+    chosen = {{"cpu_threads": hardware.launcher_threads(hardware.parent_launcher())}}
+print("PROBE" + json.dumps({{"env": os.environ.get("OMP_NUM_THREADS"), "torch": hardware.torch.get_num_threads(),
                             "chosen": chosen}}))
 """
 
 
-def launch_probe(tmp_path, *launch_flags, env_threads=None):
+def launch_probe(tmp_path, *launch_flags, env_threads=None, whole=False):
     script = tmp_path / "probe.py"
-    script.write_text(PROBE.format(root=str(ROOT)))
+    script.write_text(PROBE.format(root=str(ROOT), whole=whole))
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if env_threads:
         env["OMP_NUM_THREADS"] = env_threads
@@ -42,12 +43,13 @@ def launch_probe(tmp_path, *launch_flags, env_threads=None):
 @pytest.mark.skipif(hardware.usable_cores() < 2, reason="one core: nothing to gain")
 def test_plain_accelerate_launch_trains_on_every_core(tmp_path):
     cores = hardware.usable_cores()
-    probe = launch_probe(tmp_path)
+    probe = launch_probe(tmp_path, whole=True)
     assert probe["torch"] == cores and probe["env"] == str(cores)
     assert "accelerate launch's default was 1" in probe["chosen"]["cpu_threads"]
     # the user's own choice stays: the launcher's flag, or OMP_NUM_THREADS in the launching shell
-    assert launch_probe(tmp_path, "--num_cpu_threads_per_process", "1")["torch"] == 1
-    assert launch_probe(tmp_path, env_threads="1")["torch"] == 1
+    for flags, env_threads in ((["--num_cpu_threads_per_process", "1"], None), ([], "1")):
+        probe = launch_probe(tmp_path, *flags, env_threads=env_threads)
+        assert probe["chosen"]["cpu_threads"] is None and probe["torch"] == 1
 
 
 def test_no_launcher_no_thread_change():
@@ -71,7 +73,8 @@ def test_gpu_defaults_follow_the_compute_capability(capability, precision, tf32)
 
 
 def test_gpu_defaults_leave_what_the_user_set(tmp_path):
-    run = parse_args(["--output_dir", "unused", "--fp16", "true", "--tf32", "false", "--dataloader_num_workers", "1"])
+    run = parse_args(["--output_dir", "unused", "--fp16", "true", "--tf32", "false", "--dataloader_num_workers", "1",
+                      "--logging_nan_inf_filter", "true"])
     assert hardware.gpu_defaults(run, (9, 0), launcher()) == {}
     plain = parse_args(["--output_dir", "unused"])
     # the Makefile's `accelerate launch --mixed_precision no`, or a config file that names a precision

@@ -1,0 +1,55 @@
+"""Stages and their engines: the last stage's trainer evaluates and saves (no second engine set-up, which DeepSpeed
+ZeRO-2 refuses for inference), and every earlier stage lets go of its engine before the next one starts."""
+
+import pytest
+from conftest import save_tiny_checkpoint
+
+from hftransfer.args import parse_args
+from hftransfer.tasks import ImageTask
+from hftransfer.training import TransferRun, TransferTrainer
+
+
+@pytest.mark.parametrize("strategy", ["staged", "lora"])
+def test_the_last_stage_evaluates_and_earlier_engines_are_released(strategy, monkeypatch, image_folders, tmp_path):
+    created = []
+    init = TransferTrainer.__init__
+
+    def counted_init(self, *args, **kwargs):
+        created.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransferTrainer, "__init__", counted_init)
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
+                      "--validation_dir", str(image_folders[1]), "--output_dir", str(tmp_path / "out"),
+                      "--strategy", strategy, "--head_epochs", "2", "--num_train_epochs", "1",
+                      "--disable_tqdm", "true"])
+    transfer = TransferRun(run, ImageTask(run.data))
+    results = transfer.execute()
+    assert [h["stage"] for h in transfer.history] == ["head", strategy]
+    assert len(created) == 2  # one trainer a stage, none for the evaluation
+    head, last = created
+    # Accelerate's free_memory (which destroys a DeepSpeed engine) ran on the head stage's accelerator: nothing of
+    # that stage stays prepared; the last stage's engine stays, for the evaluation and the save
+    assert head.accelerator._models == [] and head.accelerator._optimizers == [] and head.model_wrapped is head.model
+    assert last.accelerator._models and transfer.final_trainer is last and results["eval_samples"] == 12
+    assert not hasattr(last.model, "peft_config")  # it saved the merged model
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_under_fsdp_the_head_trains_on_the_frozen_base_without_channels_last(monkeypatch, image_folders, tmp_path):
+    """FSDP wraps and shards the base that the cache would replace, and refuses channels-last weights."""
+    import torch
+
+    from hftransfer import hardware
+
+    monkeypatch.setattr(hardware, "fsdp_enabled", lambda args: True)
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "resnet")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
+                      "--validation_dir", str(image_folders[1]), "--output_dir", str(tmp_path / "out"),
+                      "--strategy", "feature_extraction", "--head_epochs", "1", "--disable_tqdm", "true"])
+    transfer = TransferRun(run, ImageTask(run.data))
+    transfer.execute()
+    assert transfer.history[0]["metrics"]["cached_features"] is False
+    convolutions = [m.weight for m in transfer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(w.is_contiguous() for w in convolutions)
