@@ -222,7 +222,9 @@ class Precision:
 
     @classmethod
     def of(cls, args) -> Precision:
-        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+        """From the precision the trainer will use: its flags, else `accelerate launch`'s (`mixed_precision`)."""
+        chosen = getattr(args, "mixed_precision", None) or ("bf16" if args.bf16 else "fp16" if args.fp16 else "no")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(chosen)
         return cls(args.device, dtype, bool(args.tf32))
 
     def autocast(self):

@@ -124,10 +124,12 @@ def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_c
     """
     path = zoo.resolve(model_name_or_path)
     _require_safetensors(path, model_name_or_path)
+    # float32 whatever the file holds: a model saved by a bf16 engine (DeepSpeed keeps bf16 weights) would otherwise
+    # load in bf16 and refuse the float32 inputs every processor makes
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(path, **common)
     auto_class = auto_class_for(config)
     if getattr(config, heads.CONFIG_KEY, None):
         return heads.with_mlp_head(auto_class._model_mapping[type(config)]).from_pretrained(
-            path, config=config, use_safetensors=True, **common).eval()
-    return auto_class.from_pretrained(path, use_safetensors=True, **common).eval()
+            path, config=config, use_safetensors=True, dtype=torch.float32, **common).eval()
+    return auto_class.from_pretrained(path, use_safetensors=True, dtype=torch.float32, **common).eval()

@@ -79,6 +79,24 @@ def test_only_the_main_process_writes_and_pushes(local_hub, checkpoint, image_fo
     assert not (out / ".saving").exists() and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("name, processes", [("single_gpu", 1), ("fsdp", 1), ("deepspeed_zero2", 1)])
+def test_shipped_accelerate_configs_run_here(name, processes, checkpoint, image_folders, tmp_path):
+    """Each shipped config that can run on this CPU machine trains both stages and saves a float32 model (their bf16
+    is CPU autocast here); DeepSpeed where it is installed. FSDP: Accelerate's one-process path, no cache.
+    (`multi_gpu.yaml` runs in test_recipe.py's two-process test.)"""
+    if name.startswith("deepspeed"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (it needs a GPU machine's toolchain)")
+    out = tmp_path / name
+    done = accelerate_launch([*flags(checkpoint, image_folders, out, "staged", 8 // processes),
+                              "--head_epochs", "2", "--num_train_epochs", "1"], processes=processes, config=name)
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    assert [s["stage"] for s in record["stages"]] == ["head", "staged"] and record["world_size"] == processes
+    assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 12
+    assert ("FSDP: no feature cache" in done.stdout + done.stderr) == (name == "fsdp")
+    weights = load_file(out / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
 @pytest.mark.parametrize("name", ["single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2"])
 def test_shipped_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file

@@ -54,3 +54,18 @@ def test_default_learning_rate_follows_the_architecture():
     assert default_learning_rate(tiny_image_model("resnet")) == 1e-3
     assert default_learning_rate(tiny_image_model("vit")) == 1e-4
     assert default_learning_rate(tiny_text_model("bert")) == 1e-4
+
+
+def test_a_model_saved_in_bf16_loads_in_float32_and_takes_processor_inputs(tmp_path):
+    """A bf16 engine (DeepSpeed) saves bf16 weights; the demo and predictions feed float32 pixels."""
+    import torch
+    from conftest import tiny_image_model
+
+    from hftransfer.modeling import load_trained
+
+    model = tiny_image_model("resnet").to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    loaded = load_trained(str(tmp_path))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    with torch.no_grad():
+        assert loaded(pixel_values=torch.randn(2, 3, 32, 32)).logits.shape == (2, 3)

@@ -16,11 +16,15 @@ from hftransfer.tasks import ImageTask
 from hftransfer.training import TransferRun
 
 
-def accelerate_launch(args, processes=1, timeout=900, **env_changes):
+def accelerate_launch(args, processes=1, timeout=900, config=None, **env_changes):
+    """`accelerate launch` of the image recipe: with explicit flags, or with one of the shipped `config` files."""
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes)), **env_changes}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               *(["--multi_gpu"] if processes > 1 else []),  # torchrun; on a CPU, DDP over gloo
+    if config:
+        launch = ["--config_file", str(ROOT / "recipes" / "accelerate_configs" / f"{config}.yaml")]
+    else:
+        launch = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  *(["--multi_gpu"] if processes > 1 else [])]  # torchrun; on a CPU, DDP over gloo
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), *launch,
                str(ROOT / "recipes" / "image.py"), *args, "--disable_tqdm", "true"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -59,11 +63,13 @@ def test_embedded_default_trains_through_accelerate_and_reloads(tmp_path):
 
 
 def test_two_processes_train_with_gloo(tmp_path, image_folders):
+    """The shipped `multi_gpu.yaml` (DDP, bf16: CPU autocast here) over 2 gloo processes, a BatchNorm model."""
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
     out = tmp_path / "out"
     accelerate_launch(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
                        "--validation_dir", str(image_folders[1]), "--output_dir", str(out),
-                       "--num_train_epochs", "2", "--per_device_train_batch_size", "4"], processes=2)
+                       "--num_train_epochs", "2", "--per_device_train_batch_size", "4"], processes=2,
+                      config="multi_gpu")
     record = json.loads((out / "hftransfer_run.json").read_text())
     assert record["world_size"] == 2
     assert [s["stage"] for s in record["stages"]] == ["head", "staged"]
