@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, default_data_collator, set_seed
 from accelerate.utils import broadcast_object_list, gather_object
+from transformers import Trainer, default_data_collator, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import features as feature_cache
@@ -406,7 +406,6 @@ class TransferRun:
                                              collate_fn=self.collator, num_workers=workers,
                                              pin_memory=self.args.dataloader_pin_memory and precision.device.type
                                              == "cuda", persistent_workers=False)
-        self.model.to(precision.device)
         with precision.autocast():
             features, labels = feature_cache.extract(self.model, loader, layout, f"Features ({split})")
         return feature_cache.gather_shares(features, labels, self.args.world_size)

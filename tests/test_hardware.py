@@ -26,12 +26,10 @@ print("PROBE" + json.dumps({{"env": os.environ.get("OMP_NUM_THREADS"), "torch": 
 """
 
 
-def launch_probe(tmp_path, *launch_flags, env_threads=None, whole=False):
+def launch_probe(tmp_path, *launch_flags, whole=False):
     script = tmp_path / "probe.py"
     script.write_text(PROBE.format(root=str(ROOT), whole=whole))
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    if env_threads:
-        env["OMP_NUM_THREADS"] = env_threads
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", *launch_flags, str(script)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
@@ -47,9 +45,16 @@ def test_plain_accelerate_launch_trains_on_every_core(tmp_path):
     assert probe["torch"] == cores and probe["env"] == str(cores)
     assert "accelerate launch's default was 1" in probe["chosen"]["cpu_threads"]
     # the user's own choice stays: the launcher's flag, or OMP_NUM_THREADS in the launching shell
-    for flags, env_threads in ((["--num_cpu_threads_per_process", "1"], None), ([], "1")):
-        probe = launch_probe(tmp_path, *flags, env_threads=env_threads)
-        assert probe["chosen"]["cpu_threads"] is None and probe["torch"] == 1
+    probe = launch_probe(tmp_path, "--num_cpu_threads_per_process", "1")
+    assert probe["chosen"]["cpu_threads"] is None and probe["torch"] == 1
+
+
+def test_threads_the_user_chose_stay(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert hardware.launcher_threads(launcher("--num_cpu_threads_per_process", "1")) is None
+    assert hardware.launcher_threads(launcher(environ={"OMP_NUM_THREADS": "1"})) is None
+    expected = hardware.usable_cores() if hardware.usable_cores() > 1 else None
+    assert hardware.launcher_threads(launcher()) == expected  # accelerate's default 1
 
 
 def test_no_launcher_no_thread_change():

@@ -2,11 +2,10 @@
 what a run writes or prints, and a demo that serves no file it does not show."""
 
 import json
-import subprocess
-import sys
+import logging
 
 import pytest
-from conftest import ROOT, save_tiny_checkpoint
+from conftest import save_tiny_checkpoint
 
 from hftransfer.args import ModelArguments
 from hftransfer.modeling import ModelError, load_model, load_trained
@@ -70,17 +69,20 @@ def test_zoo_loads_the_state_dict_without_running_pickled_code(tmp_path, monkeyp
     assert not marker.exists()
 
 
-def test_token_never_reaches_files_logs_or_card(tmp_path, image_folders):
+def test_token_never_reaches_files_logs_or_card(tmp_path, image_folders, capfd, caplog):
+    """The recipe in this process: everything written to its standard streams (capfd) and every log record."""
+    from hftransfer.recipe import main
+
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
     token = "hf_" + "Secret" * 6
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "image.py"), "--model_name_or_path",
-                           str(checkpoint), "--train_dir", str(image_folders[0]), "--output_dir", str(out),
-                           "--head_epochs", "1", "--num_train_epochs", "1", "--hub_token", token,
-                           "--save_strategy", "epoch", "--logging_steps", "1"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert token not in done.stdout + done.stderr
+    with caplog.at_level(logging.DEBUG):
+        main("image", ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--output_dir",
+                       str(out), "--head_epochs", "1", "--num_train_epochs", "1", "--hub_token", token,
+                       "--save_strategy", "epoch", "--logging_steps", "1"])
+    written = capfd.readouterr()
+    assert "eval_accuracy" in written.out and "Stage 'head'" in caplog.text  # both were captured
+    assert token not in written.out + written.err + caplog.text
     files = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.name == "training_args.bin" for p in files) and any(p.name == "README.md" for p in files)
     assert any("checkpoint-" in str(p) for p in files)  # checkpoints (with their training_args.bin) checked too
