@@ -108,5 +108,6 @@ def test_shipped_accelerate_configs_load(name):
     assert str(config.distributed_type).endswith(expected) and config.mixed_precision == "bf16"
     if name == "fsdp":
         assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] is False  # the new head is never left on meta
     if name == "deepspeed_zero2":
         assert config.deepspeed_config["zero_stage"] == 2
