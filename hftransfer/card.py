@@ -14,8 +14,10 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import zoo
-from .compare import COLUMNS, COMPARISON_FILE
-from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, REPORT_MD, markdown_table, stage_rows
+from .compare import COLUMNS
+from .outputs import (ALL_RESULTS, COMPARISON_FILE, CONFUSION_PNG, CURVES_PNG, PLAN_FILE, REPORT_DIR, REPORT_MD,
+                      RUN_RECORD)
+from .report import markdown_table, stage_rows
 from .tasks import task_name_for
 
 PIPELINE_TAGS = {"image": "image-classification", "text": "text-classification"}
@@ -59,7 +61,7 @@ def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str
         model_name=model_name, base_model=_hub_id(settings.get("model_name_or_path")),
         datasets=[dataset] if dataset else None, metrics=sorted({e.metric_type for e in evals}),
         pipeline_tag=PIPELINE_TAGS[task], library_name="transformers",
-        tags=["hftransfer", "transfer-learning", PIPELINE_TAGS[task], run["stages"][-1]["stage"]],
+        tags=["hftransfer", "transfer-learning", PIPELINE_TAGS[task], run["settings"]["strategy"]],
         eval_results=evals or None)
 
 
@@ -124,9 +126,9 @@ def _limits(run: dict, results: dict) -> str:
 def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     folder = Path(folder)
     config = read_json(folder / "config.json")
-    run = read_json(folder / "hftransfer_run.json")
-    results = read_json(folder / "all_results.json") or {}
-    plan = read_json(folder / "freeze_plan.json")
+    run = read_json(folder / RUN_RECORD)
+    results = read_json(folder / ALL_RESULTS) or {}
+    plan = read_json(folder / PLAN_FILE)
     comparison = read_json(folder / COMPARISON_FILE)
     if config is None or run is None:
         raise FileNotFoundError(f"{folder}: no config.json or hftransfer_run.json (not an hftransfer output folder)")
@@ -137,7 +139,7 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]
     body = [f"# {model_name}\n",
             f"{'An image' if task == 'image' else 'A text'} classifier fine-tuned from `{base}` with "
-            f"hftransfer (strategy `{run['stages'][-1]['stage']}`).\n",
+            f"hftransfer (strategy `{run['settings']['strategy']}`).\n",
             "## Results\n\nOn the validation split:\n\n" + markdown_table(headline)]
     if (folder / REPORT_DIR / CONFUSION_PNG).is_file():
         body.append(f"![Confusion matrix]({REPORT_DIR}/{CONFUSION_PNG})\n")

@@ -92,6 +92,8 @@ def test_cache_trained_head_equals_the_saved_full_model(tmp_path, image_folders,
     validation = transfer.splits["validation"]
     reloaded = predict(tmp_path / "a", validation["image"])
     assert metrics["eval_accuracy"] == pytest.approx(float(np.mean(reloaded == np.array(validation["label"]))))
+    card = (tmp_path / "a" / "README.md").read_text()  # the run's strategy, not its one stage's name ("head")
+    assert "- feature_extraction\n" in card and "(strategy `feature_extraction`)" in card
     import logging
 
     with caplog.at_level(logging.INFO, logger="hftransfer"):
