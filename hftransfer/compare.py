@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from .report import REPORT_DIR, REPORT_MD, markdown_table
+from .outputs import ALL_RESULTS, COMPARISON_FILE, REPORT_DIR, REPORT_MD
+from .report import markdown_table
 
 STRATEGIES = ("feature_extraction", "staged", "lora")
-COMPARISON_FILE = "comparison.json"
 COLUMNS = {"strategy": "strategy", "eval_accuracy": "accuracy", "eval_f1_macro": "macro-F1",
            "train_runtime": "train time (s)", "total_runtime": "total time (s)",
            "trainable_parameters": "trainable parameters", "peak_memory_mb": "peak memory (MB)"}
@@ -44,7 +44,7 @@ def run_strategy(task: str, strategy: str, flags: list[str], output_dir: Path) -
     done = subprocess.run(command)
     if done.returncode:
         raise SystemExit(f"[compare] the {strategy} run failed (exit {done.returncode}); see its output above")
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / ALL_RESULTS).read_text())
     row = {key: results.get(key) for key in COLUMNS if key != "strategy"}
     return {"strategy": strategy, **row, "wall_s": round(time.time() - start, 1), "output_dir": str(out)}
 

@@ -19,11 +19,12 @@ import torch
 
 from . import hardware, zoo
 from .card import HEADLINE, read_json
-from .compare import COLUMNS, COMPARISON_FILE
+from .compare import COLUMNS
 from .modeling import load_trained
-from .report import CONFUSION_PNG, CURVES_PNG, REPORT_DIR, markdown_table, stage_rows
+from .outputs import (ALL_RESULTS, COMPARISON_FILE, CONFUSION_PNG, CURVES_PNG, EXAMPLES_FOLDER, PLAN_FILE,
+                      REPORT_DIR, RUN_RECORD)
+from .report import markdown_table, stage_rows
 from .tasks import TASKS, task_name_for
-from .training import EXAMPLES_FOLDER
 
 MAX_BATCH = 16
 TOP_K = 5
@@ -71,9 +72,9 @@ class Predictor:
 
 def results_markdown(folder: Path) -> str:
     """Metrics, stages, freeze plan and comparison of an output folder, as Markdown."""
-    results = read_json(folder / "all_results.json") or {}
-    run = read_json(folder / "hftransfer_run.json") or {}
-    plan = read_json(folder / "freeze_plan.json")
+    results = read_json(folder / ALL_RESULTS) or {}
+    run = read_json(folder / RUN_RECORD) or {}
+    plan = read_json(folder / PLAN_FILE)
     comparison = read_json(folder / COMPARISON_FILE)
     parts = []
     headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]

@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .anatomy import POOLING_GROUP, ParamGroup, base_prefix, block_list_name, describe, param_groups  # noqa: F401
+from .outputs import PLAN_FILE
 
-PLAN_FILE = "freeze_plan.json"
 BN_MOMENTUM = 0.1
 
 

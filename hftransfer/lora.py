@@ -22,7 +22,6 @@ from .freezing import PatternError, match
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_FOLDER = "lora_adapter"
 
 
 def default_targets(model: nn.Module) -> list[str]:

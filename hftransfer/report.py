@@ -11,11 +11,8 @@ import math
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-REPORT_DIR = "report"
-CONFUSION_PNG = "confusion_matrix.png"
-CURVES_PNG = "training_curves.png"
-PER_CLASS_MD = "per_class.md"
-REPORT_MD = "report.md"
+from .outputs import CONFUSION_PNG, CURVES_PNG, PER_CLASS_MD, REPORT_DIR, REPORT_MD
+
 MAX_LABELLED_CLASSES = 30  # past this, class names and counts on the confusion matrix are unreadable
 # quality curves, where logged: train_accuracy comes from the training batches themselves (free), eval_* from
 # evaluations during training (--eval_strategy epoch)

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_model
 
+from .outputs import STAGING
+
 logger = logging.getLogger(__name__)
 
-STAGING = ".saving"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 

@@ -23,9 +23,10 @@ from transformers import Trainer, default_data_collator, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import features as feature_cache
-from . import anatomy, card, freezing, hardware, hub, lora, pooling, report, resume
+from . import anatomy, card, freezing, hardware, hub, lora, outputs, pooling, report, resume
 from .data import is_multi_label, label_names, prepare_splits
 from .freezing import FreezePlan
+from .outputs import ADAPTER_FOLDER, EXAMPLES_FOLDER, REPORT_DIR, REPORT_MD, RUN_RECORD, STAGING
 from .metrics import classification_metrics, load_metrics, multi_label_metrics
 from .anatomy import architecture
 from .modeling import load_model
@@ -252,9 +253,6 @@ def peak_memory_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
-
-
-EXAMPLES_FOLDER = "examples"
 
 
 class TransferRun:
@@ -521,7 +519,7 @@ class TransferRun:
         metrics = {**result.metrics, "stage": stage.name, "cached_features": cached,
                    "trainable_parameters": freezing.trainable_count(self.model)[0]}
         if adapted:  # a plain model again, so saving and the demo need no PEFT
-            adapter_dir = Path(self.args.output_dir) / lora.ADAPTER_FOLDER if self.args.should_save else None
+            adapter_dir = Path(self.args.output_dir) / ADAPTER_FOLDER if self.args.should_save else None
             self.model = trainer.model = lora.merge(self.model, adapter_dir)  # the trainer saves the merged model
         if last:
             self.final_trainer = trainer
@@ -601,7 +599,7 @@ class TransferRun:
         """Model, processor, metrics in the `save_metrics` convention, freeze plan, the run's record, report, demo
         examples and model card: written to a staging folder, then moved into `output_dir` file by file."""
         out = Path(self.args.output_dir)
-        staging = out / resume.STAGING
+        staging = out / STAGING
         with self.args.main_process_first(desc="staging folder"):
             if self.args.should_save:
                 staging = resume.staging_dir(out)
@@ -611,18 +609,18 @@ class TransferRun:
         self.processor.save_pretrained(staging)
         all_results = {**train_metrics, **eval_metrics}
         for name, metrics in (("train", train_metrics), ("eval", eval_metrics), ("all", all_results)):
-            (staging / f"{name}_results.json").write_text(json.dumps(metrics, indent=4, sort_keys=True) + "\n")
+            (staging / outputs.results_file(name)).write_text(json.dumps(metrics, indent=4, sort_keys=True) + "\n")
         stages[-1].plan.save(staging)
         record = {"settings": self.run.to_dict(), "stages": self.history, "data": self.data_report.to_dict(),
                   "head_replaced": self.head_replaced, "labels": self.labels, "multi_label": self.multi_label,
                   "world_size": self.args.world_size}
-        (staging / "hftransfer_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (staging / RUN_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
         self._write_report(staging, eval_metrics, stages[-1].plan)
         self._save_examples(staging / EXAMPLES_FOLDER)
         card.write_card(staging, self.run.training.hub_model_id or out.resolve().name)
         resume.publish(staging, out)
         logger.info(self.data_report.summary())
-        logger.info("Report: %s; model card: %s", out / report.REPORT_DIR / report.REPORT_MD, out / "README.md")
+        logger.info("Report: %s; model card: %s", out / REPORT_DIR / REPORT_MD, out / "README.md")
 
     def _write_report(self, out: Path, eval_metrics: dict, plan: FreezePlan) -> None:
         single = not self.multi_label

@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import ROOT, save_tiny_checkpoint
 
-from hftransfer import resume
+from hftransfer import outputs, resume
 
 
 def command(checkpoint, folders, out, *extra):
@@ -80,7 +80,7 @@ def test_plain_rerun_after_kill_in_stage_two_resumes_and_loses_no_step(setup, tm
     assert losses(record)[1][-1] == pytest.approx(losses(reference)[1][-1], rel=0.01)
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_accuracy"] == pytest.approx(reference_results["eval_accuracy"], abs=0.1)
-    assert not (out / resume.STAGING).exists()
+    assert not (out / outputs.STAGING).exists()
 
 
 def test_resume_from_a_named_checkpoint_of_the_cached_head_stage(setup, tmp_path, caplog):

@@ -9,7 +9,7 @@ from conftest import (IMAGE_FAMILIES, save_tiny_checkpoint, save_tiny_text_check
 from torch import nn
 from transformers import AutoModelForImageClassification
 
-from hftransfer import heads, lora
+from hftransfer import heads, lora, outputs
 from hftransfer.args import parse_args
 from hftransfer.freezing import PatternError
 from hftransfer.modeling import load_trained
@@ -115,7 +115,7 @@ def test_lora_run_saves_a_merged_model_equal_to_base_plus_adapter(tmp_path):
     tokenizer = transfer.processor
     batch = tokenizer(["a wonderful film", "a dull mess of a movie"], return_tensors="pt", padding=True)
     base = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2).eval()
-    adapted = PeftModel.from_pretrained(base, out / lora.ADAPTER_FOLDER).eval()
+    adapted = PeftModel.from_pretrained(base, out / outputs.ADAPTER_FOLDER).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, adapted(**batch).logits, atol=1e-4, rtol=1e-4)
         before = AutoModelForSequenceClassification.from_pretrained(checkpoint).bert.encoder.layer[0]
