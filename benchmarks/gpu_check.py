@@ -19,6 +19,7 @@ Writes the table to stdout and, as JSON, to --out (default $OUT/gpu_check.json, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -91,14 +92,13 @@ def save_vit(folder: Path, tiny: bool) -> Path:
 
 def save_bert(folder: Path, tiny: bool, vocabulary: list[str]) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {w: i for i, w in enumerate(specials + vocabulary)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    from tokenizers.processors import TemplateProcessing
-
     backend.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
                                         cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
@@ -191,7 +191,7 @@ def smoke_rows(work: Path, tiny_vit: Path, data: list[str]) -> list[dict]:
     rows = []
     configs = {"fsdp": "fsdp.yaml", "deepspeed zero2": "deepspeed_zero2.yaml"}
     for name, config in configs.items():
-        if name.startswith("deepspeed") and not _imports("deepspeed"):
+        if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
             rows.append({"row": f"{name} smoke", "error": "deepspeed is not installed"})
             continue
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -202,14 +202,6 @@ def smoke_rows(work: Path, tiny_vit: Path, data: list[str]) -> list[dict]:
                                   str(tiny_vit), *data, "--strategy", strategy, "--head_epochs", "2",
                                   "--num_train_epochs", "1", launcher=launcher)})
     return rows
-
-
-def _imports(name: str) -> bool:
-    try:
-        __import__(name)
-    except Exception:  # noqa: BLE001
-        return False
-    return True
 
 
 def table(rows: list[dict]) -> str:

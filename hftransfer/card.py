@@ -15,8 +15,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import zoo
 from .compare import COLUMNS
-from .outputs import (ALL_RESULTS, COMPARISON_FILE, CONFUSION_PNG, CURVES_PNG, PLAN_FILE, REPORT_DIR, REPORT_MD,
-                      RUN_RECORD)
+from .outputs import (ALL_RESULTS, CARD, COMPARISON_FILE, CONFUSION_PNG, CURVES_PNG, PLAN_FILE, REPORT_DIR,
+                      REPORT_MD, RUN_RECORD)
 from .report import markdown_table, stage_rows
 from .tasks import task_name_for
 
@@ -152,6 +152,6 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     body += ["## How to use\n\n" + _usage(task, model_name, bool(config.get("hftransfer_head"))),
              _training_section(run, plan, config), _limits(run, results)]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
-    path = folder / "README.md"
+    path = folder / CARD
     card.save(path)
     return path

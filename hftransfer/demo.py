@@ -21,8 +21,8 @@ from . import hardware, zoo
 from .card import HEADLINE, read_json
 from .compare import COLUMNS
 from .modeling import load_trained
-from .outputs import (ALL_RESULTS, COMPARISON_FILE, CONFUSION_PNG, CURVES_PNG, EXAMPLES_FOLDER, PLAN_FILE,
-                      REPORT_DIR, RUN_RECORD)
+from .outputs import (ALL_RESULTS, CARD, COMPARISON_FILE, CONFUSION_PNG, CURVES_PNG, EXAMPLES_FOLDER,
+                      PLAN_FILE, REPORT_DIR, RUN_RECORD)
 from .report import markdown_table, stage_rows
 from .tasks import TASKS, task_name_for
 
@@ -94,7 +94,7 @@ def results_markdown(folder: Path) -> str:
 
 def card_markdown(folder: Path) -> str:
     """The model card's body: YAML header dropped, relative images dropped (the Results tab shows them)."""
-    path = folder / "README.md"
+    path = folder / CARD
     if not path.is_file():
         return "This model has no model card."
     text = re.sub(r"\A---\n.*?\n---\n", "", path.read_text(), flags=re.S)

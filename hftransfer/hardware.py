@@ -10,14 +10,11 @@ that 1 was asked for.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-
-logger = logging.getLogger("hftransfer")
 
 AMPERE = (8, 0)  # native bf16 and TF32 from compute capability 8.0 (A100); T4 (7.5) and V100 (7.0) have neither
 MAX_WORKERS = 8
@@ -89,8 +86,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def local_processes() -> int:
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+def cores_per_process() -> int:
+    """The usable cores shared among this machine's processes of the run."""
+    return usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def launcher_threads(launcher: Launcher | None) -> int | None:
@@ -100,7 +98,7 @@ def launcher_threads(launcher: Launcher | None) -> int | None:
         return None
     if launcher.flag("--num_cpu_threads_per_process") or "OMP_NUM_THREADS" in launcher.environ:
         return None
-    threads = usable_cores() // local_processes()
+    threads = cores_per_process()
     return threads if threads > 1 else None
 
 
@@ -124,7 +122,7 @@ def gpu_defaults(run, capability: tuple[int, int], launcher: Launcher | None) ->
     if not run.given("logging_nan_inf_filter"):  # its check reads the loss back every step: a host sync
         changes["logging_nan_inf_filter"] = False  # (a NaN loss is then logged as NaN)
     if not run.given("dataloader_num_workers"):
-        changes["dataloader_num_workers"] = max(0, min(MAX_WORKERS, usable_cores() // local_processes() - 1))
+        changes["dataloader_num_workers"] = max(0, min(MAX_WORKERS, cores_per_process() - 1))
     return changes
 
 

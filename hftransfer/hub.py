@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from .outputs import CARD
+
 logger = logging.getLogger(__name__)
 
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
@@ -62,7 +64,7 @@ def problems(folder: str | Path, token: str | None = None) -> list[str]:
 def _card_problems(folder: Path) -> list[str]:
     from huggingface_hub import ModelCard
 
-    card_path = folder / "README.md"
+    card_path = folder / CARD
     if not card_path.is_file():
         return ["no model card (README.md): run `hftransfer card OUTPUT_DIR` to write one"]
     try:

@@ -26,7 +26,7 @@ from . import features as feature_cache
 from . import anatomy, card, freezing, hardware, hub, lora, outputs, pooling, report, resume
 from .data import is_multi_label, label_names, prepare_splits
 from .freezing import FreezePlan
-from .outputs import ADAPTER_FOLDER, EXAMPLES_FOLDER, REPORT_DIR, REPORT_MD, RUN_RECORD, STAGING
+from .outputs import ADAPTER_FOLDER, CARD, EXAMPLES_FOLDER, REPORT_DIR, REPORT_MD, RUN_RECORD, STAGING
 from .metrics import classification_metrics, load_metrics, multi_label_metrics
 from .anatomy import architecture
 from .modeling import load_model
@@ -620,7 +620,7 @@ class TransferRun:
         card.write_card(staging, self.run.training.hub_model_id or out.resolve().name)
         resume.publish(staging, out)
         logger.info(self.data_report.summary())
-        logger.info("Report: %s; model card: %s", out / REPORT_DIR / REPORT_MD, out / "README.md")
+        logger.info("Report: %s; model card: %s", out / REPORT_DIR / REPORT_MD, out / CARD)
 
     def _write_report(self, out: Path, eval_metrics: dict, plan: FreezePlan) -> None:
         single = not self.multi_label

@@ -1,9 +1,15 @@
 """Stages and their engines: the last stage's trainer evaluates and saves (no second engine set-up, which DeepSpeed
 ZeRO-2 refuses for inference), and every earlier stage lets go of its engine before the next one starts."""
 
-import pytest
-from conftest import save_tiny_checkpoint
+import json
+import subprocess
+import sys
 
+import pytest
+import torch
+from conftest import ROOT, save_tiny_checkpoint
+
+from hftransfer import hardware
 from hftransfer.args import parse_args
 from hftransfer.tasks import ImageTask
 from hftransfer.training import TransferRun, TransferTrainer
@@ -39,10 +45,6 @@ def test_the_last_stage_evaluates_and_earlier_engines_are_released(strategy, mon
 
 def test_under_fsdp_the_head_trains_on_the_frozen_base_without_channels_last(monkeypatch, image_folders, tmp_path):
     """FSDP wraps and shards the base that the cache would replace, and refuses channels-last weights."""
-    import torch
-
-    from hftransfer import hardware
-
     monkeypatch.setattr(hardware, "fsdp_enabled", lambda args: True)
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "resnet")
     run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
@@ -58,12 +60,6 @@ def test_under_fsdp_the_head_trains_on_the_frozen_base_without_channels_last(mon
 def test_two_stages_on_an_fsdp2_sharded_model_over_a_gloo_mesh(tmp_path):
     """The freeze plan of each stage on a model sharded by `fully_shard` (tests/fsdp_stages.py, 2 processes):
     stage 1 moves the head only, stage 2 the base too, and the gathered weights give the sharded model's logits."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     out = tmp_path / "fsdp.json"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            str(ROOT / "tests" / "fsdp_stages.py"), str(out)], capture_output=True, text=True,
