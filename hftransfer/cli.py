@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--port", type=int, help="default: Gradio's (7860, or the next free one)")
     demo.add_argument("--share", action="store_true", help="a temporary public link through Gradio's servers")
     demo.set_defaults(func=demo_command)
-    space = commands.add_parser("publish-space", help="upload space/ and a model as a Hugging Face Space")
+    space = commands.add_parser("publish-space", help="upload the Space template and a model as a Hugging Face Space")
     space.add_argument("--model", required=True, help="an output folder (uploaded with the Space) or a Hub id")
     space.add_argument("--space_id", required=True, help="NAMESPACE/NAME, or NAME under your user")
     space.add_argument("--private", action="store_true")

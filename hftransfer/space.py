@@ -1,8 +1,10 @@
-"""`hftransfer publish-space`: upload `space/` with the hftransfer package and a model as a Gradio Space.
+"""`hftransfer publish-space`: upload the Space template with the hftransfer package and a model as a Gradio Space.
 
-A local output folder goes into the Space as `model/` (after the same checks as a model push); a Hub id is written
-to `model_id.txt` and into the front matter's `models:`, so the Space page links the model. The package itself is
-uploaded beside `app.py`, so the Space runs without hftransfer being on PyPI.
+The template (`space_template/`: app.py, README.md with the Spaces front matter, requirements.txt) is package data,
+so an installed hftransfer publishes as a checkout does. A local output folder goes into the Space as `model/` (after
+the same checks as a model push); a Hub id is written to `model_id.txt` and into the front matter's `models:`, so the
+Space page links the model. The package itself is uploaded beside `app.py`, so the Space runs without hftransfer
+being on PyPI.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from pathlib import Path
 
 from .hub import NOT_UPLOADED, PushError, problems
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "space"
 PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = PACKAGE_DIR / "space_template"
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
+# Not needed in the Space's copy of the package: the embedded training samples, and the template (it is the root)
+NOT_IN_SPACE_PACKAGE = ("__pycache__", "samples", TEMPLATE_DIR.name)
 
 
 def stage_space(model: str, target: Path) -> Path:
     """Lay out the Space's files in `target`: app, front matter, requirements, package, and the model or its id."""
-    if not (SPACE_DIR / "app.py").is_file():
-        raise PushError(f"{SPACE_DIR} not found: publish-space runs from an hftransfer checkout")
     for name in SPACE_FILES:
-        shutil.copy2(SPACE_DIR / name, target / name)
-    shutil.copytree(PACKAGE_DIR, target / "hftransfer", ignore=shutil.ignore_patterns("__pycache__", "samples"))
+        shutil.copy2(TEMPLATE_DIR / name, target / name)
+    shutil.copytree(PACKAGE_DIR, target / "hftransfer", ignore=shutil.ignore_patterns(*NOT_IN_SPACE_PACKAGE))
     local = Path(model)
     if local.is_dir():
         found = problems(local)

@@ -2,10 +2,14 @@
 endpoint that speaks the Hub API (`hub_server.LocalHub`, through HF_ENDPOINT): no real Hub is reachable here."""
 
 import json
+import os
 import shutil
-from dataclasses import replace
 import subprocess
 import sys
+import sysconfig
+import zipfile
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, save_tiny_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
@@ -150,3 +154,33 @@ def test_each_pre_push_check_refuses_before_any_upload(local_hub, trained, tmp_p
     assert not local_hub.repos  # refused before creating anything
     with pytest.raises(SystemExit, match=message):
         cli.main(["push", str(folder), "--repo_id", f"{USER}/broken", "--hub_token", TOKEN])
+
+
+def test_space_stages_from_an_installed_wheel(trained, tmp_path):
+    """publish-space from hftransfer installed as a wheel, far from any checkout: the Space template is package data.
+
+    The wheel is built from a copy of the sources, so the build leaves nothing in the checkout (build/, egg-info)
+    and no stale build/ file can slip in; `-S` keeps the venv's .pth files out, among them the editable install's
+    finder, which would map `hftransfer` back to the checkout."""
+    source, wheels, installed, space, elsewhere = (tmp_path / name for name in
+                                                   ("source", "wheels", "installed", "space", "elsewhere"))
+    shutil.copytree(ROOT / "hftransfer", source / "hftransfer", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-w", str(wheels), str(source)], check=True, capture_output=True, timeout=120)
+    with zipfile.ZipFile(next(wheels.glob("hftransfer-*.whl"))) as wheel:
+        wheel.extractall(installed)
+    space.mkdir()
+    elsewhere.mkdir()
+    out, _, _ = trained
+    stage = ("import sys; from pathlib import Path; import hftransfer; from hftransfer.space import stage_space; "
+             "stage_space(sys.argv[1], Path(sys.argv[2])); print(hftransfer.__file__)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), sysconfig.get_paths()["purelib"]])}
+    done = subprocess.run([sys.executable, "-S", "-c", stage, str(out), str(space)], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Path(done.stdout.strip()).is_relative_to(installed)  # the wheel's hftransfer, not the checkout's
+    assert {"app.py", "README.md", "requirements.txt"} <= {p.name for p in space.iterdir()}
+    assert (space / "hftransfer" / "demo.py").is_file() and (space / "model" / "config.json").is_file()
+    assert not (space / "hftransfer" / "space_template").exists()  # the template is the Space's root, not a copy

@@ -2,7 +2,7 @@
 
 The model: $HFTRANSFER_MODEL (a Hub id or a folder), else the Hub id in model_id.txt, else the folder model/ next to
 this file. `hftransfer publish-space --model ... --space_id ...` uploads this folder with the hftransfer package and
-either the model folder or its Hub id. Locally: `python space/app.py` with HFTRANSFER_MODEL set.
+either the model folder or its Hub id. Locally: `python hftransfer/space_template/app.py` with HFTRANSFER_MODEL set.
 """
 
 import os
