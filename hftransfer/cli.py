@@ -83,10 +83,9 @@ def push_command(args) -> None:
 
 
 def demo_command(args) -> None:
-    from .fastpath import SERVER_TUNABLES, imports_without_gc, reexec_with_fast_malloc
+    from .fastpath import SERVER_TUNABLES, fast_start
 
-    reexec_with_fast_malloc(SERVER_TUNABLES)  # memory reused, not returned and faulted back; few arenas (fastpath)
-    with imports_without_gc():
+    with fast_start(SERVER_TUNABLES):  # memory reused, not returned and faulted back; few arenas (fastpath)
         from .demo import serve
 
     serve(args.model, host=args.host, port=args.port, share=args.share)
@@ -108,10 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         if len(argv) < 2 or argv[1] not in ("image", "text"):
             raise SystemExit(f"usage: hftransfer {argv[0]} image|text [recipe flags]")
         if argv[0] == "train":
-            from .fastpath import imports_without_gc, reexec_with_fast_malloc
+            from .fastpath import fast_start
 
-            reexec_with_fast_malloc()  # before torch is imported: the allocator setting is read at start-up
-            with imports_without_gc():
+            with fast_start():  # before torch is imported: the allocator setting is read at start-up
                 from .recipe import main as recipe_main
 
             recipe_main(argv[1], argv[2:])

@@ -1,4 +1,8 @@
-"""The recipes' shared `main`: the lesson in order. `recipes/image.py` and `recipes/text.py` only pick the task."""
+"""The recipes' shared `main`: the lesson in order. `recipes/image.py` and `recipes/text.py` only pick the task.
+
+This module imports torch and transformers, so a process that owns its run imports it inside
+`fastpath.fast_start()`, as the recipes and `hftransfer train` do: the allocator setting must come first.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ import transformers
 from . import hardware
 from .args import parse_args
 from .data import DataError
-from .fastpath import reexec_with_fast_malloc
 from .freezing import PatternError
 from .modeling import ModelError
 from .tasks import TASKS
@@ -33,8 +36,6 @@ def setup_logging(training_args) -> None:
 
 
 def main(task_name: str, argv: list[str] | None = None) -> dict:
-    if argv is None:  # a command-line run owns its process: give it the CPU fast path
-        reexec_with_fast_malloc()
     task_cls = TASKS[task_name]
     run = parse_args(argv, defaults={"model_name_or_path": task_cls.default_model,
                                      "output_dir": f"outputs/{task_name}"})

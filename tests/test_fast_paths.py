@@ -1,5 +1,10 @@
 """Fast paths that must not change a number: image preprocessing and BatchNorm folding for feature extraction."""
 
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +172,17 @@ def test_imports_without_gc_pauses_the_collector_and_freezes_what_was_built():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the tunables are glibc's")
+def test_fast_start_restarts_with_the_tunables_before_its_block_imports_without_the_collector():
+    """The start every entry point shares: a fresh process is restarted with the tunables (and `extra`) first."""
+    from hftransfer.fastpath import MALLOC_TUNABLES, SERVER_TUNABLES
+
+    code = ("import gc, os\nfrom hftransfer.fastpath import SERVER_TUNABLES, fast_start\n"
+            "with fast_start(SERVER_TUNABLES):\n    print(os.environ['GLIBC_TUNABLES'], gc.isenabled())\n"
+            "print(gc.isenabled())")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "HFTRANSFER_NO_REEXEC")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [f"{MALLOC_TUNABLES}:{SERVER_TUNABLES}", "False", "True"]
