@@ -8,7 +8,7 @@ event's stream (`Queue.send_message`, with its event id and success flag). Then 
 driver and compares what each request's caller got with what the server says it sent for that event id:
 
 - `gradio_client`: `--clients` shared `Client` objects across `--threads` threads, as the busy-demo test did;
-- `http`: Gradio's plain HTTP API, each request its own POST and event stream (`tests/demo_load.py`).
+- `http`: Gradio's plain HTTP API, each request its own POST and event stream (`tests/support/demo_load.py`).
 
 `--busy_threads` keeps the GIL busy in the sending process, as pytest's process is during the suite.
 
@@ -80,8 +80,8 @@ def via_gradio_client(url: str, image: str, n: int, threads: int, clients: int):
 
 
 def via_http(url: str, image: str, n: int, threads: int, clients: int):
-    """The plain HTTP API (tests/demo_load.py): every request its own call and event stream."""
-    from demo_load import DemoHttp, NoAnswer
+    """The plain HTTP API (tests/support/demo_load.py): every request its own call and event stream."""
+    from support.demo_load import DemoHttp, NoAnswer
 
     demo = DemoHttp(url)
 
@@ -122,7 +122,7 @@ def main() -> None:
         threading.Thread(target=spin, daemon=True).start()
 
     import skimage.data
-    from demo_load import ProbedDemo
+    from support.demo_load import ProbedDemo
     from PIL import Image
 
     from hftransfer.demo import Predictor

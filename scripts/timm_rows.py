@@ -3,7 +3,7 @@
     python scripts/timm_rows.py        # e.g. on a GPU machine, whose CUDA torch matches PyPI's torchvision
 
 `tests/test_timm.py` runs on this project's CPU machine against timm's module layouts (timm cannot import there:
-see `tests/timm_layout.py`). With HFTRANSFER_REAL_TIMM=1 the same tests build the real networks with
+see `tests/support/timm_layout.py`). With HFTRANSFER_REAL_TIMM=1 the same tests build the real networks with
 `timm.create_model` (random init: the layout is what is tested, not ImageNet weights), save them as timm's Hub folders
 are (`pretrained_cfg` in config.json, read by `TimmWrapperImageProcessor`) and train, reload and compare them.
 """

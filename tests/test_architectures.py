@@ -1,5 +1,5 @@
 """The architecture matrix: every family a user would pick from the Hub, as a tiny random-init checkpoint in the
-Hub's layout (`families.py`), through the strategies.
+Hub's layout (`support/families.py`), through the strategies.
 
 Per row, two runs cover the four kinds of stage: `staged --unfreeze_last_n 2` (its first stage is the
 `feature_extraction` strategy, on the feature cache or with the fallback announced; its second is `fine_tune` of the
@@ -15,7 +15,8 @@ import json
 import pytest
 import torch
 from conftest import make_image_folder, write_reviews_csv
-from families import DECODER_FAMILIES, IMAGE_FAMILIES, TEXT_FAMILIES, save_image_checkpoint, save_text_checkpoint
+from support.families import (DECODER_FAMILIES, IMAGE_FAMILIES, TEXT_FAMILIES, save_image_checkpoint,
+                              save_text_checkpoint)
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, pipeline
 
 from hftransfer import anatomy, freezing

@@ -1,11 +1,11 @@
-"""The headless-browser harness (tests/browser.py) against a throwaway Gradio 6 app shaped like the demo."""
+"""The headless-browser harness (tests/support/browser.py) against a throwaway Gradio 6 app shaped like the demo."""
 
 import socket
 
 import gradio as gr
 import pytest
-from browser import browser_available, headless_page
 from PIL import Image
+from support.browser import browser_available, headless_page
 
 pytestmark = pytest.mark.skipif(browser_available() is not None, reason=str(browser_available()))
 

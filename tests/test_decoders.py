@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from conftest import save_tiny_text_checkpoint, write_reviews_csv
-from families import save_decoder_checkpoint
+from support.families import save_decoder_checkpoint
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hftransfer.args import parse_args

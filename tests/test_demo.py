@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from conftest import save_tiny_text_checkpoint, write_reviews_csv
 from PIL import Image
+from support.hub_server import local_hub  # noqa: F401 - a fixture
 
 from hftransfer.args import parse_args
 from hftransfer.demo import Predictor, build_demo
 from hftransfer.tasks import TextTask
 from hftransfer.training import TransferRun
-from hub_server import local_hub  # noqa: F401 - a fixture
 
 
 def free_port() -> int:
@@ -143,7 +143,7 @@ def test_batched_predictions_equal_single_ones(mobilenet_zoo, tmp_path):
 
 @pytest.fixture
 def page():
-    from browser import browser_available, headless_page
+    from support.browser import browser_available, headless_page
 
     reason = browser_available()
     if reason:
@@ -215,7 +215,7 @@ def test_space_folder_runs_as_it_is(text_model, tmp_path):
 
 def test_publish_space_uploads_app_package_and_model(local_hub, text_model, tmp_path):
     from huggingface_hub import SpaceCard
-    from hub_server import TOKEN, USER
+    from support.hub_server import TOKEN, USER
 
     from hftransfer import cli
 
@@ -238,19 +238,19 @@ def test_publish_space_uploads_app_package_and_model(local_hub, text_model, tmp_
 WARM_UP, BLOCK, BLOCKS = 425, 25, 20  # 50 + 425 + 21 x 25 = 1,000 requests
 # A leak grows the memory in use in every block: 40 kB a request is 0.95 MB a block of 25. A demo that does not leak
 # has blocks in which it does not grow. Measured on 2 cores over the last 20 blocks (memory in use: resident minus
-# malloc's free heap, tests/demo_load.py): 8 to 15 blocks within 0.7 MB as the demo is (Gradio's bounded histories
-# take 0.3 or 0.6 MB now and then), none with a 40 kB-a-request leak put into it (its blocks: 1.0 MB and more).
-# Other blocks move by up to 20 MB either way: batch scratch taken or given back.
+# malloc's free heap, tests/support/demo_load.py): 8 to 15 blocks within 0.7 MB as the demo is (Gradio's bounded
+# histories take 0.3 or 0.6 MB now and then), none with a 40 kB-a-request leak put into it (its blocks: 1.0 MB and
+# more). Other blocks move by up to 20 MB either way: batch scratch taken or given back.
 FLAT_MB, MIN_FLAT_BLOCKS = 0.7, 5
 
 
 def test_busy_demo_answers_50_concurrent_requests_and_memory_stays_flat(mobilenet_zoo, tmp_path):
-    """The demo as users run it (its own process), driven over Gradio's plain HTTP API (`demo_load.py`: one call,
-    one event stream, so a lost request is the server's and never a client race): 50 requests at once and 950 more
-    all get the right answer, and over the last 500 the memory in use stops growing in blocks of 25 (no leak)."""
+    """The demo as users run it (its own process), driven over Gradio's plain HTTP API (`support/demo_load.py`: one
+    call, one event stream, so a lost request is the server's and never a client race): 50 requests at once and 950
+    more all get the right answer, and over the last 500 the memory in use stops growing in blocks of 25 (no leak)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from demo_load import DemoHttp, ProbedDemo
+    from support.demo_load import DemoHttp, ProbedDemo
 
     server = ProbedDemo(mobilenet_zoo, tmp_path)
     demo = DemoHttp(server.url)

@@ -1,12 +1,11 @@
-"""The local Hub stand-in (`hub_server.LocalHub`) against the real huggingface_hub client: what push tests rely on."""
+"""The local Hub (`support.hub_server.LocalHub`) against the real huggingface_hub client: what push tests rely on."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-
-from hub_server import TOKEN, USER, LocalHub, local_hub  # noqa: F401 - local_hub is a fixture
+from support.hub_server import TOKEN, USER, LocalHub, local_hub  # noqa: F401 - local_hub is a fixture
 
 # huggingface_hub's own LFS PUT passes a file object as `data=`, which httpx2 flags; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -114,7 +113,7 @@ def test_auto_mode_with_xet_left_on(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
     from huggingface_hub.utils._runtime import is_xet_available
 
-    from hub_server import point_hf_hub_at
+    from support.hub_server import point_hf_hub_at
 
     folder, expected = _folder(tmp_path)
     with LocalHub() as hub:

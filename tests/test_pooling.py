@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from conftest import write_reviews_csv
-from families import save_text_checkpoint
+from support.families import save_text_checkpoint
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hftransfer import freezing, lora, pooling, zoo

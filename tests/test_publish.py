@@ -1,5 +1,5 @@
 """Report, model card and push: real runs, the card parsed back with huggingface_hub, and pushes to a local HTTP
-endpoint that speaks the Hub API (`hub_server.LocalHub`, through HF_ENDPOINT): no real Hub is reachable here."""
+endpoint that speaks the Hub API (`support.hub_server.LocalHub`, through HF_ENDPOINT): no real Hub is reachable here."""
 
 import json
 import os
@@ -15,12 +15,12 @@ import pytest
 from conftest import ROOT, save_tiny_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
 from huggingface_hub import ModelCard
 from PIL import Image
+from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - local_hub is a fixture
 
 from hftransfer import cli, hub
 from hftransfer.args import parse_args
 from hftransfer.tasks import ImageTask
 from hftransfer.training import TransferRun
-from hub_server import TOKEN, USER, local_hub  # noqa: F401 - local_hub is a fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 

@@ -1,7 +1,7 @@
 """timm checkpoints through `TimmWrapperForImageClassification` (VGG16, Inception-v3, ResNet-50: the lesson's
 models): the head and blocks come from timm's own metadata, every strategy trains, the output reloads.
 
-Run here on timm's module layouts (`timm_layout.py` says why timm itself does not import on this machine);
+Run here on timm's module layouts (`support/timm_layout.py` says why timm itself does not import on this machine);
 `scripts/timm_rows.py` runs the same checks on the real networks where timm imports.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import timm_layout
 from conftest import make_image_folder
+from support import timm_layout
 from test_architectures import _check_reload, _check_stages, _train, no_report  # noqa: F401 (autouse)
 from transformers import AutoModelForImageClassification
 

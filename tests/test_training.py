@@ -58,12 +58,12 @@ def test_under_fsdp_the_head_trains_on_the_frozen_base_without_channels_last(mon
 
 
 def test_two_stages_on_an_fsdp2_sharded_model_over_a_gloo_mesh(tmp_path):
-    """The freeze plan of each stage on a model sharded by `fully_shard` (tests/fsdp_stages.py, 2 processes):
+    """The freeze plan of each stage on a model sharded by `fully_shard` (tests/support/fsdp_stages.py, 2 processes):
     stage 1 moves the head only, stage 2 the base too, and the gathered weights give the sharded model's logits."""
     out = tmp_path / "fsdp.json"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           str(ROOT / "tests" / "fsdp_stages.py"), str(out)], capture_output=True, text=True,
-                          timeout=300)
+                           str(ROOT / "tests" / "support" / "fsdp_stages.py"), str(out)], capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     head_only, everything = result["trainable"]

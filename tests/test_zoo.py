@@ -1,7 +1,7 @@
 import pytest
 import torch
 from PIL import Image
-from torchvision_mobilenet_v2 import MobileNetV2
+from support.torchvision_mobilenet_v2 import MobileNetV2
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hftransfer import zoo

@@ -1,7 +1,7 @@
 """Two stages on one FSDP2-sharded model over a gloo CPU mesh (Accelerate refuses FSDP on a CPU, so `fully_shard`
 directly, as Accelerate's FSDP2 path applies it: each block of `_no_split_modules`, then the root).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_stages.py OUT.json
+    python -m torch.distributed.run --nproc_per_node 2 tests/support/fsdp_stages.py OUT.json
 
 Stage 1 trains the head with the base frozen, stage 2 the whole model, each with hftransfer's freeze plan applied to
 the sharded model and a new optimizer, as each stage's trainer does. Rank 0 writes what changed in each stage and
@@ -19,7 +19,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import ViTConfig, ViTForImageClassification
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: run as a script, not by pytest
 from hftransfer import freezing  # noqa: E402
 from hftransfer.freezing import FreezePlan  # noqa: E402
 
