@@ -10,30 +10,19 @@ the prediction the trained model gives on the run's own preprocessing.
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch
 from conftest import make_image_folder, write_reviews_csv
 from support.families import (DECODER_FAMILIES, IMAGE_FAMILIES, TEXT_FAMILIES, save_image_checkpoint,
                               save_text_checkpoint)
-from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, pipeline
+from support.family_runs import check_reload, check_stages, no_report, train_quick  # noqa: F401 - no_report: autouse
+from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from hftransfer import anatomy, freezing
-from hftransfer.args import parse_args
-from hftransfer.tasks import ImageTask, TextTask, _open_image
+from hftransfer.tasks import ImageTask, TextTask
 from hftransfer.training import TransferRun
 
-QUICK = ["--head_epochs", "1", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-         "--disable_tqdm", "true"]
 # ALBERT runs one shared layer group as all its layers: one block, so fine-tuning "the last two" cannot exist
 ONE_BLOCK = {"albert"}
-
-
-@pytest.fixture(autouse=True)
-def no_report(monkeypatch):
-    """The report (plots, per-class tables) is tested on its own; here it would be a second or more of every run."""
-    monkeypatch.setattr(TransferRun, "_write_report", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")
@@ -46,43 +35,6 @@ def image_data(tmp_path_factory):
 def text_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("texts")
     return write_reviews_csv(root / "train.csv", repeat=1), write_reviews_csv(root / "validation.csv", repeat=1)
-
-
-def _train(task_class, checkpoint, data_flags, out, *flags) -> TransferRun:
-    run = parse_args(["--model_name_or_path", str(checkpoint), *data_flags, "--output_dir", str(out), *QUICK, *flags])
-    transfer = TransferRun(run, task_class(run.data))
-    transfer.execute()
-    return transfer
-
-
-def _check_stages(out, expected_cache: bool | None, log: str = "") -> list[dict]:
-    """Every stage trained parameters; the first used the cache as expected (None: the cache, or the fallback
-    announced in `log` where the cache could not reproduce the model's own logits, as BEiT's at a new size)."""
-    stages = json.loads((out / "hftransfer_run.json").read_text())["stages"]
-    assert all(stage["metrics"]["trainable_parameters"] > 0 for stage in stages)
-    cached = stages[0]["metrics"]["cached_features"]
-    if expected_cache is None:
-        assert cached or "without a cache" in log
-    else:
-        assert cached is expected_cache
-    return stages
-
-
-def _check_reload(transfer: TransferRun, out, auto_class, task: str) -> None:
-    """The folder loads with the Auto class, and a pipeline's label and score on a validation example are the
-    trained model's own on the run's preprocessing of it."""
-    assert type(auto_class.from_pretrained(out)).__name__ == type(transfer.model).__name__
-    row = transfer.splits["validation"][0]
-    raw = _open_image(row["image"]).convert("RGB") if "image" in row else row["text"]
-    batch = transfer.collator([transfer.eval_raw[0]])
-    model = transfer.model.eval()
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
-    probabilities = logits.softmax(-1)
-    top = model.config.id2label[int(probabilities.argmax())]
-    predicted = pipeline(task, model=str(out))(raw, top_k=1)[0]
-    assert predicted["label"] == top
-    assert predicted["score"] == pytest.approx(float(probabilities.max()), abs=1e-4)
 
 
 def _check_anatomy(transfer: TransferRun, family: str) -> None:
@@ -100,16 +52,16 @@ def test_image_family(family, image_data, tmp_path, caplog):
     data = ["--train_dir", str(train), "--validation_dir", str(validation)]
 
     with caplog.at_level("WARNING"):
-        staged = _train(ImageTask, checkpoint, data, tmp_path / "staged", "--unfreeze_last_n", "2")
+        staged = train_quick(ImageTask, checkpoint, data, tmp_path / "staged", "--unfreeze_last_n", "2")
     _check_anatomy(staged, family)
-    stages = _check_stages(tmp_path / "staged", None, caplog.text)
+    stages = check_stages(tmp_path / "staged", None, caplog.text)
     assert [s["plan"]["strategy"] for s in stages] == ["feature_extraction", "fine_tune"]
-    _check_reload(staged, tmp_path / "staged", AutoModelForImageClassification, "image-classification")
+    check_reload(staged, tmp_path / "staged", AutoModelForImageClassification, "image-classification")
 
     with caplog.at_level("WARNING"):
-        lora = _train(ImageTask, checkpoint, data, tmp_path / "lora", "--strategy", "lora")
-    _check_stages(tmp_path / "lora", None, caplog.text)
-    _check_reload(lora, tmp_path / "lora", AutoModelForImageClassification, "image-classification")
+        lora = train_quick(ImageTask, checkpoint, data, tmp_path / "lora", "--strategy", "lora")
+    check_stages(tmp_path / "lora", None, caplog.text)
+    check_reload(lora, tmp_path / "lora", AutoModelForImageClassification, "image-classification")
 
 
 @pytest.mark.parametrize("family", TEXT_FAMILIES + DECODER_FAMILIES)
@@ -122,19 +74,19 @@ def test_text_family(family, text_data, tmp_path):
 
     if family in ONE_BLOCK:
         with pytest.raises(freezing.PatternError, match="only 1 blocks"):
-            _train(TextTask, checkpoint, data, tmp_path / "last2", "--unfreeze_last_n", "2")
-        staged = _train(TextTask, checkpoint, data, tmp_path / "staged", "--strategy", "staged",
-                        "--unfreeze_last_n", "1")
+            train_quick(TextTask, checkpoint, data, tmp_path / "last2", "--unfreeze_last_n", "2")
+        staged = train_quick(TextTask, checkpoint, data, tmp_path / "staged", "--strategy", "staged",
+                             "--unfreeze_last_n", "1")
     else:  # named: a decoder's default is lora
-        staged = _train(TextTask, checkpoint, data, tmp_path / "staged", "--strategy", "staged",
-                        "--unfreeze_last_n", "2")
+        staged = train_quick(TextTask, checkpoint, data, tmp_path / "staged", "--strategy", "staged",
+                             "--unfreeze_last_n", "2")
     _check_anatomy(staged, family)
-    _check_stages(tmp_path / "staged", expected_cache)
-    _check_reload(staged, tmp_path / "staged", AutoModelForSequenceClassification, "text-classification")
+    check_stages(tmp_path / "staged", expected_cache)
+    check_reload(staged, tmp_path / "staged", AutoModelForSequenceClassification, "text-classification")
 
-    lora = _train(TextTask, checkpoint, data, tmp_path / "lora", "--strategy", "lora")
-    _check_stages(tmp_path / "lora", expected_cache)
-    _check_reload(lora, tmp_path / "lora", AutoModelForSequenceClassification, "text-classification")
+    lora = train_quick(TextTask, checkpoint, data, tmp_path / "lora", "--strategy", "lora")
+    check_stages(tmp_path / "lora", expected_cache)
+    check_reload(lora, tmp_path / "lora", AutoModelForSequenceClassification, "text-classification")
 
 
 def test_a_plan_that_trains_nothing_is_an_error_before_any_training(text_data, tmp_path):
@@ -142,8 +94,8 @@ def test_a_plan_that_trains_nothing_is_an_error_before_any_training(text_data, t
     train, validation = text_data
     data = ["--train_file", str(train), "--validation_file", str(validation)]
     with pytest.raises(freezing.PatternError) as error:
-        _train(TextTask, checkpoint, data, tmp_path / "out", "--strategy", "feature_extraction",
-               "--freeze", "classifier", "pre_classifier")
+        train_quick(TextTask, checkpoint, data, tmp_path / "out", "--strategy", "feature_extraction",
+                    "--freeze", "classifier", "pre_classifier")
     message = str(error.value)
     assert "would train 0 parameters" in message and "head: classifier, pre_classifier" in message
     assert "--unfreeze" in message and "3 blocks" in message

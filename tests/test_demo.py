@@ -7,37 +7,12 @@ import pytest
 from conftest import save_tiny_text_checkpoint, write_reviews_csv
 from PIL import Image
 from support.hub_server import local_hub  # noqa: F401 - a fixture
+from support.served_demo import Served, free_port
 
 from hftransfer.args import parse_args
-from hftransfer.demo import Predictor, build_demo
+from hftransfer.demo import Predictor
 from hftransfer.tasks import TextTask
 from hftransfer.training import TransferRun
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """A demo running in this process on a free port, with a gradio_client connected to it."""
-
-    def __init__(self, model):
-        from gradio_client import Client
-
-        self.demo = build_demo(str(model))
-        self.demo.queue(default_concurrency_limit=1)
-        self.port = free_port()
-        self.demo.launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True, quiet=True)
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.client = Client(self.url, verbose=False)
-
-    def predict(self, value):
-        return self.client.predict(value, api_name="/predict")
-
-    def close(self):
-        self.demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from conftest import save_tiny_checkpoint
 from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
-from test_recipe import accelerate_launch
+from support.launch import accelerate_launch
 
 from hftransfer.args import parse_args
 from hftransfer.tasks import ImageTask

@@ -1,7 +1,6 @@
 """End to end: real training runs through `accelerate launch`, and the saved folders reload."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -9,26 +8,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, save_tiny_checkpoint
+from support.launch import accelerate_launch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hftransfer.args import parse_args
 from hftransfer.tasks import ImageTask
 from hftransfer.training import TransferRun
-
-
-def accelerate_launch(args, processes=1, timeout=900, config=None, **env_changes):
-    """`accelerate launch` of the image recipe: with explicit flags, or with one of the shipped `config` files."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes)), **env_changes}
-    if config:
-        launch = ["--config_file", str(ROOT / "recipes" / "accelerate_configs" / f"{config}.yaml")]
-    else:
-        launch = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  *(["--multi_gpu"] if processes > 1 else [])]  # torchrun; on a CPU, DDP over gloo
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), *launch,
-               str(ROOT / "recipes" / "image.py"), *args, "--disable_tqdm", "true"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
 
 
 def predict(folder, images):

@@ -94,7 +94,7 @@ def test_demo_serves_no_file_it_does_not_show(mobilenet_zoo):
     import urllib.error
     import urllib.request
 
-    from test_demo import Served
+    from support.served_demo import Served
 
     served = Served(mobilenet_zoo)
     try:

@@ -12,7 +12,7 @@ import json
 import pytest
 from conftest import make_image_folder
 from support import timm_layout
-from test_architectures import _check_reload, _check_stages, _train, no_report  # noqa: F401 (autouse)
+from support.family_runs import check_reload, check_stages, no_report, train_quick  # noqa: F401 - no_report: autouse
 from transformers import AutoModelForImageClassification
 
 from hftransfer import anatomy, freezing
@@ -49,25 +49,25 @@ def test_timm_network_trains_with_every_strategy_and_reloads(architecture, image
     timm_layout.install(monkeypatch)
     checkpoint = timm_layout.save_checkpoint(tmp_path / "ckpt", architecture)
     with caplog.at_level("WARNING"):
-        staged = _train(ImageTask, checkpoint, images, tmp_path / "staged", "--unfreeze_last_n", "2")
+        staged = train_quick(ImageTask, checkpoint, images, tmp_path / "staged", "--unfreeze_last_n", "2")
     assert "its head is inside it" in caplog.text  # the cache cannot split a timm network: announced fallback
-    stages = _check_stages(tmp_path / "staged", expected_cache=False)
+    stages = check_stages(tmp_path / "staged", expected_cache=False)
     assert stages[0]["plan"]["trainable"] == [f"{HEADS[architecture]}.weight", f"{HEADS[architecture]}.bias"]
     assert [s["plan"]["strategy"] for s in stages] == ["feature_extraction", "fine_tune"]
-    _check_reload(staged, tmp_path / "staged", AutoModelForImageClassification, "image-classification")
+    check_reload(staged, tmp_path / "staged", AutoModelForImageClassification, "image-classification")
     card = (tmp_path / "staged" / "README.md").read_text()  # its config has no image size to tell it by
     assert "An image classifier" in card and "pipeline_tag: image-classification" in card
 
-    lora = _train(ImageTask, checkpoint, images, tmp_path / "lora", "--strategy", "lora")
+    lora = train_quick(ImageTask, checkpoint, images, tmp_path / "lora", "--strategy", "lora")
     plan = json.loads((tmp_path / "lora" / "hftransfer_run.json").read_text())["stages"][1]["plan"]
     assert plan["lora"]["target_modules"] and all(t.startswith("timm_model.") for t in plan["lora"]["target_modules"])
-    _check_reload(lora, tmp_path / "lora", AutoModelForImageClassification, "image-classification")
+    check_reload(lora, tmp_path / "lora", AutoModelForImageClassification, "image-classification")
 
 
 def test_a_timm_folder_with_its_class_count_in_model_args_takes_a_new_label_count(images, monkeypatch, tmp_path):
     """timm's `save_for_hf` may write `model_args.num_classes`; TimmWrapper then got two class counts."""
     timm_layout.install(monkeypatch)
     checkpoint = timm_layout.save_checkpoint(tmp_path / "ckpt", "resnet50", num_classes_in_model_args=True)
-    _train(ImageTask, checkpoint, images, tmp_path / "out", "--strategy", "feature_extraction")
+    train_quick(ImageTask, checkpoint, images, tmp_path / "out", "--strategy", "feature_extraction")
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "out")
     assert model.config.num_labels == 3 and model.timm_model.fc.out_features == 3

@@ -1,0 +1,22 @@
+"""`accelerate launch` of the image recipe, as users run it (test_recipe, test_distributed)."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def accelerate_launch(args, processes=1, timeout=900, config=None, **env_changes):
+    """`accelerate launch` of the image recipe: with explicit flags, or with one of the shipped `config` files."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes)), **env_changes}
+    if config:
+        launch = ["--config_file", str(ROOT / "recipes" / "accelerate_configs" / f"{config}.yaml")]
+    else:
+        launch = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  *(["--multi_gpu"] if processes > 1 else [])]  # torchrun; on a CPU, DDP over gloo
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), *launch,
+               str(ROOT / "recipes" / "image.py"), *args, "--disable_tqdm", "true"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done

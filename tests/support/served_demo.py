@@ -1,0 +1,31 @@
+"""The demo served in the test process on a free local port, with a gradio_client connected (test_demo, test_safety)."""
+
+import socket
+
+from hftransfer.demo import build_demo
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """A demo running in this process on a free port, with a gradio_client connected to it."""
+
+    def __init__(self, model):
+        from gradio_client import Client
+
+        self.demo = build_demo(str(model))
+        self.demo.queue(default_concurrency_limit=1)
+        self.port = free_port()
+        self.demo.launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True, quiet=True)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.client = Client(self.url, verbose=False)
+
+    def predict(self, value):
+        return self.client.predict(value, api_name="/predict")
+
+    def close(self):
+        self.demo.close()
