@@ -21,9 +21,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .pooling import pooling_layer
-
 POOLING_GROUP = "base.pooling"
+POOLING_KEY = "hftransfer_pooling"  # the config entry `pooling.adopt` writes: {"mode", "layer"}
+
+
+def pooling_layer(model: nn.Module) -> int | None:
+    """Index of the mean-pooling layer in the base's block list, None when the model has none."""
+    spec = getattr(model.config, POOLING_KEY, None) or {}
+    return spec.get("layer")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-STRATEGIES = ("staged", "feature_extraction", "fine_tune", "full", "lora")
+from .strategies import STRATEGIES
 
 
 @dataclass
@@ -65,7 +65,7 @@ class TransferArguments:
                           "blocks (--unfreeze_last_n, default 2). full: train everything. lora: train the head on "
                           "the frozen base, then low-rank adapters in the base's blocks with the head (PEFT); the "
                           "model is saved with the adapters merged.",
-                  "choices": STRATEGIES})
+                  "choices": tuple(STRATEGIES)})
     freeze: list[str] = field(default_factory=list, metadata={
         "help": "Parameter-name patterns to freeze (globs like 'bert.encoder.layer.[0-3].*', or 're:REGEX').",
         "nargs": "*"})

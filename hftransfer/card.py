@@ -7,27 +7,22 @@ so `write_card(folder)` can rebuild the card of any output folder. The YAML head
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import zoo
-from .compare import COLUMNS
-from .outputs import (ALL_RESULTS, CARD, COMPARISON_FILE, CONFUSION_PNG, CURVES_PNG, PLAN_FILE, REPORT_DIR,
-                      REPORT_MD, RUN_RECORD)
-from .report import markdown_table, stage_rows
-from .tasks import task_name_for
+from .anatomy import POOLING_KEY
+from .heads import CONFIG_KEY as HEAD_KEY
+from .outputs import CONFIG, CONFUSION_PNG, CURVES_PNG, PLAN_FILE, REPORT_DIR, REPORT_MD, RUN_RECORD, OutputFolder
+from .report import comparison_table, markdown_table, plan_table, stage_rows
+from .strategies import DESCRIPTIONS
+from .tasks import TASKS, task_name_for
 
-PIPELINE_TAGS = {"image": "image-classification", "text": "text-classification"}
 HEADLINE = {"eval_accuracy": ("accuracy", "Accuracy"), "eval_f1_macro": ("f1", "Macro F1"),
             "eval_precision_macro": ("precision", "Macro precision"), "eval_recall_macro": ("recall", "Macro recall"),
             "eval_top_5_accuracy": ("top_5_accuracy", "Top-5 accuracy"), "eval_f1_micro": ("f1", "Micro F1")}
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -53,32 +48,31 @@ def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str
     settings = run["settings"]
     dataset = _hub_id(settings.get("dataset_name"))
     data_label = dataset or _data_name(settings)
-    evals = [EvalResult(task_type=PIPELINE_TAGS[task], dataset_type=dataset or "custom", dataset_name=data_label,
+    evals = [EvalResult(task_type=TASKS[task].pipeline_tag, dataset_type=dataset or "custom", dataset_name=data_label,
                         dataset_split="validation", metric_type=kind, metric_value=round(float(results[key]), 4),
                         metric_name=name)
              for key, (kind, name) in HEADLINE.items() if key in results]
     return ModelCardData(
         model_name=model_name, base_model=_hub_id(settings.get("model_name_or_path")),
         datasets=[dataset] if dataset else None, metrics=sorted({e.metric_type for e in evals}),
-        pipeline_tag=PIPELINE_TAGS[task], library_name="transformers",
-        tags=["hftransfer", "transfer-learning", PIPELINE_TAGS[task], run["settings"]["strategy"]],
+        pipeline_tag=TASKS[task].pipeline_tag, library_name="transformers",
+        tags=["hftransfer", "transfer-learning", TASKS[task].pipeline_tag, run["settings"]["strategy"]],
         eval_results=evals or None)
 
 
 def _usage(task: str, folder_name: str, mlp_head: bool) -> str:
     if mlp_head:
-        return (f"This model has an MLP head (`hftransfer_head` in its config), which plain `transformers` cannot "
+        return (f"This model has an MLP head (`{HEAD_KEY}` in its config), which plain `transformers` cannot "
                 f"rebuild; load it with hftransfer:\n\n```python\nfrom hftransfer.modeling import load_trained\n\n"
                 f"model = load_trained(\"{folder_name}\")  # a folder or a Hub id\n```\n")
-    widget = "image-classification" if task == "image" else "text-classification"
-    example = '"photo.jpg"' if task == "image" else '"a wonderful, moving film"'
-    return (f"```python\nfrom transformers import pipeline\n\nclassifier = pipeline(\"{widget}\", "
-            f"model=\"{folder_name}\")\nprint(classifier({example}))\n```\n\nOr open the demo: "
+    adapter = TASKS[task]
+    return (f"```python\nfrom transformers import pipeline\n\nclassifier = pipeline(\"{adapter.pipeline_tag}\", "
+            f"model=\"{folder_name}\")\nprint(classifier({adapter.usage_example}))\n```\n\nOr open the demo: "
             f"`hftransfer demo {folder_name}`.\n")
 
 
 def _pooling_line(config: dict) -> str:
-    pooling = config.get("hftransfer_pooling") or {}
+    pooling = config.get(POOLING_KEY) or {}
     if pooling.get("mode") == "mean":
         return (f"\nPooling: mean of the tokens, as the sentence-transformers checkpoint was trained, computed by "
                 f"encoder layer {pooling['layer']} (added, frozen: uniform attention over the unpadded tokens), so "
@@ -96,17 +90,12 @@ def _training_section(run: dict, plan: dict | None, config: dict) -> str:
             "bf16", "fp16"]
     hyper = [{"setting": k, "value": settings.get(k)} for k in keys if settings.get(k) not in (None, [], False)]
     text = "## Training procedure\n\n" + markdown_table(stages) + "\n" + markdown_table(hyper)
+    chosen = [{"setting": k, "value": v["value"], "why": v["reason"]} for k, v in (run.get("chosen") or {}).items()]
+    if chosen:
+        text += "\nChosen automatically (the user gave none of these):\n\n" + markdown_table(chosen)
     if plan:
-        text += (f"\nFreeze plan (`freeze_plan.json`, reproducible with `hftransfer freeze-report MODEL --plan "
-                 f"freeze_plan.json`): strategy `{plan['strategy']}`, {len(plan.get('trainable', []))} trainable "
-                 f"parameter tensors in the last stage")
-        for key in ("freeze", "unfreeze", "unfreeze_last_n", "lr_multipliers"):
-            if plan.get(key):
-                text += f", {key} `{plan[key]}`"
-        if plan.get("lora"):
-            text += f", LoRA r={plan['lora']['r']} alpha={plan['lora']['alpha']} on " \
-                    f"{len(plan['lora']['target_modules'])} modules (adapter in `lora_adapter/`, merged here)"
-        text += ".\n"
+        text += (f"\nFreeze plan of the last stage (`{PLAN_FILE}`; `hftransfer freeze-report MODEL --plan {PLAN_FILE}` "
+                 f"reproduces it):\n\n" + plan_table(plan))
     return text + _pooling_line(config)
 
 
@@ -124,34 +113,30 @@ def _limits(run: dict, results: dict) -> str:
 
 
 def write_card(folder: str | Path, model_name: str | None = None) -> Path:
-    folder = Path(folder)
-    config = read_json(folder / "config.json")
-    run = read_json(folder / RUN_RECORD)
-    results = read_json(folder / ALL_RESULTS) or {}
-    plan = read_json(folder / PLAN_FILE)
-    comparison = read_json(folder / COMPARISON_FILE)
+    output = OutputFolder(folder)
+    folder = output.path
+    config, run, results, plan, comparison = output.config, output.run, output.results, output.plan, output.comparison
     if config is None or run is None:
-        raise FileNotFoundError(f"{folder}: no config.json or hftransfer_run.json (not an hftransfer output folder)")
+        raise FileNotFoundError(f"{folder}: no {CONFIG} or {RUN_RECORD} (not an hftransfer output folder)")
     task = task_name_for(config.get("model_type"))
     model_name = model_name or folder.resolve().name
     data = card_data(folder, run, results, task, model_name)
     base = run["settings"].get("model_name_or_path")
     headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]
     body = [f"# {model_name}\n",
-            f"{'An image' if task == 'image' else 'A text'} classifier fine-tuned from `{base}` with "
-            f"hftransfer (strategy `{run['settings']['strategy']}`).\n",
+            f"{TASKS[task].noun.capitalize()} classifier fine-tuned from `{base}` with "
+            f"hftransfer (strategy `{run['settings']['strategy']}`): {DESCRIPTIONS[run['settings']['strategy']]}.\n",
             "## Results\n\nOn the validation split:\n\n" + markdown_table(headline)]
-    if (folder / REPORT_DIR / CONFUSION_PNG).is_file():
+    if output.report_file(CONFUSION_PNG):
         body.append(f"![Confusion matrix]({REPORT_DIR}/{CONFUSION_PNG})\n")
-    if (folder / REPORT_DIR / CURVES_PNG).is_file():
+    if output.report_file(CURVES_PNG):
         body.append(f"![Training curves]({REPORT_DIR}/{CURVES_PNG})\n")
-    if (folder / REPORT_DIR / REPORT_MD).is_file():
+    if output.report_file(REPORT_MD):
         body.append(f"Per-class scores and details: [{REPORT_DIR}/{REPORT_MD}]({REPORT_DIR}/{REPORT_MD}).\n")
     if comparison:
-        body.append("### Strategies compared on the same data\n\n" + markdown_table(comparison, COLUMNS))
+        body.append("### Strategies compared on the same data\n\n" + comparison_table(comparison))
     body += ["## How to use\n\n" + _usage(task, model_name, bool(config.get("hftransfer_head"))),
              _training_section(run, plan, config), _limits(run, results)]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
-    path = folder / CARD
-    card.save(path)
-    return path
+    card.save(output.card)
+    return output.card

@@ -20,6 +20,7 @@ import json
 import sys
 
 from . import zoo
+from .strategies import ONE_STAGE
 
 
 def _load_for_report(model_name_or_path: str, trust_remote_code: bool):
@@ -104,8 +105,8 @@ def publish_space_command(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["train"], ["compare"]):  # recipe flags pass through untouched
-        if len(argv) < 2 or argv[1] not in ("image", "text"):
-            raise SystemExit(f"usage: hftransfer {argv[0]} image|text [recipe flags]")
+        if len(argv) < 2:  # the task's name is checked against the task adapters (`tasks.TASKS`) where they load
+            raise SystemExit(f"usage: hftransfer {argv[0]} TASK [recipe flags]  (TASK: image or text)")
         if argv[0] == "train":
             from .fastpath import fast_start
 
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("freeze-report", help="show what would train, without training")
     report.add_argument("model", help="Hub id, folder, or zoo:NAME")
-    report.add_argument("--strategy", default="feature_extraction", choices=["feature_extraction", "fine_tune", "full"])
+    report.add_argument("--strategy", default="feature_extraction", choices=ONE_STAGE,
+                        help="what one stage trains (a strategy of one stage, `strategies`)")
     report.add_argument("--freeze", nargs="*", default=[])
     report.add_argument("--unfreeze", nargs="*", default=[])
     report.add_argument("--unfreeze_last_n", type=int)

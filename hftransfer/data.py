@@ -12,15 +12,32 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from datasets import ClassLabel, Dataset, DatasetDict, List, Sequence, Value, concatenate_datasets, load_dataset
 
+from .choices import Choices, choose_columns
+
 if TYPE_CHECKING:
     from .args import DataArguments
-    from .tasks import TaskAdapter
 
 logger = logging.getLogger(__name__)
+
+
+class TaskData(Protocol):
+    """What loading data asks of a task adapter (`tasks.TaskAdapter` implements it; this module never imports it)."""
+
+    name: str
+    embedded_name: str
+    column_setting: str
+
+    def with_data(self, data_args: DataArguments) -> TaskData: ...
+    def input_columns(self, args: DataArguments) -> list[str]: ...
+    def is_input_feature(self, feature) -> bool: ...
+    def check_file(self, path: Path) -> str | None: ...
+    def dataset_from_files(self, paths: list[str], labels: list[str]) -> Dataset: ...
+    def load_embedded(self) -> DatasetDict: ...
+    def drop_unusable(self, dataset: Dataset, split: str, report: DataReport) -> Dataset: ...
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -64,7 +81,7 @@ class DataReport:
 
 # ---------------------------------------------------------------- sources
 
-def _load_folder(folder: str, task: "TaskAdapter", split: str, report: DataReport) -> Dataset:
+def _load_folder(folder: str, task: TaskData, split: str, report: DataReport) -> Dataset:
     """One sub-folder per class. Files the task cannot read into a row are counted here, not dropped quietly;
     the rows' content (does the image decode?) is checked later by `drop_unusable`, as for every other source."""
     root = Path(folder)
@@ -119,7 +136,7 @@ def _first_bad_line(file: Path) -> str | None:
     return None
 
 
-def load_raw(args: "DataArguments", task: "TaskAdapter", report: DataReport) -> DatasetDict:
+def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> DatasetDict:
     if args.dataset_name:
         report.source = args.dataset_name
         loaded = load_dataset(args.dataset_name, args.dataset_config_name)
@@ -230,36 +247,16 @@ def _rename_labels(old: list[str], new: list[str]):
 
 # ---------------------------------------------------------------- the whole preparation
 
-LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "y")
-INPUT_SETTINGS = {"image": "image_column_name", "text": "text_column_names"}
-
-
-def infer_columns(train: Dataset, args: "DataArguments", task: "TaskAdapter", given: frozenset) -> None:
-    """Columns the user did not name and the data does not have under the default name: take the only plausible
-    one (a label-like name; the only column of the task's input type), and say so. Named columns are never guessed."""
-    columns = train.column_names
-    if args.label_column_name not in columns and "label_column_name" not in given:
-        lowered = {c.lower(): c for c in columns}
-        found = next((lowered[n] for n in LABEL_COLUMNS if n in lowered), None)
-        if found:
-            logger.info("No column '%s': using '%s' for the labels", args.label_column_name, found)
-            args.label_column_name = found
-    setting = INPUT_SETTINGS[task.name]
-    if all(c in columns for c in task.input_columns(args)) or setting in given:
-        return
-    inputs = [c for c in columns if c != args.label_column_name and task.is_input_feature(train.features[c])]
-    if len(inputs) == 1:
-        logger.info("No column %s: using '%s' for the %s", task.input_columns(args), inputs[0], task.name)
-        setattr(args, setting, inputs[0])
-
-
-def prepare_splits(args: "DataArguments", task: "TaskAdapter", seed: int,
-                   given: frozenset = frozenset()) -> tuple[DatasetDict, DataReport]:
-    """Load, check, label-encode, split and truncate: everything that can fail does so here, before training."""
+def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozenset = frozenset(),
+                   choices: Choices | None = None) -> tuple[DatasetDict, DataReport, DataArguments]:
+    """Load, check, label-encode, split and truncate: everything that can fail does so here, before training.
+    Returns the splits, what was skipped, and the data arguments with the columns read (`choices.choose_columns`)."""
     report = DataReport()
     splits = load_raw(args, task, report)
     where = report.source
-    infer_columns(splits["train"], args, task, given)
+    train = splits["train"]
+    args = choose_columns(train.column_names, train.features, args, task, given, choices or Choices())
+    task = task.with_data(args)
     columns = task.input_columns(args)
     _check_columns(splits, [*columns, args.label_column_name], where)
     keep = [*columns, args.label_column_name]
@@ -280,7 +277,7 @@ def prepare_splits(args: "DataArguments", task: "TaskAdapter", seed: int,
         splits["validation"] = splits["validation"].select(range(min(args.max_eval_samples,
                                                                      len(splits["validation"]))))
     logger.info(report.summary())
-    return splits, report
+    return splits, report, args
 
 
 def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) -> DatasetDict:

@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 
 from . import hardware, zoo
-from .card import HEADLINE, read_json
-from .compare import COLUMNS
+from .card import HEADLINE
 from .modeling import load_trained
-from .outputs import (ALL_RESULTS, CARD, COMPARISON_FILE, CONFUSION_PNG, CURVES_PNG, EXAMPLES_FOLDER,
-                      PLAN_FILE, REPORT_DIR, RUN_RECORD)
-from .report import markdown_table, stage_rows
-from .tasks import TASKS, task_name_for
+from .outputs import CONFUSION_PNG, CURVES_PNG, EXAMPLES_FOLDER, REPORT_DIR, OutputFolder
+from .report import comparison_table, markdown_table, plan_table, stage_rows
+from .tasks import task_for_config
 
 MAX_BATCH = 16
 TOP_K = 5
@@ -49,7 +47,7 @@ class Predictor:
 
         self.folder = model_folder(model)
         config = AutoConfig.from_pretrained(self.folder)
-        self.task = TASKS[task_name_for(config.model_type)]()
+        self.task = task_for_config(config)()
         self.device = hardware.inference_device()
         self.model = load_trained(str(self.folder)).to(self.device)
         self.processor = self.task.load_processor(str(self.folder))
@@ -66,16 +64,14 @@ class Predictor:
                 for ps, ids in zip(top.values, top.indices)]
 
     def examples(self) -> list:
-        folder = self.folder / EXAMPLES_FOLDER
+        folder = OutputFolder(self.folder).examples
         return self.task.load_examples(folder) if folder.is_dir() else []
 
 
 def results_markdown(folder: Path) -> str:
     """Metrics, stages, freeze plan and comparison of an output folder, as Markdown."""
-    results = read_json(folder / ALL_RESULTS) or {}
-    run = read_json(folder / RUN_RECORD) or {}
-    plan = read_json(folder / PLAN_FILE)
-    comparison = read_json(folder / COMPARISON_FILE)
+    output = OutputFolder(folder)
+    results, run, plan, comparison = output.results, output.run or {}, output.plan, output.comparison
     parts = []
     headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]
     if headline:
@@ -83,18 +79,15 @@ def results_markdown(folder: Path) -> str:
     if run.get("stages"):
         parts.append("### Stages\n\n" + markdown_table(stage_rows(run["stages"])))
     if plan:
-        details = {k: plan[k] for k in ("strategy", "freeze", "unfreeze", "unfreeze_last_n", "layer_lr_decay",
-                                        "lr_multipliers") if plan.get(k)}
-        parts.append("### Freeze plan\n\n" + markdown_table([{"setting": k, "value": str(v)} for k, v in
-                                                            details.items()]))
+        parts.append("### Freeze plan\n\n" + plan_table(plan))
     if comparison:
-        parts.append("### Strategies compared\n\n" + markdown_table(comparison, COLUMNS))
+        parts.append("### Strategies compared\n\n" + comparison_table(comparison))
     return "\n".join(parts) or "No results were saved with this model."
 
 
 def card_markdown(folder: Path) -> str:
     """The model card's body: YAML header dropped, relative images dropped (the Results tab shows them)."""
-    path = folder / CARD
+    path = OutputFolder(folder).card
     if not path.is_file():
         return "This model has no model card."
     text = re.sub(r"\A---\n.*?\n---\n", "", path.read_text(), flags=re.S)
@@ -134,8 +127,9 @@ def build_demo(model: str, title: str | None = None):
         with gr.Tab("Results"):
             gr.Markdown(results_markdown(folder))
             for name, caption in ((CONFUSION_PNG, "Confusion matrix"), (CURVES_PNG, "Training curves")):
-                if (folder / REPORT_DIR / name).is_file():
-                    gr.Image(str(folder / REPORT_DIR / name), label=caption, interactive=False)
+                path = OutputFolder(folder).report_file(name)
+                if path:
+                    gr.Image(str(path), label=caption, interactive=False)
         with gr.Tab("Model card"):
             gr.Markdown(card_markdown(folder))
         # The check is queued (an unqueued event's gr.Error shows no toast in Gradio 6) but never waits on the model.

@@ -38,13 +38,21 @@ class FreezePlan:
     lora: dict | None = None  # strategy lora: r, alpha, dropout and the modules that got adapters
     trainable: list[str] = field(default_factory=list)  # filled in by `apply`: the resolved result
 
+    def settings(self) -> dict:
+        """The strategy and every pattern setting that is set, in order: what each view of the plan shows."""
+        shown = {"strategy": self.strategy}
+        for key in ("freeze", "unfreeze", "unfreeze_last_n", "layer_lr_decay", "lr_multipliers"):
+            if getattr(self, key) not in (None, []):
+                shown[key] = getattr(self, key)
+        return shown
+
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / PLAN_FILE
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "FreezePlan":
+    def load(cls, path: str | Path) -> FreezePlan:
         path = Path(path)
         if path.is_dir():
             path = path / PLAN_FILE
@@ -178,6 +186,15 @@ def batchnorm_to_train(model: nn.Module, plan: FreezePlan, freeze_bn_stats: bool
             and module.track_running_stats and any(f"{name}.{p}" in trainable for p, _ in module.named_parameters())]
 
 
+def calibrate_for(model: nn.Module, plan: FreezePlan, freeze_bn_stats: bool, batches) -> int:
+    """Calibrate the BatchNorm layers that `plan` trains (below) on `batches`; how many there were. Every process
+    makes the same pass, so all hold the same statistics."""
+    names = batchnorm_to_train(model, plan, freeze_bn_stats)
+    if names:
+        calibrate_batchnorm(model, names, batches)
+    return len(names)
+
+
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, names: list[str], batches) -> None:
     """Re-estimate the running statistics of the BatchNorm layers `names` on `batches` (AdaBN), weights untouched.
@@ -270,11 +287,7 @@ def report(model: nn.Module, plan: FreezePlan | None = None) -> str:
                      f"{lr:>10}")
     lines.append(f"{'total':<16}{len(params):>8}{total:>14,}{train:>14,}{100 * train / max(total, 1):>7.1f}%")
     if plan is not None:
-        header = f"strategy={plan.strategy}"
-        for key in ("freeze", "unfreeze", "unfreeze_last_n", "layer_lr_decay", "lr_multipliers"):
-            if getattr(plan, key):
-                header += f" {key}={getattr(plan, key)}"
-        lines.insert(0, header)
+        lines.insert(0, " ".join(f"{key}={value}" for key, value in plan.settings().items()))
     return "\n".join(lines)
 
 

@@ -14,13 +14,14 @@ import os
 import re
 from pathlib import Path
 
-from .outputs import CARD
+from .outputs import CARD, CONFIG, STAGE_PREFIX, STAGING
 
 logger = logging.getLogger(__name__)
 
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
-NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", "stage-*", "stage-*/**", "runs/**", ".*"]
+NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", f"{STAGE_PREFIX}*", f"{STAGE_PREFIX}*/**", "runs/**", ".*",
+                f"{STAGING}/**"]
 TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
 
 
@@ -39,9 +40,9 @@ def problems(folder: str | Path, token: str | None = None) -> list[str]:
     """Everything that would make the pushed model broken or unsafe; empty when it can go."""
     folder = Path(folder)
     found = []
-    config_path = folder / "config.json"
+    config_path = folder / CONFIG
     if not config_path.is_file():
-        return [f"{folder}: no config.json: not a saved model folder"]
+        return [f"{folder}: no {CONFIG}: not a saved model folder"]
     id2label = json.loads(config_path.read_text()).get("id2label") or {}
     if not id2label or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in id2label.values()):
         found.append("config.json has no real label names (id2label is LABEL_0, LABEL_1, ...): the Hub widget and "

@@ -81,6 +81,12 @@ def _expose_convolution_geometry(peft_model) -> None:
                     setattr(module, name, getattr(base, name))
 
 
+def settings(peft_model, transfer) -> dict:
+    """What the freeze plan records of the adapters: rank, scaling, dropout and the modules that got them."""
+    return {"r": transfer.lora_r, "alpha": transfer.lora_alpha, "dropout": transfer.lora_dropout,
+            "target_modules": sorted(peft_model.peft_config["default"].target_modules)}
+
+
 def merge(peft_model, adapter_dir: str | Path | None):
     """Save the adapter (when `adapter_dir` is given: main process only), then return the merged plain model."""
     if adapter_dir is not None:

@@ -24,14 +24,15 @@ class ModelError(ValueError):
     pass
 
 
-def _wrong_task(name: str, config, task_name: str) -> str:
-    article = {"image": "an", "text": "a"}
-    message = f"{name} ({type(config).__name__}) is not {article[task_name]} {task_name} classifier"
+def _wrong_task(name: str, config, task) -> str:
+    from .tasks import task_for_config
+
+    message = f"{name} ({type(config).__name__}) is not {task.noun} classifier"
     try:
-        other = "image" if auto_class_for(config).__name__ == "AutoModelForImageClassification" else "text"
+        other = task_for_config(config)
     except ValueError:
         return message
-    return f"{message}: it is {article[other]} {other} model; use recipes/{other}.py"
+    return f"{message}: it is {other.noun} model; use recipes/{other.name}.py"
 
 
 def _require_safetensors(path: str, name: str) -> None:
@@ -57,7 +58,7 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
               "trust_remote_code": model_args.trust_remote_code}
     config = AutoConfig.from_pretrained(path, **common)
     if type(config) not in task.auto_model_class._model_mapping:
-        raise ModelError(_wrong_task(model_args.model_name_or_path, config, task.name))
+        raise ModelError(_wrong_task(model_args.model_name_or_path, config, task))
     if "num_classes" in (getattr(config, "model_args", None) or {}):
         # timm's `save_for_hf` may record its class count among the network's arguments; TimmWrapper passes the
         # label count as well, and two values of one keyword fail: the label count is the one that holds.
@@ -107,12 +108,9 @@ def _reinitialise(model, module: nn.Module) -> None:
 
 def auto_class_for(config):
     """The `AutoModelFor...Classification` class that maps this config: no task flag is needed to load a model."""
-    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+    from .tasks import task_for_config
 
-    for auto_class in (AutoModelForImageClassification, AutoModelForSequenceClassification):
-        if type(config) in auto_class._model_mapping:
-            return auto_class
-    raise ValueError(f"{type(config).__name__} is neither an image nor a sequence classifier")
+    return task_for_config(config)().auto_model_class
 
 
 def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_code: bool = False):

@@ -1,19 +1,32 @@
-"""The output folder's layout, one owner: every file and folder a run writes and the card, demo, Space, report,
-comparison and resume read, by name.
+"""The output folder, one owner: every name in it, the writer that fills it and the reader everyone else uses.
 
     output_dir/
       model.safetensors, config.json, processor or tokenizer files   (the model: `from_pretrained` loads it)
       all_results.json, train_results.json, eval_results.json        (`Trainer.save_metrics`' convention)
-      hftransfer_run.json   settings, stages with their logs, data report, labels
+      hftransfer_run.json   settings, automatic choices, stages with their logs, data report, labels
       freeze_plan.json      the last stage's plan (`hftransfer freeze-report --plan` reads it)
-      report/report.md, report/confusion_matrix.png, report/training_curves.png
+      report/report.md, report/per_class.md, report/confusion_matrix.png, report/training_curves.png
       examples/             a few validation inputs for the demo
       lora_adapter/         the adapter and its head, when a stage used LoRA
-      comparison.json       `hftransfer compare`'s table
+      comparison.json, comparison.md   `hftransfer compare`'s table
       README.md             the model card
-      stage-NAME/           checkpoints of each stage (killed runs resume from them); .saving/ while publishing
+      stage-NAME/           checkpoints of each stage and the finished stage's model (killed runs resume from them)
+      .saving/              the next files, while they are written (`Staging`)
+
+Written through `Staging`: every file goes into `.saving/` first and is then moved into place with `os.replace`, so a
+kill leaves the old file or the new one, never half of one. Read through `OutputFolder` (card, report, demo, push,
+compare, the Space).
 """
 
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.json"  # transformers' name: the model's config, with id2label and hftransfer's entries
 ALL_RESULTS = "all_results.json"
 RUN_RECORD = "hftransfer_run.json"
 PLAN_FILE = "freeze_plan.json"
@@ -23,12 +36,112 @@ PER_CLASS_MD = "per_class.md"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 EXAMPLES_FOLDER = "examples"
+EXAMPLES_FILE = "examples.json"  # inside EXAMPLES_FOLDER: the inputs (texts, or image file names) and their labels
 ADAPTER_FOLDER = "lora_adapter"
 COMPARISON_FILE = "comparison.json"
+COMPARISON_MD = "comparison.md"
 CARD = "README.md"
 STAGING = ".saving"
+STAGE_PREFIX = "stage-"
+COMPLETED_WEIGHTS = "completed.safetensors"  # inside a stage's folder: the model after the finished stage
+COMPLETED_RECORD = "completed.json"  # and its record, written last
 
 
 def results_file(split: str) -> str:
     """`train`, `eval` or `all`: the `Trainer.save_metrics` file name."""
     return f"{split}_results.json"
+
+
+def stage_dir(output_dir: str | Path, stage_name: str) -> Path:
+    return Path(output_dir) / f"{STAGE_PREFIX}{stage_name}"
+
+
+def stage_dirs(output_dir: str | Path) -> list[Path]:
+    return sorted(Path(output_dir).glob(f"{STAGE_PREFIX}*"))
+
+
+# ---------------------------------------------------------------- writing
+
+def write_json(path: Path, data, indent: int = 2, sort_keys: bool = False) -> Path:
+    path.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys, default=str) + "\n")
+    return path
+
+
+def write_json_atomic(path: Path, data) -> None:
+    partial = path.with_name(path.name + ".partial")
+    write_json(partial, data)
+    os.replace(partial, path)
+
+
+class Staging:
+    """The next version of an output folder, written beside it and moved in file by file (`move_into_place`)."""
+
+    def __init__(self, output_dir: str | Path):
+        self.output_dir = Path(output_dir)
+        self.folder = self.output_dir / STAGING
+
+    def create(self) -> Path:
+        if self.folder.exists():
+            shutil.rmtree(self.folder)  # left by a run killed while saving
+        self.folder.mkdir(parents=True)
+        return self.folder
+
+    def write_results(self, split: str, metrics: dict) -> None:
+        write_json(self.folder / results_file(split), metrics, indent=4, sort_keys=True)
+
+    def move_into_place(self) -> None:
+        """Move every staged file into the output folder (same file system: each move is atomic)."""
+        for source in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+            target = self.output_dir / source.relative_to(self.folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+        shutil.rmtree(self.folder)
+
+
+# ---------------------------------------------------------------- reading
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """What a finished run left in `path`; a missing file reads as None."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> dict | None:
+        return read_json(self.path / CONFIG)
+
+    @property
+    def run(self) -> dict | None:
+        return read_json(self.path / RUN_RECORD)
+
+    @property
+    def results(self) -> dict:
+        return read_json(self.path / ALL_RESULTS) or {}
+
+    @property
+    def plan(self) -> dict | None:
+        return read_json(self.path / PLAN_FILE)
+
+    @property
+    def comparison(self) -> list[dict] | None:
+        return read_json(self.path / COMPARISON_FILE)
+
+    @property
+    def card(self) -> Path:
+        return self.path / CARD
+
+    @property
+    def examples(self) -> Path:
+        return self.path / EXAMPLES_FOLDER
+
+    def report_file(self, name: str) -> Path | None:
+        """A file of the report folder (REPORT_MD, CONFUSION_PNG, ...), None when the run did not write it."""
+        path = self.path / REPORT_DIR / name
+        return path if path.is_file() else None

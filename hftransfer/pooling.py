@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-CONFIG_KEY = "hftransfer_pooling"
+from .anatomy import POOLING_KEY as CONFIG_KEY
+from .anatomy import block_list_name
 # The attention output's weight over the residual: LayerNorm(SCALE * mean + token) differs from LayerNorm(mean) by
 # about |token| / (SCALE * |mean|): at most 0.01 for all-MiniLM-L6-v2 (values of unit spread); fp16's range ends at
 # 65,504, 16 times the largest mean MiniLM gives. A layer of another kind misses by whole units.
@@ -87,15 +88,7 @@ def adopt(model: nn.Module, mode: str | None) -> str:
             f"{pooler or 'the head'} reads its mean")
 
 
-def pooling_layer(model: nn.Module) -> int | None:
-    """Index of the mean-pooling layer in the base's block list, None when the model has none."""
-    spec = getattr(model.config, CONFIG_KEY, None) or {}
-    return spec.get("layer")
-
-
 def _layers(model: nn.Module) -> nn.ModuleList | None:
-    from .anatomy import block_list_name
-
     name = block_list_name(model)
     return model.get_submodule(name) if name else None
 

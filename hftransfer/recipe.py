@@ -14,8 +14,8 @@ from pathlib import Path
 import datasets
 import transformers
 
-from . import hardware
 from .args import parse_args
+from .choices import Choices, choose_hardware
 from .data import DataError
 from .freezing import PatternError
 from .modeling import ModelError
@@ -36,14 +36,16 @@ def setup_logging(training_args) -> None:
 
 
 def main(task_name: str, argv: list[str] | None = None) -> dict:
+    if task_name not in TASKS:
+        raise SystemExit(f"The task is one of {', '.join(TASKS)}, not '{task_name}'")
     task_cls = TASKS[task_name]
     run = parse_args(argv, defaults={"model_name_or_path": task_cls.default_model,
                                      "output_dir": f"outputs/{task_name}"})
-    chosen = hardware.apply_defaults(run)
+    choices = Choices()
+    choose_hardware(run, choices)  # first: the precision and devices settle before anything reads them
     setup_logging(run.training)
-    if chosen:
-        logger.info("Chosen for this hardware: %s", chosen)
-    transfer = TransferRun(run, task_cls(run.data))
+    choices.log()
+    transfer = TransferRun(run, task_cls(run.data), choices)
     try:
         metrics = transfer.execute()
     except (DataError, PatternError, ModelError) as err:

@@ -1,6 +1,7 @@
 """A run's report: confusion matrix, training curves across stages, per-class scores, freeze plan, comparison.
 
-Written as PNGs and markdown into `OUTPUT_DIR/report/` so it reads on the Hub and on GitHub without a notebook.
+Written as PNGs and markdown into `OUTPUT_DIR/report/` so it reads on the Hub and on GitHub without a notebook. The
+tables the card and the demo show (stages, freeze plan, comparison) are rendered here too, by one function each.
 matplotlib and the metric helpers are imported inside the functions, so importing this module costs nothing; figures
 are drawn on an Agg canvas directly (no pyplot), which leaves the caller's backend and global state alone.
 """
@@ -8,7 +9,6 @@ are drawn on an Agg canvas directly (no pyplot), which leaves the caller's backe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from .outputs import CONFUSION_PNG, CURVES_PNG, PER_CLASS_MD, REPORT_DIR, REPORT_MD
@@ -17,6 +17,10 @@ MAX_LABELLED_CLASSES = 30  # past this, class names and counts on the confusion 
 # quality curves, where logged: train_accuracy comes from the training batches themselves (free), eval_* from
 # evaluations during training (--eval_strategy epoch)
 CURVE_METRICS = ("train_accuracy", "eval_accuracy", "eval_f1_macro", "eval_top_5_accuracy")
+# `hftransfer compare`'s columns, in order, and their headers
+COMPARISON_COLUMNS = {"strategy": "strategy", "eval_accuracy": "accuracy", "eval_f1_macro": "macro-F1",
+                      "train_runtime": "train time (s)", "total_runtime": "total time (s)",
+                      "trainable_parameters": "trainable parameters", "peak_memory_mb": "peak memory (MB)"}
 
 
 # ---------------------------------------------------------------- tables
@@ -179,19 +183,38 @@ def confusion_figure(matrix: list[list[int]], labels: list[str]):
 
 # ---------------------------------------------------------------- the report
 
-def _plan_rows(plan) -> list[dict]:
-    if is_dataclass(plan):
-        plan = asdict(plan)
-    rows = [{"setting": "strategy", "value": plan.get("strategy", "-")}]
-    if plan.get("trainable"):
-        rows.append({"setting": "trainable parameter tensors", "value": len(plan["trainable"])})
-    for key in ("freeze", "unfreeze", "lr_multipliers"):
-        if plan.get(key):
-            rows.append({"setting": key, "value": ", ".join(f"`{p}`" for p in plan[key])})
-    for key in ("unfreeze_last_n", "layer_lr_decay"):
-        if plan.get(key) is not None:
-            rows.append({"setting": key, "value": plan[key]})
-    return rows
+def plan_table(plan) -> str:
+    """The freeze plan (a `FreezePlan` or its saved dict) as a table: what the report, card and demo show."""
+    from .freezing import FreezePlan
+
+    plan = plan if isinstance(plan, FreezePlan) else FreezePlan(**plan)
+    rows = []
+    for key, value in plan.settings().items():
+        shown = ", ".join(f"`{p}`" for p in value) if isinstance(value, list) else value
+        rows.append({"setting": key, "value": shown})
+        if key == "strategy" and plan.trainable:
+            rows.append({"setting": "trainable parameter tensors", "value": len(plan.trainable)})
+    if plan.lora:
+        rows.append({"setting": "LoRA", "value": f"r={plan.lora['r']} alpha={plan.lora['alpha']} on "
+                                                 f"{len(plan.lora['target_modules'])} modules (merged)"})
+    return markdown_table(rows)
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """`hftransfer compare`'s rows: the comparison columns the rows have, in order."""
+    return markdown_table(rows, {key: header for key, header in COMPARISON_COLUMNS.items()
+                                 if any(key in row for row in rows)})
+
+
+def _comparison_section(rows: list[dict]) -> str:
+    return "## Comparison\n\nStrategies compared on the same data (`hftransfer compare`).\n\n" + comparison_table(rows)
+
+
+def add_comparison(folder, rows: list[dict]) -> None:
+    """Append the comparison to a finished run's report (`hftransfer compare`, after each run has written its own)."""
+    path = Path(folder) / REPORT_DIR / REPORT_MD
+    if path.is_file():
+        path.write_text(path.read_text() + "\n" + _comparison_section(rows))
 
 
 def stage_rows(history: list[dict]) -> list[dict]:
@@ -240,9 +263,9 @@ def write_report(folder, *, labels: list[str], predictions: list[int] | None, re
     if per_class:
         sections.append(f"## Per-class scores\n\nAlso in [{PER_CLASS_MD}]({PER_CLASS_MD}).\n\n{per_class}")
     if plan:
-        sections.append("## Freeze plan\n\n" + markdown_table(_plan_rows(plan)))
+        sections.append("## Freeze plan\n\n" + plan_table(plan))
     if comparison:
-        sections.append("## Comparison\n\n" + markdown_table(comparison))
+        sections.append(_comparison_section(comparison))
     path = out / REPORT_MD
     path.write_text("\n".join(sections))
     return path

@@ -1,14 +1,12 @@
-"""Killed runs: resume from the last checkpoint, stage by stage, and publish output files atomically.
+"""Killed runs: resume from the last checkpoint, stage by stage.
 
 With checkpoints on (`--save_strategy steps|epoch`), each stage's `Trainer` writes `output_dir/stage-NAME/
 checkpoint-N`, and a finished stage leaves `stage-NAME/completed.safetensors` (the whole model after it) and
 `completed.json` (its record). A re-run of the same command then does what the HF example scripts do: it finds the
 last checkpoint and goes on from there, here per stage: finished stages are restored, not retrained, and the
 interrupted one resumes from its last complete checkpoint (a checkpoint cut short by the kill is skipped).
-`--resume_from_checkpoint PATH` names one; `--restart` ignores them all.
-
-The final folder is written into `output_dir/.saving/` and each file then moved into place with `os.replace`, so a
-kill leaves the old file or the new one, never half of one.
+`--resume_from_checkpoint PATH` names one; `--restart` ignores them all. (The final folder is written atomically
+too: `outputs.Staging`.)
 """
 
 from __future__ import annotations
@@ -23,16 +21,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_model
 
-from .outputs import STAGING
+from .outputs import COMPLETED_RECORD, COMPLETED_WEIGHTS, stage_dir, stage_dirs, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
-
-
-def stage_dir(output_dir: str | Path, stage_name: str) -> Path:
-    return Path(output_dir) / f"stage-{stage_name}"
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
@@ -47,43 +41,70 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 def mark_completed(model: torch.nn.Module, folder: Path, record: dict) -> None:
     """The model after a finished stage, and the stage's record; written atomically, the record last."""
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "completed.safetensors.partial"
+    partial = folder / f"{COMPLETED_WEIGHTS}.partial"
     save_model(model, str(partial))
-    os.replace(partial, folder / "completed.safetensors")
-    write_json_atomic(folder / "completed.json", record)
+    os.replace(partial, folder / COMPLETED_WEIGHTS)
+    write_json_atomic(folder / COMPLETED_RECORD, record)
 
 
 def restore_completed(model: torch.nn.Module, folder: Path) -> dict | None:
     """Load a finished stage's model into `model` and return its record, or None when the stage did not finish."""
-    record = folder / "completed.json"
+    record = folder / COMPLETED_RECORD
     if not record.is_file():
         return None
-    missing, unexpected = model.load_state_dict(load_file(folder / "completed.safetensors"), strict=False)
+    missing, unexpected = model.load_state_dict(load_file(folder / COMPLETED_WEIGHTS), strict=False)
     if unexpected or [k for k in missing if not k.endswith(("position_ids", "num_batches_tracked"))]:
         raise RuntimeError(f"{folder}: the saved stage does not fit this model (missing {missing[:3]}, unexpected "
                            f"{unexpected[:3]}); run with --restart")
     return json.loads(record.read_text())
 
 
-def write_json_atomic(path: Path, data) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+class StageCheckpoints:
+    """A run's checkpoints, stage by stage (on with `--save_strategy steps|epoch`, ignored with `--restart`)."""
 
+    def __init__(self, args, restart: bool):
+        self.args, self.restart = args, restart
+        self.enabled = args.save_strategy != "no" and not restart
 
-def staging_dir(output_dir: str | Path) -> Path:
-    staging = Path(output_dir) / STAGING
-    if staging.exists():
-        shutil.rmtree(staging)  # left by a run killed while saving
-    staging.mkdir(parents=True)
-    return staging
+    def folder(self, stage_name: str) -> Path:
+        return stage_dir(self.args.output_dir, stage_name)
 
+    def trainer_output_dir(self, stage_name: str) -> str:
+        """Where a stage's `Trainer` writes checkpoints: its own folder when there are any."""
+        return str(self.folder(stage_name)) if self.args.save_strategy != "no" else self.args.output_dir
 
-def publish(staging: Path, output_dir: str | Path) -> None:
-    """Move every file from `staging` into `output_dir` (same file system: each move is atomic)."""
-    output_dir = Path(output_dir)
-    for source in sorted(p for p in staging.rglob("*") if p.is_file()):
-        target = output_dir / source.relative_to(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
-    shutil.rmtree(staging)
+    def clear(self) -> None:
+        """`--restart`: an interrupted run's stages must not come back."""
+        if self.restart and self.args.should_save:
+            for old in stage_dirs(self.args.output_dir):
+                shutil.rmtree(old)
+
+    def finished(self, model: torch.nn.Module, stage_name: str) -> dict | None:
+        """The record of a stage an earlier, interrupted run of this command finished, its model loaded; else None."""
+        if not self.enabled:
+            return None
+        record = restore_completed(model, self.folder(stage_name))
+        if record is not None:
+            logger.info("Stage '%s' was finished by an earlier run: restored from %s", stage_name,
+                        self.folder(stage_name))
+        return record
+
+    def resume_from(self, stage_name: str) -> str | None:
+        """`--resume_from_checkpoint PATH` when it is this stage's, else this stage's last complete checkpoint."""
+        if not self.enabled:
+            return None
+        folder = self.folder(stage_name)
+        given = self.args.resume_from_checkpoint
+        if given and Path(given).is_dir():
+            chosen = given if Path(given).resolve().parent == folder.resolve() else None
+        else:
+            found = complete_checkpoints(folder)
+            chosen = str(found[0]) if found else None
+        if chosen:
+            logger.info("Resuming stage '%s' from %s (an earlier run of this command stopped there; --restart "
+                        "starts over)", stage_name, chosen)
+        return chosen
+
+    def mark_finished(self, model: torch.nn.Module, stage_name: str, record: dict) -> None:
+        if self.args.save_strategy != "no" and self.args.should_save:
+            mark_completed(model, self.folder(stage_name), record)

@@ -19,19 +19,30 @@ from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_da
 
 from .anatomy import architecture
 from .data import DataReport
+from .outputs import EXAMPLES_FILE
 from .pixels import FastPixels, size_entries
 
 logger = logging.getLogger(__name__)
 
 
 class TaskAdapter:
+    """Everything that differs between images and text; the rest of hftransfer asks the adapter."""
+
     name: str
     default_model: str
     embedded_name: str
     auto_model_class: Any
+    column_setting: str  # the DataArguments field that names the input column(s)
+    pipeline_tag: str  # the Hub's task, for the card and the pipeline
+    noun: str  # "an image" / "a text": how the card and errors say it
+    usage_example: str  # a pipeline input for the card's snippet
 
     def __init__(self, data_args=None):
         self.data_args = data_args
+
+    def with_data(self, data_args) -> TaskAdapter:
+        """The same task over resolved data arguments (the columns `choices` picked)."""
+        return type(self)(data_args)
 
     # data -----------------------------------------------------------------
     def input_columns(self, args) -> list[str]:
@@ -65,8 +76,9 @@ class TaskAdapter:
         """Hardware-friendly layout of the loaded model (no change by default)."""
         return model
 
-    def adapt_processor(self, processor, model, splits: DatasetDict):
-        """Settings chosen from the data (image size, sequence length); returns the processor to save."""
+    def adapt_processor(self, processor, model, splits: DatasetDict, choices):
+        """Settings chosen from the data (image size, sequence length), recorded in `choices`; returns the
+        processor to save."""
         return processor
 
     def transform(self, processor, train: bool):
@@ -131,6 +143,10 @@ class ImageTask(TaskAdapter):
     name = "image"
     default_model = "zoo:mobilenet_v2"
     embedded_name = "fashion_mnist"
+    column_setting = "image_column_name"
+    pipeline_tag = "image-classification"
+    noun = "an image"
+    usage_example = '"photo.jpg"'
     min_image_size = 96
     upscale = 4  # small images (28 px) are shown to the network at 4x, not 8x (224 px): measured, see README
 
@@ -180,33 +196,40 @@ class ImageTask(TaskAdapter):
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def adapt_processor(self, processor, model, splits):
+    def adapt_processor(self, processor, model, splits, choices):
         """Show small images at `upscale` times their size instead of the checkpoint's full resolution.
 
         Only for convolutional models that accept another input size; a 28 px image blown up to 224 px costs 4x
         the compute of 112 px for no accuracy (measured on Fashion-MNIST, see README). Models with attention keep
         their size unless `--image_size` names one: their position tables are tied to it (a tiny BEiT at 96 px gave
-        logits that changed from call to call, then NaN gradients).
+        logits that changed from call to call, then NaN gradients). The size used is recorded in `choices`.
         """
         size = self.data_args.image_size if self.data_args else None
         chosen = size is None
         native = _processor_size(processor)
+        reason = f"the checkpoint's {native} px"
         if size is None:
             sides = sorted(min(_open_image(v).size) for v in splits["train"].select(
                 range(min(64, len(splits["train"]))))[self.column])
             median = sides[len(sides) // 2]
             size = min(native, max(self.min_image_size, -(-median * self.upscale // 16) * 16))
+            reason = f"from the images' size (median side {median} px, x{self.upscale}); checkpoint {native} px"
         if size != native:
             if chosen and architecture(model) != "conv":
+                size, reason = native, f"{type(model).__name__} has attention layers: the checkpoint's size"
                 logger.info("%s has attention layers: keeping its %d px inputs (--image_size changes them)",
                             type(model).__name__, native)
             elif not _accepts_size(model, size):
                 logger.info("%s needs %d px inputs; keeping that size", type(model).__name__, native)
+                size, reason = native, f"{type(model).__name__} needs {native} px inputs"
             elif not _set_processor_size(processor, size):
                 logger.info("%s gives no %d px output with any size setting; keeping the checkpoint's %d px",
                             type(processor).__name__, size, native)
+                size, reason = native, f"{type(processor).__name__} gives no {size} px output"
             else:
                 logger.info("Input size %d px (checkpoint: %d px), chosen from the images' size", size, native)
+        if chosen:
+            choices.add("image_size", size, reason)
         return processor
 
     def transform(self, processor, train):
@@ -381,11 +404,18 @@ class TextTask(TaskAdapter):
     name = "text"
     default_model = "zoo:all-MiniLM-L6-v2"
     embedded_name = "rotten_tomatoes"
+    column_setting = "text_column_names"
+    pipeline_tag = "text-classification"
+    noun = "a text"
+    usage_example = '"a wonderful, moving film"'
     max_length_cap = 512  # longer inputs cost quadratic attention for little gain in classification
 
     @property
     def columns(self) -> list[str]:
-        names = self.data_args.text_column_names if self.data_args else "text"
+        return self.input_columns(self.data_args)
+
+    def input_columns(self, args) -> list[str]:
+        names = args.text_column_names if args else "text"
         columns = [c.strip() for c in names.split(",") if c.strip()]
         if not 1 <= len(columns) <= 2:
             raise ValueError(f"--text_column_names takes one column, or two for sentence pairs, not '{names}'")
@@ -396,9 +426,6 @@ class TextTask(TaskAdapter):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification
-
-    def input_columns(self, args) -> list[str]:
-        return self.columns
 
     def is_input_feature(self, feature) -> bool:
         return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
@@ -430,16 +457,19 @@ class TextTask(TaskAdapter):
 
         return AutoTokenizer.from_pretrained(path, **kwargs)
 
-    def adapt_processor(self, tokenizer, model, splits):
+    def adapt_processor(self, tokenizer, model, splits, choices):
         """The token limit: --max_seq_length, else the model's, capped at 512 (and at the position table)."""
         limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None),
                   self.max_length_cap]
         natural = min(int(v) for v in limits if v)
-        wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else natural
-        if wanted > natural:
+        wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else None
+        if wanted is None:
+            choices.add("max_seq_length", natural, f"the model's limit, at most {self.max_length_cap}; padded per "
+                        "batch")
+        elif wanted > natural:
             logger.warning("--max_seq_length %d is more than %s takes; using %d", wanted, type(model).__name__,
                            natural)
-        tokenizer.model_max_length = min(wanted, natural)
+        tokenizer.model_max_length = min(wanted or natural, natural)
         logger.info("Texts are truncated to %d tokens and padded per batch", tokenizer.model_max_length)
         _give_pad_token(tokenizer, model)
         return tokenizer
@@ -480,10 +510,10 @@ class TextTask(TaskAdapter):
         folder.mkdir(parents=True, exist_ok=True)
         examples = [{"text": text if isinstance(text, str) else " / ".join(text), "label": label}
                     for text, label in rows]
-        (folder / "examples.json").write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
+        (folder / EXAMPLES_FILE).write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
 
     def load_examples(self, folder):
-        path = folder / "examples.json"
+        path = folder / EXAMPLES_FILE
         return [[row["text"]] for row in json.loads(path.read_text())] if path.is_file() else []
 
 
@@ -505,10 +535,21 @@ def _give_pad_token(tokenizer, model) -> None:
 TASKS = {task.name: task for task in (ImageTask, TextTask)}
 
 
-def task_name_for(model_type: str | None) -> str:
-    """"image" or "text" for a classifier's config: whether transformers maps its model type to an image classifier
-    (a config's keys cannot tell: a timm config has no image size)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+def task_for_config(config) -> type[TaskAdapter]:
+    """The task whose `AutoModelFor...Classification` maps this config class: no task flag is needed to load."""
+    for task in TASKS.values():
+        if type(config) in task().auto_model_class._model_mapping:
+            return task
+    raise ValueError(f"{type(config).__name__} is a classifier of none of the tasks ({', '.join(TASKS)})")
 
-    return ImageTask.name if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES else TextTask.name
+
+def task_name_for(model_type: str | None) -> str:
+    """The task of a saved config's `model_type` (the card and the demo read config.json; its keys cannot tell: a
+    timm config has no image size). Model types transformers does not map to an image classifier are text."""
+    from transformers import AutoConfig
+
+    try:
+        return task_for_config(AutoConfig.for_model(model_type)).name
+    except (ValueError, KeyError, TypeError):
+        return TextTask.name
 

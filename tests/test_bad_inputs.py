@@ -15,7 +15,7 @@ from hftransfer.tasks import ImageTask, TextTask
 def image_splits(train, validation):
     args = DataArguments(train_dir=str(train), validation_dir=str(validation))
     task = ImageTask(args)
-    splits, report = prepare_splits(args, task, seed=0)
+    splits, report, _ = prepare_splits(args, task, seed=0)
     return splits, report, task
 
 
@@ -84,7 +84,7 @@ def text_splits(tmp_path, content, **kwargs):
     path = tmp_path / "data.csv"
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
     args = DataArguments(train_file=str(path), **kwargs)
-    return prepare_splits(args, TextTask(args), seed=0, given=frozenset(kwargs))  # named columns are never guessed
+    return prepare_splits(args, TextTask(args), seed=0, given=frozenset(kwargs))[:2]  # named columns are never guessed
 
 
 ROWS = "text,label\n" + "".join(f"a good film {i},pos\na bad film {i},neg\n" for i in range(10))

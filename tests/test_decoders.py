@@ -66,7 +66,7 @@ def test_deberta_caches_the_first_token_its_pooler_reads_over_batches_of_any_len
                       "--per_device_eval_batch_size", "4", "--disable_tqdm", "true"])
     transfer = TransferRun(run, TextTask(run.data))
     transfer.execute()
-    assert transfer._cache["layout"].first_token == ("last_hidden_state",)
+    assert transfer.store.layout(transfer.model).first_token == ("last_hidden_state",)
     record = json.loads((out / "hftransfer_run.json").read_text())
     assert record["stages"][0]["metrics"]["cached_features"] is True
 

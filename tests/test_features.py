@@ -1,9 +1,13 @@
 """The feature cache where training runs: one precision for every split, batches indexed whole from the matrix."""
 
 import copy
+import logging
 
+import numpy as np
+import pytest
 import torch
 from conftest import save_tiny_checkpoint
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hftransfer import features
 from hftransfer.args import parse_args
@@ -16,7 +20,7 @@ def extract_again(run: TransferRun, split: str, model, autocast: bool) -> torch.
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=run.collator)
     context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
     with context:
-        return features.extract(model, loader, run._cache_layout(), split)[0]
+        return features.extract(model, loader, run.store.layout(model), split)[0]
 
 
 def test_bf16_on_the_cpu_extracts_every_split_in_bf16(image_folders, tmp_path):
@@ -33,7 +37,7 @@ def test_bf16_on_the_cpu_extracts_every_split_in_bf16(image_folders, tmp_path):
     plain = copy.deepcopy(transfer.model)
     vars(plain).pop("forward", None)  # without the autocast wrapper Accelerate left on the forward
     for split in ("train", "validation"):
-        cached = transfer._cache[split].features.float()
+        cached = transfer.store.features(transfer.model, split).features.float()
         in_bf16, in_fp32 = (extract_again(transfer, split, plain, autocast) for autocast in (True, False))
         assert torch.allclose(cached, in_bf16, atol=1e-6), split
         assert not torch.allclose(cached, in_fp32, atol=1e-4), split  # bf16 rounding is visible
@@ -49,3 +53,44 @@ def test_feature_batches_are_one_indexing_of_the_matrix():
         assert torch.equal(batch["pixel_values"], matrix[batch["labels"]])  # rows and labels stay paired
         seen += batch["labels"].tolist()
     assert sorted(seen) == list(range(10))
+
+
+def run_image(args):
+    run = parse_args([*args, "--disable_tqdm", "true"])
+    transfer = TransferRun(run, ImageTask(run.data))
+    return transfer, transfer.execute()
+
+
+def predict(folder, images):
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    with torch.no_grad():
+        return model(**processor([i.convert("RGB") for i in images], return_tensors="pt")).logits.argmax(-1).numpy()
+
+
+def test_cache_trained_head_equals_the_saved_full_model(tmp_path, image_folders, caplog):
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    common = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+              str(image_folders[1]), "--strategy", "feature_extraction", "--head_epochs", "3", "--disable_tqdm", "true"]
+    transfer, metrics = run_image([*common, "--output_dir", str(tmp_path / "a")])
+    assert transfer.history[0]["metrics"]["cached_features"]
+    validation = transfer.splits["validation"]
+    reloaded = predict(tmp_path / "a", validation["image"])
+    assert metrics["eval_accuracy"] == pytest.approx(float(np.mean(reloaded == np.array(validation["label"]))))
+    card = (tmp_path / "a" / "README.md").read_text()  # the run's strategy, not its one stage's name ("head")
+    assert "- feature_extraction\n" in card and "(strategy `feature_extraction`)" in card
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        run_image([*common, "--output_dir", str(tmp_path / "b"), "--head_learning_rate", "0.01"])
+    assert caplog.text.count("reusing cached features") == 2  # train and validation: no second pass of the base
+
+
+def test_staged_rerun_with_other_head_settings_reuses_its_calibrated_features(tmp_path, image_folders, caplog):
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    common = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+              str(image_folders[1]), "--head_epochs", "2", "--num_train_epochs", "1", "--calibrate_bn", "true"]
+    first, _ = run_image([*common, "--output_dir", str(tmp_path / "a")])
+    assert first.history[0]["calibrated_batchnorm"] > 0
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        again, _ = run_image([*common, "--output_dir", str(tmp_path / "b"), "--head_learning_rate", "0.01"])
+    assert "reusing cached features" in caplog.text  # the same data gives the same statistics, so the same key
+    assert again.history[0]["calibrated_batchnorm"] == first.history[0]["calibrated_batchnorm"]

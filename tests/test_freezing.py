@@ -193,7 +193,7 @@ def test_plan_round_trip_and_report(tmp_path):
 def test_layer_lr_decay_and_multipliers_give_each_group_its_rate(tmp_path):
     from transformers import TrainingArguments
 
-    from hftransfer.training import TransferTrainer
+    from hftransfer.trainer import TransferTrainer
 
     model = tiny_image_model("vit")  # 4 blocks
     plan = freezing.apply(model, FreezePlan("full", layer_lr_decay=0.5, lr_multipliers=["vit.embeddings.*=0.1"]))

@@ -105,7 +105,7 @@ def test_training_steps_never_read_a_tensor_back(monkeypatch, tmp_path):
     from conftest import tiny_image_model
     from transformers import TrainingArguments
 
-    from hftransfer.training import TransferTrainer
+    from hftransfer.trainer import TransferTrainer
 
     model = tiny_image_model("resnet", image_size=16)
     data = [{"pixel_values": torch.randn(3, 16, 16), "labels": torch.tensor(i % 3)} for i in range(64)]

@@ -48,7 +48,7 @@ def test_same_size_but_other_labels_gets_a_fresh_head(tmp_path):
 def test_default_learning_rate_follows_the_architecture():
     from conftest import tiny_image_model, tiny_text_model
 
-    from hftransfer.training import default_learning_rate
+    from hftransfer.choices import default_learning_rate
 
     assert default_learning_rate(tiny_image_model("mobilenet_v2")) == 1e-3
     assert default_learning_rate(tiny_image_model("resnet")) == 1e-3

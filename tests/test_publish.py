@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - local_hub is a fixture
 
-from hftransfer import cli, hub
+from hftransfer import cli, hub, saving
 from hftransfer.args import parse_args
 from hftransfer.tasks import ImageTask
 from hftransfer.training import TransferRun
@@ -80,13 +80,9 @@ def test_push_from_a_recipe_run_is_byte_identical(local_hub, trained, tmp_path):
     out, transfer, _ = trained
     folder = tmp_path / "image-model"
     shutil.copytree(out, folder)
-    saved = transfer.args
-    transfer.args = replace(saved, output_dir=str(folder), push_to_hub=True, hub_model_id="image-model",
-                            hub_token=TOKEN, hub_private_repo=True)
-    try:
-        url = transfer.push()  # what the recipe calls after saving
-    finally:
-        transfer.args = saved
+    args = replace(transfer.args, output_dir=str(folder), push_to_hub=True, hub_model_id="image-model",
+                   hub_token=TOKEN, hub_private_repo=True)
+    url = saving.push(args)  # what the recipe calls after saving
     assert url.startswith(local_hub.endpoint)
     assert local_hub.repos[f"{USER}/image-model"]["private"] is True  # namespace from whoami, like transformers
     assert local_hub.files(f"{USER}/image-model") == local_files(folder)

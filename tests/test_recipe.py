@@ -68,24 +68,6 @@ def _run(args):
     return transfer, transfer.execute()
 
 
-def test_cache_trained_head_equals_the_saved_full_model(tmp_path, image_folders, caplog):
-    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
-    common = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
-              str(image_folders[1]), "--strategy", "feature_extraction", "--head_epochs", "3", "--disable_tqdm", "true"]
-    transfer, metrics = _run([*common, "--output_dir", str(tmp_path / "a")])
-    assert transfer.history[0]["metrics"]["cached_features"]
-    validation = transfer.splits["validation"]
-    reloaded = predict(tmp_path / "a", validation["image"])
-    assert metrics["eval_accuracy"] == pytest.approx(float(np.mean(reloaded == np.array(validation["label"]))))
-    card = (tmp_path / "a" / "README.md").read_text()  # the run's strategy, not its one stage's name ("head")
-    assert "- feature_extraction\n" in card and "(strategy `feature_extraction`)" in card
-    import logging
-
-    with caplog.at_level(logging.INFO, logger="hftransfer"):
-        _run([*common, "--output_dir", str(tmp_path / "b"), "--head_learning_rate", "0.01"])
-    assert caplog.text.count("reusing cached features") == 2  # train and validation: no second pass of the base
-
-
 def test_bad_files_are_skipped_and_the_run_goes_on(tmp_path, image_folders):
     train, validation = image_folders
     (train / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)

@@ -170,19 +170,6 @@ def test_compare_runs_three_strategies_and_writes_the_table(tmp_path, image_fold
         compare("image", ["--strategy", "full"])
 
 
-def test_augment_with_cached_features_is_said_and_applies_where_it_can(caplog):
-    from hftransfer.training import plan_stages
-
-    with caplog.at_level("WARNING", logger="hftransfer.training"):
-        head, tune = plan_stages(parse_args(["--augment", "true"]))
-    assert not head.augment and tune.augment  # the cache holds un-augmented inputs; the base's stage augments
-    assert "un-augmented" in caplog.text
-    caplog.clear()
-    (head,) = plan_stages(parse_args(["--augment", "true", "--strategy", "feature_extraction",
-                                      "--cache_features", "false"]))
-    assert head.augment and not caplog.text  # no cache: every epoch sees new crops
-
-
 def test_staged_fine_tuning_starts_where_the_head_stage_ended(tmp_path, mobilenet_zoo):
     """Real MobileNetV2 on the embedded Fashion-MNIST sample. Stage 2 normalises with batch statistics; with the
     BatchNorm layers calibrated on the data before the head stage, its first step sees about the loss the head
@@ -199,17 +186,3 @@ def test_staged_fine_tuning_starts_where_the_head_stage_ended(tmp_path, mobilene
     (head_end, first), (plain_head_end, plain_first) = ends["true"], ends["false"]
     assert first < head_end + 0.3
     assert plain_first > plain_head_end + 1.0
-
-
-def test_staged_rerun_with_other_head_settings_reuses_its_calibrated_features(tmp_path, image_folders, caplog):
-    import logging
-
-    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
-    common = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
-              str(image_folders[1]), "--head_epochs", "2", "--num_train_epochs", "1", "--calibrate_bn", "true"]
-    first, _ = train(ImageTask, [*common, "--output_dir", str(tmp_path / "a")])
-    assert first.history[0]["calibrated_batchnorm"] > 0
-    with caplog.at_level(logging.INFO, logger="hftransfer"):
-        again, _ = train(ImageTask, [*common, "--output_dir", str(tmp_path / "b"), "--head_learning_rate", "0.01"])
-    assert "reusing cached features" in caplog.text  # the same data gives the same statistics, so the same key
-    assert again.history[0]["calibrated_batchnorm"] == first.history[0]["calibrated_batchnorm"]

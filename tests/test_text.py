@@ -17,7 +17,7 @@ from hftransfer.training import TransferRun
 
 def prepare(**kwargs):
     args = DataArguments(**kwargs)
-    return prepare_splits(args, TextTask(args), seed=0)
+    return prepare_splits(args, TextTask(args), seed=0)[:2]
 
 
 def run(args):
@@ -148,7 +148,7 @@ def test_text_folders_are_read_and_empty_files_counted(tmp_path):
 def test_batches_group_texts_of_similar_length(tmp_path):
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from hftransfer.training import TransferTrainer
+    from hftransfer.trainer import TransferTrainer
 
     data = write_reviews_csv(tmp_path / "train.csv", extra_rows=[f'"{"very long " * 60}",good'] * 16)
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
@@ -175,7 +175,7 @@ def test_unnamed_columns_are_inferred_when_unambiguous_and_never_when_named(tmp_
     path.write_text("id,sentence,Sentiment\n" + "\n".join(
         f'{i},"{t}",{"pos" if t in POSITIVE else "neg"}' for i, t in enumerate((POSITIVE + NEGATIVE) * 3)))
     args = DataArguments(train_file=str(path))
-    splits, _ = prepare_splits(args, TextTask(args), seed=0)
+    splits, _, args = prepare_splits(args, TextTask(args), seed=0)  # the columns read
     assert args.text_column_names == "sentence" and args.label_column_name == "Sentiment"
     assert splits["train"].features["label"].names == ["neg", "pos"]
     named = DataArguments(train_file=str(path), text_column_names="text")

@@ -12,7 +12,8 @@ from conftest import ROOT, save_tiny_checkpoint
 from hftransfer import hardware
 from hftransfer.args import parse_args
 from hftransfer.tasks import ImageTask
-from hftransfer.training import TransferRun, TransferTrainer
+from hftransfer.trainer import TransferTrainer
+from hftransfer.training import TransferRun
 
 
 @pytest.mark.parametrize("strategy", ["staged", "lora"])

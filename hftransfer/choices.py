@@ -1,0 +1,167 @@
+"""Every automatic choice of a run, made here once and recorded with its reason (`hftransfer_run.json`, "chosen").
+
+Settings flow one way: parsed (`args`), then resolved here into the settings the run uses, then used; nothing
+rewrites them later. Only settings the user did not give are chosen (`RunArguments.given`). The facts behind a
+choice come from the modules that own them: the hardware (`hardware`), the model's kind (`anatomy`), the data's
+columns, sizes and lengths (`data`, the task adapters).
+
+    hardware      precision, TF32, loader workers, CPU threads       before anything runs (`hardware.apply_defaults`)
+    columns       label and input columns                           once the training data is read
+    input size    image size or token limit                         the task adapter, from the data and checkpoint
+    strategy      decoder classifiers: lora                          once the model is loaded
+    grouping      batches grouped by text length                    once the lengths are known
+    stages        each stage's learning rate and epochs, augmenting  before the first stage trains
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from . import hardware
+from .anatomy import architecture
+from .strategies import ADAPTERS, HEAD, Stage, plan_stages
+
+logger = logging.getLogger(__name__)
+
+# Defaults by architecture, measured (README, benchmarks/results/defaults.json). Convnets (MobileNetV2 on
+# Fashion-MNIST): rate 1e-3 (3e-4 within noise), and enough epochs for 500 steps: 6 epochs on 3,000 images gave
+# 0.906 against 0.887 for 3. Attention models (MiniLM, 2,000 Rotten Tomatoes snippets): 1e-4 for 150 steps
+# (3 epochs) gave 0.806 in 93 s; 5e-5 gave 0.796, and 8 epochs at 5e-5 overfit (training loss 0.01) for 0.804 at
+# 2.5x the time.
+BASE_DEFAULTS = {"conv": {"learning_rate": 1e-3, "min_steps": 500},
+                 "attention": {"learning_rate": 1e-4, "min_steps": 150}}
+# LoRA trains few, freshly initialised parameters: a higher rate than full fine-tuning, as in the PEFT examples.
+LORA_LEARNING_RATE = {"conv": 2e-3, "attention": 1e-3}
+HEAD_MIN_STEPS = 300
+EPOCH_RANGE = {"base": (3, 30), "head": (10, 100)}
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "y")
+
+
+@dataclass
+class Choices:
+    """What was chosen, and why: `{setting: {"value": ..., "reason": ...}}`, logged as it is made."""
+
+    made: dict[str, dict] = field(default_factory=dict)
+
+    def add(self, setting: str, value, reason: str) -> None:
+        self.made[setting] = {"value": value, "reason": reason}
+        self._log(setting)
+
+    def log(self) -> None:
+        """Log every choice made so far (those made before logging was set up)."""
+        for setting in self.made:
+            self._log(setting)
+
+    def _log(self, setting: str) -> None:
+        logger.info("Chosen: %s = %s (%s)", setting, self.made[setting]["value"], self.made[setting]["reason"])
+
+    def to_dict(self) -> dict:
+        return dict(self.made)
+
+
+def choose_hardware(run, choices: Choices) -> None:
+    """This machine's defaults on the training arguments (and the CPU threads), before anything runs."""
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    reason = ("a GPU of compute capability {}.{}".format(*capability) if capability and not run.training.use_cpu
+              else "the CPU")
+    for setting, value in hardware.apply_defaults(run, capability).items():
+        choices.add(setting, value, f"this hardware: {reason}")
+
+
+def choose_columns(columns: list[str], features, data_args, task, given: frozenset, choices: Choices):
+    """Columns the user did not name and the data does not have under the default name: the only plausible one (a
+    label-like name; the only column of the task's input type). Named columns are never guessed. Returns the data
+    arguments with the columns the run reads."""
+    changes = {}
+    if data_args.label_column_name not in columns and "label_column_name" not in given:
+        lowered = {c.lower(): c for c in columns}
+        found = next((lowered[n] for n in LABEL_COLUMNS if n in lowered), None)
+        if found:
+            changes["label_column_name"] = found
+            choices.add("label_column_name", found, f"no column '{data_args.label_column_name}'; a label-like name")
+    resolved = replace(data_args, **changes)
+    setting = task.column_setting
+    if all(c in columns for c in task.input_columns(resolved)) or setting in given:
+        return resolved
+    inputs = [c for c in columns if c != resolved.label_column_name and task.is_input_feature(features[c])]
+    if len(inputs) == 1:
+        choices.add(setting, inputs[0], f"no column {task.input_columns(resolved)}; the only {task.name} column")
+        resolved = replace(resolved, **{setting: inputs[0]})
+    return resolved
+
+
+def choose_for_model(run, model, is_decoder: bool, lengths: dict, choices: Choices):
+    """Settings that depend on the loaded model and the data's lengths: the run's settings from here on."""
+    if is_decoder and not run.given("strategy"):
+        choices.add("strategy", "lora", f"{type(model).__name__} is a decoder classifier: its adapters and score head "
+                    "train in one stage (its head reads the last real token, which cached features do not carry)")
+        run = replace(run, transfer=replace(run.transfer, strategy="lora"))
+    if lengths.get("train") is not None and not run.given("train_sampling_strategy"):
+        # texts of similar length share a batch, so dynamic padding pads little (Rotten Tomatoes snippets run from
+        # 1 to 1,000 words: random batches pad most of them to the longest)
+        choices.add("train_sampling_strategy", "group_by_length", "texts of unequal length: little padding")
+        run = replace(run, training=replace(run.training, train_sampling_strategy="group_by_length"))
+    return run
+
+
+def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choices) -> list[Stage]:
+    """The strategy's stages (`strategies`) with their rates, epochs and augmentation."""
+    transfer = run.transfer
+    patterns = {"freeze": list(transfer.freeze), "unfreeze": list(transfer.unfreeze),
+                "unfreeze_last_n": transfer.unfreeze_last_n, "layer_lr_decay": transfer.layer_lr_decay,
+                "lr_multipliers": list(transfer.lr_multipliers)}
+    stages = plan_stages(transfer.strategy, patterns, transfer.unfreeze_last_n, head_stage)
+    augment = bool(run.data.augment)
+    for stage in stages:
+        if stage.kind == HEAD:
+            stage.learning_rate = transfer.head_learning_rate
+            # cached features are computed once from un-augmented inputs: the head augments only without a cache
+            stage.augment = augment and not transfer.cache_features
+        else:
+            stage.learning_rate = _base_rate(run, model, stage, choices)
+            stage.augment = augment
+        stage.epochs = _epochs(run, stage, train_size, model, choices)
+    if augment and transfer.cache_features and stages[0].kind == HEAD:
+        logger.warning("--augment: the head-only stage trains on cached features of un-augmented inputs; "
+                       "augmentation applies to the stage that trains the base%s",
+                       " (--cache_features false augments the head's training too, at the cost of a pass of "
+                       "the base every epoch)" if transfer.strategy == "feature_extraction" else "")
+    return stages
+
+
+def default_learning_rate(model, kind: str = "base") -> float:
+    """The base-training rate when the user gave none: attention models fine-tune at a far lower rate than convnets,
+    and LoRA's fresh adapters at a higher one."""
+    if kind == ADAPTERS:
+        return LORA_LEARNING_RATE[architecture(model)]
+    return BASE_DEFAULTS[architecture(model)]["learning_rate"]
+
+
+def _base_rate(run, model, stage: Stage, choices: Choices) -> float:
+    if run.given("learning_rate"):
+        return run.training.learning_rate
+    rate = default_learning_rate(model, stage.kind)
+    choices.add(f"learning_rate ({stage.name})", rate, f"{architecture(model)} model, {stage.kind} stage (measured "
+                "defaults)")
+    return rate
+
+
+def _epochs(run, stage: Stage, train_size: int, model, choices: Choices) -> float:
+    """Epochs of a stage whose epochs the user did not give: enough optimizer steps for the data size."""
+    kind = "head" if stage.kind == HEAD else "base"
+    flag = "head_epochs" if kind == "head" else "num_train_epochs"
+    given = run.transfer.head_epochs if kind == "head" else run.training.num_train_epochs
+    if run.given(flag) or run.given("max_steps"):
+        return given
+    world = max(1, run.training.world_size)
+    steps_per_epoch = math.ceil(train_size / (run.training.per_device_train_batch_size * world))
+    min_steps = HEAD_MIN_STEPS if kind == "head" else BASE_DEFAULTS[architecture(model)]["min_steps"]
+    low, high = EPOCH_RANGE[kind]
+    epochs = float(min(max(low, math.ceil(min_steps / steps_per_epoch)), high))
+    choices.add(f"epochs ({stage.name})", epochs, f"at least {min_steps} steps of {steps_per_epoch} an epoch, "
+                f"{low} to {high} epochs")
+    return epochs

@@ -1,0 +1,142 @@
+"""A run's feature cache: whether a stage can train on it, and each split's features, extracted where training runs.
+
+The mechanics (layout discovery, the swap, extraction, the files) are `features`; this is the run's use of them.
+Features are extracted in the run's precision on the training device, each process its share, and every process
+ends with the whole matrix (one disk write, by the main process). Kept on the training device, a head stage's batches
+are one indexing of the matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+
+from . import anatomy, features, hardware
+from .anatomy import POOLING_KEY
+from .zoo import resolve
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """Where the inputs come from, for the cache key: checkpoint, revision, processor, and the raw splits."""
+
+    model_name_or_path: str
+    revision: str
+    processor: object
+    splits: dict  # split -> raw `Dataset`, hashed by content
+
+
+class FeatureStore:
+    """The cache of one run. `inputs` are the preprocessed, un-augmented splits; `lengths` their lengths (text)."""
+
+    def __init__(self, args, source: Source, inputs: dict, lengths: dict, collator):
+        self.args, self.source, self.inputs, self.lengths, self.collator = args, source, inputs, lengths, collator
+        self._layout_found = False
+        self._layout = None
+        self._features: dict[str, features.FeatureDataset] = {}
+
+    def serves(self, model, stage_name: str, cache_features: bool, choices) -> bool:
+        """Whether `model` as now frozen trains on cached features in stage `stage_name`: the whole base frozen, and
+        a layout that reproduces the model's own logits. Decided once per stage, recorded in `choices`."""
+        if not cache_features:
+            return False  # --cache_features false: the user's
+        head = {n for g in anatomy.param_groups(model) if g.name == "head" for n in g.params}
+        if any(p.requires_grad for n, p in model.named_parameters() if n not in head):
+            return False  # a stage that trains the base: nothing to cache
+        found = self.layout(model) is not None
+        choices.add(f"cached_features ({stage_name})", found, "the frozen base's stored output reproduces the "
+                    "model's logits" if found else "the frozen base cannot be stood in for (see the warning above)")
+        return found
+
+    def layout(self, model):
+        """How the head reads the base (found once), or None where the cache cannot stand in for the base."""
+        if not self._layout_found:
+            self._layout = self._discover(model)
+            self._layout_found = True
+        return self._layout
+
+    def _discover(self, model):
+        if hardware.fsdp_enabled(self.args):
+            logger.warning("FSDP: no feature cache (the base it would stand in for is what FSDP wraps and shards); "
+                           "the head trains on the frozen base")
+            return None
+        held_out = self.inputs["validation"]
+        rows = [held_out[i] for i in range(min(4, len(held_out)))]
+        batch = {k: v.to(self.args.device) for k, v in self.collator(rows).items()}
+        name = type(model).__name__
+        try:
+            layout = features.discover_layout(model, {k: v for k, v in batch.items() if k != "labels"})
+        except (features.LayoutError, RuntimeError, TypeError, ValueError, AttributeError) as err:
+            # a structure the cache cannot split is never a crash: the frozen base serves, only slower
+            logger.warning("No feature cache for %s (%s: %s). Training on the frozen base without a cache", name,
+                           type(err).__name__, err)
+            return None
+        if not features.agrees(model, batch, layout):
+            logger.warning("Cached features do not reproduce %s's own outputs: training on the frozen base without a "
+                           "cache", name)
+            return None
+        if layout.per_token:
+            logger.warning("%s's head reads whole token sequences (%s), whose length changes from batch to batch: "
+                           "training on the frozen base without a cache", name, ", ".join(layout.per_token))
+            return None
+        return layout
+
+    def features(self, model, split: str) -> features.FeatureDataset:
+        """The split's features, from the disk cache when every process finds them there, else extracted."""
+        if split not in self._features:
+            layout = self.layout(model)
+            precision = features.Precision.of(self.args)
+            path = features.cache_path(self._on_main_process(lambda: self._key(model, split, layout, precision)))
+            found = [path.is_file()]
+            if all(gather_object(found) if self.args.world_size > 1 else found):
+                matrix, labels = features.load(path, f"Features ({split})")
+            else:
+                matrix, labels = self._extract(model, split, layout, precision)
+                if self.args.should_save:
+                    features.store(path, matrix, labels)
+            device = self.args.device
+            self._features[split] = features.FeatureDataset(matrix.to(device), labels.to(device),
+                                                            model.main_input_name)
+        return self._features[split]
+
+    def _key(self, model, split: str, layout, precision) -> str:
+        source = self.source
+        return features.cache_key(resolve(source.model_name_or_path), source.revision, source.processor,
+                                  features.data_fingerprint(source.splits[split]), layout,
+                                  features.statistics_fingerprint(model), getattr(model.config, POOLING_KEY, None),
+                                  precision.describe())
+
+    def _on_main_process(self, compute):
+        """`compute()` on the main process only (hashing all the data once, not once per process), shared."""
+        if self.args.world_size == 1:
+            return compute()
+        value = [compute() if self.args.process_index == 0 else None]
+        broadcast_object_list(value, from_process=0)
+        return value[0]
+
+    def _extract(self, model, split: str, layout, precision):
+        dataset, args = self.inputs[split], self.args
+        # shortest inputs first where lengths vary: features and labels stay paired, their order is free
+        lengths = self.lengths[split]
+        order = list(range(len(dataset))) if lengths is None else np.argsort(lengths, kind="stable").tolist()
+        rows = features.share(order, args.process_index, args.world_size)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_eval_batch_size, sampler=rows,
+                                             collate_fn=self.collator, num_workers=args.dataloader_num_workers,
+                                             pin_memory=args.dataloader_pin_memory and precision.device.type
+                                             == "cuda", persistent_workers=False)
+        with precision.autocast():
+            matrix, labels = features.extract(model, loader, layout, f"Features ({split})")
+        return features.gather_shares(matrix, labels, args.world_size)
+
+    @staticmethod
+    def trainer_settings(args) -> dict:
+        """Trainer settings over cached features: whole batches indexed from the matrix where it sits (no workers
+        to fork every epoch, nothing to pin: it may already be on the device)."""
+        return {"args": replace(args, dataloader_num_workers=0, dataloader_pin_memory=False),
+                "data_collator": features.collate_batch}

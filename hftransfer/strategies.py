@@ -1,0 +1,82 @@
+"""The strategies, as data: each is a list of stages, and each stage has a kind that says what it trains.
+
+    feature_extraction   head                  the new head on the frozen base
+    staged               head, base            then the whole model (or its last blocks, --unfreeze_last_n)
+    fine_tune            base                  the head and the last blocks (--unfreeze_last_n, default 2)
+    full                 base                  everything
+    lora                 head, adapters        then low-rank adapters in the base's blocks, with the head
+
+That is the lesson: freeze the base, train a new head, then unfreeze some of the base at a small rate. The run
+(`training`), `hftransfer compare`, the freeze report and the model card all read this registry. A head stage trains
+on cached features where the base's frozen output can be stored (`TransferRun` decides that once per stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the registry stays importable without torch (the command line reads it before re-exec)
+    from .freezing import FreezePlan
+
+HEAD, BASE, ADAPTERS = "head", "base", "adapters"  # the kinds of stage
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a strategy. `trains` is its freeze plan's scope: feature_extraction (the head), fine_tune (the
+    head and the last blocks), full, lora (the head, the base frozen under adapters), or `base`: full, or fine_tune
+    when the user names how many blocks (`--unfreeze_last_n`)."""
+
+    name: str
+    kind: str
+    trains: str
+
+
+HEAD_STAGE = StageSpec("head", HEAD, "feature_extraction")
+STRATEGIES: dict[str, tuple[StageSpec, ...]] = {
+    "staged": (HEAD_STAGE, StageSpec("staged", BASE, "base")),
+    "feature_extraction": (HEAD_STAGE,),
+    "fine_tune": (StageSpec("fine_tune", BASE, "fine_tune"),),
+    "full": (StageSpec("full", BASE, "full"),),
+    "lora": (HEAD_STAGE, StageSpec("lora", ADAPTERS, "lora")),
+}
+DESCRIPTIONS = {
+    "staged": "the new head on the frozen base, then the whole model (or its last blocks) at a lower rate",
+    "feature_extraction": "the new head only, on the frozen base",
+    "fine_tune": "the new head and the last blocks of the base",
+    "full": "the whole model",
+    "lora": "the new head on the frozen base, then low-rank adapters in the base's blocks with the head (merged)",
+}
+COMPARED = ("feature_extraction", "staged", "lora")  # `hftransfer compare`: the lesson's three answers
+ONE_STAGE = tuple(name for name, specs in STRATEGIES.items() if len(specs) == 1 and specs[0].kind != ADAPTERS)
+
+
+@dataclass
+class Stage:
+    """A stage as it runs: its kind and plan from the registry, rate and epochs from `choices`."""
+
+    name: str
+    kind: str
+    plan: FreezePlan
+    learning_rate: float = 0.0
+    epochs: float = 0.0
+    augment: bool = False
+    calibrated_batchnorm: int = 0  # BatchNorm layers re-estimated on the data before this stage
+    cached_features: bool | None = None  # decided when the stage starts (or read from its record when restored)
+    record: dict = field(default_factory=dict, repr=False)
+
+
+def plan_stages(strategy: str, patterns: dict, unfreeze_last_n: int | None, head_stage: bool = True) -> list[Stage]:
+    """`strategy`'s stages with their freeze plans. The user's patterns shape the last stage; an earlier head stage
+    trains the head alone. `head_stage` False (decoder classifiers) leaves head stages out where another follows."""
+    from .freezing import FreezePlan
+
+    specs = [spec for spec in STRATEGIES[strategy]
+             if head_stage or spec.kind != HEAD or len(STRATEGIES[strategy]) == 1]
+    stages = []
+    for index, spec in enumerate(specs):
+        scope = spec.trains if spec.trains != "base" else "fine_tune" if unfreeze_last_n else "full"
+        last = index == len(specs) - 1
+        stages.append(Stage(spec.name, spec.kind, FreezePlan(scope, **patterns) if last else FreezePlan(scope)))
+    return stages

@@ -1,0 +1,174 @@
+"""The `Trainer` of every stage, and what it is handed: metrics, label encoding, the lazy preprocessing.
+
+`TransferTrainer` is the `Trainer` with three changes a transfer run needs: it never writes the Hub token, it groups
+batches by lengths computed once from the raw data, and it builds one optimizer group per learning-rate factor of the
+freeze plan (`--layer_lr_decay`, `--lr_multipliers`). It also reports `train_accuracy` from the training batches.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from . import freezing
+from .freezing import FreezePlan
+from .metrics import classification_metrics, load_metrics, multi_label_metrics
+
+
+class TransferTrainer(Trainer):
+    """`Trainer` that never writes the Hub token (`training_args.bin` is saved without it) and groups batches by
+    lengths computed once from the raw data (its own grouping would read them through the lazy transform)."""
+
+    def __init__(self, *args, lengths: dict | None = None, plan: FreezePlan | None = None, **kwargs):
+        self.lengths = lengths or {}
+        self.plan = plan
+        self._hits = self._seen = 0
+        super().__init__(*args, **kwargs)
+        # Classifiers average their loss over the batch. A forward that merely takes **kwargs (MobileNetV2's does,
+        # and ignores them) makes the Trainer count items and multiply the loss by the number of processes, which
+        # doubled gradients and logged losses under 2-process DDP; a mean over equal batches needs no rescaling.
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The `Trainer`'s loss; single-label batches also count correct predictions, so every logging step reports
+        `train_accuracy` at no extra forward pass (this process's batches since the last log)."""
+        labels = inputs.get("labels")
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if labels is not None and labels.dim() == 1 and model.training:
+            # a device tensor: read (one host sync) only when logged, never at every step
+            self._hits = self._hits + (outputs.logits.detach().argmax(-1) == labels).sum()
+            self._seen += len(labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs):
+        if "loss" in logs and self._seen:
+            logs["train_accuracy"] = round(int(self._hits) / self._seen, 4)
+            self._hits = self._seen = 0
+        super().log(logs, *args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        """The `Trainer`'s optimizer, with one parameter group per (rate factor, weight decay) from the plan."""
+        plan = self.plan
+        if self.optimizer is not None or plan is None or not (plan.layer_lr_decay or plan.lr_multipliers):
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        factors = freezing.lr_factors(model, plan)
+        decay_names = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple, list] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                key = (factors.get(name, 1.0), self.args.weight_decay if name in decay_names else 0.0)
+                groups.setdefault(key, []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls([{"params": params, "lr": self.args.learning_rate * factor,
+                                         "weight_decay": weight_decay}
+                                        for (factor, weight_decay), params in groups.items()], **optimizer_kwargs)
+        return self.optimizer
+
+    def _length_sampler(self, split: str, batch_size: int):
+        lengths = self.lengths.get(split)
+        if self.args.train_sampling_strategy != "group_by_length" or lengths is None:
+            return None
+        return LengthGroupedSampler(batch_size, lengths=lengths,
+                                    generator=torch.Generator().manual_seed(self.args.seed))
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if len(dataset) == len(self.lengths.get("train") or []):
+            sampler = self._length_sampler("train", self.args.train_batch_size * self.args.gradient_accumulation_steps)
+            if sampler is not None:
+                return sampler
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        if len(eval_dataset) == len(self.lengths.get("validation") or []):
+            sampler = self._length_sampler("validation", self.args.eval_batch_size)
+            if sampler is not None:
+                return sampler
+        return super()._get_eval_sampler(eval_dataset)
+
+    def release(self) -> None:
+        """A finished stage lets go of its engine: Accelerate destroys a DeepSpeed engine (whose gradient hooks would
+        stay live on the parameters the next stage trains) and drops the prepared model, optimizer and loaders."""
+        self.accelerator.free_memory()
+        self.model_wrapped = self.model
+
+    def _save(self, output_dir=None, state_dict=None):
+        token, self.args.hub_token = self.args.hub_token, None
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.args.hub_token = token
+
+
+def above_half(logits, labels):
+    return (logits > 0).int()  # sigmoid(logit) > 0.5
+
+
+def make_compute_metrics(num_labels: int, multi_label: bool, extra_names=()):
+    """Single-label: accuracy, macro F1/precision/recall, top-5 past 5 classes (the shipped `evaluate` modules),
+    plus any `evaluate` module named in `extra_names`. Multi-label: micro/macro F1 and exact match."""
+    if multi_label:
+        return lambda prediction: multi_label_metrics(prediction.predictions, prediction.label_ids)
+    extra = load_metrics([name for name in extra_names if name != "accuracy"])
+
+    def compute(prediction):
+        logits, references = prediction.predictions, prediction.label_ids
+        result = classification_metrics(logits, references, num_labels)
+        for metric in extra:
+            result.update(metric.compute(predictions=logits.argmax(-1), references=references))
+        return result
+
+    return compute
+
+
+def with_multi_hot_labels(transform, num_labels: int):
+    """Label-id lists -> float vectors of 0/1, what `multi_label_classification` trains on."""
+    def apply(batch):
+        inputs = transform(batch)
+        if "labels" in inputs:
+            hot = torch.zeros(len(inputs["labels"]), num_labels)
+            for row, ids in enumerate(inputs["labels"]):
+                hot[row, list(ids)] = 1.0
+            inputs["labels"] = hot.tolist()
+        return inputs
+
+    return apply
+
+
+class Preprocess:
+    """A `set_transform` function that `datasets` fingerprints by identity. It would pickle the function whole to
+    hash it, processor or tokenizer included: 0.8 s a call for a BERT tokenizer, three calls a run, for a hash that
+    only names caches of `map` results, which nothing makes from a lazily transformed split."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, batch):
+        return self.function(batch)
+
+
+def _fingerprint_by_identity(pickler, preprocess: Preprocess) -> None:
+    pickler.save(f"hftransfer.Preprocess:{os.getpid()}:{id(preprocess)}")
+
+
+try:  # datasets' own registry of reducers for hashing; ordinary pickling is unchanged
+    from datasets.utils._dill import pklregister
+
+    pklregister(Preprocess)(_fingerprint_by_identity)
+except ImportError:  # another datasets layout: hashing is slower, nothing else changes
+    pass
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated by PyTorch on a GPU; else this process's peak resident memory."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+

@@ -1,0 +1,79 @@
+"""Every automatic choice made once, in `choices`, and recorded with its reason; what the user gave is never chosen."""
+
+from conftest import tiny_image_model, tiny_text_model
+from datasets import Dataset
+
+from hftransfer.args import DataArguments, parse_args
+from hftransfer.choices import BASE_DEFAULTS, Choices, choose_columns, choose_for_model, choose_stages
+from hftransfer.tasks import TextTask
+
+
+def stages(argv, model, train_size=640):
+    choices = Choices()
+    return choose_stages(parse_args(argv), model, train_size, head_stage=True, choices=choices), choices.to_dict()
+
+
+def test_stage_rates_and_epochs_are_chosen_from_the_model_and_data_size_with_reasons():
+    (head, base), chosen = stages([], tiny_image_model("mobilenet_v2"))  # 640 examples, batch 32: 20 steps an epoch
+    assert (head.kind, base.kind) == ("head", "base")
+    assert base.learning_rate == BASE_DEFAULTS["conv"]["learning_rate"] == chosen["learning_rate (staged)"]["value"]
+    assert head.epochs == 15.0 and base.epochs == 25.0  # 300 and 500 steps
+    assert chosen["epochs (head)"]["value"] == 15.0 and "300 steps" in chosen["epochs (head)"]["reason"]
+    (_, text_base), _ = stages([], tiny_text_model("bert"))
+    assert text_base.learning_rate == BASE_DEFAULTS["attention"]["learning_rate"]
+
+
+def test_what_the_user_gave_is_used_and_not_recorded_as_chosen():
+    argv = ["--learning_rate", "5e-4", "--num_train_epochs", "2", "--head_epochs", "4"]
+    (head, base), chosen = stages(argv, tiny_image_model("mobilenet_v2"))
+    assert (head.epochs, base.epochs, base.learning_rate) == (4, 2, 5e-4)
+    assert chosen == {}
+
+
+def test_lora_stages_get_the_adapters_rate_and_the_user_patterns_shape_the_last_stage():
+    (head, adapters), chosen = stages(["--strategy", "lora", "--unfreeze", "classifier"],
+                                      tiny_image_model("mobilenet_v2"))
+    assert adapters.kind == "adapters" and adapters.plan.strategy == "lora" and adapters.plan.unfreeze == ["classifier"]
+    assert head.plan.unfreeze == []  # the head stage trains the head alone
+    assert chosen["learning_rate (lora)"]["value"] == 2e-3
+
+
+def test_columns_are_chosen_only_where_unnamed_and_unambiguous():
+    data = Dataset.from_dict({"id": [1, 2], "sentence": ["good", "bad"], "Sentiment": ["pos", "neg"]})
+    args, choices = DataArguments(), Choices()
+    resolved = choose_columns(data.column_names, data.features, args, TextTask(args), frozenset(), choices)
+    assert (resolved.text_column_names, resolved.label_column_name) == ("sentence", "Sentiment")
+    assert (args.text_column_names, args.label_column_name) == ("text", "label")  # the parsed settings stay as given
+    assert set(choices.to_dict()) == {"text_column_names", "label_column_name"}
+    named = choose_columns(data.column_names, data.features, args, TextTask(args), frozenset({"text_column_names"}),
+                           Choices())
+    assert named.text_column_names == "text"
+
+
+def test_decoders_get_lora_and_texts_get_grouped_batches_unless_given():
+    model = tiny_text_model("bert")
+    choices = Choices()
+    run = choose_for_model(parse_args([]), model, True, {"train": [3, 5, 1]}, choices)
+    assert run.transfer.strategy == "lora" and run.training.train_sampling_strategy == "group_by_length"
+    assert "decoder" in choices.to_dict()["strategy"]["reason"]
+    given = choose_for_model(parse_args(["--strategy", "full", "--train_sampling_strategy", "random"]), model, True,
+                             {"train": [3, 5, 1]}, Choices())
+    assert given.transfer.strategy == "full" and given.training.train_sampling_strategy == "random"
+    images = choose_for_model(parse_args([]), model, False, {"train": None}, Choices())
+    assert images.training.train_sampling_strategy != "group_by_length"
+
+
+def test_augment_with_cached_features_is_said_and_applies_where_it_can(caplog):
+    model = tiny_image_model("mobilenet_v2")
+
+    def plan_stages(run):
+        return choose_stages(run, model, train_size=64, head_stage=True, choices=Choices())
+
+    with caplog.at_level("WARNING", logger="hftransfer.choices"):
+        head, tune = plan_stages(parse_args(["--augment", "true"]))
+    assert not head.augment and tune.augment  # the cache holds un-augmented inputs; the base's stage augments
+    assert "un-augmented" in caplog.text
+    caplog.clear()
+    (head,) = plan_stages(parse_args(["--augment", "true", "--strategy", "feature_extraction",
+                                      "--cache_features", "false"]))
+    assert head.augment and not caplog.text  # no cache: every epoch sees new crops
