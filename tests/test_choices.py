@@ -74,6 +74,7 @@ def test_augment_with_cached_features_is_said_and_applies_where_it_can(caplog):
     assert not head.augment and tune.augment  # the cache holds un-augmented inputs; the base's stage augments
     assert "un-augmented" in caplog.text
     caplog.clear()
-    (head,) = plan_stages(parse_args(["--augment", "true", "--strategy", "feature_extraction",
-                                      "--cache_features", "false"]))
+    with caplog.at_level("WARNING", logger="hftransfer.choices"):  # (the choices themselves are logged at INFO)
+        (head,) = plan_stages(parse_args(["--augment", "true", "--strategy", "feature_extraction",
+                                          "--cache_features", "false"]))
     assert head.augment and not caplog.text  # no cache: every epoch sees new crops

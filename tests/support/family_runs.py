@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import pipeline
 
+from hftransfer import saving
 from hftransfer.args import parse_args
 from hftransfer.tasks import _open_image
 from hftransfer.training import TransferRun
@@ -20,7 +21,7 @@ QUICK = ["--head_epochs", "1", "--num_train_epochs", "1", "--per_device_train_ba
 def no_report(monkeypatch):
     """The report (plots, per-class tables) is tested on its own; here it would be a second or more of every run.
     Autouse in each test file that imports it."""
-    monkeypatch.setattr(TransferRun, "_write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(saving, "_write_report", lambda *args, **kwargs: None)
 
 
 def train_quick(task_class, checkpoint, data_flags, out, *flags) -> TransferRun:
