@@ -114,7 +114,7 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
     patterns = {"freeze": list(transfer.freeze), "unfreeze": list(transfer.unfreeze),
                 "unfreeze_last_n": transfer.unfreeze_last_n, "layer_lr_decay": transfer.layer_lr_decay,
                 "lr_multipliers": list(transfer.lr_multipliers)}
-    stages = plan_stages(transfer.strategy, patterns, transfer.unfreeze_last_n, head_stage)
+    stages = plan_stages(transfer.strategy, patterns, head_stage)
     augment = bool(run.data.augment)
     for stage in stages:
         if stage.kind == HEAD:

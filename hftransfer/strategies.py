@@ -13,7 +13,7 @@ on cached features where the base's frozen output can be stored (`TransferRun` d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the registry stays importable without torch (the command line reads it before re-exec)
@@ -64,10 +64,9 @@ class Stage:
     augment: bool = False
     calibrated_batchnorm: int = 0  # BatchNorm layers re-estimated on the data before this stage
     cached_features: bool | None = None  # decided when the stage starts (or read from its record when restored)
-    record: dict = field(default_factory=dict, repr=False)
 
 
-def plan_stages(strategy: str, patterns: dict, unfreeze_last_n: int | None, head_stage: bool = True) -> list[Stage]:
+def plan_stages(strategy: str, patterns: dict, head_stage: bool = True) -> list[Stage]:
     """`strategy`'s stages with their freeze plans. The user's patterns shape the last stage; an earlier head stage
     trains the head alone. `head_stage` False (decoder classifiers) leaves head stages out where another follows."""
     from .freezing import FreezePlan
@@ -76,7 +75,7 @@ def plan_stages(strategy: str, patterns: dict, unfreeze_last_n: int | None, head
              if head_stage or spec.kind != HEAD or len(STRATEGIES[strategy]) == 1]
     stages = []
     for index, spec in enumerate(specs):
-        scope = spec.trains if spec.trains != "base" else "fine_tune" if unfreeze_last_n else "full"
+        scope = spec.trains if spec.trains != "base" else "fine_tune" if patterns.get("unfreeze_last_n") else "full"
         last = index == len(specs) - 1
         stages.append(Stage(spec.name, spec.kind, FreezePlan(scope, **patterns) if last else FreezePlan(scope)))
     return stages
