@@ -1,0 +1,168 @@
+"""The data-quality algorithms (`hftransfer.quality`) on small synthetic sets with planted problems."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hftransfer import quality
+
+
+def clusters(n_per_class=150, classes=5, dims=64, spread=1.2, seed=0):
+    """Gaussian class clusters: features, true labels."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dims, generator=generator) * 2
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    return centres[labels] + spread * torch.randn(len(labels), dims, generator=generator), labels
+
+
+def flip(labels, fraction, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    noisy = labels.clone()
+    rows = rng.choice(len(labels), int(fraction * len(labels)), replace=False)
+    for r in rows:
+        noisy[r] = int(rng.choice([c for c in range(classes) if c != labels[r]]))
+    return noisy, set(rows.tolist())
+
+
+def test_label_issues_finds_flipped_labels_most_likely_first():
+    features, truth = clusters()
+    noisy, flipped = flip(truth, 0.1, 5)
+    issues = quality.label_issues(features, noisy, 5)
+    rows = [i["row"] for i in issues]
+    top = rows[:len(flipped)]
+    assert len(set(top) & flipped) >= 0.8 * len(flipped)
+    assert len(set(rows)) == len(rows)
+    scores = [i["score"] for i in issues]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    for issue in issues:
+        assert issue["given"] == noisy[issue["row"]] and issue["suggested"] != issue["given"]
+    right = [i for i in issues if i["row"] in flipped]
+    assert np.mean([i["suggested"] == truth[i["row"]] for i in right]) > 0.8
+
+
+def test_label_issues_flags_few_on_clean_labels():
+    features, labels = clusters(spread=0.8)
+    assert len(quality.label_issues(features, labels, 5)) < 0.02 * len(labels)
+
+
+def test_label_issues_are_reproducible_and_follow_the_seed():
+    features, truth = clusters(classes=4, spread=2.0)
+    noisy, _ = flip(truth, 0.1, 4)
+    first = quality.label_issues(features, noisy, 4, seed=3)
+    assert first == quality.label_issues(features, noisy, 4, seed=3)
+    assert quality.stratified_folds(noisy, 5, 3).tolist() != quality.stratified_folds(noisy, 5, 4).tolist()
+
+
+def test_folds_are_stratified():
+    _, labels = clusters(n_per_class=23, classes=3)
+    fold = quality.stratified_folds(labels, 5, 0)
+    for c in range(3):
+        sizes = torch.bincount(fold[labels == c], minlength=5)
+        assert sizes.max() - sizes.min() <= 1
+
+
+def test_tiny_classes_do_not_crash_and_are_not_scored():
+    features, labels = clusters(n_per_class=40, classes=3)
+    features = torch.cat([features, features[:2] + 5.0])
+    labels = torch.cat([labels, torch.tensor([3, 3])])  # a fourth class with 2 examples, fewer than the 5 folds
+    issues = quality.label_issues(features, labels, 5)
+    assert not {len(labels) - 2, len(labels) - 1} & {i["row"] for i in issues}
+    assert quality.label_issues(features[:6], labels[:6], 5) == []  # too few rows for the folds
+    one_class = quality.label_issues(features[:40], labels[:40], 5)
+    assert one_class == []
+
+
+def test_near_duplicates_finds_a_planted_copy_and_not_the_rest():
+    reference, _ = clusters(n_per_class=100)
+    query, _ = clusters(n_per_class=20, seed=1)
+    query[7] = reference[123] + 0.01 * torch.randn(reference.shape[1])
+    pairs = quality.near_duplicates(query, reference, threshold=0.99)
+    assert [(i, j) for i, j, _ in pairs] == [(7, 123)]
+    assert pairs[0][2] > 0.99
+
+
+def test_near_duplicates_within_one_set_reports_each_pair_once():
+    rows, _ = clusters(n_per_class=30)
+    rows[50] = rows[3] * 2.0  # the same direction: a copy at another scale
+    rows[90] = rows[3] + 1e-3
+    pairs = quality.near_duplicates(rows, threshold=0.999)
+    assert {(i, j) for i, j, _ in pairs} == {(3, 50), (3, 90), (50, 90)}
+    assert all(i < j for i, j, _ in pairs)
+    assert [s for *_, s in pairs] == sorted([s for *_, s in pairs], reverse=True)
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_chunking_gives_the_same_pairs(monkeypatch, reference):
+    rows = torch.randn(300, 8)
+    other = torch.randn(200, 8) if reference else None
+    whole = quality.near_duplicates(rows, other, threshold=0.8)
+    monkeypatch.setattr(quality, "_CHUNK", 7)  # blocks of one query row against a few reference rows
+    chunked = quality.near_duplicates(rows, other, threshold=0.8)
+    assert len(whole) > 0
+    assert [(i, j) for i, j, _ in whole] == [(i, j) for i, j, _ in chunked]
+    assert np.allclose([s for *_, s in whole], [s for *_, s in chunked])
+
+
+def png_bytes(array, fmt="PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def garment(seed):
+    """A random blocky grey picture, like a small product photo."""
+    rng = np.random.default_rng(seed)
+    return np.kron(rng.integers(0, 256, (7, 7)), np.ones((4, 4))).astype(np.uint8)
+
+
+def test_content_keys_of_texts_and_images(tmp_path):
+    assert quality.content_key("A  Good\nFilm ") == quality.content_key("a good film")
+    assert quality.content_key("a good film") != quality.content_key("a good film!")
+    data = png_bytes(garment(0))
+    (tmp_path / "a.png").write_bytes(data)
+    by_bytes = quality.content_key({"bytes": data, "path": None})
+    assert by_bytes == quality.content_key({"bytes": None, "path": str(tmp_path / "a.png")})
+    assert by_bytes == quality.content_key(tmp_path / "a.png")
+    assert by_bytes != quality.content_key({"bytes": png_bytes(garment(1)), "path": None})
+    assert quality.content_key(Image.fromarray(garment(0))) == quality.content_key(Image.fromarray(garment(0)))
+
+
+def test_exact_duplicates():
+    keys = ["a", "b", "a", "c", "a"]
+    assert quality.exact_duplicates(keys) == [(0, 2), (0, 4), (2, 4)]
+    assert quality.exact_duplicates(["c", "x", "a"], keys) == [(0, 3), (2, 0)]
+
+
+def test_an_image_reencoded_at_another_size_is_a_near_duplicate_and_others_are_not():
+    originals = [garment(s) for s in range(30)]
+    train = [{"bytes": png_bytes(a), "path": None} for a in originals]
+    copy = Image.fromarray(originals[4]).resize((21, 21), Image.BICUBIC)
+    validation = [{"bytes": png_bytes(np.asarray(copy), "JPEG", quality=60), "path": None},
+                  *({"bytes": png_bytes(garment(100 + s)), "path": None} for s in range(10))]
+    found = quality.duplicates(validation, train)
+    assert [(i, j) for i, j, _ in found] == [(0, 4)]
+
+
+def test_text_copies_exact_changed_and_unrelated():
+    train = ["A touching examination of the ravages of Alzheimer's disease.", "An entertaining film.",
+             "The plot makes no sense at all, and the actors seem to know it."]
+    validation = ["an entertaining   FILM.", "A touching examination of the ravages of Parkinson's disease.",
+                  "The plot makes no sense at all -- and the actors seem to know it!", "Nothing like the others here."]
+    found = {i: j for i, j, _ in quality.duplicates(validation, train)}
+    assert found == {0: 1, 1: 0, 2: 2}
+
+
+def test_duplicates_within_one_set():
+    texts = ["Thank you.", "thank  you.", "Something else entirely", "THANK YOU"]
+    pairs = {(i, j) for i, j, _ in quality.duplicates(texts)}
+    assert pairs == {(0, 1), (0, 3), (1, 3)}
+
+
+def test_empty_inputs():
+    assert quality.duplicates([], ["a"]) == [] and quality.duplicates(["a"], []) == []
+    assert quality.near_duplicates(torch.zeros(0, 4), torch.randn(3, 4)) == []
