@@ -102,6 +102,25 @@ class TransferArguments:
     metric_names: list[str] = field(default_factory=list, metadata={
         "help": "More `evaluate` metrics on the predicted labels, by Hub name or local path (accuracy, macro "
                 "F1/precision/recall and top-5 are always computed, offline).", "nargs": "*"})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop a stage after this many epochs without improvement on the validation "
+                                        "set (the best epoch is kept either way); 0: never early. Default: chosen "
+                                        "per stage (see the README)."})
+    keep_best_epoch: bool = field(
+        default=True, metadata={"help": "Evaluate every epoch of each stage that trains and keep its best epoch "
+                                        "(--metric_for_best_model; default accuracy, or macro-F1 when classes are "
+                                        "imbalanced) instead of its last."})
+    class_weights: str = field(
+        default="auto", metadata={"help": "How class sizes enter the training loss. logit_adjusted: each class's log "
+                                          "frequency added to its logit in training (Menon et al. 2021), so rare "
+                                          "classes need a wider margin; balanced: cross-entropy weighted n / (classes "
+                                          "x n_class); none: every example the same; auto: chosen from the class "
+                                          "counts (see the README).",
+                                  "choices": ("auto", "none", "balanced", "logit_adjusted")})
+    check_data: bool = field(
+        default=True, metadata={"help": "Before training, look for likely label errors (on the frozen base's "
+                                        "features) and for copies within training and from training into validation "
+                                        "(by content): data_quality.json, the report, the card. Nothing is removed."})
     restart: bool = field(default=False, metadata={
         "help": "Start over even when output_dir holds the checkpoints of an interrupted run of this command (by "
                 "default a re-run resumes from them)."})
@@ -139,8 +158,9 @@ class TransferTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per device for evaluation."})
-    eval_strategy: str = field(default="no", metadata={"help": "When to evaluate during training; the final "
-                                                               "evaluation always runs."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate during training (each epoch "
+                                                                  "keeps the best, --keep_best_epoch); the final "
+                                                                  "evaluation always runs."})
     save_strategy: str = field(default="no", metadata={"help": "When to save checkpoints; the final model is always "
                                                                "saved."})
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})

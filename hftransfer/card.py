@@ -16,13 +16,21 @@ from . import zoo
 from .anatomy import POOLING_KEY
 from .heads import CONFIG_KEY as HEAD_KEY
 from .outputs import CONFIG, CONFUSION_PNG, CURVES_PNG, PLAN_FILE, REPORT_DIR, REPORT_MD, RUN_RECORD, OutputFolder
-from .report import comparison_table, markdown_table, plan_table, stage_rows
+from .report import comparison_table, data_quality_summary, leak_warning, markdown_table, plan_table, stage_rows
 from .strategies import DESCRIPTIONS
 from .tasks import TASKS, task_name_for
 
 HEADLINE = {"eval_accuracy": ("accuracy", "Accuracy"), "eval_f1_macro": ("f1", "Macro F1"),
             "eval_precision_macro": ("precision", "Macro precision"), "eval_recall_macro": ("recall", "Macro recall"),
             "eval_top_5_accuracy": ("top_5_accuracy", "Top-5 accuracy"), "eval_f1_micro": ("f1", "Micro F1")}
+
+
+def headline_rows(results: dict, run: dict | None) -> list[dict]:
+    """The card's and demo's metric table: the metric that picked the best epochs first (macro-F1 when classes are
+    imbalanced), then the others."""
+    first = f"eval_{((run or {}).get('settings') or {}).get('metric_for_best_model')}"
+    keys = sorted((key for key in HEADLINE if key in results), key=lambda key: key != first)
+    return [{"metric": HEADLINE[key][1], "value": results[key]} for key in keys]
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -122,7 +130,7 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     model_name = model_name or folder.resolve().name
     data = card_data(folder, run, results, task, model_name)
     base = run["settings"].get("model_name_or_path")
-    headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]
+    headline = headline_rows(results, run)
     body = [f"# {model_name}\n",
             f"{TASKS[task].noun.capitalize()} classifier fine-tuned from `{base}` with "
             f"hftransfer (strategy `{run['settings']['strategy']}`): {DESCRIPTIONS[run['settings']['strategy']]}.\n",
@@ -135,6 +143,9 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
         body.append(f"Per-class scores and details: [{REPORT_DIR}/{REPORT_MD}]({REPORT_DIR}/{REPORT_MD}).\n")
     if comparison:
         body.append("### Strategies compared on the same data\n\n" + comparison_table(comparison))
+    if output.data_quality:
+        body.append(f"**Data quality.** {leak_warning(output.data_quality)}{data_quality_summary(output.data_quality)} "
+                    f"See the [report]({REPORT_DIR}/{REPORT_MD}#data-quality).\n")
     body += ["## How to use\n\n" + _usage(task, model_name, bool(config.get("hftransfer_head"))),
              _training_section(run, plan, config), _limits(run, results)]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))

@@ -10,6 +10,8 @@ columns, sizes and lengths (`data`, the task adapters).
     input size    image size or token limit                         the task adapter, from the data and checkpoint
     strategy      decoder classifiers: lora                          once the model is loaded
     grouping      batches grouped by text length                    once the lengths are known
+    labels        class weights, the metric that picks the best epoch,  once the training labels are counted
+                  early-stopping patience
     stages        each stage's learning rate and epochs, augmenting  before the first stage trains
 """
 
@@ -23,6 +25,7 @@ import torch
 
 from . import hardware
 from .anatomy import architecture
+from .selection import imbalance_ratio
 from .strategies import ADAPTERS, HEAD, Stage, plan_stages
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,9 @@ BASE_DEFAULTS = {"conv": {"learning_rate": 1e-3, "min_steps": 500},
 LORA_LEARNING_RATE = {"conv": 2e-3, "attention": 1e-3}
 HEAD_MIN_STEPS = 300
 EPOCH_RANGE = {"base": (3, 30), "head": (10, 100)}
+# Class imbalance, measured (README, "Imbalanced classes"): MEASURED_LATER
+IMBALANCE_RATIO = 3.0  # the largest class this many times the smallest, or more: "imbalanced"
+EARLY_STOPPING_PATIENCE = {"head": 10, "base": 5}  # MEASURED_LATER
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "y")
 
 
@@ -108,8 +114,37 @@ def choose_for_model(run, model, is_decoder: bool, lengths: dict, choices: Choic
     return run
 
 
+def choose_for_labels(run, counts: list[int] | None, choices: Choices):
+    """Settings that depend on the training labels' counts (None: multi-label): class weights and the metric that
+    picks each stage's best epoch. Returns the run's settings from here on."""
+    imbalanced = counts is not None and imbalance_ratio(counts) >= IMBALANCE_RATIO
+    ratio = f"the largest class is {imbalance_ratio(counts):.1f} times the smallest" if counts else "multi-label"
+    transfer, training = run.transfer, run.training
+    if transfer.class_weights == "auto":
+        weights = "logit_adjusted" if imbalanced else "none"
+        choices.add("class_weights", weights, f"{ratio} (adjusted from {IMBALANCE_RATIO:g} times)" if counts
+                    else "multi-label: every label is its own binary loss")
+        transfer = replace(transfer, class_weights=weights)
+    if not run.given("metric_for_best_model"):
+        metric = "f1_macro" if imbalanced or counts is None else "accuracy"
+        choices.add("metric_for_best_model", metric, f"{ratio}: macro-F1 weighs every class the same"
+                    if metric == "f1_macro" else f"{ratio}: balanced enough for accuracy")
+        training = replace(training, metric_for_best_model=metric, greater_is_better=True)
+    return replace(run, transfer=transfer, training=training)
+
+
+def _patience(run, stage: Stage, choices: Choices) -> int:
+    """Evaluations without improvement before a stage stops (the best epoch is kept either way)."""
+    if run.transfer.early_stopping_patience is not None:
+        return run.transfer.early_stopping_patience
+    kind = "head" if stage.kind == HEAD else "base"
+    patience = EARLY_STOPPING_PATIENCE[kind]
+    choices.add(f"early_stopping_patience ({stage.name})", patience, f"{kind} stage (measured defaults)")
+    return patience
+
+
 def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choices) -> list[Stage]:
-    """The strategy's stages (`strategies`) with their rates, epochs and augmentation."""
+    """The strategy's stages (`strategies`) with their rates, epochs, augmentation and early-stopping patience."""
     transfer = run.transfer
     patterns = {"freeze": list(transfer.freeze), "unfreeze": list(transfer.unfreeze),
                 "unfreeze_last_n": transfer.unfreeze_last_n, "layer_lr_decay": transfer.layer_lr_decay,
@@ -125,6 +160,8 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
             stage.learning_rate = _base_rate(run, model, stage, choices)
             stage.augment = augment
         stage.epochs = _epochs(run, stage, train_size, model, choices)
+        if run.training.eval_strategy != "no":
+            stage.patience = _patience(run, stage, choices)
     if augment and transfer.cache_features and stages[0].kind == HEAD:
         logger.warning("--augment: the head-only stage trains on cached features of un-augmented inputs; "
                        "augmentation applies to the stage that trains the base%s",

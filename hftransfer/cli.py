@@ -2,6 +2,7 @@
 
     hftransfer train image|text [recipe flags]      (the recipes, installed: same flags as recipes/image.py)
     hftransfer compare image|text [recipe flags]    (feature extraction, staged and LoRA; writes comparison.md)
+    hftransfer check image|text [recipe flags]      (label errors and duplicates, without training)
     hftransfer card OUTPUT_DIR                       (rebuild the model card from the folder's files)
     hftransfer push OUTPUT_DIR [--repo_id ID] [--private] [--hub_token T]
     hftransfer demo MODEL [--port P] [--host H] [--share]      (MODEL: an output folder or a Hub id)
@@ -104,16 +105,16 @@ def publish_space_command(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["train"], ["compare"]):  # recipe flags pass through untouched
+    if argv[:1] in (["train"], ["compare"], ["check"]):  # recipe flags pass through untouched
         if len(argv) < 2:  # the task's name is checked against the task adapters (`tasks.TASKS`) where they load
             raise SystemExit(f"usage: hftransfer {argv[0]} TASK [recipe flags]  (TASK: image or text)")
-        if argv[0] == "train":
+        if argv[0] in ("train", "check"):
             from .fastpath import fast_start
 
             with fast_start():  # before torch is imported: the allocator setting is read at start-up
-                from .recipe import main as recipe_main
+                from . import recipe
 
-            recipe_main(argv[1], argv[2:])
+            (recipe.main if argv[0] == "train" else recipe.check)(argv[1], argv[2:])
         else:
             from .compare import compare
 

@@ -299,6 +299,12 @@ def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) ->
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
 
+def class_counts(dataset: Dataset, num_labels: int) -> list[int]:
+    """Examples per class id of a single-label split, absent classes included."""
+    counts = Counter(dataset["label"])
+    return [counts.get(label, 0) for label in range(num_labels)]
+
+
 def label_names(splits: DatasetDict) -> list[str]:
     feature = splits["train"].features["label"]
     return (feature.feature if isinstance(feature, (List, Sequence)) else feature).names

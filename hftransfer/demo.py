@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from . import hardware, zoo
-from .card import HEADLINE
+from .card import headline_rows
 from .modeling import load_trained
 from .outputs import CONFUSION_PNG, CURVES_PNG, EXAMPLES_FOLDER, REPORT_DIR, OutputFolder
-from .report import comparison_table, markdown_table, plan_table, stage_rows
+from .report import comparison_table, data_quality_section, markdown_table, plan_table, stage_rows
 from .tasks import task_for_config
 
 MAX_BATCH = 16
@@ -73,7 +73,7 @@ def results_markdown(folder: Path) -> str:
     output = OutputFolder(folder)
     results, run, plan, comparison = output.results, output.run or {}, output.plan, output.comparison
     parts = []
-    headline = [{"metric": name, "value": results[key]} for key, (_, name) in HEADLINE.items() if key in results]
+    headline = headline_rows(results, run)
     if headline:
         parts.append("### Metrics (validation)\n\n" + markdown_table(headline))
     if run.get("stages"):
@@ -82,6 +82,8 @@ def results_markdown(folder: Path) -> str:
         parts.append("### Freeze plan\n\n" + plan_table(plan))
     if comparison:
         parts.append("### Strategies compared\n\n" + comparison_table(comparison))
+    if output.data_quality:
+        parts.append(data_quality_section(output.data_quality, heading="###"))
     return "\n".join(parts) or "No results were saved with this model."
 
 

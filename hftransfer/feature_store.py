@@ -89,7 +89,10 @@ class FeatureStore:
 
     def features(self, model, split: str) -> features.FeatureDataset:
         """The split's features, from the disk cache when every process finds them there, else extracted."""
-        if split not in self._features:
+        # keyed by the BatchNorm statistics too: the data-quality pass reads the pretrained base's features, and
+        # --calibrate_bn changes them before the head stage
+        memo = (split, features.statistics_fingerprint(model))
+        if memo not in self._features:
             layout = self.layout(model)
             precision = features.Precision.of(self.args)
             path = features.cache_path(self._on_main_process(lambda: self._key(model, split, layout, precision)))
@@ -101,9 +104,14 @@ class FeatureStore:
                 if self.args.should_save:
                     features.store(path, matrix, labels)
             device = self.args.device
-            self._features[split] = features.FeatureDataset(matrix.to(device), labels.to(device),
-                                                            model.main_input_name)
-        return self._features[split]
+            self._features[memo] = features.FeatureDataset(matrix.to(device), labels.to(device),
+                                                           model.main_input_name)
+        return self._features[memo]
+
+    def row_order(self, split: str) -> list[int]:
+        """The dataset row of each feature row: extraction runs shortest inputs first where lengths vary."""
+        lengths = self.lengths[split]
+        return list(range(len(self.inputs[split]))) if lengths is None else np.argsort(lengths, kind="stable").tolist()
 
     def _key(self, model, split: str, layout, precision) -> str:
         source = self.source
@@ -123,9 +131,7 @@ class FeatureStore:
     def _extract(self, model, split: str, layout, precision):
         dataset, args = self.inputs[split], self.args
         # shortest inputs first where lengths vary: features and labels stay paired, their order is free
-        lengths = self.lengths[split]
-        order = list(range(len(dataset))) if lengths is None else np.argsort(lengths, kind="stable").tolist()
-        rows = features.share(order, args.process_index, args.world_size)
+        rows = features.share(self.row_order(split), args.process_index, args.world_size)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_eval_batch_size, sampler=rows,
                                              collate_fn=self.collator, num_workers=args.dataloader_num_workers,
                                              pin_memory=args.dataloader_pin_memory and precision.device.type

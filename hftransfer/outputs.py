@@ -5,7 +5,9 @@
       all_results.json, train_results.json, eval_results.json        (`Trainer.save_metrics`' convention)
       hftransfer_run.json   settings, automatic choices, stages with their logs, data report, labels
       freeze_plan.json      the last stage's plan (`hftransfer freeze-report --plan` reads it)
-      report/report.md, report/per_class.md, report/confusion_matrix.png, report/training_curves.png
+      data_quality.json     likely label errors and duplicates found before training (`data_quality`)
+      report/report.md, report/per_class.md, report/confusion_matrix.png, report/training_curves.png,
+      report/data_quality/  thumbnails of the images the report's data-quality section shows
       examples/             a few validation inputs for the demo
       lora_adapter/         the adapter and its head, when a stage used LoRA
       comparison.json, comparison.md   `hftransfer compare`'s table
@@ -33,6 +35,9 @@ PLAN_FILE = "freeze_plan.json"
 REPORT_DIR = "report"
 REPORT_MD = "report.md"
 PER_CLASS_MD = "per_class.md"
+DATA_QUALITY = "data_quality.json"
+DATA_QUALITY_MD = "data_quality.md"  # `hftransfer check`'s report, beside its data_quality.json
+THUMBNAILS_DIR = "data_quality"  # inside REPORT_DIR
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 EXAMPLES_FOLDER = "examples"
@@ -132,6 +137,10 @@ class OutputFolder:
     @property
     def comparison(self) -> list[dict] | None:
         return read_json(self.path / COMPARISON_FILE)
+
+    @property
+    def data_quality(self) -> dict | None:
+        return read_json(self.path / DATA_QUALITY)
 
     @property
     def card(self) -> Path:

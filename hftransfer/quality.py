@@ -37,6 +37,7 @@ import io
 import os
 import re
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -243,21 +244,32 @@ def text_fingerprint(text: str) -> torch.Tensor:
     return torch.nn.functional.normalize(counts, dim=0)
 
 
-def duplicates(query_values, reference_values=None) -> list[tuple[int, int, float]]:
-    """Exact and near copies together, as `near_duplicates` returns them (exact copies at similarity 1.0), with the
-    threshold of the values' kind. A query row appears once against a reference."""
-    if not len(query_values) or (reference_values is not None and not len(reference_values)):
+class Signatures(NamedTuple):
+    """What duplicates are found by, computed once per split: content keys, fingerprints and their kind's threshold."""
+
+    keys: list[str]
+    prints: torch.Tensor
+    threshold: float
+
+    @classmethod
+    def of(cls, values) -> Signatures:
+        texts = bool(len(values)) and isinstance(values[0], str)
+        return cls([content_key(v) for v in values], fingerprints(values) if len(values) else torch.zeros(0, 1),
+                   TEXT_NEAR_DUPLICATE_THRESHOLD if texts else IMAGE_NEAR_DUPLICATE_THRESHOLD)
+
+
+def duplicates(query: Signatures, reference: Signatures | None = None,
+               near: bool = True) -> list[tuple[int, int, float]]:
+    """Exact and near copies together, as `near_duplicates` returns them (exact copies at similarity 1.0): within
+    `query`, or each query row against `reference` (once). `near` False: exact copies only."""
+    if not query.keys or (reference is not None and not reference.keys):
         return []
-    keys = [content_key(v) for v in query_values]
-    reference_keys = None if reference_values is None else [content_key(v) for v in reference_values]
-    found = {(i, j): 1.0 for i, j in exact_duplicates(keys, reference_keys)}
-    kind_threshold = TEXT_NEAR_DUPLICATE_THRESHOLD if query_values and isinstance(query_values[0], str) \
-        else IMAGE_NEAR_DUPLICATE_THRESHOLD
-    near = near_duplicates(fingerprints(query_values),
-                           None if reference_values is None else fingerprints(reference_values), kind_threshold)
+    found = {(i, j): 1.0 for i, j in exact_duplicates(query.keys, None if reference is None else reference.keys)}
+    close = near_duplicates(query.prints, None if reference is None else reference.prints, query.threshold) \
+        if near else []
     exact_rows = {i for i, _ in found}
-    for i, j, similarity in near:
-        if reference_values is None or i not in exact_rows:
+    for i, j, similarity in close:
+        if reference is None or i not in exact_rows:
             found.setdefault((i, j), similarity)
     return sorted(((i, j, s) for (i, j), s in found.items()), key=lambda p: (-p[2], p[0], p[1]))
 

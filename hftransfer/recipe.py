@@ -35,7 +35,8 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity(max(level, logging.WARNING))
 
 
-def main(task_name: str, argv: list[str] | None = None) -> dict:
+def _start(task_name: str, argv: list[str] | None) -> TransferRun:
+    """Parse, choose the hardware's settings, start logging: the run, not yet set up."""
     if task_name not in TASKS:
         raise SystemExit(f"The task is one of {', '.join(TASKS)}, not '{task_name}'")
     task_cls = TASKS[task_name]
@@ -45,14 +46,22 @@ def main(task_name: str, argv: list[str] | None = None) -> dict:
     choose_hardware(run, choices)  # first: the precision and devices settle before anything reads them
     setup_logging(run.training)
     choices.log()
-    transfer = TransferRun(run, task_cls(run.data), choices)
+    return TransferRun(run, task_cls(run.data), choices)
+
+
+def main(task_name: str, argv: list[str] | None = None) -> dict:
+    transfer = _start(task_name, argv)
+    run = transfer.run
     try:
         metrics = transfer.execute()
     except (DataError, PatternError, ModelError) as err:
         raise SystemExit(f"error: {err}") from None
     if run.training.should_log:
+        # the metric that picked the best epochs first: macro-F1 when classes are imbalanced
+        shown = dict.fromkeys(key for key in (f"eval_{transfer.args.metric_for_best_model}", "eval_accuracy")
+                              if key in metrics)
         print(f"\nModel, processor, report and model card: {run.training.output_dir}\n"
-              f"eval_accuracy = {metrics['eval_accuracy']:.4f}  (train {metrics['train_runtime']:.0f} s, "
+              f"{'  '.join(f'{k} = {metrics[k]:.4f}' for k in shown)}  (train {metrics['train_runtime']:.0f} s, "
               f"total {metrics['total_runtime']:.0f} s)\n"
               f"Open its demo: {demo_command(run.training.output_dir)}")
         if run.transfer.serve_demo:
@@ -60,6 +69,24 @@ def main(task_name: str, argv: list[str] | None = None) -> dict:
 
             serve(run.training.output_dir)
     return metrics
+
+
+def check(task_name: str, argv: list[str] | None = None) -> dict:
+    """`hftransfer check`: the data-quality pass of a run, without training. Writes data_quality.json and
+    data_quality.md (with thumbnails of the images it shows) into --output_dir."""
+    from . import data_quality
+
+    transfer = _start(task_name, argv)
+    try:
+        transfer.setup()
+    except (DataError, ModelError) as err:
+        raise SystemExit(f"error: {err}") from None
+    found = data_quality.check(transfer)
+    data_quality.announce(found)
+    if transfer.args.should_save:
+        path = data_quality.write(transfer, found, transfer.args.output_dir)
+        print(f"\nData quality: {path}")
+    return found
 
 
 def demo_command(output_dir: str) -> str:

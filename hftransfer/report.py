@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .outputs import CONFUSION_PNG, CURVES_PNG, PER_CLASS_MD, REPORT_DIR, REPORT_MD
+from .outputs import CONFUSION_PNG, CURVES_PNG, DATA_QUALITY, PER_CLASS_MD, REPORT_DIR, REPORT_MD
 
 MAX_LABELLED_CLASSES = 30  # past this, class names and counts on the confusion matrix are unreadable
 # quality curves, where logged: train_accuracy comes from the training batches themselves (free), eval_* from
@@ -225,18 +225,72 @@ def stage_rows(history: list[dict]) -> list[dict]:
         metrics = stage.get("metrics") or {}
         rows.append({"stage": name, "learning rate": stage.get("learning_rate"), "epochs": stage.get("epochs"),
                      "starts at epoch": start, "train loss": metrics.get("train_loss"),
+                     "best epoch (kept)": metrics.get("best_epoch") if metrics.get("kept_best_epoch") else None,
                      "trainable parameters": metrics.get("trainable_parameters"),
                      "cached features": metrics.get("cached_features")})
     return rows
 
 
+# ---------------------------------------------------------------- data quality
+
+QUALITY_ROWS_SHOWN = 12
+
+
+def leak_warning(found: dict) -> str:
+    """The loud line when validation examples copy training ones ('' when none do)."""
+    summary = found["summary"]
+    if not summary["leaked_validation_examples"]:
+        return ""
+    return (f"**Warning: {summary['leaked_validation_examples']:,} validation examples "
+            f"({100 * summary['leaked_fraction']:.1f}%) are copies or near-copies of training examples: validation "
+            f"scores overstate how the model does on new data.**\n")
+
+
+def data_quality_summary(found: dict) -> str:
+    """One line: what the card says."""
+    summary = found["summary"]
+    return (f"{summary['label_issues']:,} training examples whose label looks wrong, "
+            f"{summary['leaked_validation_examples']:,} validation examples copied from training, "
+            f"{summary['train_duplicate_pairs']:,} duplicate pairs within training (`{DATA_QUALITY}`; nothing was "
+            f"removed or relabelled).")
+
+
+def data_quality_section(found: dict, pictures: dict | None = None, heading: str = "##") -> str:
+    """The report's (and demo's) view of `data_quality.json`: the summary, the leak warning, the first rows of each
+    list. `pictures` maps (split, row) to a thumbnail's path relative to the report; texts show as themselves."""
+    pictures = pictures or {}
+
+    def shown(entry: dict) -> str:
+        picture = pictures.get((entry["split"], entry["row"]))
+        item = str(entry["item"])
+        text = item if len(item) <= 120 else item[:117] + "..."
+        return f"![]({picture}) {text}" if picture else text
+
+    parts = [f"{heading} Data quality\n", "Found before training (label errors from the frozen base's features, "
+             "copies by content): " + data_quality_summary(found) + "\n", leak_warning(found)]
+    issues = found["label_issues"][:QUALITY_ROWS_SHOWN]
+    if issues:
+        parts.append(f"{heading}# Likely label errors (most likely first)\n\n" + markdown_table(
+            [{"example": shown(e), "given": e["given"], "suggested": e["suggested"], "score": e["score"]}
+             for e in issues]))
+    pairs = found["duplicates"][:QUALITY_ROWS_SHOWN]
+    if pairs:
+        parts.append(f"{heading}# Duplicates\n\n" + markdown_table(
+            [{"a": f"{p['a']['split']}: {shown(p['a'])}", "b": f"{p['b']['split']}: {shown(p['b'])}",
+              "similarity": p["similarity"]} for p in pairs]))
+    parts += [f"Not checked: {reason}.\n" for reason in found["summary"]["skipped"]]
+    return "\n".join(part for part in parts if part)
+
+
 def write_report(folder, *, labels: list[str], predictions: list[int] | None, references: list[int] | None,
-                 history: list[dict], metrics: dict, plan: dict | None, comparison: list[dict] | None = None) -> Path:
+                 history: list[dict], metrics: dict, plan: dict | None, comparison: list[dict] | None = None,
+                 data_quality: str | None = None) -> Path:
     """Write `folder/report/` (confusion_matrix.png, training_curves.png, per_class.md, report.md); return report.md.
 
     `history` is the trainer's list of stages ({"stage", "learning_rate", "epochs", "metrics", "log"}), `metrics` the
-    headline (final evaluation) numbers, `plan` the freeze plan as a dict, `comparison` rows of a strategy comparison.
-    Without `predictions` (multi-label runs) there is no confusion matrix or per-class table.
+    headline (final evaluation) numbers, `plan` the freeze plan as a dict, `comparison` rows of a strategy comparison,
+    `data_quality` the rendered data-quality section. Without `predictions` (multi-label runs) there is no confusion
+    matrix or per-class table.
     """
     from .metrics import confusion, per_class_report
 
@@ -264,6 +318,8 @@ def write_report(folder, *, labels: list[str], predictions: list[int] | None, re
         sections.append(f"## Per-class scores\n\nAlso in [{PER_CLASS_MD}]({PER_CLASS_MD}).\n\n{per_class}")
     if plan:
         sections.append("## Freeze plan\n\n" + plan_table(plan))
+    if data_quality:
+        sections.append(data_quality)
     if comparison:
         sections.append(_comparison_section(comparison))
     path = out / REPORT_MD

@@ -11,9 +11,9 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from . import card, hub, report
+from . import card, data_quality, hub, report
 from .trainer import peak_memory_mb
-from .outputs import CARD, EXAMPLES_FOLDER, REPORT_DIR, REPORT_MD, RUN_RECORD, Staging, write_json
+from .outputs import CARD, DATA_QUALITY, EXAMPLES_FOLDER, REPORT_DIR, REPORT_MD, RUN_RECORD, Staging, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ def save_run(run, trainer, train_metrics: dict, eval_metrics: dict, plan) -> Non
         staging.write_results(split, metrics)
     plan.save(folder)
     write_json(folder / RUN_RECORD, run_record(run))
+    if run.data_quality is not None:
+        write_json(folder / DATA_QUALITY, run.data_quality)
     _write_report(run, folder, eval_metrics, plan)
     _save_examples(run, folder / EXAMPLES_FOLDER)
     out = Path(args.output_dir)
@@ -43,6 +45,12 @@ def save_run(run, trainer, train_metrics: dict, eval_metrics: dict, plan) -> Non
     staging.move_into_place()
     logger.info(run.data_report.summary())
     logger.info("Report: %s; model card: %s", out / REPORT_DIR / REPORT_MD, out / CARD)
+
+
+def headline_first(metrics: dict, metric: str | None) -> dict:
+    """The metric that picked the best epochs first (macro-F1 on imbalanced classes), then the others."""
+    key = f"eval_{metric}"
+    return {key: metrics[key], **metrics} if key in metrics else metrics
 
 
 def train_metrics(run, wall: float) -> dict:
@@ -69,9 +77,13 @@ def run_record(run) -> dict:
 
 def _write_report(run, folder: Path, eval_metrics: dict, plan) -> None:
     single = not run.multi_label
+    quality = None
+    if run.data_quality is not None:
+        pictures = data_quality.thumbnails(run, run.data_quality, folder / REPORT_DIR)
+        quality = report.data_quality_section(run.data_quality, pictures)
     report.write_report(folder, labels=run.labels, history=run.history, metrics=eval_metrics, plan=asdict(plan),
                         predictions=run.eval_predictions.argmax(-1).tolist() if single else None,
-                        references=run.eval_references.tolist() if single else None)
+                        references=run.eval_references.tolist() if single else None, data_quality=quality)
 
 
 def _save_examples(run, folder: Path, count: int = 8) -> None:

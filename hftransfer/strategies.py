@@ -54,7 +54,7 @@ ONE_STAGE = tuple(name for name, specs in STRATEGIES.items() if len(specs) == 1 
 
 @dataclass
 class Stage:
-    """A stage as it runs: its kind and plan from the registry, rate and epochs from `choices`."""
+    """A stage as it runs: its kind and plan from the registry, rate, epochs and patience from `choices`."""
 
     name: str
     kind: str
@@ -62,8 +62,10 @@ class Stage:
     learning_rate: float = 0.0
     epochs: float = 0.0
     augment: bool = False
+    patience: int = 0  # evaluations without improvement before the stage stops early (0: never)
     calibrated_batchnorm: int = 0  # BatchNorm layers re-estimated on the data before this stage
     cached_features: bool | None = None  # decided when the stage starts (or read from its record when restored)
+    selection: object = None  # the stage's `selection.BestEpoch`, once its trainer is built
 
 
 def plan_stages(strategy: str, patterns: dict, head_stage: bool = True) -> list[Stage]:

@@ -63,6 +63,19 @@ class TaskAdapter:
         """Whether a column of this `datasets` feature type could hold this task's inputs."""
         raise NotImplementedError
 
+    def raw_inputs(self, dataset: Dataset) -> list:
+        """Each row's input as stored (undecoded images, texts): what the data-quality pass compares by content."""
+        raise NotImplementedError
+
+    def item(self, raw, index: int):
+        """How `data_quality.json` names a row: the file path for files found on disk, the text for texts, else the
+        row index."""
+        return index
+
+    def thumbnail(self, raw, path: Path) -> bool:
+        """Write a small picture of the input for the report; False where a text says it better."""
+        return False
+
     def load_embedded(self) -> DatasetDict:
         folder = resources.files("hftransfer") / "samples" / self.embedded_name
         files = {split: str(folder / f"{split}.parquet") for split in ("train", "validation")}
@@ -172,6 +185,19 @@ class ImageTask(TaskAdapter):
 
     def dataset_from_files(self, paths, labels) -> Dataset:
         return Dataset.from_dict({self.column: paths, "label": labels}).cast_column(self.column, ImageFeature())
+
+    def raw_inputs(self, dataset):
+        return dataset.cast_column(self.column, ImageFeature(decode=False))[self.column]
+
+    def item(self, raw, index):
+        path = (raw or {}).get("path")
+        return path if path and Path(path).is_file() else index
+
+    def thumbnail(self, raw, path):
+        image = _open_image(raw).convert("RGB")
+        image.thumbnail((64, 64))
+        image.save(path)
+        return True
 
     def drop_unusable(self, dataset, split, report):
         raw = dataset.cast_column(self.column, ImageFeature(decode=False))
@@ -440,6 +466,13 @@ class TextTask(TaskAdapter):
     def dataset_from_files(self, paths, labels) -> Dataset:
         texts = [Path(p).read_text(encoding="utf-8").strip() for p in paths]
         return Dataset.from_dict({self.columns[0]: texts, "label": labels})
+
+    def raw_inputs(self, dataset):
+        columns = self.columns
+        return [" / ".join(row[c] for c in columns) for row in dataset.select_columns(columns)]
+
+    def item(self, raw, index):
+        return raw
 
     def drop_unusable(self, dataset, split, report):
         good = []

@@ -8,23 +8,28 @@ freeze plan (`--layer_lr_decay`, `--lr_multipliers`). It also reports `train_acc
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import freezing
 from .freezing import FreezePlan
-from .metrics import classification_metrics, load_metrics, multi_label_metrics
+from .metrics import classification_metrics, epoch_metrics, load_metrics, multi_label_metrics
+from .selection import ClassLoss
 
 
 class TransferTrainer(Trainer):
     """`Trainer` that never writes the Hub token (`training_args.bin` is saved without it) and groups batches by
     lengths computed once from the raw data (its own grouping would read them through the lazy transform)."""
 
-    def __init__(self, *args, lengths: dict | None = None, plan: FreezePlan | None = None, **kwargs):
+    def __init__(self, *args, lengths: dict | None = None, plan: FreezePlan | None = None,
+                 class_loss: ClassLoss | None = None, **kwargs):
         self.lengths = lengths or {}
         self.plan = plan
+        self.class_loss = class_loss  # single-label training loss only; evaluation reports the plain loss
         self._hits = self._seen = 0
         super().__init__(*args, **kwargs)
         # Classifiers average their loss over the batch. A forward that merely takes **kwargs (MobileNetV2's does,
@@ -33,10 +38,16 @@ class TransferTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The `Trainer`'s loss; single-label batches also count correct predictions, so every logging step reports
-        `train_accuracy` at no extra forward pass (this process's batches since the last log)."""
+        """The `Trainer`'s loss (in training, adjusted for class sizes when `class_loss` is given: `selection`);
+        single-label batches also count correct predictions, so every logging step reports `train_accuracy` at no
+        extra forward pass (this process's batches since the last log)."""
         labels = inputs.get("labels")
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.class_loss is not None and labels is not None and labels.dim() == 1 and model.training:
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            loss = self.class_loss(outputs.logits, labels)
+        else:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
         if labels is not None and labels.dim() == 1 and model.training:
             # a device tensor: read (one host sync) only when logged, never at every step
             self._hits = self._hits + (outputs.logits.detach().argmax(-1) == labels).sum()
@@ -75,6 +86,16 @@ class TransferTrainer(Trainer):
         return LengthGroupedSampler(batch_size, lengths=lengths,
                                     generator=torch.Generator().manual_seed(self.args.seed))
 
+    def _save_checkpoint(self, model, trial):
+        # what callbacks keep beside the weights goes in first: trainer_state.json, which the Trainer writes last,
+        # marks a checkpoint complete (`resume.complete_checkpoints`)
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            for callback in self.callback_handler.callbacks:
+                if hasattr(callback, "save_to"):
+                    callback.save_to(folder)
+        super()._save_checkpoint(model, trial)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if len(dataset) == len(self.lengths.get("train") or []):
@@ -108,11 +129,14 @@ def above_half(logits, labels):
     return (logits > 0).int()  # sigmoid(logit) > 0.5
 
 
-def make_compute_metrics(num_labels: int, multi_label: bool, extra_names=()):
-    """Single-label: accuracy, macro F1/precision/recall, top-5 past 5 classes (the shipped `evaluate` modules),
-    plus any `evaluate` module named in `extra_names`. Multi-label: micro/macro F1 and exact match."""
+def make_compute_metrics(num_labels: int, multi_label: bool, extra_names=(), every_epoch: bool = False):
+    """Single-label: accuracy, macro F1/precision/recall, top-5 past 5 classes (the shipped `evaluate` modules; after
+    every epoch the same numbers from a confusion matrix, `epoch_metrics`), plus any `evaluate` module named in
+    `extra_names` (final evaluation only). Multi-label: micro/macro F1 and exact match."""
     if multi_label:
         return lambda prediction: multi_label_metrics(prediction.predictions, prediction.label_ids)
+    if every_epoch:
+        return lambda prediction: epoch_metrics(prediction.predictions, prediction.label_ids, num_labels)
     extra = load_metrics([name for name in extra_names if name != "accuracy"])
 
     def compute(prediction):

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from transformers import default_data_collator, set_seed
 
-from . import anatomy, features, freezing, hardware, lora, saving
-from .choices import Choices, choose_for_model, choose_stages
-from .data import is_multi_label, label_names, prepare_splits
+from . import anatomy, data_quality, features, freezing, hardware, lora, saving
+from .choices import Choices, choose_for_labels, choose_for_model, choose_stages
+from .data import class_counts, is_multi_label, label_names, prepare_splits
 from .feature_store import FeatureStore, Source
 from .modeling import load_model
 from .outputs import ADAPTER_FOLDER
 from .resume import StageCheckpoints
+from .selection import BestEpoch, ClassLoss
 from .strategies import ADAPTERS, HEAD, Stage
 from .trainer import Preprocess, TransferTrainer, above_half, make_compute_metrics, with_multi_hot_labels
 
@@ -39,6 +40,7 @@ class TransferRun:
         self.history: list[dict] = []
         self.final_trainer: TransferTrainer | None = None  # the last stage's: it evaluates and saves
         self.eval_output = None
+        self.data_quality: dict | None = None
 
     @property
     def args(self):
@@ -51,13 +53,14 @@ class TransferRun:
     def execute(self) -> dict:
         start = time.time()
         self.setup()
+        self.data_quality = data_quality.before_training(self)
         stages = choose_stages(self.run, self.model, len(self.splits["train"]), not self.decoder, self.choices)
         for stage in stages:
             freezing.check_trains(self.model, stage.plan, stage.name)
         for stage, following in zip(stages, stages[1:] + [None]):
             if not self._restore_finished(stage):
                 if following is not None and stage.kind == HEAD:
-                    stage.calibrated_batchnorm = self._calibrate_batchnorm_for(following)
+                    stage.calibrated_batchnorm = calibrate_batchnorm_for(self, following)
                 self.train_stage(stage, last=following is None)
         trainer, eval_metrics = self.evaluate(stages[-1])
         train_metrics = saving.train_metrics(self, time.time() - start)
@@ -76,6 +79,9 @@ class TransferRun:
         self.run, self.task = replace(self.run, data=data_args), self.task.with_data(data_args)
         self.labels = label_names(self.splits)
         self.multi_label = is_multi_label(self.splits["train"])
+        counts = None if self.multi_label else class_counts(self.splits["train"], len(self.labels))
+        self.run = choose_for_labels(self.run, counts, self.choices)
+        self.class_loss = ClassLoss.for_counts(self.run.transfer.class_weights, counts)
         self._load_model()
         self.lengths = {split: self.task.lengths(d, self.processor) for split, d in self.splits.items()}
         self.run = choose_for_model(self.run, self.model, self.decoder, self.lengths, self.choices)
@@ -85,6 +91,7 @@ class TransferRun:
         self.store = FeatureStore(self.args, source, inputs, self.lengths, self.collator)
         self.compute_metrics = make_compute_metrics(len(self.labels), self.multi_label,
                                                     self.run.transfer.metric_names)
+        self.epoch_metrics = make_compute_metrics(len(self.labels), self.multi_label, every_epoch=True)
         self.predictions = above_half if self.multi_label else None  # single-label metrics need the logits (top-5)
         logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
                     len(self.splits["validation"]), len(self.labels))
@@ -129,19 +136,6 @@ class TransferRun:
         self.history.append(record)
         return True
 
-    def _calibrate_batchnorm_for(self, stage: Stage) -> int:
-        """Before the head-only stage (--calibrate_bn): the BatchNorm layers that `stage` will train get the training
-        data's statistics, so the head learns the features `stage` starts from (`freezing.calibrate_batchnorm`)."""
-        if not self.run.transfer.calibrate_bn:
-            return 0
-        batches = torch.utils.data.DataLoader(self.train_raw, batch_size=self.args.per_device_eval_batch_size,
-                                              collate_fn=self.collator)
-        count = freezing.calibrate_for(self.model, stage.plan, self.run.transfer.freeze_bn_stats, batches)
-        if count:
-            logger.info("BatchNorm statistics of the %d layers that stage '%s' trains re-estimated on the training "
-                        "data before the head trains (--calibrate_bn)", count, stage.name)
-        return count
-
     def train_stage(self, stage: Stage, last: bool = False) -> dict:
         """Train one stage. The last one also evaluates, through its own trainer: the engine it prepared
         (DeepSpeed's, FSDP's) serves the evaluation, which a new trainer would have to initialise again."""
@@ -161,7 +155,7 @@ class TransferRun:
             self.model, stage.name, self.run.transfer.cache_features, self.choices)
         trainer, result = (self._train_on_cache if stage.cached_features else self._train_on_inputs)(stage, last)
         metrics = {**result.metrics, "stage": stage.name, "cached_features": stage.cached_features,
-                   "trainable_parameters": freezing.trainable_count(self.model)[0]}
+                   "trainable_parameters": freezing.trainable_count(self.model)[0], **stage.selection.summary()}
         if stage.kind == ADAPTERS:  # a plain model again, so saving and the demo need no PEFT
             adapter_dir = Path(self.args.output_dir) / ADAPTER_FOLDER if self.args.should_save else None
             self.model = trainer.model = lora.merge(self.model, adapter_dir)  # the trainer saves the merged model
@@ -176,8 +170,11 @@ class TransferRun:
         return metrics
 
     def _common(self, stage: Stage) -> dict:
+        stage.selection = BestEpoch(self.args.metric_for_best_model or "accuracy", stage.patience,
+                                    self.run.transfer.keep_best_epoch)
         return {"model": self.model, "args": self._trainer_args(stage), "plan": stage.plan,
-                "compute_metrics": self.compute_metrics if self.evaluating else None,
+                "class_loss": self.class_loss, "callbacks": [stage.selection] if self.evaluating else None,
+                "compute_metrics": self.epoch_metrics if self.evaluating else None,
                 "preprocess_logits_for_metrics": self.predictions if self.evaluating else None}
 
     def _train_on_cache(self, stage: Stage, last: bool):
@@ -213,7 +210,7 @@ class TransferRun:
             self._evaluate_restored(last)
         output, trainer = self.eval_output, self.final_trainer
         self.eval_predictions, self.eval_references = output.predictions, output.label_ids  # for the report
-        metrics = dict(output.metrics)
+        metrics = saving.headline_first(dict(output.metrics), self.args.metric_for_best_model)
         metrics.pop("epoch", None)  # the evaluation trained nothing; train_results.json has the epochs
         metrics["eval_samples"] = len(self.splits["validation"])
         return trainer, metrics
@@ -229,3 +226,17 @@ class TransferRun:
             self.final_trainer = TransferTrainer(model=self.model, args=args, data_collator=self.collator,
                                                  lengths=self.lengths)
             self._evaluate_with(self.final_trainer, self.eval_raw)
+
+
+def calibrate_batchnorm_for(run: TransferRun, stage: Stage) -> int:
+    """Before the head-only stage (--calibrate_bn): the BatchNorm layers that `stage` will train get the training
+    data's statistics, so the head learns the features `stage` starts from (`freezing.calibrate_batchnorm`)."""
+    if not run.run.transfer.calibrate_bn:
+        return 0
+    batches = torch.utils.data.DataLoader(run.train_raw, batch_size=run.args.per_device_eval_batch_size,
+                                          collate_fn=run.collator)
+    count = freezing.calibrate_for(run.model, stage.plan, run.run.transfer.freeze_bn_stats, batches)
+    if count:
+        logger.info("BatchNorm statistics of the %d layers that stage '%s' trains re-estimated on the training "
+                    "data before the head trains (--calibrate_bn)", count, stage.name)
+    return count

@@ -24,9 +24,10 @@ def test_stage_rates_and_epochs_are_chosen_from_the_model_and_data_size_with_rea
 
 
 def test_what_the_user_gave_is_used_and_not_recorded_as_chosen():
-    argv = ["--learning_rate", "5e-4", "--num_train_epochs", "2", "--head_epochs", "4"]
+    argv = ["--learning_rate", "5e-4", "--num_train_epochs", "2", "--head_epochs", "4",
+            "--early_stopping_patience", "3"]
     (head, base), chosen = stages(argv, tiny_image_model("mobilenet_v2"))
-    assert (head.epochs, base.epochs, base.learning_rate) == (4, 2, 5e-4)
+    assert (head.epochs, base.epochs, base.learning_rate, head.patience, base.patience) == (4, 2, 5e-4, 3, 3)
     assert chosen == {}
 
 

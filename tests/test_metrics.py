@@ -158,6 +158,17 @@ def test_classification_metrics_by_hand():
     assert all(type(value) is float for value in result.values())  # JSON- and Trainer-log-friendly
 
 
+@pytest.mark.parametrize(("examples", "classes", "unpredicted"), [(200, 3, False), (500, 10, False), (40, 12, True)])
+def test_every_epochs_metrics_equal_the_evaluate_modules(examples, classes, unpredicted):
+    rng = np.random.default_rng(classes)
+    logits, references = rng.normal(size=(examples, classes)), rng.integers(0, classes, examples)
+    if unpredicted:  # classes never predicted, some absent from the references too
+        logits[:, classes // 2:] -= 100
+        references = np.minimum(references, classes - 2)
+    fast = metrics.epoch_metrics(logits, references, classes)
+    assert fast == pytest.approx(classification_metrics(logits, references, num_labels=classes), abs=1e-12)
+
+
 def test_classification_metrics_top_5_past_five_classes():
     # 7 classes, the same ranking twice: the true class 5th (hit), then 6th (miss); argmax is class 0 both times
     logits = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]] * 2)

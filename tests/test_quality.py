@@ -138,13 +138,16 @@ def test_exact_duplicates():
     assert quality.exact_duplicates(["c", "x", "a"], keys) == [(0, 3), (2, 0)]
 
 
+signed = quality.Signatures.of
+
+
 def test_an_image_reencoded_at_another_size_is_a_near_duplicate_and_others_are_not():
     originals = [garment(s) for s in range(30)]
     train = [{"bytes": png_bytes(a), "path": None} for a in originals]
     copy = Image.fromarray(originals[4]).resize((21, 21), Image.BICUBIC)
     validation = [{"bytes": png_bytes(np.asarray(copy), "JPEG", quality=60), "path": None},
                   *({"bytes": png_bytes(garment(100 + s)), "path": None} for s in range(10))]
-    found = quality.duplicates(validation, train)
+    found = quality.duplicates(signed(validation), signed(train))
     assert [(i, j) for i, j, _ in found] == [(0, 4)]
 
 
@@ -153,16 +156,16 @@ def test_text_copies_exact_changed_and_unrelated():
              "The plot makes no sense at all, and the actors seem to know it."]
     validation = ["an entertaining   FILM.", "A touching examination of the ravages of Parkinson's disease.",
                   "The plot makes no sense at all -- and the actors seem to know it!", "Nothing like the others here."]
-    found = {i: j for i, j, _ in quality.duplicates(validation, train)}
+    found = {i: j for i, j, _ in quality.duplicates(signed(validation), signed(train))}
     assert found == {0: 1, 1: 0, 2: 2}
 
 
 def test_duplicates_within_one_set():
     texts = ["Thank you.", "thank  you.", "Something else entirely", "THANK YOU"]
-    pairs = {(i, j) for i, j, _ in quality.duplicates(texts)}
+    pairs = {(i, j) for i, j, _ in quality.duplicates(signed(texts))}
     assert pairs == {(0, 1), (0, 3), (1, 3)}
 
 
 def test_empty_inputs():
-    assert quality.duplicates([], ["a"]) == [] and quality.duplicates(["a"], []) == []
+    assert quality.duplicates(signed([]), signed(["a"])) == [] and quality.duplicates(signed(["a"]), signed([])) == []
     assert quality.near_duplicates(torch.zeros(0, 4), torch.randn(3, 4)) == []

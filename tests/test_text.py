@@ -161,7 +161,7 @@ def test_batches_group_texts_of_similar_length(tmp_path):
 
     def padded_tokens(strategy):
         trainer = TransferTrainer(model=transfer.model, train_dataset=transfer.train_raw, lengths=transfer.lengths,
-                                  args=replace(transfer.args, train_sampling_strategy=strategy),
+                                  args=replace(transfer.args, train_sampling_strategy=strategy, eval_strategy="no"),
                                   data_collator=TextTask().collator(transfer.processor))
         sampler = trainer._get_train_sampler()
         assert isinstance(sampler, LengthGroupedSampler) == (strategy == "group_by_length")

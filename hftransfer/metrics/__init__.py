@@ -60,6 +60,31 @@ def classification_metrics(logits, references, num_labels: int) -> dict:
     return result
 
 
+def epoch_metrics(logits, references, num_labels: int) -> dict:
+    """`classification_metrics`' numbers from one confusion matrix, for the evaluation after every epoch: the `evaluate`
+    modules take 50 ms a call on 18 examples and 0.45 s on 10,000, which 100 epochs of a head stage would pay each
+    time. Equal to theirs (`tests/test_metrics.py`); the final evaluation still goes through the modules."""
+    import numpy as np
+
+    logits, references = np.asarray(logits, dtype=float), np.asarray(references).astype(int)
+    predictions = logits.argmax(-1)
+    matrix = np.bincount(references * num_labels + predictions, minlength=num_labels**2).reshape(num_labels, -1)
+    hits, true, predicted = np.diag(matrix), matrix.sum(1), matrix.sum(0)
+    seen = (true + predicted) > 0  # scikit-learn's macro average runs over the labels in references or predictions
+
+    def ratio(numerator, denominator):
+        return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
+
+    result = {"accuracy": float(hits.sum() / max(1, len(references))),
+              "f1_macro": float(ratio(2 * hits, true + predicted)[seen].mean()),
+              "precision_macro": float(ratio(hits, predicted)[seen].mean()),
+              "recall_macro": float(ratio(hits, true)[seen].mean())}
+    if num_labels > 5:
+        top = np.argpartition(-logits, 4, axis=1)[:, :5]
+        result["top_5_accuracy"] = float((top == references[:, None]).any(1).mean())
+    return result
+
+
 def per_class_report(predictions, references, labels: list[str]) -> list[dict]:
     """One row a class, in label order, including classes absent from this split (support 0, scores 0)."""
     import numpy as np
