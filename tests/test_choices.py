@@ -4,7 +4,8 @@ from conftest import tiny_image_model, tiny_text_model
 from datasets import Dataset
 
 from hftransfer.args import DataArguments, parse_args
-from hftransfer.choices import BASE_DEFAULTS, Choices, choose_columns, choose_for_model, choose_stages
+from hftransfer.choices import (BASE_DEFAULTS, EARLY_STOPPING_PATIENCE, Choices, choose_columns, choose_for_model,
+                                choose_stages)
 from hftransfer.tasks import TextTask
 
 
@@ -18,6 +19,7 @@ def test_stage_rates_and_epochs_are_chosen_from_the_model_and_data_size_with_rea
     assert (head.kind, base.kind) == ("head", "base")
     assert base.learning_rate == BASE_DEFAULTS["conv"]["learning_rate"] == chosen["learning_rate (staged)"]["value"]
     assert head.epochs == 15.0 and base.epochs == 25.0  # 300 and 500 steps
+    assert head.patience == base.patience == chosen["early_stopping_patience"]["value"] == EARLY_STOPPING_PATIENCE
     assert chosen["epochs (head)"]["value"] == 15.0 and "300 steps" in chosen["epochs (head)"]["reason"]
     (_, text_base), _ = stages([], tiny_text_model("bert"))
     assert text_base.learning_rate == BASE_DEFAULTS["attention"]["learning_rate"]
