@@ -1,4 +1,5 @@
-"""Measure the data-quality pass (`hftransfer/quality.py`) on sets with planted problems, through the pipeline's features.
+"""Measure the data-quality pass (`hftransfer/quality.py`) on sets with planted problems, through the pipeline's
+features.
 
     python benchmarks/data_quality.py [--out benchmarks/results/data_quality.json] [--only NAME ...]
 
@@ -12,6 +13,9 @@ Each set is a variant (its seed picks the examples and the problems) of:
   training texts: exact copies, case and whitespace changes, punctuation changes, and one word changed.
 - debates: the 2016 presidential debates (3 classes: Democratic, Republican, moderator), the same problems.
 Seed 0 of each was used to choose the thresholds (`tuned` in the results); the others check them.
+
+`run_fashion_N` and `run_reviews_N` train: the recipe at its defaults on set N, scored from the run's own
+data_quality.json (what `hftransfer_run.json` logged is counted too). Only with `--only`, as they take minutes.
 
 Features come from the run itself (`TransferRun.setup`, then the feature store), so what is measured is what a run
 sees. Per set, the results give the label-issue precision in the top K (K = number flipped) and its recall over all
@@ -50,8 +54,8 @@ def fashion_set(seed: int) -> dict:
 
     out = DATA / f"fashion_{seed}"
     truth_file = out / "truth.json"
-    if truth_file.is_file():
-        return json.loads(truth_file.read_text())
+    if (stored := _stored(truth_file)) is not None:
+        return stored
     rng = np.random.default_rng(100 + seed)
     names = [c.replace("/", "-") for c in FASHION_CLASSES]
     train_x, train_y = (read_idx(FASHION_DIR / f"train-{k}-idx{d}-ubyte.gz") for k, d in (("images", 3), ("labels", 1)))
@@ -80,6 +84,11 @@ def fashion_set(seed: int) -> dict:
         truth["copies"][name] = f"t{source:05d}.png"
     truth_file.write_text(json.dumps(truth))
     return truth
+
+
+def _stored(truth_file: Path) -> dict | None:
+    """A planted set's truth, when the set was built by an earlier run."""
+    return json.loads(truth_file.read_text()) if truth_file.is_file() else None
 
 
 def _save(image, path: Path, **options) -> None:
@@ -112,8 +121,8 @@ def text_set(name: str, seed: int) -> dict:
 
     out = DATA / f"{name}_{seed}"
     truth_file = out / "truth.json"
-    if truth_file.is_file():
-        return json.loads(truth_file.read_text())
+    if (stored := _stored(truth_file)) is not None:
+        return stored
     source = make_reviews() if name == "reviews" else make_debates()
     train, validation = pd.read_csv(source / "train.csv"), pd.read_csv(source / "test.csv")
     rng = np.random.default_rng(200 + seed)
@@ -195,8 +204,8 @@ def outlier_set(seed: int) -> dict:
 
     out = DATA / f"outliers_{seed}"
     truth_file = out / "truth.json"
-    if truth_file.is_file():
-        return json.loads(truth_file.read_text())
+    if (stored := _stored(truth_file)) is not None:
+        return stored
     rng = np.random.default_rng(300 + seed)
     names = [c.replace("/", "-") for c in FASHION_CLASSES]
     x, y = read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz"), read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
@@ -264,7 +273,7 @@ def measure_labels(quality, data: dict, flipped: np.ndarray) -> dict:
 def measure_duplicates(quality, data: dict, values: dict, copies: dict, kinds: dict | None = None) -> dict:
     """`copies`: validation row -> its training row. Reports validation rows against training rows."""
     start = time.perf_counter()
-    found = quality.duplicates(values["validation"], values["train"])
+    found = quality.duplicates(quality.Signatures.of(values["validation"]), quality.Signatures.of(values["train"]))
     seconds = time.perf_counter() - start
     reported = {i: j for i, j, _ in found}
     keys = {split: [quality.content_key(v) for v in values[split]] for split in values}
@@ -283,7 +292,7 @@ def measure_duplicates(quality, data: dict, values: dict, copies: dict, kinds: d
         result["recall_by_kind"] = {kind: round(np.mean([right(i) for i in copies if kinds[i] == kind]), 4)
                                     for kind in sorted(set(kinds.values()))}
     start = time.perf_counter()
-    within = quality.duplicates(values["train"])
+    within = quality.duplicates(quality.Signatures.of(values["train"]))
     result["within_train_pairs"], result["within_train_seconds"] = len(within), round(time.perf_counter() - start, 2)
     # similarity of each validation row to its best training match: fingerprints (used) and the base's features
     import torch
@@ -349,10 +358,53 @@ def run_outliers(quality, seed: int) -> dict:
             "knn_top_k_not_in_label_issues": int(sum(planted[i] and i not in set(issues) for i in top))}
 
 
+def run_end_to_end(quality, kind: str, name: str, seed: int) -> dict:
+    """The done-when as a user meets it: the recipe at its defaults (training included) on the planted set, scored
+    from the run's own data_quality.json and hftransfer_run.json. `quality` is unused: the run calls it."""
+    import subprocess
+
+    truth = fashion_set(seed) if kind == "image" else text_set(name, seed)
+    folder, out = DATA / f"{name}_{seed}", DATA / "runs" / f"{name}_{seed}"
+    data = (["--train_dir", str(folder / "train"), "--validation_dir", str(folder / "validation")] if kind == "image"
+            else ["--train_file", str(folder / "train.csv"), "--validation_file", str(folder / "validation.csv")])
+    model = "zoo:mobilenet_v2" if kind == "image" else "zoo:all-MiniLM-L6-v2"
+    command = [sys.executable, str(ROOT / "recipes" / f"{kind}.py"), "--model_name_or_path", model, *data,
+               "--output_dir", str(out), "--restart", "true",
+               "--disable_tqdm", "true", "--seed", str(seed)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    found = json.loads((out / "data_quality.json").read_text())
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    if kind == "image":
+        name_of = lambda entry: Path(str(entry["item"])).name  # noqa: E731
+        flipped, copies = set(truth["flipped"]), truth["copies"]
+    else:
+        rows = {"train": set(truth["flipped"])}
+        name_of = lambda entry: entry["row"]  # noqa: E731
+        flipped, copies = rows["train"], {int(k): v[0] for k, v in truth["copies"].items()}
+    k = len(flipped)
+    top = [name_of(issue) for issue in found["label_issues"][:k]]
+    leaks = {name_of(pair["b"]): name_of(pair["a"]) for pair in found["duplicates"]
+             if (pair["a"]["split"], pair["b"]["split"]) == ("train", "validation")}
+    validation_size = json.loads((out / "all_results.json").read_text())["eval_samples"]
+    others = validation_size - len(copies)
+    return {"labels_precision_top_k": round(sum(item in flipped for item in top) / k, 4), "flipped": k,
+            "copies_recall": round(sum(leaks.get(c) == s for c, s in copies.items()) / len(copies), 4),
+            "other_validation_reported": sum(1 for c in leaks if c not in copies), "others": others,
+            "evaluated_epochs": {stage["stage"]: sum("eval_loss" in entry for entry in stage["log"])
+                                 for stage in record["stages"]},
+            "eval_accuracy": json.loads((out / "all_results.json").read_text())["eval_accuracy"],
+            "summary": found["summary"],
+            "seconds": round(seconds, 1)}
+
+
 SETS = {**{f"fashion_{s}": partial(run_fashion, seed=s) for s in range(4)},
         **{f"reviews_{s}": partial(run_text, name="reviews", seed=s) for s in range(4)},
         **{f"debates_{s}": partial(run_text, name="debates", seed=s) for s in range(4)},
-        **{f"outliers_{s}": partial(run_outliers, seed=s) for s in range(2)}}
+        **{f"outliers_{s}": partial(run_outliers, seed=s) for s in range(2)},
+        **{f"run_fashion_{s}": partial(run_end_to_end, kind="image", name="fashion", seed=s) for s in range(4)},
+        **{f"run_reviews_{s}": partial(run_end_to_end, kind="text", name="reviews", seed=s) for s in range(4)}}
 TUNED = {"fashion_0", "reviews_0", "debates_0"}  # the thresholds were chosen on these
 
 
@@ -368,7 +420,7 @@ def main() -> None:
 
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name, run in SETS.items():
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or (not args.only and name.startswith("run_")):
             continue
         start = time.perf_counter()
         results[name] = {"tuned": name in TUNED, **run(quality)}

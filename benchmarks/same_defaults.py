@@ -1,6 +1,6 @@
 """The embedded defaults before and after a change, side by side in one run: same accuracy, or the change is wrong.
 
-    python benchmarks/same_defaults.py BASE_COMMIT [--tasks image text]
+    python benchmarks/same_defaults.py BASE_COMMIT [--tasks image text] [--flags "--train_dir D/train ..."]
 
 Checks out BASE_COMMIT into a temporary worktree and runs each recipe's embedded default (`recipes/image.py`,
 `recipes/text.py`, no flags but the output folder) from that tree and from this one, one after the other, with the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "same_defaults.json"
 KEYS = ("eval_accuracy", "eval_f1_macro", "train_runtime")
 
 
-def run_recipe(tree: Path, task: str, output_dir: Path) -> dict:
+def run_recipe(tree: Path, task: str, output_dir: Path, flags: list[str] = ()) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "HFTRANSFER_CACHE": str(output_dir / "cache"),  # no shared cache
            "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647"}
     found = subprocess.run([sys.executable, "-c", "import hftransfer; print(hftransfer.__file__)"], env=env, cwd=tree,
@@ -34,7 +35,7 @@ def run_recipe(tree: Path, task: str, output_dir: Path) -> dict:
         raise SystemExit(f"{tree}: imports hftransfer from {found}")
     start = time.time()
     subprocess.run([sys.executable, str(tree / "recipes" / f"{task}.py"), "--output_dir", str(output_dir),
-                    "--disable_tqdm", "true"], env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
+                    "--disable_tqdm", "true", *flags], env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
     results = json.loads((output_dir / "all_results.json").read_text())
     return {key: results.get(key) for key in KEYS} | {"wall_s": round(time.time() - start, 1)}
 
@@ -43,6 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", help="the commit before the change")
     parser.add_argument("--tasks", nargs="*", default=["image", "text"])
+    parser.add_argument("--flags", default="", help="more recipe flags for both runs, e.g. another data set's "
+                                                     "'--train_dir D/train --validation_dir D/validation'")
     options = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -54,8 +57,8 @@ def main() -> None:
         try:
             for task in options.tasks:
                 for label, tree in ((f"before ({options.base})", base_tree), (f"after ({head} + working tree)", ROOT)):
-                    result = run_recipe(tree, task, Path(scratch) / f"{task}-{tree.name}")
-                    rows.append({"task": task, "code": label, **result})
+                    result = run_recipe(tree, task, Path(scratch) / f"{task}-{tree.name}", shlex.split(options.flags))
+                    rows.append({"task": task, "code": label, "flags": options.flags, **result})
                     print(json.dumps(rows[-1]), flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT, check=False)
