@@ -37,6 +37,14 @@ class TransferTrainer(Trainer):
         # doubled gradients and logged losses under 2-process DDP; a mean over equal batches needs no rescaling.
         self.model_accepts_loss_kwargs = False
 
+    def evaluate(self, *args, **kwargs):
+        """The `Trainer`'s evaluation, leaving the random stream as it found it: every DataLoader iterator draws a
+        seed from it, so validating after each epoch would otherwise change the shuffles and dropout masks of the
+        epochs after it (measured: Fashion-MNIST 3,000 / 10,000 went from 0.907 to 0.902 by that alone)."""
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            return super().evaluate(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The `Trainer`'s loss (in training, adjusted for class sizes when `class_loss` is given: `selection`);
         single-label batches also count correct predictions, so every logging step reports `train_accuracy` at no

@@ -98,10 +98,10 @@ def test_the_class_loss_in_training_and_the_plain_loss_in_evaluation(tmp_path, m
     assert ClassLoss.for_counts("none", [6, 2, 1]) is None and ClassLoss.for_counts(mode, None) is None
 
 
-def run_tiny(tmp_path, *flags, classes=("square", "hstripes", "vstripes"), per_class=12):
+def run_tiny(tmp_path, *flags, classes=("square", "hstripes", "vstripes"), per_class=12, kind="vit"):
     train = make_image_folder(tmp_path / "train", per_class, classes=classes, seed=0)
     validation = make_image_folder(tmp_path / "validation", 6, classes=classes, seed=1)
-    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit", num_labels=len(classes))
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", kind, num_labels=len(classes))
     out = tmp_path / "out"
     run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(train), "--validation_dir",
                       str(validation), "--output_dir", str(out), "--disable_tqdm", "true", "--check_data", "false",
@@ -152,3 +152,17 @@ def test_a_resumed_stage_selects_as_if_it_had_never_stopped(tmp_path):
     assert evaluate(resumed, model, 4, 0.6).should_training_stop is True  # 3 without improvement, 2 before the kill
     resumed.on_train_end(args, TrainerState(), TrainerControl(), model=model)
     assert torch.equal(model.weight, best) and resumed.summary()["best_epoch"] == 1
+
+
+def test_validating_every_epoch_does_not_change_the_training(tmp_path):
+    flags = ("--head_epochs", "3", "--num_train_epochs", "2", "--keep_best_epoch", "false",
+             "--early_stopping_patience", "0")
+    torch.manual_seed(0)  # the same random-init checkpoint for both; its head has dropout, which draws randomness
+    _, validated, _ = run_tiny(tmp_path / "epoch", *flags, kind="mobilenet_v2")
+    torch.manual_seed(0)
+    _, once, _ = run_tiny(tmp_path / "no", *flags, "--eval_strategy", "no", kind="mobilenet_v2")
+
+    def losses(record):
+        return [[entry["loss"] for entry in stage["log"] if "loss" in entry] for stage in record["stages"]]
+    assert sum("eval_loss" in entry for stage in validated["stages"] for entry in stage["log"]) == 5
+    assert losses(validated) == losses(once)  # the same shuffles and dropout masks
