@@ -15,57 +15,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
-from . import hardware, zoo
 from .card import headline_rows
-from .modeling import load_trained
-from .outputs import CONFUSION_PNG, CURVES_PNG, EXAMPLES_FOLDER, REPORT_DIR, OutputFolder
+from .inference import TOP_K, Predictor
+from .outputs import CONFUSION_PNG, CURVES_PNG, OutputFolder
 from .report import comparison_table, data_quality_section, markdown_table, plan_table, stage_rows
-from .tasks import task_for_config
 
 MAX_BATCH = 16
-TOP_K = 5
-
-
-def model_folder(model: str) -> Path:
-    """A local folder with the model's files: the folder itself, a zoo entry, or a Hub snapshot (weights too)."""
-    local = Path(zoo.resolve(model))
-    if local.is_dir():
-        return local
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(model, allow_patterns=["*.json", "*.md", "*.txt", "*.safetensors", "*.model",
-                                                         f"{REPORT_DIR}/*", f"{EXAMPLES_FOLDER}/*"]))
-
-
-class Predictor:
-    """A trained classifier and its processor, loaded once; `predict` takes a batch of raw inputs."""
-
-    def __init__(self, model: str):
-        from transformers import AutoConfig
-
-        self.folder = model_folder(model)
-        config = AutoConfig.from_pretrained(self.folder)
-        self.task = task_for_config(config)()
-        self.device = hardware.inference_device()
-        self.model = load_trained(str(self.folder)).to(self.device)
-        self.processor = self.task.load_processor(str(self.folder))
-        self.labels = [config.id2label[i] for i in sorted(config.id2label)]
-        self.multi_label = config.problem_type == "multi_label_classification"
-
-    @torch.inference_mode()
-    def predict(self, values: list) -> list[dict[str, float]]:
-        batch = {k: v.to(self.device) for k, v in self.task.demo_batch(self.processor, values).items()}
-        logits = self.model(**batch).logits.float()
-        scores = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-        top = scores.topk(min(TOP_K, len(self.labels)), dim=-1)
-        return [{self.labels[i]: float(p) for p, i in zip(ps.tolist(), ids.tolist())}
-                for ps, ids in zip(top.values, top.indices)]
-
-    def examples(self) -> list:
-        folder = OutputFolder(self.folder).examples
-        return self.task.load_examples(folder) if folder.is_dir() else []
 
 
 def results_markdown(folder: Path) -> str:

@@ -114,8 +114,14 @@ class TaskAdapter:
         """Why one demo input cannot be classified, said to the user, or None."""
         raise NotImplementedError
 
-    def demo_batch(self, processor, values: list) -> dict:
-        """Demo inputs (file paths or texts) -> model inputs, preprocessed exactly as in training."""
+    def read_input(self, value):
+        """One input to predict on (a file path or an image; a text), ready for `model_inputs`; ValueError saying
+        why it cannot be read."""
+        raise NotImplementedError
+
+    def model_inputs(self, processor, values: list, fast: bool = False) -> dict:
+        """Inputs (file paths, images or texts) -> model inputs, preprocessed exactly as in training. `fast`: by the
+        bit-identical fast path where there is one (batch prediction)."""
         raise NotImplementedError
 
     def save_examples(self, rows: list, folder: Path) -> None:
@@ -138,17 +144,26 @@ def _open_image(value) -> "PIL.Image.Image":
     return ImageOps.exif_transpose(image)
 
 
-def _image_problem(value) -> str | None:
+def _read_image(value):
+    """The image decoded in RGB; ValueError saying why it cannot be."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        _open_image(value)
+        return _open_image(value).convert("RGB")
     except UnidentifiedImageError:
-        return "not an image"
+        reason = "not an image"
     except Image.DecompressionBombError:
-        return f"too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels: a possible decompression bomb)"
+        reason = f"too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels: a possible decompression bomb)"
     except (OSError, ValueError, SyntaxError) as err:  # truncated data, bad headers
-        return f"corrupt image ({type(err).__name__})"
+        reason = f"corrupt image ({type(err).__name__})"
+    raise ValueError(reason)
+
+
+def _image_problem(value) -> str | None:
+    try:
+        _read_image(value)
+    except ValueError as err:
+        return str(err)
     return None
 
 
@@ -309,11 +324,16 @@ class ImageTask(TaskAdapter):
         problem = _image_problem(value)
         return f"{Path(value).name}: {problem}" if problem else None
 
-    def demo_batch(self, processor, values):
-        images = [_open_image(v).convert("RGB") for v in values]
-        # The processor itself, not `pixel_values`' fast path (which gives the same values): a few images per
-        # request gain little from it, and a server's memory is best kept to one well-trodden path (the busy-demo
-        # memory test failed twice with the fast path here, though it also fails now and then without it).
+    def read_input(self, value):
+        return _read_image(value)
+
+    def model_inputs(self, processor, values, fast=False):
+        images = [v if getattr(v, "mode", None) == "RGB" else _open_image(v).convert("RGB") for v in values]
+        if fast:
+            return {"pixel_values": self.pixel_values(processor, images)}
+        # The demo uses the processor itself, not `pixel_values`' fast path (which gives the same values): a few
+        # images per request gain little from it, and a server's memory is best kept to one well-trodden path (the
+        # busy-demo memory test failed twice with the fast path here, though it also fails now and then without it).
         return {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
 
     def pixel_values(self, processor, images) -> torch.Tensor:
@@ -535,7 +555,13 @@ class TextTask(TaskAdapter):
     def demo_problem(self, value):
         return None if isinstance(value, str) and value.strip() else "Empty text: type something to classify"
 
-    def demo_batch(self, tokenizer, values):
+    def read_input(self, value):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("empty text" if isinstance(value, str) or value is None else
+                             f"not a text ({type(value).__name__})")
+        return value
+
+    def model_inputs(self, tokenizer, values, fast=False):
         return dict(tokenizer(values, truncation=True, max_length=tokenizer.model_max_length, padding=True,
                               return_tensors="pt"))
 
