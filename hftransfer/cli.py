@@ -5,7 +5,10 @@
     hftransfer check image|text [recipe flags]      (label errors and duplicates, without training)
     hftransfer card OUTPUT_DIR                       (rebuild the model card from the folder's files)
     hftransfer push OUTPUT_DIR [--repo_id ID] [--private] [--hub_token T]
-    hftransfer demo MODEL [--port P] [--host H] [--share]      (MODEL: an output folder or a Hub id)
+    hftransfer predict MODEL INPUT... --output FILE.csv|FILE.jsonl [--top_k K] [--batch_size B] [--threshold T]
+                       [--text_column NAME]     (MODEL: an output folder, an exported folder or a Hub id)
+    hftransfer export MODEL --output DIR [--format onnx] [--quantize int8] [--max_int8_drop POINTS]
+    hftransfer demo MODEL [--port P] [--host H] [--share]      (MODEL: an output folder, an exported one, a Hub id)
     hftransfer publish-space --model MODEL --space_id ID [--private] [--hub_token T]
     hftransfer freeze-report MODEL [--strategy S] [--freeze P ...] [--unfreeze P ...] [--unfreeze_last_n N]
                                    [--layer_lr_decay D] [--lr_multipliers P=F ...]
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import zoo
 from .strategies import ONE_STAGE
@@ -82,6 +86,27 @@ def push_command(args) -> None:
         print(push(args.folder, repo_id=args.repo_id, token=args.hub_token, private=args.private or None))
     except PushError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def predict_command(args) -> None:
+    from .predict import PredictError, predict
+
+    try:
+        summary = predict(args.model, args.inputs, args.output, top_k=args.top_k, batch_size=args.batch_size,
+                          threshold=args.threshold, text_column=args.text_column, progress=not args.quiet)
+    except PredictError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(summary.line(Path(args.output)))
+
+
+def export_command(args) -> None:
+    from .export import ExportError, export
+
+    try:
+        record = export(args.model, args.output, quantize=args.quantize, max_int8_drop=args.max_int8_drop)
+    except ExportError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"{args.output}: {record['summary']}")
 
 
 def demo_command(args) -> None:
@@ -153,8 +178,28 @@ def main(argv: list[str] | None = None) -> None:
     push_parser.add_argument("--private", action="store_true", help="create the repository private")
     push_parser.add_argument("--hub_token", help="default: HF_TOKEN or the stored login (`hf auth login`)")
     push_parser.set_defaults(func=push_command)
+    predict_parser = commands.add_parser("predict", help="predict a folder of images or a table of texts into a file")
+    predict_parser.add_argument("model", help="an output folder, an exported folder or a Hub id")
+    predict_parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                                help="image files or folders; CSV/TSV/JSONL/Parquet/.txt files; datasets folders")
+    predict_parser.add_argument("--output", required=True, help="FILE.csv or FILE.jsonl")
+    predict_parser.add_argument("--top_k", type=int, default=5, help="labels and scores per input (default 5)")
+    predict_parser.add_argument("--batch_size", type=int, default=64)
+    predict_parser.add_argument("--threshold", type=float, default=0.5,
+                                help="multi-label models: every label scoring above this")
+    predict_parser.add_argument("--text_column", help="the column of texts (default: 'text', or the only one)")
+    predict_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict_parser.set_defaults(func=predict_command)
+    export_parser = commands.add_parser("export", help="export a trained model to ONNX, optionally int8")
+    export_parser.add_argument("model", help="an output folder or a Hub id")
+    export_parser.add_argument("--output", required=True, help="the exported folder")
+    export_parser.add_argument("--format", default="onnx", choices=("onnx",))
+    export_parser.add_argument("--quantize", choices=("int8",), help="onnxruntime's int8 quantization")
+    export_parser.add_argument("--max_int8_drop", type=float, default=1.0,
+                               help="refuse an int8 model whose validation accuracy drops more points than this")
+    export_parser.set_defaults(func=export_command)
     demo = commands.add_parser("demo", help="serve the Gradio demo of a trained model")
-    demo.add_argument("model", help="an output folder or a Hub id")
+    demo.add_argument("model", help="an output folder, an exported folder or a Hub id")
     demo.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     demo.add_argument("--port", type=int, help="default: Gradio's (7860, or the next free one)")
     demo.add_argument("--share", action="store_true", help="a temporary public link through Gradio's servers")

@@ -1,0 +1,307 @@
+"""`hftransfer predict MODEL INPUT... --output FILE`: batch predictions over files, folders and tables.
+
+MODEL is an output folder, an exported folder (`hftransfer export`) or a Hub id; `inference.Predictor` loads any of
+them. INPUT: for an image model, image files and folders (searched recursively); for a text model, CSV / TSV /
+JSON Lines / Parquet files with a text column (`--text_column`, else inferred as the recipes infer it), .txt files
+(one text each) and folders of them; for either, a `datasets` folder (`save_to_disk`). The output is CSV or JSON
+Lines, by its extension: `input`, `label`, `score`, then `label_1`, `score_1` ... `label_K`, `score_K` (`--top_k`).
+A multi-label model's `label` is every label scoring above `--threshold` (joined by ";" in CSV).
+
+An input that cannot be read (a corrupt image, an empty text) is skipped, counted and listed, in the summary and in
+FILE.skipped.csv: one bad file never stops a run over thousands. Where every input carries a reference label (a class
+folder named like a label, a label column), the summary gives the accuracy against it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .choices import LABEL_COLUMNS
+from .data import DataError, _load_file
+
+logger = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet"}
+OUTPUT_FORMATS = (".csv", ".jsonl")
+
+
+class PredictError(ValueError):
+    pass
+
+
+@dataclass
+class Item:
+    """One input: how the output names it, its raw value (a path, an image or a text) and its reference label."""
+
+    name: str
+    value: object
+    reference: str | None = None
+    problem: str | None = None  # why it cannot be read, found while listing
+
+
+@dataclass
+class Summary:
+    predicted: int = 0
+    skipped: list = field(default_factory=list)  # (input, reason)
+    correct: int = 0
+    referenced: int = 0
+
+    def line(self, output: Path) -> str:
+        text = f"{self.predicted:,} predictions written to {output}"
+        if self.skipped:
+            text += f"; {len(self.skipped):,} input(s) skipped (listed in {skipped_file(output)})"
+        if self.referenced and self.referenced == self.predicted:
+            text += f"; accuracy against the reference labels: {self.correct / self.referenced:.4f}"
+        return text
+
+
+def skipped_file(output: Path) -> Path:
+    return output.with_name(output.name + ".skipped.csv")
+
+
+# ---------------------------------------------------------------- inputs
+
+def gather(task_name: str, inputs: list[str], labels: list[str], text_column: str | None) -> Iterator[Item]:
+    """Every input named, in order; what cannot even be listed (a missing path) is an error before any work."""
+    for given in inputs:
+        path = Path(given)
+        if not path.exists():
+            raise PredictError(f"input not found: {path}")
+        if path.is_dir() and _is_datasets_folder(path):
+            yield from _datasets_items(path, task_name, labels, text_column)
+        elif task_name == "image":
+            yield from _image_items(path, labels)
+        elif path.is_dir():
+            for file in _files_under(path):
+                yield from _text_file_items(file, path, labels, text_column)
+        else:
+            yield from _text_file_items(path, path.parent, labels, text_column)
+
+
+def _is_datasets_folder(folder: Path) -> bool:
+    """A `save_to_disk` folder: a Dataset (state.json) or a DatasetDict (dataset_dict.json)."""
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _folder_label(file: Path, root: Path, labels: list[str]) -> str | None:
+    """The class folder a file sits in, when it is named like one of the model's labels."""
+    parent = file.parent.name if file.parent != root else None
+    return parent if parent in labels else None
+
+
+def _image_items(path: Path, labels: list[str]) -> Iterator[Item]:
+    files = _files_under(path) if path.is_dir() else [path]
+    root = path if path.is_dir() else path.parent
+    for file in files:
+        yield Item(str(file), file, _folder_label(file, root, labels))
+
+
+def _text_file_items(file: Path, root: Path, labels, text_column) -> Iterator[Item]:
+    suffix = file.suffix.lower()
+    if suffix == ".txt":
+        text = _read_text_file(file)
+        yield Item(str(file), text, _folder_label(file, root, labels), None if text is not None else "not UTF-8 text")
+    elif suffix in TABLE_SUFFIXES:
+        try:
+            table = _load_file(str(file), "predict")
+        except DataError as err:
+            raise PredictError(str(err)) from None
+        yield from _table_items(table, str(file), labels, text_column)
+    else:
+        yield Item(str(file), None, problem=f"not a text file ({', '.join(sorted({'.txt', *TABLE_SUFFIXES}))})")
+
+
+def _read_text_file(file: Path) -> str | None:
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def _datasets_items(folder: Path, task_name: str, labels, text_column) -> Iterator[Item]:
+    from datasets import DatasetDict, load_from_disk
+
+    loaded = load_from_disk(str(folder))
+    splits = loaded.items() if isinstance(loaded, DatasetDict) else [(None, loaded)]
+    for split, dataset in splits:
+        where = f"{folder}:{split}" if split else str(folder)
+        if task_name == "image":
+            from datasets import Image as ImageFeature
+
+            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), text_column, where)
+            yield from _table_items(dataset.cast_column(column, ImageFeature(decode=False)), where, labels,
+                                    column)
+        else:
+            yield from _table_items(dataset, where, labels, text_column)
+
+
+def _table_items(table, where: str, labels, column: str | None) -> Iterator[Item]:
+    from datasets import ClassLabel, Value
+
+    if column is None or column not in table.column_names:
+        column = _input_column(table, lambda f: isinstance(f, Value) and f.dtype in ("string", "large_string"),
+                               column, where)
+    label_column = next((c for c in table.column_names if c.lower() in LABEL_COLUMNS), None)
+    references = None
+    if label_column:
+        feature = table.features[label_column]
+        values = table[label_column]
+        references = [feature.int2str(v) if isinstance(feature, ClassLabel) else str(v) for v in values]
+    for index, value in enumerate(table[column]):
+        reference = references[index] if references and references[index] in labels else None
+        yield Item(f"{where}:{index}", value, reference)
+
+
+def _input_column(table, is_input, named: str | None, where: str) -> str:
+    """The column named, else 'text' / 'image', else the only column of the input's type (as the recipes infer)."""
+    if named:
+        if named not in table.column_names:
+            raise PredictError(f"{where}: no column '{named}' (columns: {', '.join(table.column_names)})")
+        return named
+    for default in ("text", "image"):
+        if default in table.column_names and is_input(table.features[default]):
+            return default
+    candidates = [c for c in table.column_names if c.lower() not in LABEL_COLUMNS and is_input(table.features[c])]
+    if len(candidates) != 1:
+        raise PredictError(f"{where}: cannot tell which column holds the inputs ({', '.join(table.column_names)});"
+                           " name it with --text_column")
+    return candidates[0]
+
+
+# ---------------------------------------------------------------- predicting
+
+def _read_batches(predictor, items: Iterator[Item], batch_size: int, summary: Summary):
+    """Batches of (items, model inputs), read and preprocessed in a thread ahead of the model: decoding the next
+    batch overlaps the forward pass of this one."""
+    import queue
+
+    ready: queue.Queue = queue.Queue(maxsize=2)
+
+    def work():
+        try:
+            batch = []
+            for item in items:
+                try:
+                    if item.problem:
+                        raise ValueError(item.problem)
+                    item.value = predictor.task.read_input(item.value)
+                except ValueError as err:
+                    summary.skipped.append((item.name, str(err)))
+                    continue
+                batch.append(item)
+                if len(batch) == batch_size:
+                    ready.put((batch, predictor.inputs([i.value for i in batch], fast=True)))
+                    batch = []
+            if batch:
+                ready.put((batch, predictor.inputs([i.value for i in batch], fast=True)))
+            ready.put(None)
+        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
+            ready.put(err)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (got := ready.get()) is not None:
+        if isinstance(got, BaseException):
+            raise got
+        yield got
+
+
+def rows_for(predictor, items: list[Item], scores: np.ndarray, top_k: int, threshold: float) -> list[dict]:
+    labels = predictor.labels
+    order = np.argsort(-scores, axis=-1, kind="stable")[:, :top_k]
+    rows = []
+    for item, row, top in zip(items, scores, order):
+        if predictor.multi_label:
+            chosen = [i for i in np.argsort(-row, kind="stable") if row[i] > threshold]
+            out = {"input": item.name, "label": [labels[i] for i in chosen],
+                   "score": [round(float(row[i]), 6) for i in chosen]}
+        else:
+            out = {"input": item.name, "label": labels[top[0]], "score": round(float(row[top[0]]), 6)}
+        for rank, i in enumerate(top, 1):
+            out[f"label_{rank}"], out[f"score_{rank}"] = labels[i], round(float(row[i]), 6)
+        rows.append(out)
+    return rows
+
+
+class Writer:
+    """CSV or JSON Lines, by the output's extension; multi-label lists joined by ';' in CSV."""
+
+    def __init__(self, output: Path):
+        if output.suffix.lower() not in OUTPUT_FORMATS:
+            raise PredictError(f"--output {output}: write .csv or .jsonl")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.csv = output.suffix.lower() == ".csv"
+        self.handle = output.open("w", newline="", encoding="utf-8")
+        self.writer = None
+
+    def write(self, rows: list[dict]) -> None:
+        for row in rows:
+            if self.csv:
+                flat = {k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+                if self.writer is None:
+                    self.writer = csv.DictWriter(self.handle, fieldnames=list(flat))
+                    self.writer.writeheader()
+                self.writer.writerow(flat)
+            else:
+                self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, batch_size: int = 64,
+            threshold: float = 0.5, text_column: str | None = None, engine: str | None = None,
+            progress: bool = True) -> Summary:
+    """Predict every input and write the rows to `output`; returns what was predicted and skipped."""
+    from tqdm.auto import tqdm
+
+    from .inference import Predictor
+
+    output = Path(output)
+    writer = Writer(output)  # a wrong extension fails before the model loads
+    predictor = Predictor(model, engine=engine)
+    items = list(gather(predictor.task.name, inputs, predictor.labels, text_column))
+    if not items:
+        raise PredictError(f"no inputs found in {', '.join(inputs)}")
+    top_k = max(1, min(top_k, len(predictor.labels)))
+    summary = Summary()
+    logger.info("Predicting %d input(s) with %s (%s)", len(items), predictor.folder, predictor.engine.name)
+    with tqdm(total=len(items), unit="input", disable=not progress, file=sys.stderr) as bar:
+        try:
+            for batch, model_inputs in _read_batches(predictor, iter(items), batch_size, summary):
+                scores = predictor.scores(model_inputs)
+                rows = rows_for(predictor, batch, scores, top_k, threshold)
+                writer.write(rows)
+                _count(summary, batch, rows, predictor.multi_label)
+                bar.update(summary.predicted + len(summary.skipped) - bar.n)
+        finally:
+            writer.close()
+    if summary.skipped:
+        with skipped_file(output).open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([("input", "reason"), *summary.skipped])
+        for name, reason in summary.skipped[:10]:
+            logger.warning("Skipped %s: %s", name, reason)
+    return summary
+
+
+def _count(summary: Summary, batch: list[Item], rows: list[dict], multi_label: bool) -> None:
+    summary.predicted += len(batch)
+    if multi_label:
+        return
+    for item, row in zip(batch, rows):
+        if item.reference is not None:
+            summary.referenced += 1
+            summary.correct += item.reference == row["label"]
