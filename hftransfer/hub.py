@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .outputs import CARD, CONFIG, STAGE_PREFIX, STAGING
+from .outputs import CARD, CONFIG, ONNX_FILE, STAGE_PREFIX, STAGING
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ def problems(folder: str | Path, token: str | None = None) -> list[str]:
     if not any((folder / name).is_file() for name in PROCESSOR_FILES):
         found.append(f"no image processor or tokenizer saved ({' / '.join(PROCESSOR_FILES)}): save it with "
                      "processor.save_pretrained(folder), or the widget and the demo cannot preprocess inputs")
-    if not list(folder.glob("*.safetensors")):
-        found.append("no *.safetensors weights: save with safe_serialization (the default)")
+    if not list(folder.glob("*.safetensors")) and not (folder / ONNX_FILE).is_file():
+        found.append(f"no *.safetensors weights (nor an exported {ONNX_FILE}): save with safe_serialization (the "
+                     "default)")
     files = _uploaded_files(folder)
     pickled = [p.name for p in files if any(p.match(g) for g in PICKLED_WEIGHTS) and p.name != "training_args.bin"]
     if pickled:

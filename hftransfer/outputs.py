@@ -12,6 +12,10 @@
       lora_adapter/         the adapter and its head, when a stage used LoRA
       comparison.json, comparison.md   `hftransfer compare`'s table
       README.md             the model card
+
+An exported folder (`hftransfer export`, `export.py`) has model.onnx in place of the weights, config.json, the
+processor or tokenizer, export.json (format, precision, parity and accuracy measured at export), the results,
+report/ and examples/ of the folder it came from, and its own card.
       stage-NAME/           checkpoints of each stage and the finished stage's model (killed runs resume from them)
       .saving/              the next files, while they are written (`Staging`)
 
@@ -46,6 +50,8 @@ ADAPTER_FOLDER = "lora_adapter"
 COMPARISON_FILE = "comparison.json"
 COMPARISON_MD = "comparison.md"
 CARD = "README.md"
+ONNX_FILE = "model.onnx"
+EXPORT_RECORD = "export.json"
 STAGING = ".saving"
 STAGE_PREFIX = "stage-"
 COMPLETED_WEIGHTS = "completed.safetensors"  # inside a stage's folder: the model after the finished stage
@@ -141,6 +147,10 @@ class OutputFolder:
     @property
     def data_quality(self) -> dict | None:
         return read_json(self.path / DATA_QUALITY)
+
+    @property
+    def export(self) -> dict | None:
+        return read_json(self.path / EXPORT_RECORD)
 
     @property
     def card(self) -> Path:
