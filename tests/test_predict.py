@@ -1,0 +1,191 @@
+"""`hftransfer predict` over folders and tables, and `hftransfer export` to ONNX (fp32 and int8), on real training
+runs of tiny models and of the real MobileNetV2: parity with PyTorch, int8 accuracy, unreadable inputs skipped and
+listed, multi-label, MLP-head and LoRA models, and the demo and Space on an exported folder."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import (NEGATIVE, POSITIVE, make_image_folder, save_tiny_checkpoint, save_tiny_text_checkpoint,
+                      write_reviews_csv)
+
+from hftransfer import export as export_module
+from hftransfer.args import parse_args
+from hftransfer.cli import main as cli
+from hftransfer.export import ExportError, export
+from hftransfer.inference import Predictor
+from hftransfer.outputs import ONNX_FILE, OutputFolder
+from hftransfer.predict import PredictError, predict, skipped_file
+from hftransfer.tasks import ImageTask, TextTask
+from hftransfer.training import TransferRun
+
+
+def train(task, args):
+    parsed = parse_args([*args, "--disable_tqdm", "true", "--check_data", "false"])
+    return TransferRun(parsed, task(parsed.data)).execute()
+
+
+def read_rows(path):
+    if path.suffix == ".csv":
+        with path.open() as handle:
+            return list(csv.DictReader(handle))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A tiny MobileNetV2 trained on shapes, with a corrupt file in its validation folder (skipped by training)."""
+    root = tmp_path_factory.mktemp("image-run")
+    train_dir = make_image_folder(root / "train", 16, seed=0)
+    validation = make_image_folder(root / "validation", 10, seed=1)
+    (validation / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    checkpoint = save_tiny_checkpoint(root / "ckpt", "vit")
+    metrics = train(ImageTask, ["--model_name_or_path", str(checkpoint), "--train_dir", str(train_dir),
+                                "--validation_dir", str(validation), "--output_dir", str(root / "out"),
+                                "--head_epochs", "3", "--num_train_epochs", "2", "--image_size", "32"])
+    return root, metrics
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text-run")
+    checkpoint = save_tiny_text_checkpoint(root / "ckpt", "bert")
+    metrics = train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file",
+                               str(write_reviews_csv(root / "reviews.csv")), "--output_dir", str(root / "out"),
+                               "--head_epochs", "2", "--num_train_epochs", "1"])
+    return root, metrics
+
+
+def test_predict_over_a_validation_folder_reproduces_eval_accuracy_and_lists_the_corrupt_file(image_run):
+    root, metrics = image_run
+    assert 0.5 < metrics["eval_accuracy"] < 1  # a model that learned something, and makes mistakes to reproduce
+    output = root / "predictions.csv"
+    summary = predict(str(root / "out"), [str(root / "validation")], output, top_k=2, progress=False)
+    rows = read_rows(output)
+    assert len(rows) == summary.predicted == 30
+    assert [name for name, _ in summary.skipped] == [str(root / "validation" / "square" / "broken.png")]
+    assert summary.skipped[0][1] == "not an image"
+    assert read_rows(skipped_file(output))[0]["input"].endswith("broken.png")
+    correct = sum(row["label"] == row["input"].split("/")[-2] for row in rows)
+    assert correct / len(rows) == pytest.approx(metrics["eval_accuracy"])
+    assert summary.correct / summary.referenced == pytest.approx(metrics["eval_accuracy"])
+    assert set(rows[0]) == {"input", "label", "score", "label_1", "score_1", "label_2", "score_2"}
+    assert all(float(r["score_1"]) >= float(r["score_2"]) and r["label"] == r["label_1"] for r in rows)
+
+
+def test_predict_csv_skips_an_empty_text_and_writes_json_lines(text_run, tmp_path):
+    root, _ = text_run
+    table = tmp_path / "new.csv"
+    table.write_text("review,id\n" + "\n".join(f'"{t}",{i}' for i, t in enumerate(POSITIVE + NEGATIVE))
+                     + '\n"",99\n')
+    output = tmp_path / "out.jsonl"
+    summary = predict(str(root / "out"), [str(table)], output, progress=False)  # the text column is inferred
+    rows = read_rows(output)
+    assert len(rows) == 12 and summary.skipped == [(f"{table}:12", "empty text")]
+    direct = Predictor(root / "out").predict(POSITIVE + NEGATIVE)
+    assert [r["label"] for r in rows] == [max(d, key=d.get) for d in direct]
+    assert rows[0]["score_1"] == pytest.approx(max(direct[0].values()), abs=1e-5)
+
+
+def test_predict_refuses_what_it_cannot_do_before_loading_anything(text_run, tmp_path):
+    root, _ = text_run
+    with pytest.raises(PredictError, match="write .csv or .jsonl"):
+        predict(str(root / "out"), [str(root / "reviews.csv")], tmp_path / "out.txt")
+    with pytest.raises(PredictError, match="input not found"):
+        predict(str(root / "out"), [str(tmp_path / "missing.csv")], tmp_path / "out.csv")
+
+
+def test_multi_label_predictions_are_every_label_above_the_threshold(tmp_path):
+    path = tmp_path / "tags.jsonl"
+    rows = [{"text": t, "label": ["positive" if t in POSITIVE else "negative"] + (["visual"] if "shot" in t else [])}
+            for t in POSITIVE + NEGATIVE]
+    path.write_text("\n".join(json.dumps(r) for r in rows * 3))
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(path), "--output_dir",
+                     str(tmp_path / "out"), "--num_train_epochs", "1", "--head_epochs", "1"])
+    output = tmp_path / "tags.csv"
+    predict(str(tmp_path / "out"), [str(path)], output, threshold=0.4, top_k=3, progress=False)
+    predictor = Predictor(tmp_path / "out")
+    scores = predictor.scores(predictor.inputs([rows[0]["text"]]))[0]
+    first = read_rows(output)[0]
+    expected = [predictor.labels[i] for i in np.argsort(-scores) if scores[i] > 0.4]
+    assert first["label"].split(";") == (expected if expected else [""])
+    assert {first[f"label_{k}"] for k in (1, 2, 3)} == set(predictor.labels)
+
+
+def test_export_parity_and_predict_with_the_onnx_model(image_run, tmp_path):
+    root, metrics = image_run
+    exported = tmp_path / "onnx"
+    cli(["export", str(root / "out"), "--output", str(exported)])
+    record = OutputFolder(exported).export
+    assert (exported / ONNX_FILE).is_file() and not list(exported.glob("*.safetensors"))
+    assert record["onnx_fp32"]["agreement"] == 1.0 and record["onnx_fp32"]["max_probability_difference"] <= 1e-4
+    assert record["inputs_checked"] == 30 and record["checked_on"] == "the run's validation split"
+    assert record["pytorch"]["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-4)
+    output = tmp_path / "onnx.csv"
+    summary = predict(str(exported), [str(root / "validation")], output, progress=False)
+    assert summary.correct / summary.predicted == pytest.approx(metrics["eval_accuracy"])
+    predict(str(root / "out"), [str(root / "validation")], tmp_path / "torch.csv", progress=False)
+    torch_rows, onnx_rows = read_rows(tmp_path / "torch.csv"), read_rows(output)
+    assert [r["label"] for r in torch_rows] == [r["label"] for r in onnx_rows]
+    assert max(abs(float(a["score"]) - float(b["score"])) for a, b in zip(torch_rows, onnx_rows)) < 1e-4
+    card = (exported / "README.md").read_text()
+    assert "library_name: onnx" in card and "## Export" in card and "onnx" in card.split("---")[1]
+
+
+def test_export_refuses_a_graph_beyond_the_tolerance(image_run, tmp_path, monkeypatch):
+    root, _ = image_run
+    monkeypatch.setattr(export_module, "TOLERANCE", 0.0)  # any difference at all now counts as a mismatch
+    with pytest.raises(ExportError, match="differs from the PyTorch model"):
+        export(str(root / "out"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() and not list(tmp_path.glob("*.exporting"))
+
+
+def test_mlp_head_and_lora_models_export_and_predict_as_in_pytorch(tmp_path):
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    data = write_reviews_csv(tmp_path / "reviews.csv")
+    for name, flags in (("mlp", ["--head_hidden_sizes", "16"]), ("lora", ["--strategy", "lora"])):
+        train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(data), "--output_dir",
+                         str(tmp_path / name), "--head_epochs", "2", "--num_train_epochs", "1", *flags])
+        record = export(str(tmp_path / name), tmp_path / f"{name}-onnx")
+        assert record["onnx_fp32"]["agreement"] == 1.0, name
+        texts = ["a wonderful, moving film", "a dull, boring mess, truly"]
+        expected = Predictor(tmp_path / name).predict(texts)
+        got = Predictor(tmp_path / f"{name}-onnx").predict(texts)
+        assert isinstance(Predictor(tmp_path / f"{name}-onnx").engine, export_module.OnnxEngine)
+        for e, g in zip(expected, got):
+            assert list(e) == list(g) and np.allclose(list(e.values()), list(g.values()), atol=1e-4), name
+
+
+def test_int8_export_of_a_real_mobilenet_stays_within_a_point(tmp_path):
+    """The real MobileNetV2 on the embedded Fashion-MNIST sample: static int8 keeps validation accuracy."""
+    out = tmp_path / "fashion"
+    train(ImageTask, ["--model_name_or_path", "zoo:mobilenet_v2", "--output_dir", str(out), "--strategy",
+                      "feature_extraction", "--head_epochs", "5", "--max_train_samples", "400"])
+    record = export(str(out), tmp_path / "int8", quantize="int8")
+    assert record["precision"] == "int8" and "first convolution" in record["quantization"]
+    assert record["onnx_int8"]["accuracy"] >= record["pytorch"]["accuracy"] - 0.01
+    assert record["onnx_int8"]["agreement"] >= 0.9  # the models differ, a little
+    card = (tmp_path / "int8" / "README.md").read_text()
+    assert "ONNX int8" in card and f"{record['onnx_int8']['accuracy']}" in card
+
+
+def test_demo_and_space_serve_an_exported_folder(text_run, tmp_path):
+    from hftransfer.demo import build_demo
+    from hftransfer.space import stage_space
+
+    root, _ = text_run
+    exported = tmp_path / "onnx"
+    export(str(root / "out"), exported)
+    demo = build_demo(str(exported))
+    predictor = Predictor(exported)
+    assert predictor.engine.name == "onnx" and predictor.examples()
+    assert demo.title.startswith("onnx")
+    space = tmp_path / "space"
+    space.mkdir()
+    stage_space(str(exported), space)
+    assert (space / "model" / ONNX_FILE).is_file()
+    assert "onnxruntime" in (space / "requirements.txt").read_text()
+    shutil.rmtree(space)
