@@ -4,8 +4,8 @@ Predict tab (image upload or text box, top-k classes, validation examples), Resu
 curves, freeze plan, comparison) and Model card tab. Image and text models are told apart from the saved config;
 the task adapter supplies the input widget and the preprocessing, so the demo preprocesses exactly as training did.
 
-Fast by construction: the model loads once, predictions run in `torch.inference_mode` on batches Gradio gathers
-(`batch=True`), and each input is first checked on its own (a cheap header read), so one bad upload is a clear
+Fast by construction: the model loads once (an output folder in PyTorch, an exported folder in onnxruntime:
+`inference.Predictor`), predictions run on batches Gradio gathers (`batch=True`), and each input is first checked on its own (a cheap header read), so one bad upload is a clear
 message to its sender and never fails the batch it would have joined. Gradio is imported here only: the core
 works without it.
 """

@@ -279,14 +279,24 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     top_k = max(1, min(top_k, len(predictor.labels)))
     summary = Summary()
     logger.info("Predicting %d input(s) with %s (%s)", len(items), predictor.folder, predictor.engine.name)
+    # Texts go through the model shortest first, so a batch pads little; their rows are written in input order
+    # at the end. Images stream: they are one size after preprocessing.
+    by_length = predictor.task.name == "text"
+    order = sorted(range(len(items)), key=lambda i: _length(items[i])) if by_length else range(len(items))
+    held: dict[int, dict] = {}
+    positions = {id(items[i]): i for i in order}
     with tqdm(total=len(items), unit="input", disable=not progress, file=sys.stderr) as bar:
         try:
-            for batch, model_inputs in _read_batches(predictor, iter(items), batch_size, summary):
+            for batch, model_inputs in _read_batches(predictor, (items[i] for i in order), batch_size, summary):
                 scores = predictor.scores(model_inputs)
                 rows = rows_for(predictor, batch, scores, top_k, threshold)
-                writer.write(rows)
+                if by_length:
+                    held.update((positions[id(item)], row) for item, row in zip(batch, rows))
+                else:
+                    writer.write(rows)
                 _count(summary, batch, rows, predictor.multi_label)
                 bar.update(summary.predicted + len(summary.skipped) - bar.n)
+            writer.write([held[i] for i in sorted(held)])
         finally:
             writer.close()
     if summary.skipped:
@@ -295,6 +305,10 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
         for name, reason in summary.skipped[:10]:
             logger.warning("Skipped %s: %s", name, reason)
     return summary
+
+
+def _length(item: Item) -> int:
+    return len(item.value) if isinstance(item.value, str) else 0
 
 
 def _count(summary: Summary, batch: list[Item], rows: list[dict], multi_label: bool) -> None:

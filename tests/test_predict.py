@@ -89,6 +89,21 @@ def test_predict_csv_skips_an_empty_text_and_writes_json_lines(text_run, tmp_pat
     assert rows[0]["score_1"] == pytest.approx(max(direct[0].values()), abs=1e-5)
 
 
+def test_predict_reads_a_datasets_folder_and_scores_it_against_its_labels(text_run, tmp_path):
+    from datasets import Dataset
+
+    root, _ = text_run
+    texts = POSITIVE + NEGATIVE
+    Dataset.from_dict({"sentence": texts, "label": ["good"] * 6 + ["bad"] * 6}).save_to_disk(tmp_path / "ds")
+    summary = predict(str(root / "out"), [str(tmp_path / "ds")], tmp_path / "out.csv", progress=False)
+    rows = read_rows(tmp_path / "out.csv")
+    assert [r["input"] for r in rows] == [f"{tmp_path / 'ds'}:{i}" for i in range(12)]  # input order kept
+    direct = Predictor(root / "out").predict(texts)
+    assert [r["label"] for r in rows] == [max(d, key=d.get) for d in direct]
+    expected = sum(r["label"] == ("good" if i < 6 else "bad") for i, r in enumerate(rows)) / 12
+    assert summary.referenced == 12 and summary.correct / 12 == pytest.approx(expected)
+
+
 def test_predict_refuses_what_it_cannot_do_before_loading_anything(text_run, tmp_path):
     root, _ = text_run
     with pytest.raises(PredictError, match="write .csv or .jsonl"):
