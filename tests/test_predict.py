@@ -4,7 +4,6 @@ listed, multi-label, MLP-head and LoRA models, and the demo and Space on an expo
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -188,19 +187,26 @@ def test_int8_export_of_a_real_mobilenet_stays_within_a_point(tmp_path):
 
 
 def test_demo_and_space_serve_an_exported_folder(text_run, tmp_path):
-    from hftransfer.demo import build_demo
+    from support.served_demo import Served
+
     from hftransfer.space import stage_space
 
     root, _ = text_run
     exported = tmp_path / "onnx"
     export(str(root / "out"), exported)
-    demo = build_demo(str(exported))
     predictor = Predictor(exported)
     assert predictor.engine.name == "onnx" and predictor.examples()
-    assert demo.title.startswith("onnx")
+    served = Served(exported)  # a real Gradio server on a free port, answering from the ONNX graph
+    try:
+        for text in ("a wonderful, moving film", "a dull, boring mess"):
+            expected = Predictor(root / "out").predict([text])[0]  # the PyTorch model it was exported from
+            answer = served.predict(text)
+            assert answer["label"] == max(expected, key=expected.get)
+            assert answer["confidences"][0]["confidence"] == pytest.approx(max(expected.values()), abs=1e-4)
+    finally:
+        served.close()
     space = tmp_path / "space"
     space.mkdir()
     stage_space(str(exported), space)
     assert (space / "model" / ONNX_FILE).is_file()
     assert "onnxruntime" in (space / "requirements.txt").read_text()
-    shutil.rmtree(space)
