@@ -56,8 +56,9 @@ def train_default(task: str, output: Path) -> Path:
     data = (["--train_dir", str(folder / "train"), "--validation_dir", str(folder / "validation")]
             if task.startswith("image")
             else ["--train_file", str(folder / "train.csv"), "--validation_file", str(folder / "test.csv")])
-    subprocess.run([sys.executable, str(ROOT / "recipes" / f"{task}.py"), *data, "--output_dir", str(output),
-                    "--disable_tqdm", "true"], check=True, stdout=subprocess.DEVNULL)
+    recipe = ROOT / "recipes" / f"{task.split('_')[0]}.py"  # image_224: the image recipe
+    subprocess.run([sys.executable, str(recipe), *data, "--output_dir", str(output), "--disable_tqdm", "true"],
+                   check=True, stdout=subprocess.DEVNULL)
     return output
 
 
