@@ -106,7 +106,9 @@ def _load_folder(folder: str, task: TaskData, split: str, report: DataReport) ->
     return task.dataset_from_files(paths, labels)
 
 
-def _load_file(path: str, split: str) -> Dataset:
+def load_file(path: str, split: str) -> Dataset:
+    """A CSV / TSV / JSON (Lines) / Parquet file as a Dataset; a clear DataError naming the file otherwise (the
+    recipes' splits, and `hftransfer predict`'s tables)."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{split} file not found: {file}")
@@ -154,9 +156,9 @@ def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> Dataset
         return DatasetDict(splits)
     if args.train_file:
         report.source = args.train_file
-        splits = {"train": _load_file(args.train_file, "train")}
+        splits = {"train": load_file(args.train_file, "train")}
         if args.validation_file:
-            splits["validation"] = _load_file(args.validation_file, "validation")
+            splits["validation"] = load_file(args.validation_file, "validation")
         return DatasetDict(splits)
     if args.validation_dir or args.validation_file:
         raise DataError("A validation set was given without a training set (--train_dir / --train_file)")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .choices import LABEL_COLUMNS
-from .data import DataError, _load_file
+from .data import DataError, load_file
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _text_file_items(file: Path, root: Path, labels, text_column) -> Iterator[It
         yield Item(str(file), text, _folder_label(file, root, labels), None if text is not None else "not UTF-8 text")
     elif suffix in TABLE_SUFFIXES:
         try:
-            table = _load_file(str(file), "predict")
+            table = load_file(str(file), "predict")
         except DataError as err:
             raise PredictError(str(err)) from None
         yield from _table_items(table, str(file), labels, text_column)
