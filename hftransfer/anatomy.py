@@ -8,7 +8,8 @@ Read from the model's own metadata where it has some, a generic search where not
   `timm_model` (also the base prefix). The head is what timm's `pretrained_cfg["classifier"]` names (`fc`,
   `head.fc`), and the blocks are the stretches of the network that end at each module of its `feature_info` (its
   stages, as timm's feature extraction cuts them);
-- the mean-pooling layer `pooling.adopt` adds to a sentence-transformers encoder is a group of its own, never a block.
+- the mean-pooling layer `pooling.adopt` adds to a sentence-transformers encoder, and the fixed pooler it sets, are a
+  group of their own, never a block.
 
 The parameters then fall into ordered groups: what comes before the blocks (stem, embeddings), each block, what
 follows them (final norm, pooler, VGG's fully connected layers), and the head. Strategies, `--unfreeze_last_n`, the
@@ -22,13 +23,22 @@ from dataclasses import dataclass
 from torch import nn
 
 POOLING_GROUP = "base.pooling"
-POOLING_KEY = "hftransfer_pooling"  # the config entry `pooling.adopt` writes: {"mode", "layer"}
+POOLING_KEY = "hftransfer_pooling"  # the config entry `pooling.adopt` writes: {"mode", "layer", "pooler", ...}
+
+
+def _pooling_spec(model: nn.Module) -> dict:
+    return getattr(model.config, POOLING_KEY, None) or {}
 
 
 def pooling_layer(model: nn.Module) -> int | None:
     """Index of the mean-pooling layer in the base's block list, None when the model has none."""
-    spec = getattr(model.config, POOLING_KEY, None) or {}
-    return spec.get("layer")
+    return _pooling_spec(model).get("layer")
+
+
+def head_rate_factor(model: nn.Module) -> float:
+    """The head's learning-rate factor: 1 / the scale of the fixed pooler it reads through (`pooling`), so it learns
+    as it would on the pooling itself; 1 for every other model."""
+    return 1.0 / _pooling_spec(model).get("pooler_scale", 1.0)
 
 
 @dataclass
@@ -130,6 +140,7 @@ def param_groups(model: nn.Module) -> list[ParamGroup]:
     prefix = base_prefix(model)
     heads = head_module_names(model)
     block_of = _block_of(model)
+    pooler = _pooling_spec(model).get("pooler")
     stem, top, head, pooled = [], [], [], []
     block_params: dict[int, list[str]] = {}
     for name, _ in model.named_parameters():
@@ -138,6 +149,8 @@ def param_groups(model: nn.Module) -> list[ParamGroup]:
         elif name in block_of:
             index = block_of[name]
             (pooled if index < 0 else block_params.setdefault(index, [])).append(name)
+        elif pooler and name.startswith(pooler + "."):
+            pooled.append(name)
         elif block_params:
             top.append(name)
         else:

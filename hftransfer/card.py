@@ -116,7 +116,8 @@ def _pooling_line(config: dict) -> str:
                 f"encoder layer {pooling['layer']} (added, frozen: uniform attention over the unpadded tokens), so "
                 "plain `transformers` runs it.\n")
     if pooling.get("mode") == "cls":
-        return "\nPooling: the first token, as the sentence-transformers checkpoint was trained (pooler = identity).\n"
+        return ("\nPooling: the first token, as the sentence-transformers checkpoint was trained (the pooler a fixed, "
+                "nearly linear pass-through).\n")
     return ""
 
 

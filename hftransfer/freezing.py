@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .anatomy import POOLING_GROUP, ParamGroup, base_prefix, block_list_name, describe, param_groups  # noqa: F401
+from .anatomy import (POOLING_GROUP, ParamGroup, base_prefix, block_list_name, describe,  # noqa: F401
+                      head_rate_factor, param_groups)
 from .outputs import PLAN_FILE
 
 BN_MOMENTUM = 0.1
@@ -119,7 +120,8 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
         trainable.difference_update(match(pattern, names))
     for pattern in plan.unfreeze:
         trainable.update(match(pattern, names))
-    # The pooling layer is a fixed computation (uniform attention, identity values): training it would unlearn it.
+    # The pooling layer and pooler (`pooling`) are fixed computations (uniform attention, identity values, a nearly
+    # linear pass-through): training them would unlearn them.
     trainable.difference_update(n for g in groups if g.name == POOLING_GROUP for n in g.params)
     return trainable
 
@@ -239,9 +241,18 @@ def _unpinned(modules: list[nn.Module]):
 
 # ---------------------------------------------------------------- discriminative learning rates
 
+PEFT_PREFIX = "base_model.model."  # how a `PeftModel` names the parameters of the model it wraps
+
+
 def lr_factors(model: nn.Module, plan: FreezePlan) -> dict[str, float]:
     """Learning-rate factor of every parameter: `layer_lr_decay` per group below the head (head and base.top 1,
-    last block decay, ..., stem decay^(blocks+1)), times every `lr_multipliers` factor whose pattern matches."""
+    last block decay, ..., stem decay^(blocks+1)), times every `lr_multipliers` factor whose pattern matches; the head
+    also times `anatomy.head_rate_factor` (it reads through a scaled pooler). A PEFT-wrapped model is read through the
+    model it wraps (adapters in a block take the block's factor, the head's trained copy the head's), named as the
+    wrapper names its parameters."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if inner is not model:
+        return {PEFT_PREFIX + name: factor for name, factor in lr_factors(inner, plan).items()}
     groups = param_groups(model)
     blocks = sum(g.name.startswith("base.block.") for g in groups)
     decay = plan.layer_lr_decay or 1.0
@@ -253,7 +264,8 @@ def lr_factors(model: nn.Module, plan: FreezePlan) -> dict[str, float]:
             exponent = blocks + 1
         else:
             exponent = blocks - int(group.name.rsplit(".", 1)[1])
-        factors.update({name: decay ** exponent for name in group.params})
+        rate = head_rate_factor(model) if group.name == "head" else 1.0
+        factors.update({name: rate * decay ** exponent for name in group.params})
     names = list(factors)
     for rule in plan.lr_multipliers:
         pattern, _, value = rule.rpartition("=")

@@ -69,12 +69,13 @@ class TransferTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def create_optimizer(self, model=None):
-        """The `Trainer`'s optimizer, with one parameter group per (rate factor, weight decay) from the plan."""
+        """The `Trainer`'s optimizer, with one parameter group per (rate factor, weight decay) from the plan and
+        the model (`freezing.lr_factors`)."""
         plan = self.plan
-        if self.optimizer is not None or plan is None or not (plan.layer_lr_decay or plan.lr_multipliers):
-            return super().create_optimizer(model)
         model = self.model if model is None else model
-        factors = freezing.lr_factors(model, plan)
+        factors = {} if self.optimizer is not None or plan is None else freezing.lr_factors(model, plan)
+        if all(factor == 1.0 for factor in factors.values()):
+            return super().create_optimizer(model)
         decay_names = set(self.get_decay_parameter_names(model))
         groups: dict[tuple, list] = {}
         for name, param in model.named_parameters():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -49,7 +50,8 @@ def trained(tmp_path_factory):
 def test_the_classifier_reads_the_mean_of_the_unpadded_tokens(trained):
     checkpoint, out, _ = trained
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    assert model.config.hftransfer_pooling == {"mode": "mean", "layer": 3}
+    assert model.config.hftransfer_pooling == {"mode": "mean", "layer": 3, "pooler": "bert.pooler",
+                                               "pooler_scale": pooling.POOLER_SCALE}
     assert model.config.num_hidden_layers == 4  # the checkpoint's three layers and the pooling layer
     tokenizer = AutoTokenizer.from_pretrained(out)
     batch = tokenizer(["a wonderful, moving film with a great cast", "awful"], padding=True, return_tensors="pt")
@@ -75,10 +77,31 @@ def test_the_pooling_layer_never_trains_and_gets_no_adapters(trained):
     assert not [n for n in full["trainable"] if n.startswith("bert.encoder.layer.3.")]
     assert any(n.startswith("bert.encoder.layer.2.") for n in full["trainable"])
     groups = {g.name: g.params for g in freezing.param_groups(transfer.model)}
-    assert all(n.startswith("bert.encoder.layer.3.") for n in groups["base.pooling"])
+    assert all(n.startswith(("bert.encoder.layer.3.", "bert.pooler.")) for n in groups["base.pooling"])
     assert not [t for t in lora.default_targets(transfer.model) if t.startswith("bert.encoder.layer.3.")]
     last_two = freezing.resolve(transfer.model, freezing.FreezePlan("fine_tune", unfreeze_last_n=2))
     assert any(n.startswith("bert.encoder.layer.1.") for n in last_two)  # the last two real layers: 1 and 2
+
+
+def test_the_head_reads_the_mean_through_a_frozen_nearly_linear_pooler_at_its_scaled_rate(trained):
+    _, out, transfer = trained
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    features = torch.randn(4, model.config.hidden_size).clamp(-3, 3)  # LayerNorm'd features: unit spread
+    with torch.no_grad():
+        passed = model.bert.pooler(features.unsqueeze(1)) / pooling.POOLER_SCALE
+    torch.testing.assert_close(passed, features, rtol=0.03, atol=1e-6)
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    for stage in record["stages"]:
+        assert not [n for n in stage["plan"]["trainable"] if n.startswith("bert.pooler.")]
+    factors = freezing.lr_factors(transfer.model, freezing.FreezePlan("full"))
+    assert factors["classifier.weight"] == pytest.approx(1 / pooling.POOLER_SCALE)
+    assert factors["bert.encoder.layer.2.output.dense.weight"] == 1.0
+    wrapped = lora.wrap(copy.deepcopy(transfer.model), transfer.run.transfer, ["classifier"])
+    wrapped_factors = freezing.lr_factors(wrapped, freezing.FreezePlan("lora"))
+    adapters = [n for n in wrapped_factors if "lora_A" in n]
+    assert adapters and all(wrapped_factors[n] == 1.0 for n in adapters)
+    head = [n for n, p in wrapped.named_parameters() if p.requires_grad and "classifier" in n]
+    assert head and all(wrapped_factors[n] == pytest.approx(1 / pooling.POOLER_SCALE) for n in head)
 
 
 def test_the_card_says_how_the_model_pools(trained):
