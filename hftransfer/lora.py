@@ -82,9 +82,13 @@ def _expose_convolution_geometry(peft_model) -> None:
 
 
 def settings(peft_model, transfer) -> dict:
-    """What the freeze plan records of the adapters: rank, scaling, dropout and the modules that got them."""
+    """What the freeze plan records of the adapters: rank, scaling, dropout and the modules that got them (read off
+    the wrapped model: from 20 targets on, PEFT's config keeps only name suffixes, such as 'conv1')."""
+    from peft.tuners.lora import LoraLayer
+
+    adapted = [name for name, module in peft_model.get_base_model().named_modules() if isinstance(module, LoraLayer)]
     return {"r": transfer.lora_r, "alpha": transfer.lora_alpha, "dropout": transfer.lora_dropout,
-            "target_modules": sorted(peft_model.peft_config["default"].target_modules)}
+            "target_modules": sorted(adapted)}
 
 
 def merge(peft_model, adapter_dir: str | Path | None):

@@ -106,7 +106,11 @@ def test_lora_run_saves_a_merged_model_equal_to_base_plus_adapter(tmp_path):
     total = sum(p.numel() for p in transfer.model.parameters())
     assert 0 < lora_stage["trainable_parameters"] < total / 4
     plan = json.loads((out / "freeze_plan.json").read_text())
-    assert plan["strategy"] == "lora" and plan["lora"]["r"] == 4 and plan["lora"]["target_modules"]
+    assert plan["strategy"] == "lora" and plan["lora"]["r"] == 4
+    # every module that got an adapter, by its full name (36 here: PEFT's own config keeps suffixes from 20 on)
+    assert plan["lora"]["target_modules"] == sorted(lora.default_targets(transfer.model))
+    assert len(plan["lora"]["target_modules"]) == 36
+    assert "on 36 modules (merged)" in (out / "report" / "report.md").read_text()
 
     merged = AutoModelForSequenceClassification.from_pretrained(out).eval()  # no PEFT needed
     validation = transfer.collator([transfer.eval_raw[i] for i in range(len(transfer.eval_raw))])
