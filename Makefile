@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run test clean browser
+.PHONY: setup run test clean browser timm-rows
 
 setup: $(VENV)/.installed
 
@@ -44,5 +44,15 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 		--no-install-recommends chromium chromium-driver >/dev/null; }
 
+# The timm rows of the architecture matrix on the real timm networks, on the CPU. timm imports torchvision, which
+# fails beside this machine's CPU torch 2.13.0; PyPI's torch 2.14.1 and torchvision 0.29.1 are a matched CUDA pair
+# (on this disk for Python 3.11) that also runs on a CPU. Its own venv: 5.5 GB, so not part of `make test`.
+TIMM_VENV := .venv-timm
+timm-rows:
+	test -x $(TIMM_VENV)/bin/python || $(PYTHON) -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 timm==1.0.31
+	$(TIMM_VENV)/bin/python -m pip install -q -e ".[zoo,test]"
+	$(TIMM_VENV)/bin/python scripts/timm_rows.py
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) $(TIMM_VENV) outputs

@@ -1,9 +1,11 @@
 """The timm rows of the architecture matrix on the real timm networks, wherever timm imports.
 
-    python scripts/timm_rows.py        # e.g. on a GPU machine, whose CUDA torch matches PyPI's torchvision
+    make timm-rows                     # here: its own venv with torch 2.14.1 + torchvision 0.29.1 (runs on a CPU)
+    python scripts/timm_rows.py        # in any environment where timm imports (a GPU machine's CUDA torch, say)
 
-`tests/test_timm.py` runs on this project's CPU machine against timm's module layouts (timm cannot import there:
-see `tests/support/timm_layout.py`). With HFTRANSFER_REAL_TIMM=1 the same tests build the real networks with
+`make test` runs `tests/test_timm.py` against timm's module layouts, in the project's venv, whose CPU torch 2.13.0
+cannot load PyPI's torchvision (see `tests/support/timm_layout.py`). With HFTRANSFER_REAL_TIMM=1 the same tests build
+the real networks with
 `timm.create_model` (random init: the layout is what is tested, not ImageNet weights), save them as timm's Hub folders
 are (`pretrained_cfg` in config.json, read by `TimmWrapperImageProcessor`) and train, reload and compare them.
 """

@@ -1,8 +1,8 @@
 """timm checkpoints through `TimmWrapperForImageClassification` (VGG16, Inception-v3, ResNet-50: the lesson's
 models): the head and blocks come from timm's own metadata, every strategy trains, the output reloads.
 
-Run here on timm's module layouts (`support/timm_layout.py` says why timm itself does not import on this machine);
-`scripts/timm_rows.py` runs the same checks on the real networks where timm imports.
+In `make test` on timm's module layouts (`support/timm_layout.py` says why timm does not import in that venv);
+`make timm-rows` runs the same checks on the real networks (`scripts/timm_rows.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from conftest import make_image_folder
 from support import timm_layout
 from support.family_runs import check_reload, check_stages, no_report, train_quick  # noqa: F401 - no_report: autouse
-from transformers import AutoModelForImageClassification
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hftransfer import anatomy, freezing
 from hftransfer.tasks import ImageTask
@@ -37,7 +38,8 @@ def test_timm_network_anatomy_from_its_own_metadata(architecture, monkeypatch, t
     assert list(anatomy.head_modules(model)) == [HEADS[architecture]]
     assert groups["head"] == [f"{HEADS[architecture]}.weight", f"{HEADS[architecture]}.bias"]
     blocks = sum(name.startswith("base.block.") for name in groups)
-    assert blocks == len(model.timm_model.feature_info) >= 4  # timm's feature_info cut points (five here)
+    # the stretches of timm's feature_info cut points that hold parameters: five (VGG's sixth ends at a max-pool)
+    assert blocks == 5 and len(model.timm_model.feature_info) == (6 if architecture == "vgg16" else 5)
     if architecture == "vgg16":  # the fully connected layers after the last stage, as the lesson's VGG has
         assert all(n.startswith("timm_model.pre_logits.") for n in groups["base.top"])
     last_two = freezing.resolve(model, freezing.FreezePlan("fine_tune", unfreeze_last_n=2))
@@ -55,6 +57,12 @@ def test_timm_network_trains_with_every_strategy_and_reloads(architecture, image
     assert stages[0]["plan"]["trainable"] == [f"{HEADS[architecture]}.weight", f"{HEADS[architecture]}.bias"]
     assert [s["plan"]["strategy"] for s in stages] == ["feature_extraction", "fine_tune"]
     check_reload(staged, tmp_path / "staged", AutoModelForImageClassification, "image-classification")
+    # the size recorded is the size used: timm's own input size (299 for Inception-v3), which its processor keeps
+    native = {"inception_v3": 299}.get(architecture, 224)
+    chosen = json.loads((tmp_path / "staged" / "hftransfer_run.json").read_text())["chosen"]["image_size"]
+    assert chosen["value"] == native or not timm_layout.REAL_TIMM, chosen
+    saved = AutoImageProcessor.from_pretrained(tmp_path / "staged")
+    assert saved(images=[Image.new("RGB", (50, 40))], return_tensors="pt")["pixel_values"].shape[-1] == chosen["value"]
     card = (tmp_path / "staged" / "README.md").read_text()  # its config has no image size to tell it by
     assert "An image classifier" in card and "pipeline_tag: image-classification" in card
 

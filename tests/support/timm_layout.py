@@ -1,12 +1,13 @@
-"""timm networks as `TimmWrapperForImageClassification` holds them, for a machine where timm does not import.
+"""timm networks as `TimmWrapperForImageClassification` holds them, for the project's venv, where timm does not import.
 
-timm imports torchvision, and the only Linux torchvision wheel on PyPI is a CUDA build that fails to load beside
-this machine's CPU torch (`operator torchvision::nms does not exist`); PyPI has no CPU build and no source
-distribution to build one from. So here the real `TimmWrapperForImageClassification` and `TimmWrapperConfig` run,
-with `timm.create_model` replaced by tiny networks that keep timm's module layout for the lesson's checkpoints: the
-names of `timm/resnet50.a1_in1k`, `timm/vgg16.tv_in1k` and `timm/inception_v3.tv_in1k` (stem, stages, VGG's
-`pre_logits` and nested `head.fc`), their `pretrained_cfg["classifier"]` and their `feature_info` cut points, with
-channel counts cut down. `scripts/timm_rows.py` runs the same rows on the real timm networks wherever timm imports.
+timm imports torchvision, and PyPI's Linux torchvision wheels are CUDA builds that fail to load beside the CPU torch
+2.13.0 of `make setup` (`operator torchvision::nms does not exist`). So in `make test` the real
+`TimmWrapperForImageClassification` and `TimmWrapperConfig` run, with `timm.create_model` replaced by tiny networks
+that keep timm's module layout for the lesson's checkpoints: the names of `timm/resnet50.a1_in1k`,
+`timm/vgg16.tv_in1k` and `timm/inception_v3.tv_in1k` (stem, stages, VGG's `pre_logits` and nested `head.fc`), their
+`pretrained_cfg["classifier"]` and their `feature_info` cut points, with channel counts cut down. `make timm-rows`
+runs the same tests on the real timm networks, on the CPU, in a venv of its own with the matched CUDA pair torch
+2.14.1 / torchvision 0.29.1 (`scripts/timm_rows.py`).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class TimmLikeNetwork(nn.Module):
                 cin = 8
             cuts.append(f"features.{len(layers) - 1}")
             layers.append(nn.MaxPool2d(2, 2))
-        self.features = nn.Sequential(*layers[:-1])
+        self.features = nn.Sequential(*layers)
+        cuts.append(f"features.{len(layers) - 1}")  # timm's sixth cut: the last max-pool, which holds no parameters
         self.pre_logits = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 1), nn.ReLU())
         self.head = _Head(16, num_classes)
         return "head.fc", cuts
