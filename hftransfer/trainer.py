@@ -21,6 +21,17 @@ from .metrics import classification_metrics, epoch_metrics, load_metrics, multi_
 from .selection import ClassLoss
 
 
+# What wrappers insert in parameter names: FSDP version 1 (FSDP2 keeps the names), its activation checkpointing, and
+# torch.compile. DDP and DeepSpeed wrap after the optimizer is made.
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _original_name(name: str) -> str:
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
 class TransferTrainer(Trainer):
     """`Trainer` that never writes the Hub token (`training_args.bin` is saved without it) and groups batches by
     lengths computed once from the raw data (its own grouping would read them through the lazy transform)."""
@@ -32,6 +43,8 @@ class TransferTrainer(Trainer):
         self.class_loss = class_loss  # single-label training loss only; evaluation reports the plain loss
         self._hits = self._seen = 0
         super().__init__(*args, **kwargs)
+        # read off the model as handed over: FSDP (version 1) and torch.compile rename parameters when they wrap it
+        self.rate_factors = freezing.lr_factors(self.model, plan) if plan is not None else {}
         # Classifiers average their loss over the batch. A forward that merely takes **kwargs (MobileNetV2's does,
         # and ignores them) makes the Trainer count items and multiply the loss by the number of processes, which
         # doubled gradients and logged losses under 2-process DDP; a mean over equal batches needs no rescaling.
@@ -70,17 +83,21 @@ class TransferTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         """The `Trainer`'s optimizer, with one parameter group per (rate factor, weight decay) from the plan and
-        the model (`freezing.lr_factors`)."""
-        plan = self.plan
+        the model (`freezing.lr_factors`, read when the trainer was made), found by the parameters' original names."""
         model = self.model if model is None else model
-        factors = {} if self.optimizer is not None or plan is None else freezing.lr_factors(model, plan)
+        factors = {} if self.optimizer is not None else self.rate_factors
         if all(factor == 1.0 for factor in factors.values()):
             return super().create_optimizer(model)
         decay_names = set(self.get_decay_parameter_names(model))
         groups: dict[tuple, list] = {}
         for name, param in model.named_parameters():
             if param.requires_grad:
-                key = (factors.get(name, 1.0), self.args.weight_decay if name in decay_names else 0.0)
+                factor = factors.get(_original_name(name))
+                if factor is None:
+                    raise ValueError(f"Learning-rate factors: no factor for parameter {name!r}, a name the model "
+                                     "did not have when the stage began (FSDP version 1 needs "
+                                     "fsdp_use_orig_params: true)")
+                key = (factor, self.args.weight_decay if name in decay_names else 0.0)
                 groups.setdefault(key, []).append(param)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls([{"params": params, "lr": self.args.learning_rate * factor,

@@ -212,6 +212,18 @@ def test_layer_lr_decay_and_multipliers_give_each_group_its_rate(tmp_path):
     assert rate[id(named["classifier.weight"])] == pytest.approx(1e-3)
     assert rate[id(named["vit.embeddings.cls_token"])] == pytest.approx(1e-3 * 0.5 ** 5 * 0.1)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
+    # FSDP version 1 (and torch.compile) wrap the model after the trainer is made and put their segment in every
+    # parameter's name: the factors still reach each parameter by its original name
+    trainer = TransferTrainer(model=model, args=args, plan=plan)
+    wrapped = torch.nn.Module()
+    wrapped._fsdp_wrapped_module = model
+    rate = {id(p): g["lr"] for g in trainer.create_optimizer(wrapped).param_groups for p in g["params"]}
+    assert rate[id(named["vit.embeddings.cls_token"])] == pytest.approx(1e-3 * 0.5 ** 5 * 0.1)
+    assert rate[id(named["classifier.weight"])] == pytest.approx(1e-3)
+    wrapped.flat_param = torch.nn.Parameter(torch.zeros(3))  # as FSDP 1 without use_orig_params names its shards
+    trainer.optimizer = None
+    with pytest.raises(ValueError, match="'flat_param'.*fsdp_use_orig_params"):
+        trainer.create_optimizer(wrapped)
     text = freezing.report(model, plan)
     assert "lr x" in text and "layer_lr_decay=0.5" in text
     row = next(line for line in text.splitlines() if line.startswith("base.block.3"))
