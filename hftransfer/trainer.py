@@ -39,7 +39,6 @@ class TransferTrainer(Trainer):
     def __init__(self, *args, lengths: dict | None = None, plan: FreezePlan | None = None,
                  class_loss: ClassLoss | None = None, **kwargs):
         self.lengths = lengths or {}
-        self.plan = plan
         self.class_loss = class_loss  # single-label training loss only; evaluation reports the plain loss
         self._hits = self._seen = 0
         super().__init__(*args, **kwargs)
