@@ -1,11 +1,10 @@
 """The headless-browser harness (tests/support/browser.py) against a throwaway Gradio 6 app shaped like the demo."""
 
-import socket
-
 import gradio as gr
 import pytest
 from PIL import Image
 from support.browser import browser_available, headless_page
+from support.ports import free_port
 
 pytestmark = pytest.mark.skipif(browser_available() is not None, reason=str(browser_available()))
 
@@ -35,12 +34,6 @@ def build_app():
                 gr.Markdown("Nothing trained yet.", elem_id="results-text")
         button.click(classify, [image, text], label)
     return demo
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import pytest
 from conftest import save_tiny_text_checkpoint, write_reviews_csv
 from PIL import Image
 from support.hub_server import local_hub  # noqa: F401 - a fixture
-from support.served_demo import Served, free_port
+from support.ports import free_port
+from support.served_demo import Served
 
 from hftransfer.args import parse_args
 from hftransfer.demo import Predictor

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, save_tiny_checkpoint
+from support.ports import free_port
 
 from hftransfer import hardware
 from hftransfer.args import parse_args
@@ -62,9 +63,9 @@ def test_two_stages_on_an_fsdp2_sharded_model_over_a_gloo_mesh(tmp_path):
     """The freeze plan of each stage on a model sharded by `fully_shard` (tests/support/fsdp_stages.py, 2 processes):
     stage 1 moves the head only, stage 2 the base too, and the gathered weights give the sharded model's logits."""
     out = tmp_path / "fsdp.json"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           str(ROOT / "tests" / "support" / "fsdp_stages.py"), str(out)], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), str(ROOT / "tests" / "support" / "fsdp_stages.py"), str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     head_only, everything = result["trainable"]

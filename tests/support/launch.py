@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from support.ports import free_port
 
 
 def accelerate_launch(args, processes=1, timeout=900, config=None, **env_changes):
@@ -15,6 +16,8 @@ def accelerate_launch(args, processes=1, timeout=900, config=None, **env_changes
     else:
         launch = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                   *(["--multi_gpu"] if processes > 1 else [])]  # torchrun; on a CPU, DDP over gloo
+    if processes > 1:
+        launch += ["--main_process_port", str(free_port())]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), *launch,
                str(ROOT / "recipes" / "image.py"), *args, "--disable_tqdm", "true"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)

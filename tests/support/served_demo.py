@@ -1,14 +1,8 @@
 """The demo served in the test process on a free local port, with a gradio_client connected (test_demo, test_safety)."""
 
-import socket
+from support.ports import free_port
 
 from hftransfer.demo import build_demo
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
