@@ -35,8 +35,11 @@ run: setup
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/image.py
 
+# Two workers (pytest-xdist), one thread each (tests/conftest.py): on 2 cores the suite takes about two thirds of
+# the time one process of two threads takes. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The demo's browser test drives Debian's Chromium with its matching ChromeDriver (nothing downloaded at run time).
 browser:

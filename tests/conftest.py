@@ -25,6 +25,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def pytest_configure(config):
+    """Under `pytest -n 2` (`make test`: two workers on two cores) each worker trains on one thread, and so do the
+    recipes it starts (they keep a thread count set in the launching shell): two workers of two threads each slow
+    each other down, and a run resumed in the test process must compute as the one it resumes did."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_cache(tmp_path_factory):
     os.environ["HFTRANSFER_CACHE"] = str(tmp_path_factory.mktemp("hftransfer-cache"))
