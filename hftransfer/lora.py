@@ -1,9 +1,11 @@
 """LoRA through PEFT: low-rank adapters in the base's blocks, the head trained in full, saved merged.
 
-Target modules are found generically, with no table per family: every `Linear` and ungrouped `Conv2d` inside the
-base's blocks (the same block list the freezing code uses). For attention models these are the attention and MLP
-projections (PEFT's "all-linear" advice); for convnets the pointwise and full convolutions (PEFT cannot merge LoRA
-into depthwise convolutions). The stem and embeddings keep their pretrained weights.
+Target modules are found generically, with no table per family: every `Linear`, transformers' `Conv1D` (GPT-2's
+linear layers, weights stored transposed) and ungrouped `Conv2d` inside the base's blocks (the same block list the
+freezing code uses). For attention models these are the attention and MLP projections (PEFT's "all-linear" advice);
+for convnets the pointwise and full convolutions (PEFT cannot merge LoRA into depthwise convolutions). The stem and
+embeddings keep their pretrained weights. The targets are also resolved before any stage trains (`training`), so
+a model with none is an error up front, not after the head's stage.
 
 After training, the adapters are merged into the base (`merge_and_unload`), so `output_dir` is a plain model that
 `from_pretrained`, pipelines and the demo load; the adapter itself (with the trained head) is also saved, in
@@ -16,33 +18,41 @@ import logging
 from pathlib import Path
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .anatomy import POOLING_GROUP, param_groups
 from .freezing import PatternError, match
 
 logger = logging.getLogger(__name__)
-
+ADAPTABLE = (nn.Linear, Conv1D, nn.Conv2d)
 
 
 def default_targets(model: nn.Module) -> list[str]:
     in_blocks = {n.rsplit(".", 1)[0] for g in param_groups(model) if g.name.startswith("base.block.") for n in g.params}
     if not in_blocks:
         raise PatternError(f"{type(model).__name__}: no blocks found in the base; give --lora_target_modules")
-    return [name for name in _adaptable(model) if name in in_blocks
-            and not (isinstance(module := model.get_submodule(name), nn.Conv2d) and module.groups != 1)]
+    targets = [name for name in _adaptable(model) if name in in_blocks
+               and not (isinstance(module := model.get_submodule(name), nn.Conv2d) and module.groups != 1)]
+    if not targets:
+        kinds = sorted({type(model.get_submodule(name)).__name__ for name in in_blocks})
+        raise PatternError(f"{type(model).__name__}: the base's blocks hold no Linear, Conv1D or ungrouped Conv2d "
+                           f"for LoRA (their layers: {', '.join(kinds)}); name modules with --lora_target_modules, "
+                           "or train with --strategy staged")
+    return targets
 
 
 def _adaptable(model: nn.Module) -> list[str]:
-    """Linear and Conv2d modules, less those of the pooling layer (an adapter would turn its mean into learnt
+    """Linear, Conv1D and Conv2d modules, less those of the pooling layer (an adapter would turn its mean into learnt
     attention)."""
     fixed = {n.rsplit(".", 1)[0] for g in param_groups(model) if g.name == POOLING_GROUP for n in g.params}
     return [name for name, module in model.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and name not in fixed]
+            if isinstance(module, ADAPTABLE) and name not in fixed]
 
 
 def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     """Full names of the modules that get adapters. A pattern is a module name, a name suffix (PEFT's rule: 'query'
-    is every '...query'), a glob, or 're:REGEX'; one that matches no Linear or Conv2d is an error naming near ones."""
+    is every '...query'), a glob, or 're:REGEX'; one that matches no Linear, Conv1D or Conv2d is an error naming near
+    ones."""
     if not patterns:
         return default_targets(model)
     adaptable = _adaptable(model)
@@ -58,8 +68,10 @@ def wrap(model: nn.Module, transfer, head_names: list[str]):
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_targets(model, list(transfer.lora_target_modules))
+    # Conv1D keeps its weight as (in, out): PEFT must know, or it warns and sets it for every target itself
+    transposed = all(isinstance(model.get_submodule(name), Conv1D) for name in targets)
     config = LoraConfig(r=transfer.lora_r, lora_alpha=transfer.lora_alpha, lora_dropout=transfer.lora_dropout,
-                        target_modules=targets, modules_to_save=head_names)
+                        target_modules=targets, modules_to_save=head_names, fan_in_fan_out=transposed)
     peft_model = get_peft_model(model, config)
     _expose_convolution_geometry(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()

@@ -57,6 +57,8 @@ class TransferRun:
         stages = choose_stages(self.run, self.model, len(self.splits["train"]), not self.decoder, self.choices)
         for stage in stages:
             freezing.check_trains(self.model, stage.plan, stage.name)
+            if stage.kind == ADAPTERS:  # no adapter targets: an error now, not after the head's stage
+                lora.resolve_targets(self.model, list(self.run.transfer.lora_target_modules))
         for stage, following in zip(stages, stages[1:] + [None]):
             if not self._restore_finished(stage):
                 if following is not None and stage.kind == HEAD:

@@ -89,6 +89,15 @@ def test_lora_default_targets_skip_depthwise_convs_and_stem():
         lora.resolve_targets(bert, ["qurey"])
 
 
+def test_lora_targets_that_match_nothing_stop_the_run_before_the_head_trains(tmp_path, caplog):
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(write_reviews_csv(tmp_path / "t.csv")),
+                      "--output_dir", str(tmp_path / "out"), "--strategy", "lora", "--lora_target_modules", "qurey"])
+    with caplog.at_level("INFO"), pytest.raises(PatternError, match="Nearest"):
+        TransferRun(run, TextTask(run.data)).execute()
+    assert "Stage 'head'" not in caplog.text
+
+
 def test_lora_run_saves_a_merged_model_equal_to_base_plus_adapter(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification

@@ -112,7 +112,7 @@ def _text(family: str):
 
 TEXT_FAMILIES = ["bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "electra", "albert", "mpnet",
                  "modernbert", "sentence-transformers"]
-DECODER_FAMILIES = ["qwen2", "llama"]
+DECODER_FAMILIES = ["qwen2", "llama", "gpt2"]  # GPT-2: Conv1D layers, not Linear
 
 
 def save_text_checkpoint(folder: Path, family: str) -> Path:
@@ -152,6 +152,10 @@ def save_decoder_checkpoint(folder: Path, family: str = "qwen2") -> Path:
         model = tf.Qwen2ForSequenceClassification(tf.Qwen2Config(**sizes))
     elif family == "llama":
         model = tf.LlamaForSequenceClassification(tf.LlamaConfig(**sizes))
+    elif family == "gpt2":
+        config = tf.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=3, n_head=2, n_positions=128,
+                               bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, num_labels=2)
+        model = tf.GPT2ForSequenceClassification(config)
     else:
         raise ValueError(family)
     model.save_pretrained(folder)
