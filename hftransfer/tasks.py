@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 
-from .anatomy import architecture
+from .anatomy import architecture, is_decoder_classifier
 from .data import DataReport
 from .outputs import EXAMPLES_FILE
 from .pixels import FastPixels, size_entries
@@ -579,7 +579,9 @@ class TextTask(TaskAdapter):
 def _give_pad_token(tokenizer, model) -> None:
     """Decoder LMs ship without a padding token, and their classifiers then refuse batches larger than one. Pad with
     the end-of-text token (the usual fix, e.g. in TRL): the classifier reads the last token that is not padding, and
-    the attention mask keeps padding out of every other one. The model's config learns the id, so it reloads."""
+    the attention mask keeps padding out of every other one. The model's config learns the id, so it reloads. A
+    decoder whose config names another padding id than its tokenizer pads with would read padding as the last real
+    token of every padded example: the tokenizer, which pads, decides."""
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
@@ -587,7 +589,13 @@ def _give_pad_token(tokenizer, model) -> None:
                              "batches with; add one (tokenizer.add_special_tokens) and save the tokenizer")
         tokenizer.pad_token = fallback
         logger.info("The tokenizer has no padding token: padding with %r", fallback)
-    if getattr(model.config, "pad_token_id", None) is None:
+    configured = getattr(model.config, "pad_token_id", None)
+    if configured is not None and configured != tokenizer.pad_token_id and is_decoder_classifier(model):
+        logger.warning("%s's config pads with id %d, its tokenizer with %d (%r): the classifier, which reads the last "
+                       "token that is not padding, is given the tokenizer's", type(model).__name__, configured,
+                       tokenizer.pad_token_id, tokenizer.pad_token)
+        configured = None
+    if configured is None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 

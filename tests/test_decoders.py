@@ -41,6 +41,25 @@ def test_a_decoder_without_a_pad_token_trains_in_batches_and_reloads(decoder, st
     assert [b["score"] for b in batched] == pytest.approx([a["score"] for a in alone], abs=1e-5)
 
 
+def test_the_tokenizers_padding_id_wins_over_a_different_one_in_the_config(tmp_path, caplog):
+    """A config naming a padding id the tokenizer does not pad with (here a real token's) made the classifier read
+    padding as the last real token of every padded example, in training and in batched predictions."""
+    checkpoint = save_decoder_checkpoint(tmp_path / "ckpt", "llama")
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "pad_token_id": 5}))
+    out = tmp_path / "out"
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(write_reviews_csv(tmp_path / "r.csv")),
+                      "--output_dir", str(out), "--num_train_epochs", "1", "--disable_tqdm", "true"])
+    with caplog.at_level("WARNING"):
+        TransferRun(run, TextTask(run.data)).execute()
+    assert "config pads with id 5, its tokenizer with" in caplog.text
+    classify = pipeline("text-classification", model=str(out))
+    assert classify.model.config.pad_token_id == classify.tokenizer.pad_token_id != 5
+    texts = ["a wonderful, moving film", "awful"]
+    batched, alone = classify(texts, batch_size=2), [classify(t)[0] for t in texts]
+    assert [b["score"] for b in batched] == pytest.approx([a["score"] for a in alone], abs=1e-5)
+
+
 def test_decoder_heads_train_without_the_cache_and_say_why(decoder, tmp_path, caplog):
     checkpoint, reviews = decoder
     run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
