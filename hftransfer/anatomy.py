@@ -3,7 +3,9 @@
 Read from the model's own metadata where it has some, a generic search where not:
 - transformers families: the base is `model.base_model` (found through `base_model_prefix`) and the head is every
   parameter outside it (`classifier`, `score`, DistilBERT's `pre_classifier`); the blocks are the largest
-  `ModuleList` in the base (transformer layers, inverted residuals, stages);
+  `ModuleList` in the base (transformer layers, inverted residuals, stages). SigLIP's and CLIP's image classifiers
+  name a prefix (`siglip`, `clip`) but keep their base as `vision_model`: where the prefix names no child, the base
+  is the child holding the most parameters;
 - timm networks under `TimmWrapperForImageClassification`: the whole network, classifier included, is the one child
   `timm_model` (also the base prefix). The head is what timm's `pretrained_cfg["classifier"]` names (`fc`,
   `head.fc`), and the blocks are the stretches of the network that end at each module of its `feature_info` (its
@@ -51,6 +53,9 @@ def base_prefix(model: nn.Module) -> str:
     prefix = getattr(model, "base_model_prefix", "")
     if prefix and isinstance(getattr(model, prefix, None), nn.Module):
         return prefix
+    sizes = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    if len(sizes) > 1:  # a base and a head at least
+        return max(sizes, key=sizes.get)
     raise ValueError(f"{type(model).__name__} has no base model (`base_model_prefix`); freezing needs one")
 
 
