@@ -36,8 +36,8 @@ def default_targets(model: nn.Module) -> list[str]:
     if not targets:
         kinds = sorted({type(model.get_submodule(name)).__name__ for name in in_blocks})
         raise PatternError(f"{type(model).__name__}: the base's blocks hold no Linear, Conv1D or ungrouped Conv2d "
-                           f"for LoRA (their layers: {', '.join(kinds)}); name modules with --lora_target_modules, "
-                           "or train with --strategy staged")
+                           f"for LoRA (their layers: {', '.join(kinds)}); train with --strategy staged, or name such "
+                           "modules elsewhere in the model with --lora_target_modules")
     return targets
 
 

@@ -511,10 +511,11 @@ class TextTask(TaskAdapter):
         return AutoTokenizer.from_pretrained(path, **kwargs)
 
     def adapt_processor(self, tokenizer, model, splits, choices):
-        """The token limit: --max_seq_length, else the model's, capped at 512 (and at the position table)."""
+        """The token limit: --max_seq_length, else the model's, capped at 512 (and at the position table; XLNet's
+        config, which has none, says -1)."""
         limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None),
                   self.max_length_cap]
-        natural = min(int(v) for v in limits if v)
+        natural = min(int(v) for v in limits if v and v > 0)
         wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else None
         if wanted is None:
             choices.add("max_seq_length", natural, f"the model's limit, at most {self.max_length_cap}; padded per "

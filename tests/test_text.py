@@ -194,3 +194,18 @@ def test_dataset_name_takes_a_local_dataset_folder_and_its_test_split(tmp_path):
     splits, report = prepare(dataset_name=str(folder))
     assert len(splits["train"]) == 36 and len(splits["validation"]) == 12  # "test" serves as validation
     assert report.source == str(folder)
+
+
+def test_a_model_without_a_position_table_keeps_the_tokenizers_limit():
+    """XLNet's config answers -1 for its position table (it has none): the limit is the tokenizer's, capped."""
+    from transformers import XLNetConfig, XLNetForSequenceClassification
+
+    from hftransfer import zoo
+    from hftransfer.choices import Choices
+
+    model = XLNetForSequenceClassification(XLNetConfig(vocab_size=30522, d_model=32, n_layer=2, n_head=2, d_inner=37))
+    assert model.config.max_position_embeddings == -1
+    tokenizer = AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"))
+    choices = Choices()
+    TextTask(DataArguments()).adapt_processor(tokenizer, model, {}, choices)
+    assert tokenizer.model_max_length == choices.made["max_seq_length"]["value"] == 256
