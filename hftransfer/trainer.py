@@ -150,8 +150,14 @@ class TransferTrainer(Trainer):
             self.args.hub_token = token
 
 
+def logits_only(logits, labels):
+    """What evaluation keeps of a model's outputs: the logits. Encoder-decoder classifiers (BART, T5) also return
+    the encoder's hidden states, whose lengths differ from batch to batch."""
+    return logits[0] if isinstance(logits, tuple) else logits
+
+
 def above_half(logits, labels):
-    return (logits > 0).int()  # sigmoid(logit) > 0.5
+    return (logits_only(logits, labels) > 0).int()  # sigmoid(logit) > 0.5
 
 
 def make_compute_metrics(num_labels: int, multi_label: bool, extra_names=(), every_epoch: bool = False):

@@ -26,7 +26,8 @@ from .outputs import ADAPTER_FOLDER
 from .resume import StageCheckpoints
 from .selection import BestEpoch, ClassLoss
 from .strategies import ADAPTERS, HEAD, Stage
-from .trainer import Preprocess, TransferTrainer, above_half, make_compute_metrics, with_multi_hot_labels
+from .trainer import (Preprocess, TransferTrainer, above_half, logits_only, make_compute_metrics,
+                      with_multi_hot_labels)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class TransferRun:
         self.compute_metrics = make_compute_metrics(len(self.labels), self.multi_label,
                                                     self.run.transfer.metric_names)
         self.epoch_metrics = make_compute_metrics(len(self.labels), self.multi_label, every_epoch=True)
-        self.predictions = above_half if self.multi_label else None  # single-label metrics need the logits (top-5)
+        self.predictions = above_half if self.multi_label else logits_only  # single-label metrics need the logits
         logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
                     len(self.splits["validation"]), len(self.labels))
 

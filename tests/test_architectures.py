@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import make_image_folder, write_reviews_csv
-from support.families import (DECODER_FAMILIES, IMAGE_FAMILIES, TEXT_FAMILIES, save_image_checkpoint,
-                              save_text_checkpoint)
+from support.families import (DECODER_FAMILIES, IMAGE_FAMILIES, SEQ2SEQ_FAMILIES, TEXT_FAMILIES,
+                              save_image_checkpoint, save_text_checkpoint)
 from support.family_runs import check_reload, check_stages, no_report, train_quick  # noqa: F401 - no_report: autouse
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
@@ -64,13 +64,13 @@ def test_image_family(family, image_data, tmp_path, caplog):
     check_reload(lora, tmp_path / "lora", AutoModelForImageClassification, "image-classification")
 
 
-@pytest.mark.parametrize("family", TEXT_FAMILIES + DECODER_FAMILIES)
+@pytest.mark.parametrize("family", TEXT_FAMILIES + DECODER_FAMILIES + SEQ2SEQ_FAMILIES)
 def test_text_family(family, text_data, tmp_path):
     checkpoint = save_text_checkpoint(tmp_path / "ckpt", family)
     train, validation = text_data
     data = ["--train_file", str(train), "--validation_file", str(validation)]
-    decoder = family in DECODER_FAMILIES
-    expected_cache = False if decoder else True  # a decoder's head finds the last real token from input_ids
+    # a decoder's head finds the last real token from input_ids, an encoder-decoder's reads the decoder's output
+    expected_cache = family in TEXT_FAMILIES
 
     if family in ONE_BLOCK:
         with pytest.raises(freezing.PatternError, match="only 1 blocks"):

@@ -118,6 +118,7 @@ def _text(family: str):
 TEXT_FAMILIES = ["bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "electra", "albert", "mpnet",
                  "modernbert", "sentence-transformers"]
 DECODER_FAMILIES = ["qwen2", "llama", "gpt2"]  # GPT-2: Conv1D layers, not Linear
+SEQ2SEQ_FAMILIES = ["bart", "t5"]  # encoder-decoder classifiers: their head reads the decoder's last end-of-text
 
 
 def save_text_checkpoint(folder: Path, family: str) -> Path:
@@ -129,6 +130,8 @@ def save_text_checkpoint(folder: Path, family: str) -> Path:
 
     if family in DECODER_FAMILIES:
         return save_decoder_checkpoint(folder, family)
+    if family in SEQ2SEQ_FAMILIES:
+        return save_seq2seq_checkpoint(folder, family)
     _text(family).save_pretrained(folder)
     AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2")).save_pretrained(folder)
     if family == "sentence-transformers":
@@ -138,6 +141,35 @@ def save_text_checkpoint(folder: Path, family: str) -> Path:
         (folder / "1_Pooling").mkdir()
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(
             {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    return folder
+
+
+def save_seq2seq_checkpoint(folder: Path, family: str) -> Path:
+    """A tiny BART or T5 classifier with a byte-level BPE tokenizer that ends each text with `</s>`, as theirs do
+    (their heads read the decoder's state at the last `</s>`)."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator((POSITIVE + NEGATIVE) * 4, vocab_size=300, special_tokens=["<pad>", "</s>", "<s>"])
+    template = "$A </s>" if family == "t5" else "<s> $A </s>"
+    bpe._tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, pair=f"{template} $B </s>", special_tokens=[("</s>", 1), ("<s>", 2)])
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="</s>",
+                                           bos_token="<s>", model_max_length=128)
+    ids = {"vocab_size": len(tokenizer), "pad_token_id": 0, "eos_token_id": 1, "num_labels": 2}
+    if family == "bart":
+        config = tf.BartConfig(**ids, bos_token_id=2, decoder_start_token_id=1, d_model=32, encoder_layers=2,
+                               decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                               encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=128)
+        model = tf.BartForSequenceClassification(config)
+    elif family == "t5":
+        config = tf.T5Config(**ids, decoder_start_token_id=0, d_model=32, d_kv=16, d_ff=37, num_layers=2,
+                             num_decoder_layers=2, num_heads=2)
+        model = tf.T5ForSequenceClassification(config)
+    else:
+        raise ValueError(family)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
