@@ -232,8 +232,12 @@ class ImageTask(TaskAdapter):
         return AutoImageProcessor.from_pretrained(path, backend=backend, **kwargs)
 
     def prepare_model(self, model):
-        """Channels-last weights: oneDNN's convolutions run 1.5x faster on them on a CPU (measured, fastpath.py)."""
-        if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        """Channels-last weights: oneDNN's convolutions run 1.5x faster on them on a CPU (measured, fastpath.py).
+        Not with GroupNorm (PoolFormer, BiT, MobileViTV2): torch's CPU kernel for its backward pass crashes the
+        process (a segmentation fault) on a channels-last input that needs no gradient, as behind frozen blocks."""
+        modules = list(model.modules())
+        if (any(isinstance(m, torch.nn.Conv2d) for m in modules)
+                and not any(isinstance(m, torch.nn.GroupNorm) for m in modules)):
             model = model.to(memory_format=torch.channels_last)
         return model
 

@@ -65,6 +65,9 @@ def _image(family: str):
         # apple/mobilevit-* ship 256 px crops; 128 here, since attention models keep their size (a shorter suite)
         processor = tf.MobileViTImageProcessor(size={"shortest_edge": 144}, crop_size={"height": 128, "width": 128})
         return tf.MobileViTForImageClassification(config), processor
+    if family == "poolformer":  # GroupNorm in a convnet
+        config = tf.PoolFormerConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], id2label=LABELS)
+        return tf.PoolFormerForImageClassification(config), tf.PoolFormerImageProcessor()
     if family == "siglip":  # its base is `vision_model`, not the `siglip` its base_model_prefix names
         config = tf.SiglipConfig(vision_config=VIT_LIKE, text_config={k: v for k, v in VIT_LIKE.items()
                                                                       if "image" not in k and "patch" not in k})
@@ -74,7 +77,7 @@ def _image(family: str):
 
 
 IMAGE_FAMILIES = ["vit", "deit", "beit", "dinov2", "swin", "convnext", "convnextv2", "resnet", "regnet",
-                  "efficientnet", "mobilenet_v1", "mobilenet_v2", "mobilevit", "siglip"]
+                  "efficientnet", "mobilenet_v1", "mobilenet_v2", "mobilevit", "poolformer", "siglip"]
 
 
 def save_image_checkpoint(folder: Path, family: str) -> Path:
