@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run test clean browser timm-rows
+.PHONY: setup run test clean browser timm-rows family-sweep
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ timm-rows:
 	$(TIMM_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 timm==1.0.31
 	$(TIMM_VENV)/bin/python -m pip install -q -e ".[zoo,test]"
 	$(TIMM_VENV)/bin/python scripts/timm_rows.py
+
+# The architecture matrix with 72 more families (tests/support/wider_families.py): not part of make test (minutes more)
+family-sweep: setup
+	HFTRANSFER_FAMILY_SWEEP=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/test_architectures.py
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) outputs

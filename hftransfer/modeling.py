@@ -70,7 +70,8 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     hf_logging.set_verbosity_error()  # our own log line replaces the load report about the mismatched head
     _require_safetensors(path, model_args.model_name_or_path)
     try:
-        config.update({"id2label": id2label, "label2id": {n: i for i, n in id2label.items()},
+        # num_labels first: PVT's config keeps its own (1000), which id2label alone leaves as it was
+        config.update({"num_labels": len(labels), "id2label": id2label, "label2id": {n: i for i, n in id2label.items()},
                        "problem_type": "multi_label_classification" if multi_label else "single_label_classification"})
         if getattr(config, "label_names", None) is not None:  # timm's: saved in place of id2label, the old names
             config.label_names = list(labels)

@@ -5,16 +5,20 @@ Per row, two runs cover the four kinds of stage: `staged --unfreeze_last_n 2` (i
 `feature_extraction` strategy, on the feature cache or with the fallback announced; its second is `fine_tune` of the
 last two blocks) and `lora` (head stage, then adapters, merged). Each stage must train parameters, the freeze report
 must find a head and blocks, and the saved folder must load with the Auto class and give, through a `pipeline`,
-the prediction the trained model gives on the run's own preprocessing.
+the prediction the trained model gives on the run's own preprocessing. `make family-sweep` runs the same checks on
+72 more families (`support/wider_families.py`).
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from conftest import make_image_folder, write_reviews_csv
 from support.families import (DECODER_FAMILIES, IMAGE_FAMILIES, SEQ2SEQ_FAMILIES, TEXT_FAMILIES,
                               save_image_checkpoint, save_text_checkpoint)
 from support.family_runs import check_reload, check_stages, no_report, train_quick  # noqa: F401 - no_report: autouse
+from support.wider_families import NO_LORA_TARGETS, WIDER_DECODERS, WIDER_IMAGE, WIDER_SEQ2SEQ, WIDER_TEXT
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from hftransfer import anatomy, freezing
@@ -23,6 +27,10 @@ from hftransfer.training import TransferRun
 
 # ALBERT runs one shared layer group as all its layers: one block, so fine-tuning "the last two" cannot exist
 ONE_BLOCK = {"albert"}
+# `make family-sweep`: the families beyond the matrix as well (support/wider_families.py), each row checked alike
+SWEEP = os.environ.get("HFTRANSFER_FAMILY_SWEEP") == "1"
+SWEPT_IMAGE = WIDER_IMAGE if SWEEP else []
+SWEPT_TEXT = WIDER_TEXT + WIDER_DECODERS + WIDER_SEQ2SEQ if SWEEP else []
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +53,7 @@ def _check_anatomy(transfer: TransferRun, family: str) -> None:
     assert "head" in report and "base.block.0" in report
 
 
-@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+@pytest.mark.parametrize("family", IMAGE_FAMILIES + SWEPT_IMAGE)
 def test_image_family(family, image_data, tmp_path, caplog):
     checkpoint = save_image_checkpoint(tmp_path / "ckpt", family)
     train, validation = image_data
@@ -64,13 +72,15 @@ def test_image_family(family, image_data, tmp_path, caplog):
     check_reload(lora, tmp_path / "lora", AutoModelForImageClassification, "image-classification")
 
 
-@pytest.mark.parametrize("family", TEXT_FAMILIES + DECODER_FAMILIES + SEQ2SEQ_FAMILIES)
-def test_text_family(family, text_data, tmp_path):
+@pytest.mark.parametrize("family", TEXT_FAMILIES + DECODER_FAMILIES + SEQ2SEQ_FAMILIES + SWEPT_TEXT)
+def test_text_family(family, text_data, tmp_path, caplog):
     checkpoint = save_text_checkpoint(tmp_path / "ckpt", family)
     train, validation = text_data
     data = ["--train_file", str(train), "--validation_file", str(validation)]
-    # a decoder's head finds the last real token from input_ids, an encoder-decoder's reads the decoder's output
-    expected_cache = family in TEXT_FAMILIES
+    # a decoder's head finds the last real token from input_ids, an encoder-decoder's reads the decoder's output;
+    # beyond the matrix: the cache, or its fallback announced
+    expected_cache = True if family in TEXT_FAMILIES else None if family in WIDER_TEXT else False
+    caplog.set_level("WARNING")
 
     if family in ONE_BLOCK:
         with pytest.raises(freezing.PatternError, match="only 1 blocks"):
@@ -81,11 +91,15 @@ def test_text_family(family, text_data, tmp_path):
         staged = train_quick(TextTask, checkpoint, data, tmp_path / "staged", "--strategy", "staged",
                              "--unfreeze_last_n", "2")
     _check_anatomy(staged, family)
-    check_stages(tmp_path / "staged", expected_cache)
+    check_stages(tmp_path / "staged", expected_cache, caplog.text)
     check_reload(staged, tmp_path / "staged", AutoModelForSequenceClassification, "text-classification")
 
+    if family in NO_LORA_TARGETS:
+        with pytest.raises(freezing.PatternError, match="hold no Linear, Conv1D or ungrouped Conv2d"):
+            train_quick(TextTask, checkpoint, data, tmp_path / "lora", "--strategy", "lora")
+        return
     lora = train_quick(TextTask, checkpoint, data, tmp_path / "lora", "--strategy", "lora")
-    check_stages(tmp_path / "lora", expected_cache)
+    check_stages(tmp_path / "lora", expected_cache, caplog.text)
     check_reload(lora, tmp_path / "lora", AutoModelForSequenceClassification, "text-classification")
 
 

@@ -48,7 +48,8 @@ def test_the_tokenizers_padding_id_wins_over_a_different_one_in_the_config(tmp_p
     config = json.loads((checkpoint / "config.json").read_text())
     (checkpoint / "config.json").write_text(json.dumps({**config, "pad_token_id": 5}))
     out = tmp_path / "out"
-    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(write_reviews_csv(tmp_path / "r.csv")),
+    reviews = write_reviews_csv(tmp_path / "r.csv")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews),
                       "--output_dir", str(out), "--num_train_epochs", "1", "--disable_tqdm", "true"])
     with caplog.at_level("WARNING"):
         TransferRun(run, TextTask(run.data)).execute()

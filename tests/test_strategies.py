@@ -91,7 +91,8 @@ def test_lora_default_targets_skip_depthwise_convs_and_stem():
 
 def test_lora_targets_that_match_nothing_stop_the_run_before_the_head_trains(tmp_path, caplog):
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
-    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(write_reviews_csv(tmp_path / "t.csv")),
+    reviews = write_reviews_csv(tmp_path / "t.csv")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews),
                       "--output_dir", str(tmp_path / "out"), "--strategy", "lora", "--lora_target_modules", "qurey"])
     with caplog.at_level("INFO"), pytest.raises(PatternError, match="Nearest"):
         TransferRun(run, TextTask(run.data)).execute()

@@ -68,6 +68,10 @@ def _image(family: str):
     if family == "poolformer":  # GroupNorm in a convnet
         config = tf.PoolFormerConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], id2label=LABELS)
         return tf.PoolFormerForImageClassification(config), tf.PoolFormerImageProcessor()
+    if family == "pvt":  # its config declares num_labels (1000) apart from id2label
+        config = tf.PvtConfig(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 2, 2], depths=[1, 1, 1, 1],
+                              id2label=LABELS)
+        return tf.PvtForImageClassification(config), tf.PvtImageProcessor()
     if family == "siglip":  # its base is `vision_model`, not the `siglip` its base_model_prefix names
         config = tf.SiglipConfig(vision_config=VIT_LIKE, text_config={k: v for k, v in VIT_LIKE.items()
                                                                       if "image" not in k and "patch" not in k})
@@ -77,11 +81,16 @@ def _image(family: str):
 
 
 IMAGE_FAMILIES = ["vit", "deit", "beit", "dinov2", "swin", "convnext", "convnextv2", "resnet", "regnet",
-                  "efficientnet", "mobilenet_v1", "mobilenet_v2", "mobilevit", "poolformer", "siglip"]
+                  "efficientnet", "mobilenet_v1", "mobilenet_v2", "mobilevit", "poolformer", "pvt", "siglip"]
 
 
 def save_image_checkpoint(folder: Path, family: str) -> Path:
-    model, processor = _image(family)
+    if family in IMAGE_FAMILIES:
+        model, processor = _image(family)
+    else:
+        from .wider_families import wider_image
+
+        model, processor = wider_image(family)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
@@ -126,17 +135,18 @@ SEQ2SEQ_FAMILIES = ["bart", "t5"]  # encoder-decoder classifiers: their head rea
 
 def save_text_checkpoint(folder: Path, family: str) -> Path:
     """Encoders with the real MiniLM (BERT uncased) tokenizer; the sentence-transformers row also carries the
-    `modules.json` and `1_Pooling/config.json` (mean pooling) that such checkpoints ship."""
-    from transformers import AutoTokenizer
-
-    from hftransfer import zoo
-
+    `modules.json` and `1_Pooling/config.json` (mean pooling) that such checkpoints ship. Families outside the matrix
+    come from `wider_families`."""
     if family in DECODER_FAMILIES:
         return save_decoder_checkpoint(folder, family)
     if family in SEQ2SEQ_FAMILIES:
         return save_seq2seq_checkpoint(folder, family)
+    if family not in TEXT_FAMILIES:
+        from .wider_families import save_wider_text_checkpoint
+
+        return save_wider_text_checkpoint(folder, family)
     _text(family).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2")).save_pretrained(folder)
+    minilm_tokenizer().save_pretrained(folder)
     if family == "sentence-transformers":
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
@@ -147,9 +157,15 @@ def save_text_checkpoint(folder: Path, family: str) -> Path:
     return folder
 
 
-def save_seq2seq_checkpoint(folder: Path, family: str) -> Path:
-    """A tiny BART or T5 classifier with a byte-level BPE tokenizer that ends each text with `</s>`, as theirs do
-    (their heads read the decoder's state at the last `</s>`)."""
+def minilm_tokenizer():
+    from hftransfer import zoo
+
+    return tf.AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"))
+
+
+def seq2seq_tokenizer(family: str):
+    """A byte-level BPE tokenizer that ends each text with `</s>`, as BART's and T5's do (their heads read the
+    decoder's state at the last `</s>`); ids: <pad> 0, </s> 1, <s> 2."""
     from tokenizers import ByteLevelBPETokenizer, processors
 
     bpe = ByteLevelBPETokenizer()
@@ -157,9 +173,17 @@ def save_seq2seq_checkpoint(folder: Path, family: str) -> Path:
     template = "$A </s>" if family == "t5" else "<s> $A </s>"
     bpe._tokenizer.post_processor = processors.TemplateProcessing(
         single=template, pair=f"{template} $B </s>", special_tokens=[("</s>", 1), ("<s>", 2)])
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="</s>",
-                                           bos_token="<s>", model_max_length=128)
-    ids = {"vocab_size": len(tokenizer), "pad_token_id": 0, "eos_token_id": 1, "num_labels": 2}
+    return tf.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="</s>",
+                                      bos_token="<s>", model_max_length=128)
+
+
+SEQ2SEQ_IDS = {"pad_token_id": 0, "eos_token_id": 1, "num_labels": 2}
+
+
+def save_seq2seq_checkpoint(folder: Path, family: str) -> Path:
+    """A tiny BART or T5 classifier with its kind of tokenizer (`seq2seq_tokenizer`)."""
+    tokenizer = seq2seq_tokenizer(family)
+    ids = {"vocab_size": len(tokenizer), **SEQ2SEQ_IDS}
     if family == "bart":
         config = tf.BartConfig(**ids, bos_token_id=2, decoder_start_token_id=1, d_model=32, encoder_layers=2,
                                decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
@@ -176,15 +200,19 @@ def save_seq2seq_checkpoint(folder: Path, family: str) -> Path:
     return folder
 
 
-def save_decoder_checkpoint(folder: Path, family: str = "qwen2") -> Path:
-    """A tiny decoder classifier with a byte-level BPE tokenizer that, as decoder LMs ship, has an end-of-text
-    token and no padding token."""
+def decoder_tokenizer():
+    """A byte-level BPE tokenizer that, as decoder LMs ship, has an end-of-text token and no padding token."""
     from tokenizers import ByteLevelBPETokenizer
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator((POSITIVE + NEGATIVE) * 4, vocab_size=300, special_tokens=["<|endoftext|>"])
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                           model_max_length=128)
+    return tf.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                      model_max_length=128)
+
+
+def save_decoder_checkpoint(folder: Path, family: str = "qwen2") -> Path:
+    """A tiny decoder classifier with `decoder_tokenizer`."""
+    tokenizer = decoder_tokenizer()
     sizes = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 3,
              "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128,
              "eos_token_id": tokenizer.eos_token_id, "num_labels": 2}
@@ -198,6 +226,10 @@ def save_decoder_checkpoint(folder: Path, family: str = "qwen2") -> Path:
         model = tf.GPT2ForSequenceClassification(config)
     else:
         raise ValueError(family)
+    return save_decoder(folder, model, tokenizer)
+
+
+def save_decoder(folder: Path, model, tokenizer) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     settings = json.loads((folder / "tokenizer_config.json").read_text())
