@@ -158,3 +158,20 @@ def test_config_errors_come_before_training(tmp_path, image_folders, capsys):
         message, out = recipe(capsys, *case)
         assert expected in message, message  # an exit with a message, no traceback,
         assert "{'loss'" not in out  # and before any training step
+
+
+def test_a_model_that_cannot_run_on_the_runs_inputs_is_an_error_before_training(tmp_path, image_folders, capsys):
+    """SigLIP 2's NaFlex classifier needs the patch grid its processor makes beside the pixels, which a run does not
+    pass: a clear error naming the inputs, before any stage (it crashed inside the first one)."""
+    import transformers as tf
+
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37,
+              "patch_size": 16, "num_patches": 16}
+    model = tf.Siglip2ForImageClassification(tf.Siglip2Config(vision_config=vision, text_config={
+        "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37}))
+    model.save_pretrained(tmp_path / "ckpt")
+    tf.Siglip2ImageProcessor(patch_size=16, max_num_patches=16).save_pretrained(tmp_path / "ckpt")
+    message, out = recipe(capsys, "image.py", "--model_name_or_path", str(tmp_path / "ckpt"), "--train_dir",
+                          str(image_folders[0]), "--output_dir", str(tmp_path / "out"))
+    assert "Siglip2ForImageClassification cannot run on the inputs this run makes (pixel_values" in message, message
+    assert "Stage '" not in out and "{'loss'" not in out
