@@ -132,3 +132,21 @@ def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_c
         return heads.with_mlp_head(auto_class._model_mapping[type(config)]).from_pretrained(
             path, config=config, use_safetensors=True, dtype=torch.float32, **common).eval()
     return auto_class.from_pretrained(path, use_safetensors=True, dtype=torch.float32, **common).eval()
+
+
+def check_runs(model, batch: dict, processor) -> None:
+    """One forward pass on a batch of the run's own inputs before anything trains: a model that cannot run on them
+    (SigLIP 2's NaFlex classifiers need more than pixels) is an error now that names them, not a crash inside the
+    first stage. In eval mode (no BatchNorm statistics change, no dropout draws from the seeded stream), each
+    module's mode restored after."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**batch)
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise ModelError(f"{type(model).__name__} cannot run on the inputs this run makes ({', '.join(batch)}, from "
+                         f"{type(processor).__name__}): {type(err).__name__}: {err}") from err
+    finally:
+        for module, training in modes.items():
+            module.training = training

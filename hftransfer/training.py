@@ -21,7 +21,7 @@ from . import anatomy, data_quality, features, freezing, hardware, lora, saving
 from .choices import Choices, choose_for_labels, choose_for_model, choose_stages
 from .data import class_counts, is_multi_label, label_names, prepare_splits
 from .feature_store import FeatureStore, Source
-from .modeling import ModelError, load_model
+from .modeling import check_runs, load_model
 from .outputs import ADAPTER_FOLDER
 from .resume import StageCheckpoints
 from .selection import BestEpoch, ClassLoss
@@ -98,26 +98,9 @@ class TransferRun:
         self.predictions = above_half if self.multi_label else logits_only  # single-label metrics need the logits
         logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
                     len(self.splits["validation"]), len(self.labels))
-        self._check_runs()
-
-    def _check_runs(self) -> None:
-        """One forward pass on two validation rows before anything trains: a model that cannot run on the inputs this
-        run makes (SigLIP 2's NaFlex classifiers need more than pixels) is an error now that names them, not a crash
-        inside the first stage."""
         rows = [self.eval_raw[i] for i in range(min(2, len(self.eval_raw)))]
-        batch = {k: v.to(self.args.device) for k, v in self.collator(rows).items() if k != "labels"}
-        modes = {module: module.training for module in self.model.modules()}
-        self.model.eval()  # no BatchNorm statistics change, no dropout draws from the seeded stream
-        try:
-            with torch.no_grad():
-                self.model(**batch)
-        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
-            raise ModelError(f"{type(self.model).__name__} cannot run on the inputs this run makes ("
-                             f"{', '.join(batch)}, from {type(self.processor).__name__}): {type(err).__name__}: "
-                             f"{err}") from err
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        check_runs(self.model, {k: v.to(self.args.device) for k, v in self.collator(rows).items() if k != "labels"},
+                   self.processor)
 
     def _load_model(self) -> None:
         transfer = self.run.transfer
