@@ -79,6 +79,14 @@ def fsdp_enabled(args) -> bool:
     return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
+def shards_parameters(args) -> bool:
+    """FSDP, or DeepSpeed ZeRO-3 (which loads a model's parameters already partitioned): the model runs only once
+    wrapped."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return fsdp_enabled(args) or is_deepspeed_zero3_enabled()
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

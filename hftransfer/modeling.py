@@ -134,11 +134,13 @@ def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_c
     return auto_class.from_pretrained(path, use_safetensors=True, dtype=torch.float32, **common).eval()
 
 
-def check_runs(model, batch: dict, processor) -> None:
-    """One forward pass on a batch of the run's own inputs before anything trains: a model that cannot run on them
+def check_runs(model, inputs, collator, processor, device) -> None:
+    """One forward pass on two rows of the run's own `inputs` before anything trains: a model that cannot run on them
     (SigLIP 2's NaFlex classifiers need more than pixels) is an error now that names them, not a crash inside the
     first stage. In eval mode (no BatchNorm statistics change, no dropout draws from the seeded stream), each
     module's mode restored after."""
+    rows = [inputs[i] for i in range(min(2, len(inputs)))]
+    batch = {k: v.to(device) for k, v in collator(rows).items() if k != "labels"}
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:

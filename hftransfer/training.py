@@ -98,9 +98,8 @@ class TransferRun:
         self.predictions = above_half if self.multi_label else logits_only  # single-label metrics need the logits
         logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
                     len(self.splits["validation"]), len(self.labels))
-        rows = [self.eval_raw[i] for i in range(min(2, len(self.eval_raw)))]
-        check_runs(self.model, {k: v.to(self.args.device) for k, v in self.collator(rows).items() if k != "labels"},
-                   self.processor)
+        if not hardware.shards_parameters(self.args):  # a sharded model runs only once wrapped
+            check_runs(self.model, self.eval_raw, self.collator, self.processor, self.args.device)
 
     def _load_model(self) -> None:
         transfer = self.run.transfer

@@ -130,3 +130,16 @@ def test_training_steps_never_read_a_tensor_back(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.Tensor, "__bool__", counted_bool)
     trainer.train()
     assert reads["item"] + reads["bool"] < 10, reads  # 30 steps; a read per step would be 30 or more
+
+
+def test_fsdp_and_deepspeed_zero3_shard_the_parameters(monkeypatch):
+    """A sharded model runs only once wrapped: the forward check before training is skipped under both."""
+    from types import SimpleNamespace
+
+    import transformers.integrations
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not hardware.shards_parameters(SimpleNamespace(fsdp=""))
+    assert hardware.shards_parameters(SimpleNamespace(fsdp="full_shard"))
+    monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
+    assert hardware.shards_parameters(SimpleNamespace(fsdp=""))
