@@ -57,7 +57,7 @@ timm-rows:
 	$(TIMM_VENV)/bin/python -m pip install -q -e ".[zoo,test]"
 	$(TIMM_VENV)/bin/python scripts/timm_rows.py
 
-# The architecture matrix with 72 more families (tests/support/wider_families.py): not part of make test (minutes more)
+# The architecture matrix with 71 more families (tests/support/wider_families.py): not part of make test (minutes more)
 family-sweep: setup
 	HFTRANSFER_FAMILY_SWEEP=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/test_architectures.py
 

@@ -4,8 +4,9 @@ Read from the model's own metadata where it has some, a generic search where not
 - transformers families: the base is `model.base_model` (found through `base_model_prefix`) and the head is every
   parameter outside it (`classifier`, `score`, DistilBERT's `pre_classifier`); the blocks are the largest
   `ModuleList` in the base (transformer layers, inverted residuals, stages). SigLIP's and CLIP's image classifiers
-  name a prefix (`siglip`, `clip`) but keep their base as `vision_model`: where the prefix names no child, the base
-  is the child holding the most parameters;
+  name a prefix (`siglip`, `clip`) but keep their base as `vision_model`: where the prefix names no child and the
+  model has one base and one head as children, the base is the larger (a base spread over several children, HGNet
+  V2's, is an error before training);
 - timm networks under `TimmWrapperForImageClassification`: the whole network, classifier included, is the one child
   `timm_model` (also the base prefix). The head is what timm's `pretrained_cfg["classifier"]` names (`fc`,
   `head.fc`), and the blocks are the stretches of the network that end at each module of its `feature_info` (its
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from torch import nn
 
 POOLING_GROUP = "base.pooling"
+FALLBACK_BASE = "_hftransfer_base_child"  # `base_prefix`'s answer where it falls back, kept on the model
 POOLING_KEY = "hftransfer_pooling"  # the config entry `pooling.adopt` writes: {"mode", "layer", "pooler", ...}
 
 
@@ -43,6 +45,10 @@ def head_rate_factor(model: nn.Module) -> float:
     return 1.0 / _pooling_spec(model).get("pooler_scale", 1.0)
 
 
+class ModelError(ValueError):
+    """A model hftransfer cannot use, found before training (reported without a traceback)."""
+
+
 @dataclass
 class ParamGroup:
     name: str  # "head", "base.stem", "base.block.3", "base.pooling", "base.top"
@@ -50,13 +56,30 @@ class ParamGroup:
 
 
 def base_prefix(model: nn.Module) -> str:
+    """The attribute holding the base: `base_model_prefix` where it names a child, else the fallback below, found
+    once and kept on the model (the feature cache swaps the base for a stand-in without parameters, and the largest
+    child would then be the head)."""
     prefix = getattr(model, "base_model_prefix", "")
     if prefix and isinstance(getattr(model, prefix, None), nn.Module):
         return prefix
+    if FALLBACK_BASE not in model.__dict__:
+        model.__dict__[FALLBACK_BASE] = _base_child(model)
+    return model.__dict__[FALLBACK_BASE]
+
+
+def _base_child(model: nn.Module) -> str:
+    """A base kept outside `base_model_prefix` (SigLIP's and CLIP's `vision_model`): the larger of exactly two
+    children holding parameters, the smaller one a head without blocks. A base spread over several children (HGNet
+    V2's `embedder` and `encoder` beside its `fc`) cannot be told from its head: making the largest child the base
+    would call the rest the head, and a new label set would re-initialise the pretrained stem."""
     sizes = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
-    if len(sizes) > 1:  # a base and a head at least
-        return max(sizes, key=sizes.get)
-    raise ValueError(f"{type(model).__name__} has no base model (`base_model_prefix`); freezing needs one")
+    holding = sorted((name for name in sizes if sizes[name]), key=sizes.get, reverse=True)
+    if len(holding) == 2 and not any(isinstance(m, nn.ModuleList) for m in getattr(model, holding[1]).modules()):
+        return holding[0]
+    found = ", ".join(f"{name} ({sizes[name]:,} parameters)" for name in holding) or "none with parameters"
+    raise ModelError(f"{type(model).__name__} has no base model: its `base_model_prefix` ({model.base_model_prefix!r})"
+                     f" names no child, and its children ({found}) are not one base and one head; hftransfer cannot "
+                     "tell which parameters are pretrained and which the new head should replace")
 
 
 def timm_network(model: nn.Module) -> nn.Module | None:

@@ -15,13 +15,9 @@ from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
 from . import heads, pooling, zoo
-from .anatomy import head_modules
+from .anatomy import ModelError, head_modules
 
 logger = logging.getLogger(__name__)
-
-
-class ModelError(ValueError):
-    pass
 
 
 def _wrong_task(name: str, config, task) -> str:
@@ -140,14 +136,17 @@ def check_runs(model, inputs, collator, processor, device) -> None:
     first stage. In eval mode (no BatchNorm statistics change, no dropout draws from the seeded stream), each
     module's mode restored after."""
     rows = [inputs[i] for i in range(min(2, len(inputs)))]
-    batch = {k: v.to(device) for k, v in collator(rows).items() if k != "labels"}
+    names = ", ".join(k for k in rows[0] if k != "labels")
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
+        batch = {k: v.to(device) for k, v in collator(rows).items() if k != "labels"}
         with torch.no_grad():
             model(**batch)
+    except torch.OutOfMemoryError:
+        raise  # the device's limit, not the model's inputs
     except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
-        raise ModelError(f"{type(model).__name__} cannot run on the inputs this run makes ({', '.join(batch)}, from "
+        raise ModelError(f"{type(model).__name__} cannot run on the inputs this run makes ({names}, from "
                          f"{type(processor).__name__}): {type(err).__name__}: {err}") from err
     finally:
         for module, training in modes.items():

@@ -6,7 +6,7 @@ Per row, two runs cover the four kinds of stage: `staged --unfreeze_last_n 2` (i
 last two blocks) and `lora` (head stage, then adapters, merged). Each stage must train parameters, the freeze report
 must find a head and blocks, and the saved folder must load with the Auto class and give, through a `pipeline`,
 the prediction the trained model gives on the run's own preprocessing. `make family-sweep` runs the same checks on
-72 more families (`support/wider_families.py`).
+71 more families (`support/wider_families.py`).
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from conftest import make_image_folder, write_reviews_csv
 from support.families import (DECODER_FAMILIES, IMAGE_FAMILIES, SEQ2SEQ_FAMILIES, TEXT_FAMILIES,
                               save_image_checkpoint, save_text_checkpoint)
 from support.family_runs import check_reload, check_stages, no_report, train_quick  # noqa: F401 - no_report: autouse
-from support.wider_families import NO_LORA_TARGETS, WIDER_DECODERS, WIDER_IMAGE, WIDER_SEQ2SEQ, WIDER_TEXT
+from support.wider_families import (NO_BASE_IMAGE, NO_LORA_TARGETS, WIDER_DECODERS, WIDER_IMAGE, WIDER_SEQ2SEQ,
+                                    WIDER_TEXT)
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from hftransfer import anatomy, freezing
+from hftransfer.args import ModelArguments
+from hftransfer.modeling import ModelError, load_model
 from hftransfer.tasks import ImageTask, TextTask
 from hftransfer.training import TransferRun
 
@@ -114,3 +118,47 @@ def test_a_plan_that_trains_nothing_is_an_error_before_any_training(text_data, t
     assert "would train 0 parameters" in message and "head: classifier, pre_classifier" in message
     assert "--unfreeze" in message and "3 blocks" in message
     assert not (tmp_path / "out" / "hftransfer_run.json").exists()
+
+
+@pytest.mark.parametrize("family", IMAGE_FAMILIES + SWEPT_IMAGE + ["bert", "sentence-transformers", "qwen2"])
+def test_a_new_label_set_replaces_the_head_and_keeps_every_pretrained_weight(family, tmp_path):
+    """The head is what comes after the base, and a new label set re-initialises it alone: every other weight is
+    the checkpoint's (a head found too wide would silently restart a pretrained stem)."""
+    text = family in TEXT_FAMILIES + DECODER_FAMILIES
+    task = TextTask if text else ImageTask
+    checkpoint = (save_text_checkpoint if text else save_image_checkpoint)(tmp_path / "ckpt", family)
+    pretrained = AutoModelForSequenceClassification if text else AutoModelForImageClassification
+    before = dict(pretrained.from_pretrained(checkpoint).named_parameters())
+    model, _, replaced = load_model(task(), ModelArguments(model_name_or_path=str(checkpoint)), ["a", "b"])
+    assert replaced
+    names = [name for name, _ in model.named_parameters()]
+    groups = {g.name: g.params for g in anatomy.param_groups(model)}
+    head = set(groups["head"])
+    assert head and names[-len(head):] == [n for n in names if n in head]  # the head comes last
+    added = set(groups.get(anatomy.POOLING_GROUP, []))  # a sentence-transformers checkpoint's pooling, built anew
+    kept = [n for n in names if n not in head | added]
+    assert kept and all(torch.equal(dict(model.named_parameters())[n], before[n]) for n in kept)
+
+
+@pytest.mark.parametrize("family", NO_BASE_IMAGE)
+def test_a_base_spread_over_several_children_is_an_error_before_training(family, tmp_path):
+    checkpoint = save_image_checkpoint(tmp_path / "ckpt", family)
+    spread = r"no base model.* names no child, and its children \(encoder .*embedder .*fc "
+    with pytest.raises(ModelError, match=spread):
+        load_model(ImageTask(), ModelArguments(model_name_or_path=str(checkpoint)), ["a", "b"])
+
+
+def test_a_base_found_by_size_stays_the_base_while_the_feature_cache_stands_in_for_it(tmp_path):
+    """SigLIP keeps its base outside `base_model_prefix`; the cached head stage swaps it for a stand-in without
+    parameters, inside which the head would otherwise be the largest child and get the base's rate factors."""
+    from hftransfer.features import CachedBase, swapped_base
+
+    checkpoint = save_image_checkpoint(tmp_path / "ckpt", "siglip")
+    model, _, _ = load_model(ImageTask(), ModelArguments(model_name_or_path=str(checkpoint)), ["a", "b"])
+    plan = freezing.FreezePlan(layer_lr_decay=0.5)
+    outside = freezing.lr_factors(model, plan)
+    with swapped_base(model, CachedBase(layout=None)):
+        assert anatomy.base_prefix(model) == "vision_model"
+        inside = freezing.lr_factors(model, plan)
+    assert inside == {name: outside[name] for name in ("classifier.weight", "classifier.bias")} == {
+        "classifier.weight": 1.0, "classifier.bias": 1.0}

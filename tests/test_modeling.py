@@ -1,12 +1,14 @@
 import logging
 
+import pytest
 import torch
 from conftest import save_tiny_checkpoint
 
 from hftransfer.args import ModelArguments
 from hftransfer.anatomy import head_modules
-from hftransfer.modeling import load_model
+from hftransfer.modeling import ModelError, check_runs, load_model
 from hftransfer.tasks import ImageTask
+from transformers import ViTImageProcessor
 
 
 def load(path, labels):
@@ -69,3 +71,29 @@ def test_a_model_saved_in_bf16_loads_in_float32_and_takes_processor_inputs(tmp_p
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
     with torch.no_grad():
         assert loaded(pixel_values=torch.randn(2, 3, 32, 32)).logits.shape == (2, 3)
+
+
+class _Failing(torch.nn.Linear):
+    def __init__(self, error: Exception):
+        super().__init__(2, 2)
+        self.error = error
+
+    def forward(self, **inputs):
+        raise self.error
+
+
+def test_the_forward_check_names_the_inputs_and_leaves_the_devices_own_errors_alone():
+    rows = [{"pixel_values": torch.zeros(2), "labels": 0}, {"pixel_values": torch.zeros(3), "labels": 1}]
+    stack = lambda batch: {"pixel_values": torch.stack([r["pixel_values"] for r in batch])}  # noqa: E731
+    # the collator fails (rows of unequal size): the run's inputs, named, not a raw crash
+    with pytest.raises(ModelError, match=r"_Failing cannot run on the inputs this run makes \(pixel_values, from "
+                                         r"ViTImageProcessor\w*\): RuntimeError: stack expects"):
+        check_runs(_Failing(ValueError()), rows, stack, ViTImageProcessor(), "cpu")
+    rows[1]["pixel_values"] = torch.zeros(2)
+    with pytest.raises(ModelError, match="TypeError: needs spatial_shapes"):
+        check_runs(_Failing(TypeError("needs spatial_shapes")), rows, stack, ViTImageProcessor(), "cpu")
+    model = _Failing(torch.OutOfMemoryError("CUDA out of memory"))
+    model.train()
+    with pytest.raises(torch.OutOfMemoryError):  # the device's limit, reported as it is
+        check_runs(model, rows, stack, ViTImageProcessor(), "cpu")
+    assert model.training  # each module's mode restored

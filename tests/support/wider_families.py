@@ -30,7 +30,10 @@ WIDER_DECODERS = ["mistral", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "o
                   "nemotron", "exaone4"]
 WIDER_SEQ2SEQ = ["mbart"]
 WIDER_IMAGE = ["swinv2", "cvt", "levit", "pvt_v2", "segformer", "focalnet", "bit", "data2vec-vision", "vit_msn",
-               "ijepa", "dinov2_with_registers", "clip", "hiera", "mobilevitv2", "swiftformer", "hgnet_v2", "textnet"]
+               "ijepa", "dinov2_with_registers", "clip", "hiera", "mobilevitv2", "swiftformer", "textnet"]
+# Their base is spread over several children beside the head (HGNet V2: `embedder`, `encoder`, then `fc`), with no
+# `base_model_prefix` child: a clear error before training
+NO_BASE_IMAGE = ["hgnet_v2"]
 # Their blocks hold no Linear, Conv1D or ungrouped Conv2d (grouped Conv1d; I-BERT's QuantLinear): lora is a clear
 # error before training
 NO_LORA_TARGETS = {"squeezebert", "ibert"}
@@ -102,7 +105,7 @@ def save_wider_text_checkpoint(folder: Path, family: str) -> Path:
 
 def wider_image(family: str):
     """(model, processor) of an image family outside the matrix."""
-    if family not in WIDER_IMAGE:
+    if family not in WIDER_IMAGE + NO_BASE_IMAGE:
         raise ValueError(family)
     if family == "clip":
         config = tf.CLIPConfig(vision_config=VIT_SIZES, text_config={k: v for k, v in VIT_SIZES.items()
