@@ -68,7 +68,8 @@ def wrap(model: nn.Module, transfer, head_names: list[str]):
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_targets(model, list(transfer.lora_target_modules))
-    # Conv1D keeps its weight as (in, out): PEFT must know, or it warns and sets it for every target itself
+    # Conv1D keeps its weight as (in, out): PEFT must know (where Conv1D and Linear targets mix, it sets the flag
+    # module by module itself, with a warning each)
     transposed = all(isinstance(model.get_submodule(name), Conv1D) for name in targets)
     config = LoraConfig(r=transfer.lora_r, lora_alpha=transfer.lora_alpha, lora_dropout=transfer.lora_dropout,
                         target_modules=targets, modules_to_save=head_names, fan_in_fan_out=transposed)
