@@ -97,3 +97,24 @@ def test_the_forward_check_names_the_inputs_and_leaves_the_devices_own_errors_al
     with pytest.raises(torch.OutOfMemoryError):  # the device's limit, reported as it is
         check_runs(model, rows, stack, ViTImageProcessor(), "cpu")
     assert model.training  # each module's mode restored
+
+
+def test_the_forward_check_changes_no_batchnorm_statistics_and_draws_no_random_numbers():
+    """It runs in eval mode: the first stage starts from the checkpoint's statistics and the seeded random stream."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.drop = torch.nn.BatchNorm1d(2), torch.nn.Dropout(0.5)
+
+        def forward(self, pixel_values):
+            return self.drop(self.norm(pixel_values))
+
+    model = Net().train()
+    rows = [{"pixel_values": torch.full((2,), 5.0 + i), "labels": i} for i in range(2)]
+    stack = lambda batch: {"pixel_values": torch.stack([r["pixel_values"] for r in batch])}  # noqa: E731
+    state = torch.random.get_rng_state()
+    check_runs(model, rows, stack, ViTImageProcessor(), "cpu")
+    assert torch.equal(model.norm.running_mean, torch.zeros(2)) and int(model.norm.num_batches_tracked) == 0
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert model.training and model.norm.training and model.drop.training
