@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 # Defaults by architecture, measured (README, benchmarks/results/defaults.json). Convnets (MobileNetV2 on
 # Fashion-MNIST): rate 1e-3 (3e-4 within noise), and enough epochs for 500 steps: 6 epochs on 3,000 images gave
 # 0.906 against 0.887 for 3. Attention models (MiniLM, 2,000 Rotten Tomatoes snippets): 1e-4 (5e-5 gave 0.796
-# against 0.806) for 300 steps, 5 epochs on 2,000 texts: above 150 steps (3 epochs) on 4 of 5 paired seeds of two
+# against 0.806) for 300 steps, 5 epochs on 2,000 texts: above 150 steps (3 epochs) on 5 of 7 paired seeds of three
 # draws, by 0.6 points on the means (0.801 -> 0.807, 0.8005 -> 0.806), at 1.7x the time; 2016 debates, 644
-# statements: 15 epochs 0.744 against 8 epochs' 0.732 (README, "Pooling of sentence-transformers checkpoints").
+# statements, 15 epochs against 8: +1.2 and -0.2 points on two seeds (README, "Pooling of sentence-transformers
+# checkpoints").
 BASE_DEFAULTS = {"conv": {"learning_rate": 1e-3, "min_steps": 500},
                  "attention": {"learning_rate": 1e-4, "min_steps": 300}}
 # LoRA trains few, freshly initialised parameters: a higher rate than full fine-tuning, as in the PEFT examples.
