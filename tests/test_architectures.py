@@ -131,13 +131,14 @@ def test_a_new_label_set_replaces_the_head_and_keeps_every_pretrained_weight(fam
     before = dict(pretrained.from_pretrained(checkpoint).named_parameters())
     model, _, replaced = load_model(task(), ModelArguments(model_name_or_path=str(checkpoint)), ["a", "b"])
     assert replaced
-    names = [name for name, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    names = list(params)
     groups = {g.name: g.params for g in anatomy.param_groups(model)}
     head = set(groups["head"])
     assert head and names[-len(head):] == [n for n in names if n in head]  # the head comes last
     added = set(groups.get(anatomy.POOLING_GROUP, []))  # a sentence-transformers checkpoint's pooling, built anew
     kept = [n for n in names if n not in head | added]
-    assert kept and all(torch.equal(dict(model.named_parameters())[n], before[n]) for n in kept)
+    assert kept and all(torch.equal(params[n], before[n]) for n in kept)
 
 
 @pytest.mark.parametrize("family", NO_BASE_IMAGE)

@@ -73,6 +73,10 @@ def test_a_model_saved_in_bf16_loads_in_float32_and_takes_processor_inputs(tmp_p
         assert loaded(pixel_values=torch.randn(2, 3, 32, 32)).logits.shape == (2, 3)
 
 
+def _stack(rows: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
+
+
 class _Failing(torch.nn.Linear):
     def __init__(self, error: Exception):
         super().__init__(2, 2)
@@ -84,18 +88,17 @@ class _Failing(torch.nn.Linear):
 
 def test_the_forward_check_names_the_inputs_and_leaves_the_devices_own_errors_alone():
     rows = [{"pixel_values": torch.zeros(2), "labels": 0}, {"pixel_values": torch.zeros(3), "labels": 1}]
-    stack = lambda batch: {"pixel_values": torch.stack([r["pixel_values"] for r in batch])}  # noqa: E731
     # the collator fails (rows of unequal size): the run's inputs, named, not a raw crash
     with pytest.raises(ModelError, match=r"_Failing cannot run on the inputs this run makes \(pixel_values, from "
                                          r"ViTImageProcessor\w*\): RuntimeError: stack expects"):
-        check_runs(_Failing(ValueError()), rows, stack, ViTImageProcessor(), "cpu")
+        check_runs(_Failing(ValueError()), rows, _stack, ViTImageProcessor(), "cpu")
     rows[1]["pixel_values"] = torch.zeros(2)
     with pytest.raises(ModelError, match="TypeError: needs spatial_shapes"):
-        check_runs(_Failing(TypeError("needs spatial_shapes")), rows, stack, ViTImageProcessor(), "cpu")
+        check_runs(_Failing(TypeError("needs spatial_shapes")), rows, _stack, ViTImageProcessor(), "cpu")
     model = _Failing(torch.OutOfMemoryError("CUDA out of memory"))
     model.train()
     with pytest.raises(torch.OutOfMemoryError):  # the device's limit, reported as it is
-        check_runs(model, rows, stack, ViTImageProcessor(), "cpu")
+        check_runs(model, rows, _stack, ViTImageProcessor(), "cpu")
     assert model.training  # each module's mode restored
 
 
@@ -112,9 +115,8 @@ def test_the_forward_check_changes_no_batchnorm_statistics_and_draws_no_random_n
 
     model = Net().train()
     rows = [{"pixel_values": torch.full((2,), 5.0 + i), "labels": i} for i in range(2)]
-    stack = lambda batch: {"pixel_values": torch.stack([r["pixel_values"] for r in batch])}  # noqa: E731
     state = torch.random.get_rng_state()
-    check_runs(model, rows, stack, ViTImageProcessor(), "cpu")
+    check_runs(model, rows, _stack, ViTImageProcessor(), "cpu")
     assert torch.equal(model.norm.running_mean, torch.zeros(2)) and int(model.norm.num_batches_tracked) == 0
     assert torch.equal(torch.random.get_rng_state(), state)
     assert model.training and model.norm.training and model.drop.training
