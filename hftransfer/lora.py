@@ -4,7 +4,7 @@ Target modules are found generically, with no table per family: every `Linear`, 
 linear layers, weights stored transposed) and ungrouped `Conv2d` inside the base's blocks (the same block list the
 freezing code uses). For attention models these are the attention and MLP projections (PEFT's "all-linear" advice);
 for convnets the pointwise and full convolutions (PEFT cannot merge LoRA into depthwise convolutions). The stem and
-embeddings keep their pretrained weights. The targets are also resolved before any stage trains (`training`), so
+embeddings keep their pretrained weights. The targets are resolved once, before any stage trains (`training`), so
 a model with none is an error up front, not after the head's stage.
 
 After training, the adapters are merged into the base (`merge_and_unload`), so `output_dir` is a plain model that
@@ -63,11 +63,11 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     return [n for n in adaptable if n in found]
 
 
-def wrap(model: nn.Module, transfer, head_names: list[str]):
-    """The model as a `PeftModel`: adapters on the targets, the head modules trained in full (`modules_to_save`)."""
+def wrap(model: nn.Module, transfer, targets: list[str], head_names: list[str]):
+    """The model as a `PeftModel`: adapters on the targets (`resolve_targets`), the head modules trained in full
+    (`modules_to_save`)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = resolve_targets(model, list(transfer.lora_target_modules))
     # Conv1D keeps its weight as (in, out): PEFT must know (where Conv1D and Linear targets mix, it sets the flag
     # module by module itself, with a warning each)
     transposed = all(isinstance(model.get_submodule(name), Conv1D) for name in targets)

@@ -66,6 +66,7 @@ class Stage:
     calibrated_batchnorm: int = 0  # BatchNorm layers re-estimated on the data before this stage
     cached_features: bool | None = None  # decided when the stage starts (or read from its record when restored)
     selection: object = None  # the stage's `selection.BestEpoch`, once its trainer is built
+    lora_targets: list[str] | None = None  # an adapter stage's modules, resolved before any stage trains
 
 
 def plan_stages(strategy: str, patterns: dict, head_stage: bool = True) -> list[Stage]:

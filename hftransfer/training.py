@@ -59,7 +59,7 @@ class TransferRun:
         for stage in stages:
             freezing.check_trains(self.model, stage.plan, stage.name)
             if stage.kind == ADAPTERS:  # no adapter targets: an error now, not after the head's stage
-                lora.resolve_targets(self.model, list(self.run.transfer.lora_target_modules))
+                stage.lora_targets = lora.resolve_targets(self.model, list(self.run.transfer.lora_target_modules))
         for stage, following in zip(stages, stages[1:] + [None]):
             if not self._restore_finished(stage):
                 if following is not None and stage.kind == HEAD:
@@ -154,7 +154,8 @@ class TransferRun:
             except (NotImplementedError, AttributeError):
                 pass  # no input embeddings to hook (convnets)
         if stage.kind == ADAPTERS:
-            self.model = lora.wrap(self.model, self.run.transfer, list(anatomy.head_modules(self.model)))
+            self.model = lora.wrap(self.model, self.run.transfer, stage.lora_targets,
+                                   list(anatomy.head_modules(self.model)))
             stage.plan.lora = lora.settings(self.model, self.run.transfer)
         stage.cached_features = stage.kind != ADAPTERS and self.store.serves(
             self.model, stage.name, self.run.transfer.cache_features, self.choices)
