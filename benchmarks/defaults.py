@@ -208,6 +208,7 @@ HELD_OUT_SEEDS = (42, 43, 44)
 TEXT_DATASETS = {"reviews_2000", "debates", *OTHER_DRAWS}
 CONFIGS = {
     "staged (default)": [],
+    "staged, no R-Drop": ["--rdrop_weight", "0"],
     "feature_extraction": ["--strategy", "feature_extraction"],
     "fine_tune (last 2 blocks)": ["--strategy", "fine_tune"],
     "full (no head stage)": ["--strategy", "full"],

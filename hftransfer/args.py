@@ -91,6 +91,12 @@ class TransferArguments:
                 "size, then Linear to the labels). Default: the checkpoint's own linear head, which "
                 "`transformers.pipeline` loads without hftransfer.", "nargs": "*"})
     head_dropout: float = field(default=0.0, metadata={"help": "Dropout after each hidden layer of the MLP head."})
+    rdrop_weight: float | None = field(
+        default=None, metadata={"help": "R-Drop (Liang et al. 2021) in the stages that train the base: each batch "
+                                        "runs twice under different dropout masks, and the loss adds this weight "
+                                        "times the symmetric KL between the two predictions (one doubled forward "
+                                        "pass: about 1.6 times the step time); 0: off. Default: chosen (see the "
+                                        "README)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (strategy lora)."})
     lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: updates are scaled by "
                                                             "alpha / r."})

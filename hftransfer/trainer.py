@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -37,9 +38,10 @@ class TransferTrainer(Trainer):
     lengths computed once from the raw data (its own grouping would read them through the lazy transform)."""
 
     def __init__(self, *args, lengths: dict | None = None, plan: FreezePlan | None = None,
-                 class_loss: ClassLoss | None = None, **kwargs):
+                 class_loss: ClassLoss | None = None, rdrop_weight: float = 0.0, **kwargs):
         self.lengths = lengths or {}
         self.class_loss = class_loss  # single-label training loss only; evaluation reports the plain loss
+        self.rdrop_weight = rdrop_weight
         self._hits = self._seen = 0
         super().__init__(*args, **kwargs)
         # read off the model as handed over: FSDP (version 1) and torch.compile rename parameters when they wrap it
@@ -58,21 +60,34 @@ class TransferTrainer(Trainer):
             return super().evaluate(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The `Trainer`'s loss (in training, adjusted for class sizes when `class_loss` is given: `selection`);
-        single-label batches also count correct predictions, so every logging step reports `train_accuracy` at no
-        extra forward pass (this process's batches since the last log)."""
+        """The `Trainer`'s loss. In single-label training it is adjusted for class sizes when `class_loss` is given
+        (`selection`), and with `rdrop_weight` each batch runs twice in one doubled forward pass, under different
+        dropout masks: the loss is the mean of the two passes' plus the weight times their symmetric KL (R-Drop,
+        Liang et al. 2021). Single-label batches also count correct predictions, so every logging step reports
+        `train_accuracy` at no extra forward pass (this process's batches since the last log)."""
         labels = inputs.get("labels")
-        if self.class_loss is not None and labels is not None and labels.dim() == 1 and model.training:
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            loss = self.class_loss(outputs.logits, labels)
+        single_label = labels is not None and labels.dim() == 1 and model.training
+        if single_label and (self.class_loss is not None or self.rdrop_weight):
+            passes = 2 if self.rdrop_weight else 1
+            outputs = model(**{k: torch.cat([v] * passes) for k, v in inputs.items() if k != "labels"})
+            logits = outputs.logits.chunk(passes)
+            loss = sum(self._label_loss(each, labels) for each in logits) / passes
+            if passes == 2:
+                loss = loss + self.rdrop_weight * symmetric_kl(*logits)
+            outputs.logits = logits[0]
         else:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
-        if labels is not None and labels.dim() == 1 and model.training:
+        if single_label:
             # a device tensor: read (one host sync) only when logged, never at every step
             self._hits = self._hits + (outputs.logits.detach().argmax(-1) == labels).sum()
             self._seen += len(labels)
         return (loss, outputs) if return_outputs else loss
+
+    def _label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.class_loss is not None:
+            return self.class_loss(logits, labels)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
 
     def log(self, logs: dict, *args, **kwargs):
         if "loss" in logs and self._seen:
@@ -148,6 +163,13 @@ class TransferTrainer(Trainer):
             super()._save(output_dir, state_dict)
         finally:
             self.args.hub_token = token
+
+
+def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The mean of KL(p1 || p2) and KL(p2 || p1) between two passes' predicted distributions, per example."""
+    first, second = F.log_softmax(first.float(), -1), F.log_softmax(second.float(), -1)
+    return (F.kl_div(first, second, log_target=True, reduction="batchmean")
+            + F.kl_div(second, first, log_target=True, reduction="batchmean")) / 2
 
 
 def logits_only(logits, labels):

@@ -179,7 +179,8 @@ class TransferRun:
         stage.selection = BestEpoch(self.args.metric_for_best_model or "accuracy", stage.patience,
                                     self.run.transfer.keep_best_epoch)
         return {"model": self.model, "args": self._trainer_args(stage), "plan": stage.plan,
-                "class_loss": self.class_loss, "callbacks": [stage.selection] if self.evaluating else None,
+                "class_loss": self.class_loss, "rdrop_weight": stage.rdrop_weight,
+                "callbacks": [stage.selection] if self.evaluating else None,
                 "compute_metrics": self.epoch_metrics if self.evaluating else None,
                 "preprocess_logits_for_metrics": self.predictions if self.evaluating else None}
 

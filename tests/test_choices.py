@@ -1,11 +1,12 @@
 """Every automatic choice made once, in `choices`, and recorded with its reason; what the user gave is never chosen."""
 
+import pytest
 from conftest import tiny_image_model, tiny_text_model
 from datasets import Dataset
 
 from hftransfer.args import DataArguments, parse_args
-from hftransfer.choices import (BASE_DEFAULTS, EARLY_STOPPING_PATIENCE, Choices, choose_columns, choose_for_model,
-                                choose_stages)
+from hftransfer.choices import (BASE_DEFAULTS, EARLY_STOPPING_PATIENCE, RDROP_MAX_EXAMPLES, RDROP_WEIGHT, Choices,
+                                choose_columns, choose_for_model, choose_stages)
 from hftransfer.tasks import TextTask
 
 
@@ -27,10 +28,28 @@ def test_stage_rates_and_epochs_are_chosen_from_the_model_and_data_size_with_rea
 
 def test_what_the_user_gave_is_used_and_not_recorded_as_chosen():
     argv = ["--learning_rate", "5e-4", "--num_train_epochs", "2", "--head_epochs", "4",
-            "--early_stopping_patience", "3"]
+            "--early_stopping_patience", "3", "--rdrop_weight", "0.3"]
     (head, base), chosen = stages(argv, tiny_image_model("mobilenet_v2"))
     assert (head.epochs, base.epochs, base.learning_rate, head.patience, base.patience) == (4, 2, 5e-4, 3, 3)
+    assert base.rdrop_weight == 0.3
     assert chosen == {}
+
+
+def test_r_drop_is_chosen_for_attention_models_on_small_data_in_the_stages_that_train_the_base():
+    bert = tiny_text_model("bert")
+    (head, base), chosen = stages([], bert)
+    assert (head.rdrop_weight, base.rdrop_weight) == (0.0, RDROP_WEIGHT) and RDROP_WEIGHT > 0
+    assert chosen["rdrop_weight"]["value"] == RDROP_WEIGHT and "640 training examples" in chosen["rdrop_weight"]["reason"]
+    (_, large), chosen = stages([], bert, train_size=RDROP_MAX_EXAMPLES + 1)
+    assert large.rdrop_weight == 0.0 == chosen["rdrop_weight"]["value"]
+    (_, conv), _ = stages([], tiny_image_model("mobilenet_v2"))
+    assert conv.rdrop_weight == 0.0
+    (_, given), chosen = stages(["--rdrop_weight", "0.5"], tiny_image_model("mobilenet_v2"))
+    assert given.rdrop_weight == 0.5 and "rdrop_weight" not in chosen
+    (only_head,), chosen = stages(["--strategy", "feature_extraction"], bert)
+    assert only_head.rdrop_weight == 0.0 and "rdrop_weight" not in chosen
+    with pytest.raises(ValueError, match="--rdrop_weight must be 0"):
+        stages(["--rdrop_weight", "-1"], bert)
 
 
 def test_lora_stages_get_the_adapters_rate_and_the_user_patterns_shape_the_last_stage():

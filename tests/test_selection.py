@@ -68,12 +68,12 @@ def test_what_the_user_gave_wins_over_the_imbalance():
 
 
 class Classifier(torch.nn.Module):
-    def __init__(self, linear):
+    def __init__(self, linear, dropout: float = 0.0):
         super().__init__()
-        self.linear = linear
+        self.linear, self.dropout = linear, torch.nn.Dropout(dropout)
 
     def forward(self, x, labels=None):
-        logits = self.linear(x)
+        logits = self.linear(self.dropout(x))
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -166,3 +166,23 @@ def test_validating_every_epoch_does_not_change_the_training(tmp_path):
         return [[entry["loss"] for entry in stage["log"] if "loss" in entry] for stage in record["stages"]]
     assert sum("eval_loss" in entry for stage in validated["stages"] for entry in stage["log"]) == 5
     assert losses(validated) == losses(once)  # the same shuffles and dropout masks
+
+
+def test_r_drop_adds_the_symmetric_kl_of_two_dropout_passes_to_their_mean_loss_in_training_only(tmp_path):
+    linear = torch.nn.Linear(8, 3)
+    trainer = TransferTrainer(model=Classifier(linear, dropout=0.5), rdrop_weight=0.7, args=parse_args(
+        ["--output_dir", str(tmp_path), "--eval_strategy", "no"]).training)
+    inputs = {"x": torch.randn(6, 8), "labels": torch.tensor([0, 1, 2, 0, 1, 2])}
+    trainer.model.train()
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(trainer.model, inputs)
+    torch.manual_seed(0)  # the same two dropout masks, drawn as one doubled batch
+    first, second = trainer.model(torch.cat([inputs["x"], inputs["x"]])).logits.chunk(2)
+    cross_entropy = sum(torch.nn.functional.cross_entropy(each, inputs["labels"]) for each in (first, second)) / 2
+    p, q = first.softmax(-1), second.softmax(-1)
+    kl = ((p * (p.log() - q.log())).sum(-1) + (q * (q.log() - p.log())).sum(-1)).mean() / 2
+    assert kl > 0.01  # the two passes had different masks
+    assert torch.allclose(loss, cross_entropy + 0.7 * kl, atol=1e-6)
+    trainer.model.eval()
+    plain = torch.nn.functional.cross_entropy(linear(inputs["x"]), inputs["labels"])
+    assert torch.allclose(trainer.compute_loss(trainer.model, inputs), plain)
