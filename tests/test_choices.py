@@ -39,7 +39,8 @@ def test_r_drop_is_chosen_for_attention_models_on_small_data_in_the_stages_that_
     bert = tiny_text_model("bert")
     (head, base), chosen = stages([], bert)
     assert (head.rdrop_weight, base.rdrop_weight) == (0.0, RDROP_WEIGHT) and RDROP_WEIGHT > 0
-    assert chosen["rdrop_weight"]["value"] == RDROP_WEIGHT and "640 training examples" in chosen["rdrop_weight"]["reason"]
+    assert chosen["rdrop_weight"]["value"] == RDROP_WEIGHT
+    assert "640 training examples" in chosen["rdrop_weight"]["reason"]
     (_, large), chosen = stages([], bert, train_size=RDROP_MAX_EXAMPLES + 1)
     assert large.rdrop_weight == 0.0 == chosen["rdrop_weight"]["value"]
     (_, conv), _ = stages([], tiny_image_model("mobilenet_v2"))
