@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .anatomy import POOLING_GROUP, param_groups
+from .anatomy import POOLING_GROUP, head_modules, param_groups
 from .freezing import PatternError, match
 
 logger = logging.getLogger(__name__)
@@ -63,11 +63,12 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     return [n for n in adaptable if n in found]
 
 
-def wrap(model: nn.Module, transfer, targets: list[str], head_names: list[str]):
+def wrap(model: nn.Module, transfer, targets: list[str]):
     """The model as a `PeftModel`: adapters on the targets (`resolve_targets`), the head modules trained in full
     (`modules_to_save`)."""
     from peft import LoraConfig, get_peft_model
 
+    head_names = list(head_modules(model))
     # Conv1D keeps its weight as (in, out): PEFT must know (where Conv1D and Linear targets mix, it sets the flag
     # module by module itself, with a warning each)
     transposed = all(isinstance(model.get_submodule(name), Conv1D) for name in targets)

@@ -154,8 +154,7 @@ class TransferRun:
             except (NotImplementedError, AttributeError):
                 pass  # no input embeddings to hook (convnets)
         if stage.kind == ADAPTERS:
-            self.model = lora.wrap(self.model, self.run.transfer, stage.lora_targets,
-                                   list(anatomy.head_modules(self.model)))
+            self.model = lora.wrap(self.model, self.run.transfer, stage.lora_targets)
             stage.plan.lora = lora.settings(self.model, self.run.transfer)
         stage.cached_features = stage.kind != ADAPTERS and self.store.serves(
             self.model, stage.name, self.run.transfer.cache_features, self.choices)

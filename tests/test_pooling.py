@@ -97,7 +97,7 @@ def test_the_head_reads_the_mean_through_a_frozen_nearly_linear_pooler_at_its_sc
     assert factors["classifier.weight"] == pytest.approx(1 / pooling.POOLER_SCALE)
     assert factors["bert.encoder.layer.2.output.dense.weight"] == 1.0
     copied = copy.deepcopy(transfer.model)
-    wrapped = lora.wrap(copied, transfer.run.transfer, lora.default_targets(copied), ["classifier"])
+    wrapped = lora.wrap(copied, transfer.run.transfer, lora.default_targets(copied))
     wrapped_factors = freezing.lr_factors(wrapped, freezing.FreezePlan("lora"))
     adapters = [n for n in wrapped_factors if "lora_A" in n]
     assert adapters and all(wrapped_factors[n] == 1.0 for n in adapters)
