@@ -195,6 +195,13 @@ def architecture(model: nn.Module) -> str:
     return "attention" if any("attention" in type(m).__name__.lower() for m in model.modules()) else "conv"
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether training is stochastic: a dropout layer, or a drop-path (stochastic depth) rate, above zero. Many
+    configs ship with every rate at 0 (ViT, DeiT, Dinov2, ModernBERT, Llama, Qwen2 in transformers 5)."""
+    return any((isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0)
+               or (getattr(module, "drop_prob", None) or 0) > 0 for module in model.modules())
+
+
 def is_decoder_classifier(model: nn.Module) -> bool:
     """A decoder LM with a sequence-classification head (Llama, Qwen2, Mistral, Gemma, GPT-2 ...): its `score` head
     reads the last real token, found from `input_ids`. Encoders (BERT ...) have masked-LM heads as well; these do

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import hardware
-from .anatomy import architecture
+from .anatomy import architecture, has_dropout
 from .selection import imbalance_ratio
 from .strategies import ADAPTERS, BASE, HEAD, Stage, plan_stages
 
@@ -55,7 +55,8 @@ IMBALANCE_RATIO = 3.0
 EARLY_STOPPING_PATIENCE = 5
 # R-Drop in the stages that train the base (README, "R-Drop"): measured on MiniLM, 2,000 Rotten Tomatoes snippets
 # and the 644 debates statements; small data, where fine-tuning overfits (the validation loss doubles by the third
-# epoch) and where its 1.6 times the step time costs least. Convnets are not measured: off.
+# epoch) and where its 1.6 times the step time costs least. Convnets are not measured, and a model without dropout
+# would run two identical passes: off.
 RDROP_WEIGHT = 1.0
 RDROP_MAX_EXAMPLES = 10_000
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "y")
@@ -164,7 +165,7 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
     stages = plan_stages(transfer.strategy, patterns, head_stage)
     augment = bool(run.data.augment)
     patience = _patience(run, choices) if run.training.eval_strategy != "no" else 0
-    rdrop_weight = _rdrop_weight(run, model, train_size, choices) if any(s.kind == BASE for s in stages) else 0.0
+    rdrop_weight = _rdrop_weight(run, model, train_size, any(s.kind == BASE for s in stages), choices)
     for stage in stages:
         if stage.kind == HEAD:
             stage.learning_rate = transfer.head_learning_rate
@@ -184,16 +185,24 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
     return stages
 
 
-def _rdrop_weight(run, model, train_size: int, choices: Choices) -> float:
-    """R-Drop's weight in the stages that train the base: on for attention models on small data (`RDROP_WEIGHT`)."""
-    if run.transfer.rdrop_weight is not None:
-        if run.transfer.rdrop_weight < 0:
-            raise ValueError(f"--rdrop_weight must be 0 (off) or more, not {run.transfer.rdrop_weight:g}")
-        return run.transfer.rdrop_weight
-    attention, small = architecture(model) == "attention", train_size <= RDROP_MAX_EXAMPLES
-    weight = RDROP_WEIGHT if attention and small else 0.0
-    reason = (f"{architecture(model)} model, {train_size:,} training examples: two dropout passes a batch, "
-              f"{'on' if weight else 'off'} (on for attention models up to {RDROP_MAX_EXAMPLES:,} examples)")
+def _rdrop_weight(run, model, train_size: int, trains_base: bool, choices: Choices) -> float:
+    """R-Drop's weight in the stages that train the base: on for attention models with dropout on small data
+    (`RDROP_WEIGHT`); a model without dropout would run its two identical passes for nothing."""
+    given = run.transfer.rdrop_weight
+    if given is not None and given < 0:
+        raise ValueError(f"--rdrop_weight must be 0 (off) or more, not {given:g}")
+    if not trains_base:
+        if given:
+            logger.warning("--rdrop_weight %g has no effect: strategy %s has no stage that trains the base outside "
+                           "adapters", given, run.transfer.strategy)
+        return 0.0
+    if given is not None:
+        return given
+    kind, dropout = architecture(model), has_dropout(model)
+    weight = RDROP_WEIGHT if kind == "attention" and dropout and train_size <= RDROP_MAX_EXAMPLES else 0.0
+    reason = (f"{kind} model{'' if dropout else ' without dropout'}, {train_size:,} training examples: "
+              f"{'on' if weight else 'off'} (on for attention models with dropout, up to {RDROP_MAX_EXAMPLES:,} "
+              "examples)")
     choices.add("rdrop_weight", weight, reason)
     return weight
 

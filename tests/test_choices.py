@@ -1,6 +1,7 @@
 """Every automatic choice made once, in `choices`, and recorded with its reason; what the user gave is never chosen."""
 
 import pytest
+import torch
 from conftest import tiny_image_model, tiny_text_model
 from datasets import Dataset
 
@@ -49,8 +50,19 @@ def test_r_drop_is_chosen_for_attention_models_on_small_data_in_the_stages_that_
     assert given.rdrop_weight == 0.5 and "rdrop_weight" not in chosen
     (only_head,), chosen = stages(["--strategy", "feature_extraction"], bert)
     assert only_head.rdrop_weight == 0.0 and "rdrop_weight" not in chosen
-    with pytest.raises(ValueError, match="--rdrop_weight must be 0"):
-        stages(["--rdrop_weight", "-1"], bert)
+    for module in bert.modules():  # two passes without dropout are the same pass
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    (_, without), chosen = stages([], bert)
+    assert without.rdrop_weight == 0.0 and "without dropout" in chosen["rdrop_weight"]["reason"]
+    for strategy in ("staged", "feature_extraction"):
+        with pytest.raises(ValueError, match="--rdrop_weight must be 0"):
+            stages(["--rdrop_weight", "-1", "--strategy", strategy], bert)
+
+
+def test_an_r_drop_weight_that_no_stage_uses_is_said(caplog):
+    (only_head,), _ = stages(["--strategy", "feature_extraction", "--rdrop_weight", "1"], tiny_text_model("bert"))
+    assert only_head.rdrop_weight == 0.0 and "--rdrop_weight 1 has no effect" in caplog.text
 
 
 def test_lora_stages_get_the_adapters_rate_and_the_user_patterns_shape_the_last_stage():
