@@ -68,11 +68,13 @@ class TransferTrainer(Trainer):
         labels = inputs.get("labels")
         single_label = labels is not None and labels.dim() == 1 and model.training
         if single_label and (self.class_loss is not None or self.rdrop_weight):
-            passes = 2 if self.rdrop_weight else 1
-            outputs = model(**{k: torch.cat([v] * passes) for k, v in inputs.items() if k != "labels"})
-            logits = outputs.logits.chunk(passes)
-            loss = sum(self._label_loss(each, labels) for each in logits) / passes
-            if passes == 2:
+            features = {k: v for k, v in inputs.items() if k != "labels"}
+            if self.rdrop_weight:  # the two passes as one doubled batch
+                features = {k: torch.cat([v, v]) for k, v in features.items()}
+            outputs = model(**features)
+            logits = outputs.logits.chunk(2 if self.rdrop_weight else 1)
+            loss = sum(self._label_loss(each, labels) for each in logits) / len(logits)
+            if self.rdrop_weight:
                 loss = loss + self.rdrop_weight * symmetric_kl(*logits)
             outputs.logits = logits[0]
         else:
