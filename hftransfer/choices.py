@@ -56,7 +56,7 @@ EARLY_STOPPING_PATIENCE = 5
 # R-Drop in the stages that train the base (README, "R-Drop"): measured on MiniLM, 2,000 Rotten Tomatoes snippets
 # and the 644 debates statements; small data, where fine-tuning overfits (the validation loss doubles by the third
 # epoch) and where its 1.6 times the step time costs least. Convnets are not measured, and a model without dropout
-# would run two identical passes: off.
+# would run two identical passes: off. Weight 3 scored the same within the seeds' spread (+0.08 points on three runs).
 RDROP_WEIGHT = 1.0
 RDROP_MAX_EXAMPLES = 10_000
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "y")
