@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -118,20 +119,35 @@ def non_embedding_parameters(folder: Path) -> int:
 
 
 def recipe(task: str, out: Path, *flags: str, launcher: list[str] | None = None, timeout: int = 600) -> dict:
-    """Run a recipe; its record: samples/s of the last stage, accuracy, wall time (or the error's tail)."""
+    """Run a recipe; its record: samples/s of the last stage, accuracy, wall time (or the error and the log's tail)."""
     command = [*(launcher or [sys.executable]), str(ROOT / "recipes" / f"{task}.py"), "--output_dir", str(out),
                "--disable_tqdm", "true", "--report_to", "none", *flags]
     start = time.time()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     wall = time.time() - start
     if done.returncode:
-        return {"error": (done.stdout + done.stderr)[-1500:], "wall_s": round(wall, 1)}
+        lines = output_lines(done.stdout + done.stderr)
+        error = error_line(lines) or f"exit code {done.returncode} (no error named); last line: {lines[-1:]}"
+        return {"error": error, "log_tail": "\n".join(lines)[-1500:], "wall_s": round(wall, 1)}
     run = json.loads((out / "hftransfer_run.json").read_text())
     results = json.loads((out / "all_results.json").read_text())
     stage = run["stages"][-1]["metrics"]
     return {"wall_s": round(wall, 1), "eval_accuracy": round(results["eval_accuracy"], 4),
             "samples_per_s": round(stage["train_samples_per_second"], 1),
             "peak_memory_mb": results.get("peak_memory_mb"), "precision": _precision(run["settings"])}
+
+
+def output_lines(output: str) -> list[str]:
+    """A run's output without its progress bars, which come last and say nothing of an error."""
+    return [line for line in output.replace("\r", "\n").splitlines()
+            if line.strip() and not re.search(r"\d+%\||it/s\]|examples/s\]", line)]
+
+
+def error_line(lines: list[str]) -> str:
+    """The line naming the error ("" where none does: a signal): a rank's own where a launcher ran the recipe
+    (torchrun's report, which comes last, names only its ChildFailedError)."""
+    named = [line for line in lines if re.match(r"(\[rank\d+\]:\s*)?[\w.]+(Error|Exception)\b", line)]
+    return ([line for line in named if line.startswith("[rank")] or named or [""])[-1]
 
 
 def _precision(settings: dict) -> str:
@@ -210,7 +226,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['row']} | failed or skipped: {row['error'].strip().splitlines()[-1][:160]} |")
+            lines.append(f"| {row['row']} | failed or skipped: {row['error'][:160]} |")
         else:
             lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
