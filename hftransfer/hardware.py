@@ -10,11 +10,14 @@ that 1 was asked for.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 AMPERE = (8, 0)  # native bf16 and TF32 from compute capability 8.0 (A100); T4 (7.5) and V100 (7.0) have neither
 MAX_WORKERS = 8
@@ -77,6 +80,34 @@ def inference_device() -> torch.device:
 def fsdp_enabled(args) -> bool:
     """FSDP from the recipe's flags or from `accelerate launch` (its config file's distributed_type)."""
     return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def prepare_for_fsdp(model) -> None:
+    """Name the classes FSDP2 wraps one by one (`_no_split_modules`, on this model only: its class and other
+    models keep theirs) where Accelerate's default would fail, each time a trainer hands the model over:
+    - Accelerate wraps each listed class, then the input embeddings on their own; where a listed class holds them
+      (ViT's and DeiT's `ViTEmbeddings`, BERT's, RoBERTa's and XLM-R's embeddings), the second wrap meets
+      parameters already sharded and fails inside `fully_shard` (`TypeError: Invariant encountered`; seen on an
+      H200). Those holders are left out; the embeddings get their own wrap;
+    - Accelerate 1.15 (a GPU image's) refuses a listed class the model does not hold: one `_no_split_modules` names
+      but never builds (MobileNetV2's `MobileNetV2DeepLabV3Plus`), and every class once the first stage's trainer
+      has wrapped it (its class is then `FSDP<name>`). Only the classes present are listed.
+    Classes a user names (`fsdp_transformer_layer_cls_to_wrap`) take precedence in Accelerate, as before."""
+    listed = list(getattr(model, "_no_split_modules", None) or [])
+    present = {type(m).__name__ for m in model.modules()}
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # convnets
+        embeddings = None
+    holders = {type(m).__name__ for m in model.modules()
+               if embeddings is not None and m is not embeddings and m is not model
+               and any(sub is embeddings for sub in m.modules())}
+    kept = [name for name in listed if name in present and name not in holders]
+    if kept != listed:
+        model._no_split_modules = kept
+        if holders & set(listed):
+            logger.info("FSDP: wrapping %s; not %s, which holds the input embeddings Accelerate wraps on their own",
+                        ", ".join(kept) or "no blocks", ", ".join(sorted(holders & set(listed))))
 
 
 def shards_parameters(args) -> bool:

@@ -16,7 +16,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import freezing
+from . import freezing, hardware
 from .freezing import FreezePlan
 from .metrics import classification_metrics, epoch_metrics, load_metrics, multi_label_metrics
 from .selection import ClassLoss
@@ -44,6 +44,8 @@ class TransferTrainer(Trainer):
         self.rdrop_weight = rdrop_weight
         self._hits = self._seen = 0
         super().__init__(*args, **kwargs)
+        if hardware.fsdp_enabled(self.args):  # each trainer's Accelerate wraps the model anew, when it trains
+            hardware.prepare_for_fsdp(self.model)
         # read off the model as handed over: FSDP (version 1) and torch.compile rename parameters when they wrap it
         self.rate_factors = freezing.lr_factors(self.model, plan) if plan is not None else {}
         # Classifiers average their loss over the batch. A forward that merely takes **kwargs (MobileNetV2's does,

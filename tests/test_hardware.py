@@ -143,3 +143,77 @@ def test_fsdp_and_deepspeed_zero3_shard_the_parameters(monkeypatch):
     assert hardware.shards_parameters(SimpleNamespace(fsdp="full_shard"))
     monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
     assert hardware.shards_parameters(SimpleNamespace(fsdp=""))
+
+
+FSDP_PROBE = """
+import json, os, sys
+from types import SimpleNamespace
+sys.path.insert(0, {root!r})
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import torch, torch.distributed as dist
+import transformers as tf
+from accelerate.utils import FullyShardedDataParallelPlugin
+from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+from hftransfer import hardware
+
+dist.init_process_group("gloo")
+size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+models = {{"vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(image_size=32, patch_size=8, **size)),
+          "roberta": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(vocab_size=99, **size))}}
+inputs = {{"vit": {{"pixel_values": torch.randn(2, 3, 32, 32)}},
+          "roberta": {{"input_ids": torch.randint(5, 99, (2, 7))}}}}
+found = {{}}
+for name, make in models.items():
+    model = make()
+    # Accelerate's own FSDP2 preparation; its Accelerator refuses FSDP without a GPU, so a stand-in hands it the plugin
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="TRANSFORMER_BASED_WRAP")
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,
+                                  mixed_precision="no", is_main_process=True, device=torch.device("cpu"))
+    hardware.prepare_for_fsdp(model)
+    listed = list(model._no_split_modules)
+    wrapped = fsdp2_prepare_model(accelerator, model)
+    hardware.prepare_for_fsdp(wrapped)  # the next stage's trainer prepares the wrapped model again
+    wrapped = fsdp2_prepare_model(accelerator, wrapped)
+    wrapped(**inputs[name]).logits.sum().backward()
+    found[name] = {{"classes": listed, "then": list(wrapped._no_split_modules),
+                   "wrapped": sorted({{type(m).__name__ for m in wrapped.modules()
+                                       if type(m).__name__.startswith("FSDP")}}),
+                   "gradients": all(p.grad is not None for p in wrapped.parameters() if p.requires_grad)}}
+dist.destroy_process_group()
+print("PROBE" + json.dumps(found))
+"""
+
+
+def test_fsdp2_wraps_the_layers_not_the_embeddings_holder_that_accelerates_default_breaks_on(tmp_path):
+    """Accelerate wraps `_no_split_modules` (ViT's `ViTEmbeddings`, RoBERTa's embeddings among them), then the input
+    embeddings inside them again: `fully_shard` failed (`TypeError: Invariant encountered`, seen on an H200). Run
+    through Accelerate's own FSDP2 preparation on a one-process gloo group, twice as a staged run's two trainers do:
+    the layers and the embeddings are wrapped, and a forward and backward pass run."""
+    from support.ports import free_port
+
+    script = tmp_path / "fsdp_probe.py"
+    script.write_text(FSDP_PROBE.format(root=str(ROOT), port=free_port()))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(next(line[5:] for line in done.stdout.splitlines() if line.startswith("PROBE")))
+    assert found == {
+        "vit": {"classes": ["ViTLayer"], "then": [], "gradients": True,
+                "wrapped": ["FSDPLayerNorm", "FSDPViTForImageClassification", "FSDPViTLayer",
+                            "FSDPViTPatchEmbeddings"]},
+        "roberta": {"classes": ["RobertaLayer"], "then": [], "gradients": True,
+                    "wrapped": ["FSDPEmbedding", "FSDPRobertaForSequenceClassification", "FSDPRobertaLayer"]}}
+
+
+def test_fsdp_classes_are_narrowed_on_the_model_to_those_it_holds_outside_the_input_embeddings():
+    from conftest import tiny_image_model, tiny_text_model
+
+    vit = tiny_image_model("vit")
+    hardware.prepare_for_fsdp(vit)
+    assert vit._no_split_modules == ["ViTLayer"]
+    assert type(vit)._no_split_modules == ["ViTEmbeddings", "ViTLayer"]  # the class, and every other ViT, keep theirs
+    bert = tiny_text_model("bert")
+    hardware.prepare_for_fsdp(bert)
+    assert bert._no_split_modules == ["BertLayer"]
+    mobilenet = tiny_image_model("mobilenet_v2")  # no input embeddings; a listed class it never builds
+    hardware.prepare_for_fsdp(mobilenet)
+    assert mobilenet._no_split_modules == ["MobileNetV2InvertedResidual"]
