@@ -202,7 +202,22 @@ def write_markdown(result: dict, path: Path) -> None:
                   f"({d['rows']['hftransfer demo']['p50_ms']} ms against {floor['p50_ms']:.1f} ms), "
                   f"{d['ratio_p95']}x at p95. With 8 concurrent clients: {d['throughput_8_clients_rps']['demo']} "
                   f"requests/s (no-op app: {d['throughput_8_clients_rps']['noop']}).\n"]
+    lines += gpu_section(ROOT / "benchmarks" / "results" / "gpu_check.json")
     path.write_text("\n".join(lines))
+
+
+def gpu_section(path: Path) -> list[str]:
+    """The last GPU check's table (`gpu_check.sh`, its JSON kept in benchmarks/results), with the notes made on it."""
+    if not path.is_file():
+        return []
+    from gpu_check import table
+
+    check = json.loads(path.read_text())
+    notes = [f"- {row['row']}: {row['note']}" for row in check["rows"] if row.get("note")]
+    return [f"## On a GPU\n\n`bash benchmarks/gpu_check.sh` on an {check['gpu']} (compute capability "
+            f"{'.'.join(map(str, check['capability']))}), {check['date']}, commit `{check.get('commit', '?')}`, "
+            f"torch {check['torch']}, accelerate {check.get('accelerate', '?')}; bf16 matmul peak "
+            f"{check['matmul_peak_tflops']} TFLOP/s after a warm-up.\n", table(check["rows"]), "", *notes, ""]
 
 
 def targets(result: dict) -> list[str]:
