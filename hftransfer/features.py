@@ -151,19 +151,22 @@ def discover_layout(model: nn.Module, batch: dict) -> Layout:
 
 
 def _first_tokens(model: nn.Module, inputs: dict, layout: Layout) -> Layout:
-    """Text heads that read a token sequence (DistilBERT's, DeBERTa's ContextPooler) mostly read its first token:
-    store that alone, which also makes the rows of batches of different lengths the same width. A sequence the head
-    reads more of (a decoder's last real token, found from `input_ids`) stays whole and is marked `per_token`."""
+    """Heads that read a token sequence mostly read its first token (DistilBERT's, DeBERTa's ContextPooler, ViT's
+    and BEiT's classifier on the CLS token): store that alone, checked to give the model's own logits. For text it
+    also makes the rows of batches of different lengths the same width; for a ViT-base it stores 768 numbers an
+    image instead of 151,296. A text sequence the head reads more of (a decoder's last real token, found from
+    `input_ids`) stays whole and is marked `per_token`; an image sequence the head reads more of (Dinov2's classifier
+    also averages the patch tokens) stays whole, its length fixed by the image size."""
     tokens = inputs.get("input_ids")
-    if tokens is None or tokens.dim() != 2:
-        return layout
-    sequences = [n for n, shape in layout.read.items() if shape and len(shape) >= 2 and shape[0] == tokens.shape[1]]
-    for name in sequences:
+    text = tokens is not None and tokens.dim() == 2
+    sequences = [n for n, shape in layout.read.items() if shape and len(shape) >= 2
+                 and (shape[0] == tokens.shape[1] if text else len(shape) == 2 and shape[0] > 1)]
+    for name in sequences:  # images: (tokens, hidden); a convnet's maps are (channels, height, width)
         read = {**layout.read, name: (1, *layout.read[name][1:])}
         trimmed = replace(layout, read=read, first_token=(*layout.first_token, name))
         if agrees(model, inputs, trimmed):
             layout = trimmed
-    return replace(layout, per_token=tuple(n for n in sequences if n not in layout.first_token))
+    return replace(layout, per_token=tuple(n for n in sequences if text and n not in layout.first_token))
 
 
 # ---------------------------------------------------------------- the persistent cache

@@ -94,3 +94,22 @@ def test_staged_rerun_with_other_head_settings_reuses_its_calibrated_features(tm
         again, _ = run_image([*common, "--output_dir", str(tmp_path / "b"), "--head_learning_rate", "0.01"])
     assert "reusing cached features" in caplog.text  # the same data gives the same statistics, so the same key
     assert again.history[0]["calibrated_batchnorm"] == first.history[0]["calibrated_batchnorm"]
+
+
+@pytest.mark.parametrize("family, first_token", [("vit", True), ("dinov2", False)])
+def test_a_vit_caches_only_the_token_its_head_reads(tmp_path, image_folders, family, first_token):
+    """ViT's classifier reads the CLS token of its 197 x 768 sequence (ViT-base at 224 px): the cache stores that
+    token alone (the whole sequence made 1.2 GB for 2,048 images, and the data-quality check's components of it
+    asked for 92 GB). Dinov2's classifier also averages the patch tokens: its sequence stays whole."""
+    from support.families import save_image_checkpoint
+
+    checkpoint = save_image_checkpoint(tmp_path / "ckpt", family)
+    transfer, _ = run_image(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
+                             "--validation_dir", str(image_folders[1]), "--strategy", "feature_extraction",
+                             "--head_epochs", "1", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "out")])
+    assert transfer.history[0]["metrics"]["cached_features"]
+    layout = transfer.store.layout(transfer.model)
+    hidden = transfer.model.config.hidden_size
+    assert (layout.first_token == ("last_hidden_state",)) == first_token
+    width = transfer.store.features(transfer.model, "train").features.shape[1]
+    assert (width == hidden) == first_token and width >= hidden
