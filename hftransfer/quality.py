@@ -110,8 +110,14 @@ def principal_components(features: torch.Tensor, dims: int) -> torch.Tensor:
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     if dims >= min(x.shape):
         return x
-    _, vectors = torch.linalg.eigh(x.T @ x)  # exact and deterministic; D x D stays small (768 to 2,048)
-    return x @ vectors[:, -dims:]
+    if x.shape[1] <= x.shape[0]:
+        _, vectors = torch.linalg.eigh(x.T @ x)  # exact and deterministic; D x D (768 to 2,048 for most bases)
+        return x @ vectors[:, -dims:]
+    # wider than it is long (a base whose head reads a whole token sequence: 197 x 768 numbers an image for a
+    # ViT-base-sized Dinov2): the N x N Gram matrix has the same components, x v = u sqrt(eigenvalue), where D x D
+    # would not fit in memory (D = 151,296: 92 GB)
+    values, vectors = torch.linalg.eigh(x @ x.T)
+    return vectors[:, -dims:] * values[-dims:].clamp(min=0).sqrt()
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int, scored: torch.Tensor | None = None) -> torch.Tensor:

@@ -169,3 +169,17 @@ def test_duplicates_within_one_set():
 def test_empty_inputs():
     assert quality.duplicates(signed([]), signed(["a"])) == [] and quality.duplicates(signed(["a"]), signed([])) == []
     assert quality.near_duplicates(torch.zeros(0, 4), torch.randn(3, 4)) == []
+
+
+def test_principal_components_of_features_wider_than_they_are_long_match_the_usual_ones():
+    """Whole token sequences (Dinov2's 257 x 768 an image) are far wider than a training set is long: the N x N Gram
+    matrix gives the same components (up to each one's sign) where D x D would not fit in memory."""
+    generator = torch.Generator().manual_seed(0)
+    wide = torch.randn(40, 12, generator=generator) @ torch.randn(12, 500, generator=generator)
+    assert wide.shape[1] > wide.shape[0]
+    found = quality.principal_components(wide, 8)
+    standardised = (wide - wide.mean(0)) / (wide.std(0) + 1e-6)
+    _, vectors = torch.linalg.eigh(standardised.T @ standardised)
+    usual = standardised @ vectors[:, -8:]
+    signs = torch.sign((found * usual).sum(0))
+    assert found.shape == (40, 8) and torch.allclose(found * signs, usual, atol=1e-3, rtol=1e-3)
