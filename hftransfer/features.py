@@ -151,10 +151,10 @@ def discover_layout(model: nn.Module, batch: dict) -> Layout:
 
 
 def _first_tokens(model: nn.Module, inputs: dict, layout: Layout) -> Layout:
-    """Heads that read a token sequence mostly read its first token (DistilBERT's, DeBERTa's ContextPooler, ViT's
-    and BEiT's classifier on the CLS token): store that alone, checked to give the model's own logits. For text it
-    also makes the rows of batches of different lengths the same width; for a ViT-base it stores 768 numbers an
-    image instead of 151,296. A text sequence the head reads more of (a decoder's last real token, found from
+    """Heads that read a token sequence mostly read its first token (DistilBERT's, DeBERTa's ContextPooler; ViT's,
+    DeiT's and PVT's classifiers on the CLS token): store that alone, checked to give the model's own logits. For
+    text it also makes the rows of batches of different lengths the same width; for a ViT-base it stores 768
+    numbers an image instead of 151,296. A text sequence the head reads more of (a decoder's last real token, found from
     `input_ids`) stays whole and is marked `per_token`; an image sequence the head reads more of (Dinov2's classifier
     also averages the patch tokens) stays whole, its length fixed by the image size."""
     tokens = inputs.get("input_ids")
