@@ -9,6 +9,7 @@ crash after minutes of training, never silent loss.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,6 +283,17 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
     return splits, report, args
 
 
+def _held_out_count(rest: Dataset, fraction: float) -> int:
+    """How many examples the stratified split holds out: the fraction, but at least one of each class on either
+    side (a stratified split refuses fewer; every class here has two examples or more)."""
+    classes = len(set(rest["label"]))
+    count = min(max(math.ceil(fraction * len(rest)), classes), len(rest) - classes)
+    if count != math.ceil(fraction * len(rest)):
+        logger.info("Validation split: %d of %d examples (--train_val_split %g), so that each of the %d classes has "
+                    "one on either side", count, len(rest), fraction, classes)
+    return count
+
+
 def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) -> DatasetDict:
     """A stratified validation split. A class with a single example stays in training (held out, it would be a
     validation class the model never saw); that is said in the data report."""
@@ -291,7 +303,7 @@ def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) ->
     labels = train["label"]
     single = {label for label, count in Counter(labels).items() if count < 2}
     rest = train.select([i for i, label in enumerate(labels) if label not in single]) if single else train
-    parts = rest.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")
+    parts = rest.train_test_split(test_size=_held_out_count(rest, fraction), seed=seed, stratify_by_column="label")
     if single:
         names = [train.features["label"].int2str(label) for label in sorted(single)]
         report.notes.append(f"class(es) {', '.join(names)} have a single example: kept in training, not validated")

@@ -251,7 +251,7 @@ class ImageTask(TaskAdapter):
         """
         size = self.data_args.image_size if self.data_args else None
         chosen = size is None
-        native = _processor_size(processor)
+        native = _size_the_model_takes(processor, model, _processor_size(processor))
         reason = f"the checkpoint's {native} px"
         if size is None:
             sides = sorted(min(_open_image(v).size) for v in splits["train"].select(
@@ -433,6 +433,20 @@ def _set_processor_size(processor, size: int) -> bool:
         for key, value in saved.items():
             setattr(processor, key, value)
     return False
+
+
+def _size_the_model_takes(processor, model, native: int) -> int:
+    """The processor's size, or the config's `image_size` where the model refuses the processor's and takes its
+    config's (a processor saved with its defaults beside a ViT of another size): the processor is then set to it."""
+    wanted = getattr(model.config, "image_size", None)
+    wanted = wanted[-1] if isinstance(wanted, (list, tuple)) else wanted
+    if not isinstance(wanted, int) or wanted == native or _accepts_size(model, native):
+        return native
+    if not (_accepts_size(model, wanted) and _set_processor_size(processor, wanted)):
+        return native  # the model's own error on the first batch names both sizes
+    logger.warning("%s takes %d px inputs (its config's image_size), not the %d px its %s makes: resizing to %d px",
+                   type(model).__name__, wanted, native, type(processor).__name__, wanted)
+    return wanted
 
 
 def _accepts_size(model, size: int) -> bool:

@@ -57,6 +57,14 @@ def test_train_val_split_is_stratified_when_no_validation_is_given(image_folders
     assert sorted(set(splits["validation"]["label"])) == [0, 1, 2]
 
 
+def test_a_small_set_holds_out_one_example_of_each_class_at_least(tmp_path):
+    """12 images of 3 classes at the default fraction (0.15: 2 examples) made the stratified split refuse."""
+    train = make_image_folder(tmp_path / "train", 4)
+    splits, _ = prepare(train_dir=str(train))
+    assert len(splits["validation"]) == 3 and len(splits["train"]) == 9
+    assert sorted(splits["validation"]["label"]) == [0, 1, 2] and sorted(set(splits["train"]["label"])) == [0, 1, 2]
+
+
 def test_string_labels_become_one_class_label_for_all_splits():
     splits = DatasetDict(train=Dataset.from_dict({"label": ["cat", "dog", "cat"]}),
                          validation=Dataset.from_dict({"label": ["dog"]}))

@@ -58,3 +58,21 @@ def test_resnet_with_its_hub_processor_trains_on_small_images_at_the_size_it_log
     image = Image.open(next((data / "square").iterdir()))
     assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (128, 128)
     assert json.loads((tmp_path / "out" / "all_results.json").read_text())["eval_accuracy"] >= 0
+
+
+def test_a_processor_of_another_size_than_its_model_is_set_to_the_size_the_model_takes(tmp_path, caplog):
+    """A ViT made for 32 px saved with the processor's defaults (224 px), as a hand-made checkpoint often is: the run
+    resizes to the model's size and says so; the saved processor makes what the saved model takes."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit", processor=ViTImageProcessorPil())
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(data), "--output_dir",
+                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "1",
+                      "--disable_tqdm", "true"])
+    with caplog.at_level("INFO"):
+        TransferRun(run, ImageTask(run.data)).execute()
+    assert "takes 32 px inputs (its config's image_size), not the 224 px" in caplog.text
+    saved = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    image = Image.open(next((data / "square").iterdir()))
+    assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (32, 32)
+    recorded = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
+    assert recorded["chosen"]["image_size"]["value"] == 32
