@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 
-from .anatomy import architecture, is_decoder_classifier
+from .anatomy import ModelError, architecture, is_decoder_classifier
 from .data import DataReport
 from .outputs import EXAMPLES_FILE
 from .pixels import FastPixels, size_entries
@@ -529,10 +529,10 @@ class TextTask(TaskAdapter):
         return AutoTokenizer.from_pretrained(path, **kwargs)
 
     def adapt_processor(self, tokenizer, model, splits, choices):
-        """The token limit: --max_seq_length, else the model's, capped at 512 (and at the position table; XLNet's
-        config, which has none, says -1)."""
-        limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None),
-                  self.max_length_cap]
+        """The token limit: --max_seq_length, else the model's, capped at 512 and at the position table (XLNet's
+        config, which has none, says -1). A tokenizer with ids past the model's vocabulary is an error now."""
+        _check_vocabulary(tokenizer, model)
+        limits = [tokenizer.model_max_length, _position_limit(model), self.max_length_cap]
         natural = min(int(v) for v in limits if v and v > 0)
         wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else None
         if wanted is None:
@@ -593,6 +593,29 @@ class TextTask(TaskAdapter):
     def load_examples(self, folder):
         path = folder / EXAMPLES_FILE
         return [[row["text"]] for row in json.loads(path.read_text())] if path.is_file() else []
+
+
+def _position_limit(model) -> int | None:
+    """The longest input the position table holds: `max_position_embeddings`, less the offset of tables that number
+    positions after the padding index (RoBERTa, XLM-R, MPNet: 514 rows hold 512 tokens; a table of 512 holds 510)."""
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding) \
+                and module.padding_idx is not None:
+            return module.num_embeddings - module.padding_idx - 1
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def _check_vocabulary(tokenizer, model) -> None:
+    """The tokenizer's ids must index the model's embedding table: past it, the first batch that holds such a token
+    fails with an IndexError that names neither (a tokenizer saved beside a model of another vocabulary)."""
+    try:
+        table = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return
+    if isinstance(table, torch.nn.Embedding) and len(tokenizer) > table.num_embeddings:
+        raise ModelError(f"The tokenizer has {len(tokenizer):,} tokens but {type(model).__name__}'s embedding "
+                         f"table has {table.num_embeddings:,} rows: its ids would index past the table. Save the "
+                         "tokenizer the model was trained with beside it (or resize the model's embeddings to it)")
 
 
 def _give_pad_token(tokenizer, model) -> None:

@@ -209,3 +209,38 @@ def test_a_model_without_a_position_table_keeps_the_tokenizers_limit():
     choices = Choices()
     TextTask(DataArguments()).adapt_processor(tokenizer, model, {}, choices)
     assert tokenizer.model_max_length == choices.made["max_seq_length"]["value"] == 256
+
+
+@pytest.mark.parametrize("pad_id", [0, 1])
+def test_a_roberta_position_table_holds_its_offset_fewer_tokens(pad_id):
+    """RoBERTa numbers positions after the padding index: 64 rows hold 63 tokens with padding id 0, 62 with id 1.
+    At the table's size the longest texts failed the first batch that held one (IndexError)."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from hftransfer import zoo
+    from hftransfer.choices import Choices
+
+    model = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=64, pad_token_id=pad_id)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"))
+    TextTask(DataArguments()).adapt_processor(tokenizer, model, {}, Choices())
+    assert tokenizer.model_max_length == 63 - pad_id
+    longest = tokenizer(["word " * 200], truncation=True, return_tensors="pt")
+    assert longest["input_ids"].shape[1] == 63 - pad_id
+    with torch.no_grad():
+        assert model(input_ids=longest["input_ids"]).logits.shape == (1, 2)
+
+
+def test_a_tokenizer_past_the_models_vocabulary_is_an_error_that_names_both():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hftransfer import zoo
+    from hftransfer.anatomy import ModelError
+    from hftransfer.choices import Choices
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=37))
+    tokenizer = AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"))
+    with pytest.raises(ModelError, match="30,522 tokens .* 99 rows"):
+        TextTask(DataArguments()).adapt_processor(tokenizer, model, {}, Choices())
