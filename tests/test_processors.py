@@ -42,20 +42,22 @@ def test_a_processor_that_refuses_every_setting_is_left_as_it_was():
     assert processor.to_dict() == before and _processor_size(processor) == 224
 
 
+def train_head(checkpoint, data, out, caplog):
+    """A feature-extraction run on `data`: the processor it saved, and an image of the data."""
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(data), "--output_dir", str(out),
+                      "--strategy", "feature_extraction", "--head_epochs", "2", "--disable_tqdm", "true"])
+    with caplog.at_level("INFO"):
+        TransferRun(run, ImageTask(run.data)).execute()
+    return AutoImageProcessor.from_pretrained(out), Image.open(next((data / "square").iterdir()))
+
+
 def test_resnet_with_its_hub_processor_trains_on_small_images_at_the_size_it_logs(tmp_path, caplog):
     """microsoft/resnet-50's layout: a native ResNet with the ConvNeXt processor it ships (shortest_edge only)."""
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "resnet", processor=ConvNextImageProcessorPil(
         size={"shortest_edge": 224}, crop_pct=0.875))
-    data = make_image_folder(tmp_path / "data", per_class=6)
-    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(data), "--output_dir",
-                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "2",
-                      "--disable_tqdm", "true"])
-    with caplog.at_level("INFO"):
-        TransferRun(run, ImageTask(run.data)).execute()
+    saved, image = train_head(checkpoint, make_image_folder(tmp_path / "data", per_class=6), tmp_path / "out", caplog)
     assert "Input size 128 px (checkpoint: 224 px)" in caplog.text  # 32 px images at 4x
-    saved = AutoImageProcessor.from_pretrained(tmp_path / "out")
     assert type(saved).__name__.startswith("ConvNextImageProcessor")
-    image = Image.open(next((data / "square").iterdir()))
     assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (128, 128)
     assert json.loads((tmp_path / "out" / "all_results.json").read_text())["eval_accuracy"] >= 0
 
@@ -64,15 +66,8 @@ def test_a_processor_of_another_size_than_its_model_is_set_to_the_size_the_model
     """A ViT made for 32 px saved with the processor's defaults (224 px), as a hand-made checkpoint often is: the run
     resizes to the model's size and says so; the saved processor makes what the saved model takes."""
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit", processor=ViTImageProcessorPil())
-    data = make_image_folder(tmp_path / "data", per_class=4)
-    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(data), "--output_dir",
-                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "1",
-                      "--disable_tqdm", "true"])
-    with caplog.at_level("INFO"):
-        TransferRun(run, ImageTask(run.data)).execute()
+    saved, image = train_head(checkpoint, make_image_folder(tmp_path / "data", per_class=4), tmp_path / "out", caplog)
     assert "takes 32 px inputs (its config's image_size), not the 224 px" in caplog.text
-    saved = AutoImageProcessor.from_pretrained(tmp_path / "out")
-    image = Image.open(next((data / "square").iterdir()))
     assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (32, 32)
     recorded = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
     assert recorded["chosen"]["image_size"]["value"] == 32
