@@ -279,8 +279,22 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
     if args.max_eval_samples:
         splits["validation"] = splits["validation"].select(range(min(args.max_eval_samples,
                                                                      len(splits["validation"]))))
+    for split in ("train", "validation"):
+        if len(splits[split]) == 0:
+            raise DataError(_empty_split_message(split, where, report))
     logger.info(report.summary())
     return splits, report, args
+
+
+def _empty_split_message(split: str, where: str, report: DataReport) -> str:
+    skipped = sum(report.skipped.get(split, {}).values())
+    if skipped:
+        return f"{where} ({split}): no usable examples, {skipped} skipped:\n{report.summary()}"
+    if split == "validation":
+        return (f"{where}: nothing to validate on: every class has a single example, which stays in training. "
+                "Give a validation set (--validation_dir / --validation_file) or two examples of a class or more")
+    return f"{where} ({split}): no examples"
+
 
 
 def _held_out_count(rest: Dataset, fraction: float) -> int:

@@ -65,6 +65,19 @@ def test_a_small_set_holds_out_one_example_of_each_class_at_least(tmp_path):
     assert sorted(splits["validation"]["label"]) == [0, 1, 2] and sorted(set(splits["train"]["label"])) == [0, 1, 2]
 
 
+def test_nothing_left_to_validate_on_is_an_error_that_says_why(tmp_path):
+    """One image a class (each stays in training), or a validation folder of unreadable files: an error before
+    training, not an IndexError at the first evaluation."""
+    single = make_image_folder(tmp_path / "single", 1)
+    with pytest.raises(DataError, match="every class has a single example"):
+        prepare(train_dir=str(single))
+    train, broken = make_image_folder(tmp_path / "train", 4), make_image_folder(tmp_path / "broken", 1)
+    for image in broken.rglob("*.png"):
+        image.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"\(validation\): no usable examples, 3 skipped"):
+        prepare(train_dir=str(train), validation_dir=str(broken))
+
+
 def test_string_labels_become_one_class_label_for_all_splits():
     splits = DatasetDict(train=Dataset.from_dict({"label": ["cat", "dog", "cat"]}),
                          validation=Dataset.from_dict({"label": ["dog"]}))
