@@ -268,7 +268,8 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
         splits = splits.rename_column(args.label_column_name, "label")
     splits = DatasetDict({s: task.drop_unusable(d, s, report) for s, d in splits.items()})
     splits = encode_labels(splits, "label", where)
-    if "validation" not in splits:
+    held_out = "validation" not in splits
+    if held_out:
         if not 0 < args.train_val_split < 1:
             raise DataError(f"--train_val_split must be in (0, 1) when no validation set is given, not "
                             f"{args.train_val_split}")
@@ -281,30 +282,29 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
                                                                      len(splits["validation"]))))
     for split in ("train", "validation"):
         if len(splits[split]) == 0:
-            raise DataError(_empty_split_message(split, where, report))
+            raise DataError(_empty_split_message(split, where, report, held_out))
     logger.info(report.summary())
     return splits, report, args
 
 
-def _empty_split_message(split: str, where: str, report: DataReport) -> str:
+def _empty_split_message(split: str, where: str, report: DataReport, held_out: bool) -> str:
     skipped = sum(report.skipped.get(split, {}).values())
     if skipped:
         return f"{where} ({split}): no usable examples, {skipped} skipped:\n{report.summary()}"
-    if split == "validation":
+    if split == "validation" and held_out:
         return (f"{where}: nothing to validate on: every class has a single example, which stays in training. "
-                "Give a validation set (--validation_dir / --validation_file) or two examples of a class or more")
+                "Give a validation set (--validation_dir / --validation_file) or at least two examples of some class")
     return f"{where} ({split}): no examples"
 
 
-
 def _held_out_count(rest: Dataset, fraction: float) -> int:
-    """How many examples the stratified split holds out: the fraction, but at least one of each class on either
-    side (a stratified split refuses fewer; every class here has two examples or more)."""
+    """How many examples the stratified split holds out: the fraction, but no fewer on either side than there are
+    classes, which the stratified split requires (every class here has two examples or more)."""
     classes = len(set(rest["label"]))
     count = min(max(math.ceil(fraction * len(rest)), classes), len(rest) - classes)
     if count != math.ceil(fraction * len(rest)):
-        logger.info("Validation split: %d of %d examples (--train_val_split %g), so that each of the %d classes has "
-                    "one on either side", count, len(rest), fraction, classes)
+        logger.info("Validation split: %d of %d examples (--train_val_split %g): a stratified split of %d classes "
+                    "needs as many on either side", count, len(rest), fraction, classes)
     return count
 
 

@@ -251,7 +251,12 @@ class ImageTask(TaskAdapter):
         """
         size = self.data_args.image_size if self.data_args else None
         chosen = size is None
-        native = _size_the_model_takes(processor, model, _processor_size(processor))
+        native = _processor_size(processor)
+        config_size = _config_size_instead(model, native)
+        if config_size and _set_processor_size(processor, config_size):
+            logger.warning("%s takes %d px inputs (its config's image_size), not the %d px its %s makes: resizing to "
+                           "%d px", type(model).__name__, config_size, native, type(processor).__name__, config_size)
+            native = config_size
         reason = f"the checkpoint's {native} px"
         if size is None:
             sides = sorted(min(_open_image(v).size) for v in splits["train"].select(
@@ -435,18 +440,15 @@ def _set_processor_size(processor, size: int) -> bool:
     return False
 
 
-def _size_the_model_takes(processor, model, native: int) -> int:
-    """The processor's size, or the config's `image_size` where the model refuses the processor's and takes its
-    config's (a processor saved with its defaults beside a ViT of another size): the processor is then set to it."""
+def _config_size_instead(model, native: int) -> int | None:
+    """The config's square `image_size` where the model refuses the processor's size and takes that one (a processor
+    saved with its defaults beside a ViT of another size); None where the processor's size runs (Dinov2's config
+    says 518, its processors 224, and it interpolates)."""
     wanted = getattr(model.config, "image_size", None)
     wanted = wanted[-1] if isinstance(wanted, (list, tuple)) else wanted
     if not isinstance(wanted, int) or wanted == native or _accepts_size(model, native):
-        return native
-    if not (_accepts_size(model, wanted) and _set_processor_size(processor, wanted)):
-        return native  # the model's own error on the first batch names both sizes
-    logger.warning("%s takes %d px inputs (its config's image_size), not the %d px its %s makes: resizing to %d px",
-                   type(model).__name__, wanted, native, type(processor).__name__, wanted)
-    return wanted
+        return None
+    return wanted if _accepts_size(model, wanted) else None  # else the model's own error names both sizes
 
 
 def _accepts_size(model, size: int) -> bool:
@@ -530,7 +532,7 @@ class TextTask(TaskAdapter):
 
     def adapt_processor(self, tokenizer, model, splits, choices):
         """The token limit: --max_seq_length, else the model's, capped at 512 and at the position table (XLNet's
-        config, which has none, says -1). A tokenizer with ids past the model's vocabulary is an error now."""
+        config, which has none, says -1). A tokenizer with ids past the model's vocabulary is an error."""
         _check_vocabulary(tokenizer, model)
         limits = [tokenizer.model_max_length, _position_limit(model), self.max_length_cap]
         natural = min(int(v) for v in limits if v and v > 0)
@@ -597,7 +599,8 @@ class TextTask(TaskAdapter):
 
 def _position_limit(model) -> int | None:
     """The longest input the position table holds: `max_position_embeddings`, less the offset of tables that number
-    positions after the padding index (RoBERTa, XLM-R, MPNet: 514 rows hold 512 tokens; a table of 512 holds 510)."""
+    positions after the padding index (RoBERTa, XLM-R, MPNet, whose `create_position_ids_from_input_ids` starts at
+    padding_idx + 1: 514 rows hold 512 tokens; a table of 512 holds 510)."""
     for name, module in model.named_modules():
         if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding) \
                 and module.padding_idx is not None:
@@ -607,15 +610,26 @@ def _position_limit(model) -> int | None:
 
 def _check_vocabulary(tokenizer, model) -> None:
     """The tokenizer's ids must index the model's embedding table: past it, the first batch that holds such a token
-    fails with an IndexError that names neither (a tokenizer saved beside a model of another vocabulary)."""
+    fails with an IndexError that names neither (a tokenizer saved beside a model of another vocabulary). Special
+    tokens that encoding never adds may lie past it (BART-large-CNN's table ends before its `<mask>`): a warning."""
     try:
         table = model.get_input_embeddings()
     except (AttributeError, NotImplementedError):
         return
-    if isinstance(table, torch.nn.Embedding) and len(tokenizer) > table.num_embeddings:
-        raise ModelError(f"The tokenizer has {len(tokenizer):,} tokens but {type(model).__name__}'s embedding "
-                         f"table has {table.num_embeddings:,} rows: its ids would index past the table. Save the "
-                         "tokenizer the model was trained with beside it (or resize the model's embeddings to it)")
+    if not isinstance(table, torch.nn.Embedding):
+        return
+    past = {token: index for token, index in tokenizer.get_vocab().items() if index >= table.num_embeddings}
+    added = {getattr(tokenizer, f"{kind}_token_id", None) for kind in ("pad", "cls", "sep", "bos", "eos", "unk")}
+    unused = set(tokenizer.all_special_ids) - added
+    needed = sorted((index, token) for token, index in past.items() if index not in unused)
+    if needed:
+        raise ModelError(f"{len(needed):,} of the tokenizer's ids (up to {needed[-1][0]:,}: "
+                         f"{', '.join(repr(token) for _, token in needed[-3:])}) lie past {type(model).__name__}'s "
+                         f"embedding table of {table.num_embeddings:,} rows. Save the tokenizer the model was trained "
+                         "with beside it (or resize the model's embeddings to it)")
+    if past:
+        logger.warning("Special tokens %s lie past %s's embedding table (%d rows); texts that spell them out would "
+                       "fail", ", ".join(map(repr, past)), type(model).__name__, table.num_embeddings)
 
 
 def _give_pad_token(tokenizer, model) -> None:

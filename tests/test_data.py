@@ -57,7 +57,7 @@ def test_train_val_split_is_stratified_when_no_validation_is_given(image_folders
     assert sorted(set(splits["validation"]["label"])) == [0, 1, 2]
 
 
-def test_a_small_set_holds_out_one_example_of_each_class_at_least(tmp_path):
+def test_a_small_set_holds_out_as_many_examples_as_it_has_classes(tmp_path):
     """12 images of 3 classes at the default fraction (0.15: 2 examples) made the stratified split refuse."""
     train = make_image_folder(tmp_path / "train", 4)
     splits, _ = prepare(train_dir=str(train))

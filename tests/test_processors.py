@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_image_folder, save_tiny_checkpoint
+from conftest import make_image_folder, save_tiny_checkpoint, tiny_image_model
 from PIL import Image
 from transformers import (AutoImageProcessor, ConvNextImageProcessorPil, MobileNetV2ImageProcessorPil,
                           ViTImageProcessorPil)
@@ -71,3 +71,17 @@ def test_a_processor_of_another_size_than_its_model_is_set_to_the_size_the_model
     assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (32, 32)
     recorded = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
     assert recorded["chosen"]["image_size"]["value"] == 32
+
+
+def test_a_model_that_runs_at_its_processors_size_keeps_it_whatever_its_config_says():
+    """Dinov2's configs say 518 px and its processors make 224: it interpolates its positions, so nothing changes.
+    A ViT at its config's size is asked nothing; at another size it names its config's."""
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    from hftransfer.tasks import _config_size_instead
+
+    dinov2 = Dinov2ForImageClassification(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                       image_size=64, patch_size=8))
+    assert _config_size_instead(dinov2, 32) is None
+    vit = tiny_image_model("vit", image_size=32)
+    assert _config_size_instead(vit, 32) is None and _config_size_instead(vit, 224) == 32

@@ -230,6 +230,8 @@ def test_a_roberta_position_table_holds_its_offset_fewer_tokens(pad_id):
     assert longest["input_ids"].shape[1] == 63 - pad_id
     with torch.no_grad():
         assert model(input_ids=longest["input_ids"]).logits.shape == (1, 2)
+        with pytest.raises((IndexError, RuntimeError)):  # one token more fails, as it did at the limit before
+            model(input_ids=torch.cat([longest["input_ids"], longest["input_ids"][:, -1:]], 1))
 
 
 def test_a_tokenizer_past_the_models_vocabulary_is_an_error_that_names_both():
@@ -242,5 +244,19 @@ def test_a_tokenizer_past_the_models_vocabulary_is_an_error_that_names_both():
     model = BertForSequenceClassification(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
                                                      num_attention_heads=2, intermediate_size=37))
     tokenizer = AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"))
-    with pytest.raises(ModelError, match="30,522 tokens .* 99 rows"):
+    with pytest.raises(ModelError, match=r"30,422 of the tokenizer's ids \(up to 30,521: .*embedding table of 99 rows"):
         TextTask(DataArguments()).adapt_processor(tokenizer, model, {}, Choices())
+
+
+def test_a_special_token_past_the_vocabulary_that_encoding_never_adds_is_a_warning(caplog):
+    """BART-large-CNN's embedding table ends before its tokenizer's `<mask>`; texts never encode to it."""
+    from hftransfer import zoo
+    from hftransfer.choices import Choices
+
+    model = tiny_text_model("bert")
+    tokenizer = AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert len(tokenizer) == model.get_input_embeddings().num_embeddings + 1
+    with caplog.at_level("WARNING"):
+        TextTask(DataArguments()).adapt_processor(tokenizer, model, {}, Choices())
+    assert "Special tokens '<extra>' lie past BertForSequenceClassification's embedding table" in caplog.text
