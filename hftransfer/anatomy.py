@@ -89,6 +89,14 @@ def timm_network(model: nn.Module) -> nn.Module | None:
     return base if isinstance(config, dict) and config.get("classifier") else None
 
 
+def input_embeddings(model: nn.Module) -> nn.Module | None:
+    """The model's input embedding table, None where it has none (convnets; CANINE's hashed characters raise)."""
+    try:
+        return model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
 def block_list_name(model: nn.Module) -> str | None:
     """The `ModuleList` inside the base holding the most parameters: the base's sequence of blocks. A list of one
     counts only where there is no longer one: ALBERT runs one shared layer group as all its layers (one block)."""

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .anatomy import input_embeddings
+
 logger = logging.getLogger(__name__)
 
 AMPERE = (8, 0)  # native bf16 and TF32 from compute capability 8.0 (A100); T4 (7.5) and V100 (7.0) have neither
@@ -95,10 +97,7 @@ def prepare_for_fsdp(model) -> None:
     Classes a user names (`fsdp_transformer_layer_cls_to_wrap`) take precedence in Accelerate, as before."""
     listed = list(getattr(model, "_no_split_modules", None) or [])
     present = {type(m).__name__ for m in model.modules()}
-    try:
-        embeddings = model.get_input_embeddings()
-    except (AttributeError, NotImplementedError):  # convnets
-        embeddings = None
+    embeddings = input_embeddings(model)
     holders = {type(m).__name__ for m in model.modules()
                if embeddings is not None and m is not embeddings and m is not model
                and any(sub is embeddings for sub in m.modules())}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 
-from .anatomy import ModelError, architecture, is_decoder_classifier
+from .anatomy import ModelError, architecture, input_embeddings, is_decoder_classifier
 from .data import DataReport
 from .outputs import EXAMPLES_FILE
 from .pixels import FastPixels, size_entries
@@ -612,10 +612,7 @@ def _check_vocabulary(tokenizer, model) -> None:
     """The tokenizer's ids must index the model's embedding table: past it, the first batch that holds such a token
     fails with an IndexError that names neither (a tokenizer saved beside a model of another vocabulary). Special
     tokens that encoding never adds may lie past it (BART-large-CNN's table ends before its `<mask>`): a warning."""
-    try:
-        table = model.get_input_embeddings()
-    except (AttributeError, NotImplementedError):
-        return
+    table = input_embeddings(model)
     if not isinstance(table, torch.nn.Embedding):
         return
     past = {token: index for token, index in tokenizer.get_vocab().items() if index >= table.num_embeddings}
