@@ -300,9 +300,9 @@ def _empty_split_message(split: str, where: str, report: DataReport, held_out: b
 def _held_out_count(rest: Dataset, fraction: float) -> int:
     """How many examples the stratified split holds out: the fraction, but no fewer on either side than there are
     classes, which the stratified split requires (every class here has two examples or more)."""
-    classes = len(set(rest["label"]))
-    count = min(max(math.ceil(fraction * len(rest)), classes), len(rest) - classes)
-    if count != math.ceil(fraction * len(rest)):
+    classes, asked = len(set(rest["label"])), math.ceil(fraction * len(rest))
+    count = min(max(asked, classes), len(rest) - classes)
+    if count != asked:
         logger.info("Validation split: %d of %d examples (--train_val_split %g): a stratified split of %d classes "
                     "needs as many on either side", count, len(rest), fraction, classes)
     return count
