@@ -109,6 +109,21 @@ def prepare_for_fsdp(model) -> None:
                         ", ".join(kept) or "no blocks", ", ".join(sorted(holders & set(listed))))
 
 
+def settle_fsdp_precision(model) -> None:
+    """FSDP2 settles each wrapped group's gradient dtype at the model's first forward, from the parameters that train
+    then. A later stage that trains more (`staged`'s second, `fine_tune`'s after the head) reused groups settled with
+    nothing to train, and under bf16 their gradients came back bf16 for float32 parameters (`RuntimeError: attempting
+    to assign a gradient with dtype 'c10::BFloat16' to a tensor with grad_dtype 'Float'`, seen on an H200). Each
+    group is settled again, as FSDP2's own (idempotent) lazy initialisation does, for the parameters that train now."""
+    for module in model.modules():
+        state = module._get_fsdp_state() if hasattr(module, "_get_fsdp_state") else None
+        groups = getattr(state, "_fsdp_param_groups", None)
+        if groups is None:  # torch before 2.12 kept one group a module
+            groups = [group for group in [getattr(state, "_fsdp_param_group", None)] if group is not None]
+        for group in groups:
+            group._init_mp_dtypes()
+
+
 def shards_parameters(args) -> bool:
     """FSDP, or DeepSpeed ZeRO-3 (which loads a model's parameters already partitioned): the model runs only once
     wrapped."""

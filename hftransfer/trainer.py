@@ -46,6 +46,7 @@ class TransferTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if hardware.fsdp_enabled(self.args):  # each trainer's Accelerate wraps the model anew, when it trains
             hardware.prepare_for_fsdp(self.model)
+            hardware.settle_fsdp_precision(self.model)  # wrapped by an earlier stage: settled for what trains now
         # read off the model as handed over: FSDP (version 1) and torch.compile rename parameters when they wrap it
         self.rate_factors = freezing.lr_factors(self.model, plan) if plan is not None else {}
         # Classifiers average their loss over the batch. A forward that merely takes **kwargs (MobileNetV2's does,
