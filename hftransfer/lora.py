@@ -10,13 +10,19 @@ a model with none is an error up front, not after the head's stage.
 After training, the adapters are merged into the base (`merge_and_unload`), so `output_dir` is a plain model that
 `from_pretrained`, pipelines and the demo load; the adapter itself (with the trained head) is also saved, in
 `output_dir/lora_adapter/`, for PEFT users who keep one base and many adapters.
+
+Under FSDP the adapters' stage is the only one (`choices`), and FSDP shards the model in place: `wrap` keeps a plain
+copy of it on the CPU, and `merge` gathers the trained weights from every rank into that copy, then merges it. The
+result is the same plain model as without FSDP, on every rank (each held the whole checkpoint when it loaded it).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -63,9 +69,9 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     return [n for n in adaptable if n in found]
 
 
-def wrap(model: nn.Module, transfer, targets: list[str]):
+def wrap(model: nn.Module, transfer, targets: list[str], sharded: bool = False):
     """The model as a `PeftModel`: adapters on the targets (`resolve_targets`), the head modules trained in full
-    (`modules_to_save`)."""
+    (`modules_to_save`). `sharded` (FSDP): with a plain CPU copy to gather the trained weights into (`merge`)."""
     from peft import LoraConfig, get_peft_model
 
     head_names = list(head_modules(model))
@@ -74,8 +80,12 @@ def wrap(model: nn.Module, transfer, targets: list[str]):
     transposed = all(isinstance(model.get_submodule(name), Conv1D) for name in targets)
     config = LoraConfig(r=transfer.lora_r, lora_alpha=transfer.lora_alpha, lora_dropout=transfer.lora_dropout,
                         target_modules=targets, modules_to_save=head_names, fan_in_fan_out=transposed)
+    plain = get_peft_model(copy.deepcopy(model).cpu(), copy.deepcopy(config)) if sharded else None
     peft_model = get_peft_model(model, config)
     _expose_convolution_geometry(peft_model)
+    if plain is not None:  # kept off the module tree, where FSDP would shard it too
+        _expose_convolution_geometry(plain)
+        object.__setattr__(peft_model, "_hftransfer_plain", plain)
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info("LoRA r=%d alpha=%g on %d modules (%s ...); %s of %s parameters train (%.2f%%)", transfer.lora_r,
                 transfer.lora_alpha, len(targets), ", ".join(targets[:3]), f"{trainable:,}", f"{total:,}",
@@ -105,8 +115,16 @@ def settings(peft_model, transfer) -> dict:
             "target_modules": sorted(adapted)}
 
 
-def merge(peft_model, adapter_dir: str | Path | None):
-    """Save the adapter (when `adapter_dir` is given: main process only), then return the merged plain model."""
+def merge(peft_model, adapter_dir: str | Path | None, device: torch.device):
+    """Save the adapter (when `adapter_dir` is given: main process only), then return the merged plain model, on
+    `device`. A sharded model (FSDP) is first gathered into its plain copy, on every rank: its merge in place would
+    leave a model that runs only inside FSDP's wrapper."""
+    plain = getattr(peft_model, "_hftransfer_plain", None)
+    if plain is not None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        plain.load_state_dict(get_model_state_dict(peft_model, options=StateDictOptions(full_state_dict=True)))
+        peft_model = plain.to(device)
     if adapter_dir is not None:
         peft_model.save_pretrained(adapter_dir)
     return peft_model.merge_and_unload()

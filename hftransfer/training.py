@@ -154,7 +154,7 @@ class TransferRun:
             except (NotImplementedError, AttributeError):
                 pass  # no input embeddings to hook (convnets)
         if stage.kind == ADAPTERS:
-            self.model = lora.wrap(self.model, self.run.transfer, stage.lora_targets)
+            self.model = lora.wrap(self.model, self.run.transfer, stage.lora_targets, hardware.fsdp_enabled(self.args))
             stage.plan.lora = lora.settings(self.model, self.run.transfer)
         stage.cached_features = stage.kind != ADAPTERS and self.store.serves(
             self.model, stage.name, self.run.transfer.cache_features, self.choices)
@@ -163,7 +163,7 @@ class TransferRun:
                    "trainable_parameters": freezing.trainable_count(self.model)[0], **stage.selection.summary()}
         if stage.kind == ADAPTERS:  # a plain model again, so saving and the demo need no PEFT
             adapter_dir = Path(self.args.output_dir) / ADAPTER_FOLDER if self.args.should_save else None
-            self.model = trainer.model = lora.merge(self.model, adapter_dir)  # the trainer saves the merged model
+            self.model = trainer.model = lora.merge(self.model, adapter_dir, self.args.device)  # saved merged
         if last:
             self.final_trainer = trainer
         else:
