@@ -111,6 +111,26 @@ def save_bert(folder: Path, tiny: bool, vocabulary: list[str]) -> Path:
     return folder
 
 
+def save_qwen2(folder: Path, vocabulary: list[str]) -> Path:
+    """A tiny decoder classifier with a byte-level BPE tokenizer that, as decoder LMs ship, has an end-of-text token
+    and no pad token (Qwen2's tokenizer class reads its vocabulary and merges, and would default to padding)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForSequenceClassification
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(vocabulary, vocab_size=300, special_tokens=["<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                        model_max_length=128)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=tokenizer.eos_token_id,
+                         num_labels=2)
+    Qwen2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "pad_token": None}))
+    return folder
+
+
 def non_embedding_parameters(folder: Path) -> int:
     from transformers import AutoModel
 
@@ -205,13 +225,15 @@ def throughput_rows(work: Path, tiny: bool, count: int, peak: float) -> list[dic
 
 def smoke_rows(work: Path) -> list[dict]:
     """Each launcher config on tiny models: both stages of `staged` (the second re-wraps what the first wrapped) and
-    LoRA, on a ViT; `staged` on a BERT (its embeddings wrapped on their own)."""
+    LoRA, on a ViT; `staged` and LoRA on a BERT (its embeddings wrapped on their own); a decoder's default (LoRA)."""
     vocabulary = [f"w{i}" for i in range(500)]
     train, validation = image_folders(work / "smoke-images", 64, 224)
     train_text, validation_text = text_files(work / "smoke-texts", 64, 30, vocabulary)
     runs = {"staged": ("image", save_vit(work / "tiny-vit", tiny=True), "staged"),
             "lora": ("image", work / "tiny-vit", "lora"),
-            "text staged": ("text", save_bert(work / "tiny-bert", True, vocabulary), "staged")}
+            "text staged": ("text", save_bert(work / "tiny-bert", True, vocabulary), "staged"),
+            "text lora": ("text", work / "tiny-bert", "lora"),
+            "decoder default": ("text", save_qwen2(work / "tiny-qwen2", vocabulary), None)}
     data = {"image": ["--train_dir", str(train), "--validation_dir", str(validation)],
             "text": ["--train_file", str(train_text), "--validation_file", str(validation_text)]}
     rows = []
@@ -223,10 +245,11 @@ def smoke_rows(work: Path) -> list[dict]:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     str(ROOT / "recipes" / "accelerate_configs" / config), "--num_processes", "1"]
         for label, (task, model, strategy) in runs.items():
+            chosen = ["--strategy", strategy] if strategy else []  # none: the recipe chooses
             rows.append({"row": f"{name} smoke, {label}",
                          **recipe(task, work / f"{name.split()[0]}-{label.replace(' ', '-')}", "--model_name_or_path",
-                                  str(model), *data[task], "--strategy", strategy, "--head_epochs", "2",
-                                  "--num_train_epochs", "1", launcher=launcher)})
+                                  str(model), *data[task], *chosen, "--head_epochs", "2", "--num_train_epochs", "1",
+                                  launcher=launcher)})
     return rows
 
 
