@@ -80,7 +80,7 @@ def wrap(model: nn.Module, transfer, targets: list[str], sharded: bool = False):
     transposed = all(isinstance(model.get_submodule(name), Conv1D) for name in targets)
     config = LoraConfig(r=transfer.lora_r, lora_alpha=transfer.lora_alpha, lora_dropout=transfer.lora_dropout,
                         target_modules=targets, modules_to_save=head_names, fan_in_fan_out=transposed)
-    plain = get_peft_model(copy.deepcopy(model).cpu(), copy.deepcopy(config)) if sharded else None
+    plain = get_peft_model(_cpu_copy(model), copy.deepcopy(config)) if sharded else None
     peft_model = get_peft_model(model, config)
     _expose_convolution_geometry(peft_model)
     if plain is not None:  # kept off the module tree, where FSDP would shard it too
@@ -91,6 +91,14 @@ def wrap(model: nn.Module, transfer, targets: list[str], sharded: bool = False):
                 transfer.lora_alpha, len(targets), ", ".join(targets[:3]), f"{trainable:,}", f"{total:,}",
                 100 * trainable / total)
     return peft_model
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose tensors are on the CPU, made tensor by tensor: a copy on the GPU, then moved, would
+    hold the model twice there. Tied weights stay tied (one copy per tensor)."""
+    memo = {id(p): nn.Parameter(p.detach().cpu().clone(), requires_grad=p.requires_grad) for p in model.parameters()}
+    memo.update({id(b): b.detach().cpu().clone() for b in model.buffers()})
+    return copy.deepcopy(model, memo)
 
 
 def _expose_convolution_geometry(peft_model) -> None:
