@@ -162,7 +162,7 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
     patterns = {"freeze": list(transfer.freeze), "unfreeze": list(transfer.unfreeze),
                 "unfreeze_last_n": transfer.unfreeze_last_n, "layer_lr_decay": transfer.layer_lr_decay,
                 "lr_multipliers": list(transfer.lr_multipliers)}
-    stages = plan_stages(transfer.strategy, patterns, head_stage and not _adapters_under_fsdp(run))
+    stages = plan_stages(transfer.strategy, patterns, head_stage and not _adapters_under_fsdp(run, choices))
     augment = bool(run.data.augment)
     patience = _patience(run, choices) if run.training.eval_strategy != "no" else 0
     rdrop_weight = _rdrop_weight(run, model, train_size, any(s.kind == BASE for s in stages), choices)
@@ -185,13 +185,13 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
     return stages
 
 
-def _adapters_under_fsdp(run) -> bool:
+def _adapters_under_fsdp(run, choices: Choices) -> bool:
     """LoRA under FSDP trains its head in the adapters' stage: PEFT cannot wrap a model that an earlier stage's
-    FSDP has sharded (its layer classes are then FSDP's own; seen on an H200)."""
+    FSDP has sharded (seen on an H200)."""
     if run.transfer.strategy != "lora" or not hardware.fsdp_enabled(run.training):
         return False
-    logger.warning("FSDP: LoRA trains the head with the adapters in one stage (no head-only stage first: PEFT cannot "
-                   "wrap a model FSDP has already sharded)")
+    choices.add("head_stage", False, "FSDP: LoRA trains the head with the adapters in one stage (PEFT cannot wrap "
+                "a model FSDP has already sharded)")
     return True
 
 

@@ -110,18 +110,18 @@ def prepare_for_fsdp(model) -> None:
 
 
 def settle_fsdp_precision(model) -> None:
-    """FSDP2 settles each wrapped group's gradient dtype at the model's first forward, from the parameters that train
-    then. A later stage that trains more (`staged`'s second, `fine_tune`'s after the head) reused groups settled with
-    nothing to train, and under bf16 their gradients came back bf16 for float32 parameters (`RuntimeError: attempting
-    to assign a gradient with dtype 'c10::BFloat16' to a tensor with grad_dtype 'Float'`, seen on an H200). Each
-    group is settled again, as FSDP2's own (idempotent) lazy initialisation does, for the parameters that train now."""
+    """FSDP2 settles each wrapped group's gradient dtype at the first forward, from what trains then: a later stage
+    that trains more got bf16 gradients for float32 parameters (seen on an H200). Settled again for what trains now,
+    as FSDP2's own, idempotent lazy initialisation does."""
+    from torch.distributed.fsdp import FSDPModule
+
     for module in model.modules():
-        state = module._get_fsdp_state() if hasattr(module, "_get_fsdp_state") else None
-        groups = getattr(state, "_fsdp_param_groups", None)
-        if groups is None:  # torch before 2.12 kept one group a module
-            groups = [group for group in [getattr(state, "_fsdp_param_group", None)] if group is not None]
-        for group in groups:
-            group._init_mp_dtypes()
+        if isinstance(module, FSDPModule):
+            state = module._get_fsdp_state()
+            groups = getattr(state, "_fsdp_param_groups", None)  # torch before 2.12: one group a module
+            for group in groups if groups is not None else [state._fsdp_param_group]:
+                if group is not None:
+                    group._init_mp_dtypes()
 
 
 def shards_parameters(args) -> bool:

@@ -22,7 +22,6 @@ import copy
 import logging
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -80,10 +79,11 @@ def wrap(model: nn.Module, transfer, targets: list[str], sharded: bool = False):
     transposed = all(isinstance(model.get_submodule(name), Conv1D) for name in targets)
     config = LoraConfig(r=transfer.lora_r, lora_alpha=transfer.lora_alpha, lora_dropout=transfer.lora_dropout,
                         target_modules=targets, modules_to_save=head_names, fan_in_fan_out=transposed)
-    plain = get_peft_model(_cpu_copy(model), copy.deepcopy(config)) if sharded else None
-    peft_model = get_peft_model(model, config)
+    unsharded = _cpu_copy(model) if sharded else None
+    peft_model = get_peft_model(model, config)  # first: its adapters draw the same initial values as without FSDP
     _expose_convolution_geometry(peft_model)
-    if plain is not None:  # kept off the module tree, where FSDP would shard it too
+    if unsharded is not None:  # kept off the module tree, where FSDP would shard it too
+        plain = get_peft_model(unsharded, copy.deepcopy(config))
         _expose_convolution_geometry(plain)
         object.__setattr__(peft_model, "_hftransfer_plain", plain)
     trainable, total = peft_model.get_nb_trainable_parameters()
@@ -96,6 +96,9 @@ def wrap(model: nn.Module, transfer, targets: list[str], sharded: bool = False):
 def _cpu_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` whose tensors are on the CPU, made tensor by tensor: a copy on the GPU, then moved, would
     hold the model twice there. Tied weights stay tied (one copy per tensor)."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("FSDP with LoRA needs every rank to load the whole checkpoint: set "
+                         "fsdp_cpu_ram_efficient_loading: false in the Accelerate config (as fsdp.yaml does)")
     memo = {id(p): nn.Parameter(p.detach().cpu().clone(), requires_grad=p.requires_grad) for p in model.parameters()}
     memo.update({id(b): b.detach().cpu().clone() for b in model.buffers()})
     return copy.deepcopy(model, memo)
@@ -123,14 +126,15 @@ def settings(peft_model, transfer) -> dict:
             "target_modules": sorted(adapted)}
 
 
-def merge(peft_model, adapter_dir: str | Path | None, device: torch.device):
-    """Save the adapter (when `adapter_dir` is given: main process only), then return the merged plain model, on
-    `device`. A sharded model (FSDP) is first gathered into its plain copy, on every rank: its merge in place would
-    leave a model that runs only inside FSDP's wrapper."""
+def merge(peft_model, adapter_dir: str | Path | None):
+    """Save the adapter (when `adapter_dir` is given: main process only), then return the merged plain model. A
+    sharded model (FSDP) is first gathered into its plain copy, on every rank (a collective): merged in place, it
+    would run only inside FSDP's wrapper."""
     plain = getattr(peft_model, "_hftransfer_plain", None)
     if plain is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        device = next(peft_model.parameters()).device  # the device of this rank's shards
         plain.load_state_dict(get_model_state_dict(peft_model, options=StateDictOptions(full_state_dict=True)))
         peft_model = plain.to(device)
     if adapter_dir is not None:

@@ -163,7 +163,7 @@ class TransferRun:
                    "trainable_parameters": freezing.trainable_count(self.model)[0], **stage.selection.summary()}
         if stage.kind == ADAPTERS:  # a plain model again, so saving and the demo need no PEFT
             adapter_dir = Path(self.args.output_dir) / ADAPTER_FOLDER if self.args.should_save else None
-            self.model = trainer.model = lora.merge(self.model, adapter_dir, self.args.device)  # saved merged
+            self.model = trainer.model = lora.merge(self.model, adapter_dir)  # the trainer saves the merged model
         if last:
             self.final_trainer = trainer
         else:

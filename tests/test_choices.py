@@ -115,13 +115,14 @@ def test_augment_with_cached_features_is_said_and_applies_where_it_can(caplog):
     assert head.augment and not caplog.text  # no cache: every epoch sees new crops
 
 
-def test_lora_under_fsdp_trains_its_head_with_the_adapters_in_one_stage(monkeypatch, caplog):
+def test_lora_under_fsdp_trains_its_head_with_the_adapters_in_one_stage(monkeypatch):
     """PEFT cannot wrap a model an earlier stage's FSDP has sharded (seen on an H200): under FSDP, LoRA has no
     head-only stage; `staged` keeps its two."""
     model = tiny_text_model("bert")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     assert [s.kind for s in stages(["--strategy", "lora"], model)[0]] == ["head", "adapters"]
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert [s.kind for s in stages(["--strategy", "lora"], model)[0]] == ["adapters"]
-    assert "FSDP: LoRA trains the head with the adapters in one stage" in caplog.text
+    sharded, chosen = stages(["--strategy", "lora"], model)
+    assert [s.kind for s in sharded] == ["adapters"]
+    assert chosen["head_stage"]["value"] is False and "PEFT cannot wrap" in chosen["head_stage"]["reason"]
     assert [s.kind for s in stages(["--strategy", "staged"], model)[0]] == ["head", "base"]

@@ -59,6 +59,36 @@ def test_under_fsdp_the_head_trains_on_the_frozen_base_without_channels_last(mon
     assert convolutions and all(w.is_contiguous() for w in convolutions)
 
 
+def test_lora_under_fsdp_trains_one_stage_and_saves_the_model_gathered_into_its_plain_copy(tmp_path, monkeypatch):
+    """The run's own wiring under FSDP (Accelerate's FSDP needs a GPU: `hardware.fsdp_enabled` stands in; the
+    sharded path itself is tests/test_hardware.py's): LoRA has one stage, recorded as chosen, each trainer settles
+    the wrapped groups' precision, and the saved model is the plain copy kept at wrap time, merged."""
+    from conftest import save_tiny_text_checkpoint, write_reviews_csv
+    from transformers import AutoModelForSequenceClassification
+
+    from hftransfer import lora
+    from hftransfer.tasks import TextTask
+
+    settled, copies = [], []
+    settle, merge = hardware.settle_fsdp_precision, lora.merge
+    monkeypatch.setattr(hardware, "fsdp_enabled", lambda args: True)
+    monkeypatch.setattr(hardware, "settle_fsdp_precision", lambda model: settled.append(model) or settle(model))
+    monkeypatch.setattr(lora, "merge", lambda model, folder: copies.append(model._hftransfer_plain) or merge(model,
+                                                                                                        folder))
+    out = tmp_path / "out"
+    run = parse_args(["--model_name_or_path", str(save_tiny_text_checkpoint(tmp_path / "bert", "bert")),
+                      "--train_file", str(write_reviews_csv(tmp_path / "reviews.csv")), "--output_dir", str(out),
+                      "--strategy", "lora", "--num_train_epochs", "1", "--disable_tqdm", "true"])
+    TransferRun(run, TextTask(run.data)).execute()
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    assert [stage["stage"] for stage in record["stages"]] == ["lora"]
+    assert record["chosen"]["head_stage"]["value"] is False
+    assert [type(model).__name__ for model in settled] == ["PeftModel"]  # the one stage's trainer, as handed over
+    saved = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    gathered = copies[0].base_model.model.state_dict()  # merged in place by `merge`
+    assert saved.keys() <= gathered.keys() and all(torch.equal(saved[k], gathered[k]) for k in saved)
+
+
 def test_two_stages_on_an_fsdp2_sharded_model_over_a_gloo_mesh(tmp_path):
     """The freeze plan of each stage on a model sharded by `fully_shard` (tests/support/fsdp_stages.py, 2 processes):
     stage 1 moves the head only, stage 2 the base too, and the gathered weights give the sharded model's logits."""
