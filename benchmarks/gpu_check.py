@@ -1,6 +1,7 @@
 """The GPU check: hftransfer's own training path on one GPU, as one command, one table.
 
     bash benchmarks/gpu_check.sh            # on a GPU machine (installs what is missing, then runs this)
+    bash benchmarks/gpu_check.sh --rows smoke  # only the groups named: defaults, throughput, smoke
     python benchmarks/gpu_check.py --dry_run  # the same steps on a CPU with tiny models, to check the script
 
 Rows (each a recipe run in its own process, as a user runs it):
@@ -12,7 +13,8 @@ Rows (each a recipe run in its own process, as a user runs it):
   images/s or tokens/s from the Trainer, and achieved TFLOP/s (6 x non-embedding parameters x tokens for a step
   that trains the base, 2 x for a frozen one) against a bf16 matmul peak measured after a warm-up;
 - FSDP2 and DeepSpeed ZeRO-2 smoke runs (`accelerate launch --config_file recipes/accelerate_configs/...`, one
-  process), DeepSpeed only where it is installed.
+  process) of `staged` and LoRA on a tiny ViT and BERT and of a tiny Qwen2 decoder's default, DeepSpeed only where
+  it is installed.
 Writes the table to stdout and, as JSON, to --out (default $OUT/gpu_check.json, else benchmarks/results/).
 """
 
