@@ -99,8 +99,9 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     if any(p.is_meta for p in model.parameters()):
         raise ValueError("FSDP with LoRA needs every rank to load the whole checkpoint: set "
                          "fsdp_cpu_ram_efficient_loading: false in the Accelerate config (as fsdp.yaml does)")
-    memo = {id(p): nn.Parameter(p.detach().cpu().clone(), requires_grad=p.requires_grad) for p in model.parameters()}
-    memo.update({id(b): b.detach().cpu().clone() for b in model.buffers()})
+    memo = {id(p): nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    memo.update({id(b): b.detach().to("cpu", copy=True) for b in model.buffers()})
     return copy.deepcopy(model, memo)
 
 
