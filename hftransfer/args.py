@@ -97,6 +97,10 @@ class TransferArguments:
                                         "times the symmetric KL between the two predictions (one doubled forward "
                                         "pass: about 1.6 times the step time); 0: off. Default: chosen (see the "
                                         "README)."})
+    adversarial_epsilon: float | None = field(default=None, metadata={"help": (
+        "Adversarial training on the token embeddings (FGM, Miyato et al. 2017) in the stages that train the base: "
+        "each batch runs again with its embeddings moved this far (L2, per example) along the loss's gradient, "
+        "that pass's loss added (about twice the step time); 0: off. Default: chosen (see the README).")})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (strategy lora)."})
     lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: updates are scaled by "
                                                             "alpha / r."})

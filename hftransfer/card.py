@@ -126,7 +126,7 @@ def _training_section(run: dict, plan: dict | None, config: dict) -> str:
     stages = stage_rows(run["stages"])
     keys = ["strategy", "per_device_train_batch_size", "weight_decay", "warmup_steps", "lr_scheduler_type", "seed",
             "image_size", "max_seq_length", "layer_lr_decay", "lr_multipliers", "head_hidden_sizes", "head_dropout",
-            "rdrop_weight", "bf16", "fp16"]
+            "rdrop_weight", "adversarial_epsilon", "bf16", "fp16"]
     hyper = [{"setting": k, "value": settings.get(k)} for k in keys if settings.get(k) not in (None, [], False)]
     text = "## Training procedure\n\n" + markdown_table(stages) + "\n" + markdown_table(hyper)
     chosen = [{"setting": k, "value": v["value"], "why": v["reason"]} for k, v in (run.get("chosen") or {}).items()]

@@ -12,7 +12,7 @@ columns, sizes and lengths (`data`, the task adapters).
     grouping      batches grouped by text length                    once the lengths are known
     labels        class-size loss, the metric for the best epoch     once the training labels are counted
     stages        each stage's learning rate and epochs, augmenting, before the first stage trains
-                  early-stopping patience, R-Drop
+                  early-stopping patience, R-Drop, adversarial training
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import math
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch import nn
 
 from . import hardware
-from .anatomy import architecture, has_dropout
+from .anatomy import architecture, has_dropout, input_embeddings
 from .selection import imbalance_ratio
 from .strategies import ADAPTERS, BASE, HEAD, Stage, plan_stages
 
@@ -59,6 +60,10 @@ EARLY_STOPPING_PATIENCE = 5
 # would run two identical passes: off. Weight 3 scored the same within the seeds' spread (+0.08 points on three runs).
 RDROP_WEIGHT = 1.0
 RDROP_MAX_EXAMPLES = 10_000
+# Adversarial training on the token embeddings (FGM; README, "Adversarial training on the embeddings"): measured on
+# MiniLM with R-Drop, 2,000 reviews of two draws, seeds 42-44: means 0.809 -> 0.814 and 0.8085 -> 0.815, higher on
+# all six paired runs, at twice the fine-tuning time; epsilon 0.3 was level (seed 42). Small data, as R-Drop.
+ADVERSARIAL_EPSILON = 0.1
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "sentiment", "y")
 
 
@@ -165,7 +170,9 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
     stages = plan_stages(transfer.strategy, patterns, head_stage and not _adapters_under_fsdp(run, choices))
     augment = bool(run.data.augment)
     patience = _patience(run, choices) if run.training.eval_strategy != "no" else 0
-    rdrop_weight = _rdrop_weight(run, model, train_size, any(s.kind == BASE for s in stages), choices)
+    trains_base = any(s.kind == BASE for s in stages)
+    rdrop_weight = _rdrop_weight(run, model, train_size, trains_base, choices)
+    adversarial_epsilon = _adversarial_epsilon(run, model, train_size, trains_base, choices)
     for stage in stages:
         if stage.kind == HEAD:
             stage.learning_rate = transfer.head_learning_rate
@@ -175,6 +182,7 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
             stage.learning_rate = _base_rate(run, model, stage, choices)
             stage.augment = augment
             stage.rdrop_weight = rdrop_weight if stage.kind == BASE else 0.0
+            stage.adversarial_epsilon = adversarial_epsilon if stage.kind == BASE else 0.0
         stage.epochs = _epochs(run, stage, train_size, model, choices)
         stage.patience = patience
     if augment and transfer.cache_features and stages[0].kind == HEAD:
@@ -195,16 +203,23 @@ def _adapters_under_fsdp(run, choices: Choices) -> bool:
     return True
 
 
+def _base_stage_setting(run, flag: str, trains_base: bool) -> float | None:
+    """The user's value of a loss setting of the stages that train the base, checked; where no stage trains the
+    base, a value given is said to have no effect."""
+    given = getattr(run.transfer, flag)
+    if given is not None and given < 0:
+        raise ValueError(f"--{flag} must be 0 (off) or more, not {given:g}")
+    if given and not trains_base:
+        logger.warning("--%s %g has no effect: strategy %s has no stage that trains the base outside adapters",
+                       flag, given, run.transfer.strategy)
+    return given
+
+
 def _rdrop_weight(run, model, train_size: int, trains_base: bool, choices: Choices) -> float:
     """R-Drop's weight in the stages that train the base: on for attention models with dropout on small data
     (`RDROP_WEIGHT`); a model without dropout would run its two identical passes for nothing."""
-    given = run.transfer.rdrop_weight
-    if given is not None and given < 0:
-        raise ValueError(f"--rdrop_weight must be 0 (off) or more, not {given:g}")
+    given = _base_stage_setting(run, "rdrop_weight", trains_base)
     if not trains_base:
-        if given:
-            logger.warning("--rdrop_weight %g has no effect: strategy %s has no stage that trains the base outside "
-                           "adapters", given, run.transfer.strategy)
         return 0.0
     if given is not None:
         return given
@@ -215,6 +230,38 @@ def _rdrop_weight(run, model, train_size: int, trains_base: bool, choices: Choic
               "examples)")
     choices.add("rdrop_weight", weight, reason)
     return weight
+
+
+def _adversarial_epsilon(run, model, train_size: int, trains_base: bool, choices: Choices) -> float:
+    """FGM's step in the stages that train the base: on for attention models that read tokens, on small data
+    (`ADVERSARIAL_EPSILON`, as R-Drop); a model it cannot perturb is an error when asked for, and off by default."""
+    given = _base_stage_setting(run, "adversarial_epsilon", trains_base)
+    if not trains_base:
+        return 0.0
+    blocker = _adversarial_blocker(run, model)
+    if given is not None:
+        if given and blocker:
+            raise ValueError(f"--adversarial_epsilon {given:g}: {blocker}; 0 turns it off")
+        return given
+    kind = architecture(model)
+    epsilon = ADVERSARIAL_EPSILON if not blocker and kind == "attention" and train_size <= RDROP_MAX_EXAMPLES else 0.0
+    reason = blocker or (f"{kind} model, {train_size:,} training examples: {'on' if epsilon else 'off'} (on for "
+                         f"attention models that read tokens, up to {RDROP_MAX_EXAMPLES:,} examples)")
+    choices.add("adversarial_epsilon", epsilon, reason)
+    return epsilon
+
+
+def _adversarial_blocker(run, model) -> str | None:
+    """Why adversarial training cannot run on this model and set-up, or None."""
+    table = input_embeddings(model)
+    if not isinstance(table, nn.Embedding):
+        found = type(table).__name__ if table is not None else "none"
+        return f"{type(model).__name__} has no token embedding table to perturb (its input embeddings: {found})"
+    if getattr(model.config, "is_encoder_decoder", False):
+        return f"{type(model).__name__} embeds tokens twice a pass (encoder and decoder), not supported"
+    if hardware.fsdp_enabled(run.training) or run.training.deepspeed:
+        return "not supported under FSDP or DeepSpeed (untested: two forward passes for one backward)"
+    return None
 
 
 def default_learning_rate(model, kind: str = "base") -> float:

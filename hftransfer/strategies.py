@@ -64,6 +64,7 @@ class Stage:
     augment: bool = False
     patience: int = 0  # evaluations without improvement before the stage stops early (0: never)
     rdrop_weight: float = 0.0  # R-Drop's consistency loss (`trainer.TransferTrainer.compute_loss`); 0: off
+    adversarial_epsilon: float = 0.0  # FGM's step on the token embeddings (`trainer.AdversarialEmbeddings`); 0: off
     calibrated_batchnorm: int = 0  # BatchNorm layers re-estimated on the data before this stage
     cached_features: bool | None = None  # decided when the stage starts (or read from its record when restored)
     selection: object = None  # the stage's `selection.BestEpoch`, once its trainer is built

@@ -2,7 +2,8 @@
 
 `TransferTrainer` is the `Trainer` with three changes a transfer run needs: it never writes the Hub token, it groups
 batches by lengths computed once from the raw data, and it builds one optimizer group per learning-rate factor of the
-freeze plan (`--layer_lr_decay`, `--lr_multipliers`). It also reports `train_accuracy` from the training batches.
+freeze plan (`--layer_lr_decay`, `--lr_multipliers`). It also reports `train_accuracy` from the training batches, and
+adds the regularising losses a stage asks for: R-Drop's and adversarial training's on the input embeddings (FGM).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import freezing, hardware
+from .anatomy import input_embeddings
 from .freezing import FreezePlan
 from .metrics import classification_metrics, epoch_metrics, load_metrics, multi_label_metrics
 from .selection import ClassLoss
@@ -38,12 +40,15 @@ class TransferTrainer(Trainer):
     lengths computed once from the raw data (its own grouping would read them through the lazy transform)."""
 
     def __init__(self, *args, lengths: dict | None = None, plan: FreezePlan | None = None,
-                 class_loss: ClassLoss | None = None, rdrop_weight: float = 0.0, **kwargs):
+                 class_loss: ClassLoss | None = None, rdrop_weight: float = 0.0, adversarial_epsilon: float = 0.0,
+                 **kwargs):
         self.lengths = lengths or {}
         self.class_loss = class_loss  # single-label training loss only; evaluation reports the plain loss
         self.rdrop_weight = rdrop_weight
         self._hits = self._seen = 0
         super().__init__(*args, **kwargs)
+        self.adversarial = (AdversarialEmbeddings(input_embeddings(self.model), adversarial_epsilon)
+                            if adversarial_epsilon else None)
         if hardware.fsdp_enabled(self.args):  # each trainer's Accelerate wraps the model anew, when it trains
             hardware.prepare_for_fsdp(self.model)
             hardware.settle_fsdp_precision(self.model)  # wrapped by an earlier stage: settled for what trains now
@@ -66,28 +71,38 @@ class TransferTrainer(Trainer):
         """The `Trainer`'s loss. In single-label training it is adjusted for class sizes when `class_loss` is given
         (`selection`), and with `rdrop_weight` each batch runs twice in one doubled forward pass, under different
         dropout masks: the loss is the mean of the two passes' plus the weight times their symmetric KL (R-Drop,
-        Liang et al. 2021). Single-label batches also count correct predictions, so every logging step reports
-        `train_accuracy` at no extra forward pass (this process's batches since the last log)."""
+        Liang et al. 2021). With `adversarial_epsilon` the batch then runs again with its input embeddings moved
+        along that loss's gradient (`AdversarialEmbeddings`), and that pass's label loss is added. Single-label
+        batches also count correct predictions, so every logging step reports `train_accuracy` at no extra forward
+        pass (this process's batches since the last log)."""
         labels = inputs.get("labels")
         single_label = labels is not None and labels.dim() == 1 and model.training
-        if single_label and (self.class_loss is not None or self.rdrop_weight):
+        if single_label and (self.class_loss is not None or self.rdrop_weight or self.adversarial):
             features = {k: v for k, v in inputs.items() if k != "labels"}
             if self.rdrop_weight:  # the two passes as one doubled batch
                 features = {k: torch.cat([v, v]) for k, v in features.items()}
             outputs = model(**features)
             logits = outputs.logits.chunk(2 if self.rdrop_weight else 1)
-            loss = sum(self._label_loss(each, labels) for each in logits) / len(logits)
+            loss = self._mean_label_loss(logits, labels)
             if self.rdrop_weight:
                 loss = loss + self.rdrop_weight * symmetric_kl(*logits)
+            if self.adversarial:
+                moved = self.adversarial.pass_against(loss, lambda: model(**features).logits)
+                loss = loss + self._mean_label_loss(moved.chunk(2 if self.rdrop_weight else 1), labels)
             outputs.logits = logits[0]
         else:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
+            if self.adversarial and model.training:  # multi-label: the model's own loss, on the moved embeddings
+                loss = loss + self.adversarial.pass_against(loss, lambda: model(**inputs).loss)
         if single_label:
             # a device tensor: read (one host sync) only when logged, never at every step
             self._hits = self._hits + (outputs.logits.detach().argmax(-1) == labels).sum()
             self._seen += len(labels)
         return (loss, outputs) if return_outputs else loss
+
+    def _mean_label_loss(self, logits: tuple, labels: torch.Tensor) -> torch.Tensor:
+        return sum(self._label_loss(each, labels) for each in logits) / len(logits)
 
     def _label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.class_loss is not None:
@@ -161,6 +176,8 @@ class TransferTrainer(Trainer):
         stay live on the parameters the next stage trains) and drops the prepared model, optimizer and loaders."""
         self.accelerator.free_memory()
         self.model_wrapped = self.model
+        if self.adversarial:
+            self.adversarial.remove()
 
     def _save(self, output_dir=None, state_dict=None):
         token, self.args.hub_token = self.args.hub_token, None
@@ -168,6 +185,40 @@ class TransferTrainer(Trainer):
             super()._save(output_dir, state_dict)
         finally:
             self.args.hub_token = token
+
+
+class AdversarialEmbeddings:
+    """Adversarial training on the input embeddings (FGM, Miyato et al. 2017): a forward hook on the embedding table
+    keeps its output in training; `pass_against` moves that output by `epsilon` (per example, L2 over the sequence's
+    embeddings) along the gradient of the loss and runs the batch again. Frozen embeddings are perturbed too: the
+    hook makes their output require a gradient."""
+
+    def __init__(self, table: torch.nn.Module, epsilon: float):
+        self.epsilon, self.output, self.delta = epsilon, None, None
+        self.handle = table.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        if self.delta is not None:
+            return output + self.delta.to(output.dtype)
+        if torch.is_grad_enabled() and module.training:
+            self.output = output if output.requires_grad else output.requires_grad_()
+            return self.output
+        return output
+
+    def pass_against(self, loss: torch.Tensor, forward) -> torch.Tensor:
+        """`forward()`'s result with the embeddings of the pass that gave `loss` moved along its gradient."""
+        if self.output is None:
+            raise RuntimeError("adversarial training: the embedding table did not run in this training pass")
+        grad, = torch.autograd.grad(loss, self.output, retain_graph=True)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-8).view(-1, *[1] * (grad.dim() - 1))
+        self.delta, self.output = (self.epsilon * grad / norm).detach(), None
+        try:
+            return forward()
+        finally:
+            self.delta = None
+
+    def remove(self) -> None:
+        self.handle.remove()
 
 
 def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -127,8 +127,7 @@ class TransferRun:
     # stages ----------------------------------------------------------------
     def _apply_plan(self, plan) -> None:
         """What trains next (requires_grad, BatchNorm modes), recorded in the plan."""
-        transfer = self.run.transfer
-        freezing.apply(self.model, plan, transfer.reset_bn_momentum, transfer.freeze_bn_stats)
+        freezing.apply(self.model, plan, self.run.transfer.reset_bn_momentum, self.run.transfer.freeze_bn_stats)
 
     def _restore_finished(self, stage: Stage) -> bool:
         """A stage an earlier, interrupted run of this command finished: its model is loaded, not retrained."""
@@ -179,6 +178,7 @@ class TransferRun:
                                     self.run.transfer.keep_best_epoch)
         return {"model": self.model, "args": self._trainer_args(stage), "plan": stage.plan,
                 "class_loss": self.class_loss, "rdrop_weight": stage.rdrop_weight,
+                "adversarial_epsilon": stage.adversarial_epsilon,
                 "callbacks": [stage.selection] if self.evaluating else None,
                 "compute_metrics": self.epoch_metrics if self.evaluating else None,
                 "preprocess_logits_for_metrics": self.predictions if self.evaluating else None}

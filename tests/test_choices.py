@@ -6,8 +6,8 @@ from conftest import tiny_image_model, tiny_text_model
 from datasets import Dataset
 
 from hftransfer.args import DataArguments, parse_args
-from hftransfer.choices import (BASE_DEFAULTS, EARLY_STOPPING_PATIENCE, RDROP_MAX_EXAMPLES, RDROP_WEIGHT, Choices,
-                                choose_columns, choose_for_model, choose_stages)
+from hftransfer.choices import (ADVERSARIAL_EPSILON, BASE_DEFAULTS, EARLY_STOPPING_PATIENCE, RDROP_MAX_EXAMPLES,
+                                RDROP_WEIGHT, Choices, choose_columns, choose_for_model, choose_stages)
 from hftransfer.tasks import TextTask
 
 
@@ -29,7 +29,7 @@ def test_stage_rates_and_epochs_are_chosen_from_the_model_and_data_size_with_rea
 
 def test_what_the_user_gave_is_used_and_not_recorded_as_chosen():
     argv = ["--learning_rate", "5e-4", "--num_train_epochs", "2", "--head_epochs", "4",
-            "--early_stopping_patience", "3", "--rdrop_weight", "0.3"]
+            "--early_stopping_patience", "3", "--rdrop_weight", "0.3", "--adversarial_epsilon", "0"]
     (head, base), chosen = stages(argv, tiny_image_model("mobilenet_v2"))
     assert (head.epochs, base.epochs, base.learning_rate, head.patience, base.patience) == (4, 2, 5e-4, 3, 3)
     assert base.rdrop_weight == 0.3
@@ -63,6 +63,35 @@ def test_r_drop_is_chosen_for_attention_models_on_small_data_in_the_stages_that_
 def test_an_r_drop_weight_that_no_stage_uses_is_said(caplog):
     (only_head,), _ = stages(["--strategy", "feature_extraction", "--rdrop_weight", "1"], tiny_text_model("bert"))
     assert only_head.rdrop_weight == 0.0 and "--rdrop_weight 1 has no effect" in caplog.text
+
+
+def test_adversarial_training_is_chosen_for_models_that_read_tokens_on_small_data(caplog):
+    bert = tiny_text_model("bert")
+    (head, base), chosen = stages([], bert)
+    assert (head.adversarial_epsilon, base.adversarial_epsilon) == (0.0, ADVERSARIAL_EPSILON) and ADVERSARIAL_EPSILON
+    assert "640 training examples" in chosen["adversarial_epsilon"]["reason"]
+    (_, large), chosen = stages([], bert, train_size=RDROP_MAX_EXAMPLES + 1)
+    assert large.adversarial_epsilon == 0.0 == chosen["adversarial_epsilon"]["value"]
+    for image_model in (tiny_image_model("vit"), tiny_image_model("mobilenet_v2")):  # patches and pixels: no tokens
+        (_, base), chosen = stages([], image_model)
+        assert base.adversarial_epsilon == 0.0 and "no token embedding table" in chosen["adversarial_epsilon"]["reason"]
+        with pytest.raises(ValueError, match=f"--adversarial_epsilon 0.2: {type(image_model).__name__} has no token"):
+            stages(["--adversarial_epsilon", "0.2"], image_model)
+    (_, given), chosen = stages(["--adversarial_epsilon", "0.2"], bert)
+    assert given.adversarial_epsilon == 0.2 and "adversarial_epsilon" not in chosen
+    (only_head,), chosen = stages(["--strategy", "feature_extraction", "--adversarial_epsilon", "0.2"], bert)
+    assert only_head.adversarial_epsilon == 0.0 and "--adversarial_epsilon 0.2 has no effect" in caplog.text
+    with pytest.raises(ValueError, match="--adversarial_epsilon must be 0"):
+        stages(["--adversarial_epsilon", "-0.1"], bert)
+
+
+def test_adversarial_training_is_off_under_fsdp_and_an_error_when_asked_for(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch` with an FSDP config sets it
+    bert = tiny_text_model("bert")
+    (_, base), chosen = stages([], bert)
+    assert base.adversarial_epsilon == 0.0 and "FSDP" in chosen["adversarial_epsilon"]["reason"]
+    with pytest.raises(ValueError, match="--adversarial_epsilon 0.1: not supported under FSDP"):
+        stages(["--adversarial_epsilon", "0.1"], bert)
 
 
 def test_lora_stages_get_the_adapters_rate_and_the_user_patterns_shape_the_last_stage():

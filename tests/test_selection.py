@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_image_folder, save_tiny_checkpoint
+from conftest import make_image_folder, save_tiny_checkpoint, tiny_text_model
 from transformers import TrainerControl, TrainerState
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -186,3 +186,39 @@ def test_r_drop_adds_the_symmetric_kl_of_two_dropout_passes_to_their_mean_loss_i
     trainer.model.eval()
     plain = torch.nn.functional.cross_entropy(linear(inputs["x"]), inputs["labels"])
     assert torch.allclose(trainer.compute_loss(trainer.model, inputs), plain)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_adversarial_training_adds_the_loss_of_a_pass_with_the_embeddings_moved_along_the_gradient(multi_label,
+                                                                                                   tmp_path):
+    model = tiny_text_model("bert")
+    for module in model.modules():  # the same pass each time, to recompute it by hand
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    table = model.bert.embeddings.word_embeddings
+    table.weight.requires_grad_(False)  # frozen embeddings are perturbed all the same
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]) if multi_label else torch.tensor([0, 1, 1])
+    if multi_label:
+        model.config.problem_type = "multi_label_classification"
+    trainer = TransferTrainer(model=model, adversarial_epsilon=0.5, args=parse_args(
+        ["--output_dir", str(tmp_path), "--eval_strategy", "no"]).training)
+    inputs = {"input_ids": torch.randint(1, 1000, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long),
+              "labels": labels}
+    model.train()
+    loss = trainer.compute_loss(model, inputs)
+
+    def label_loss(embedded):
+        logits = model(inputs_embeds=embedded, attention_mask=inputs["attention_mask"]).logits
+        if multi_label:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        return torch.nn.functional.cross_entropy(logits, labels)
+    embedded = table(inputs["input_ids"]).detach().requires_grad_()
+    plain = label_loss(embedded)
+    grad, = torch.autograd.grad(plain, embedded)
+    moved = label_loss(embedded + 0.5 * grad / grad.flatten(1).norm(dim=1)[:, None, None])
+    assert moved > plain + 0.01  # a step along the gradient raises the loss
+    assert torch.allclose(loss, plain + moved, atol=1e-5)
+    model.eval()
+    assert torch.allclose(trainer.compute_loss(model, inputs), plain, atol=1e-5)  # evaluation: the plain loss
+    trainer.release()
+    assert not table._forward_hooks  # the next stage's trainer starts from the model as it was
