@@ -209,6 +209,7 @@ TEXT_DATASETS = {"reviews_2000", "debates", *OTHER_DRAWS}
 CONFIGS = {
     "staged (default)": [],
     "staged, no R-Drop": ["--rdrop_weight", "0"],
+    "staged, no FGM": ["--adversarial_epsilon", "0"],
     "feature_extraction": ["--strategy", "feature_extraction"],
     "fine_tune (last 2 blocks)": ["--strategy", "fine_tune"],
     "full (no head stage)": ["--strategy", "full"],
