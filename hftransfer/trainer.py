@@ -87,19 +87,25 @@ class TransferTrainer(Trainer):
             if self.rdrop_weight:
                 loss = loss + self.rdrop_weight * symmetric_kl(*logits)
             if self.adversarial:
-                moved = self.adversarial.pass_against(loss, lambda: model(**features).logits)
-                loss = loss + self._mean_label_loss(moved.chunk(2 if self.rdrop_weight else 1), labels)
+                moved = self.adversarial.pass_against(loss, lambda: model(**features).logits, self._backward_now)
+                loss = loss.detach() + self._mean_label_loss(moved.chunk(2 if self.rdrop_weight else 1), labels)
             outputs.logits = logits[0]
         else:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
             if self.adversarial and model.training:  # multi-label: the model's own loss, on the moved embeddings
-                loss = loss + self.adversarial.pass_against(loss, lambda: model(**inputs).loss)
+                loss = loss.detach() + self.adversarial.pass_against(loss, lambda: model(**inputs).loss,
+                                                                     self._backward_now)
         if single_label:
             # a device tensor: read (one host sync) only when logged, never at every step
             self._hits = self._hits + (outputs.logits.detach().argmax(-1) == labels).sum()
             self._seen += len(labels)
         return (loss, outputs) if return_outputs else loss
+
+    def _backward_now(self, loss: torch.Tensor) -> None:
+        """A part of the step's loss back-propagated before the rest is computed, scaled as `training_step` scales
+        the loss it is returned (the gradients add up to those of the sum, the part's graph freed early)."""
+        self.accelerator.backward(loss / getattr(self, "current_gradient_accumulation_steps", 1))
 
     def _mean_label_loss(self, logits: tuple, labels: torch.Tensor) -> torch.Tensor:
         return sum(self._label_loss(each, labels) for each in logits) / len(logits)
@@ -205,11 +211,19 @@ class AdversarialEmbeddings:
             return self.output
         return output
 
-    def pass_against(self, loss: torch.Tensor, forward) -> torch.Tensor:
-        """`forward()`'s result with the embeddings of the pass that gave `loss` moved along its gradient."""
+    def pass_against(self, loss: torch.Tensor, forward, backward) -> torch.Tensor:
+        """`forward()`'s result with the embeddings of the pass that gave `loss` moved along its gradient. `loss` is
+        back-propagated first (`backward`), which gives that gradient and frees the first pass's graph before the
+        second runs: the step's peak memory stays that of one pass (holding both took 17.7 GB on 644 debates)."""
         if self.output is None:
             raise RuntimeError("adversarial training: the embedding table did not run in this training pass")
-        grad, = torch.autograd.grad(loss, self.output, retain_graph=True)
+        grads = []
+        handle = self.output.register_hook(grads.append)
+        try:
+            backward(loss)
+        finally:
+            handle.remove()
+        grad = grads[0].float()
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-8).view(-1, *[1] * (grad.dim() - 1))
         self.delta, self.output = (self.epsilon * grad / norm).detach(), None
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from conftest import save_tiny_checkpoint
+from conftest import save_tiny_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
 from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
 from support.launch import accelerate_launch
 
@@ -72,6 +72,22 @@ def test_two_processes_match_one(strategy, checkpoint, image_folders, tmp_path):
     # the loss is the mean over the same global batches (not multiplied by the number of processes)
     # (data order differs between the two samplers; a doubled loss, as before the fix, is far outside this)
     assert results["train_loss"] == pytest.approx(single_results["train_loss"], rel=0.3, abs=0.05)
+
+
+def test_adversarial_training_runs_under_ddp_with_gradient_accumulation(tmp_path):
+    """FGM back-propagates the first pass inside the step and the moved pass after it: two backward passes a step,
+    which DDP's reducer and the Trainer's accumulation must both take."""
+    model = save_tiny_text_checkpoint(tmp_path / "bert", "bert")
+    data = write_reviews_csv(tmp_path / "reviews.csv")
+    accelerate_launch(["--model_name_or_path", str(model), "--train_file", str(data), "--validation_file", str(data),
+                       "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4",
+                       "--gradient_accumulation_steps", "2", "--head_epochs", "2", "--num_train_epochs", "2",
+                       "--rdrop_weight", "0", "--logging_steps", "1"], processes=2, recipe="text")
+    record = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
+    assert record["world_size"] == 2 and record["chosen"]["adversarial_epsilon"]["value"] > 0
+    head, base = ([entry["loss"] for entry in stage["log"] if "loss" in entry] for stage in record["stages"])
+    # a random binary classifier's loss is near ln 2; the base stage reports the plain pass's plus the moved one's
+    assert all(0.6 < loss < 0.8 for loss in head) and all(1.2 < loss < 1.7 for loss in base), (head, base)
 
 
 def test_only_the_main_process_writes_and_pushes(local_hub, checkpoint, image_folders, tmp_path):

@@ -205,7 +205,10 @@ def test_adversarial_training_adds_the_loss_of_a_pass_with_the_embeddings_moved_
     inputs = {"input_ids": torch.randint(1, 1000, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long),
               "labels": labels}
     model.train()
-    loss = trainer.compute_loss(model, inputs)
+    loss = trainer.compute_loss(model, inputs)  # back-propagates the first pass itself; the Trainer does the rest
+    loss.backward()
+    step_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
 
     def label_loss(embedded):
         logits = model(inputs_embeds=embedded, attention_mask=inputs["attention_mask"]).logits
@@ -214,10 +217,15 @@ def test_adversarial_training_adds_the_loss_of_a_pass_with_the_embeddings_moved_
         return torch.nn.functional.cross_entropy(logits, labels)
     embedded = table(inputs["input_ids"]).detach().requires_grad_()
     plain = label_loss(embedded)
-    grad, = torch.autograd.grad(plain, embedded)
+    grad, = torch.autograd.grad(plain, embedded, retain_graph=True)
     moved = label_loss(embedded + 0.5 * grad / grad.flatten(1).norm(dim=1)[:, None, None])
     assert moved > plain + 0.01  # a step along the gradient raises the loss
     assert torch.allclose(loss, plain + moved, atol=1e-5)
+    (plain + moved).backward()  # the step's gradients are those of the sum, the moved embeddings held constant
+    assert step_grads.keys() == {name for name, p in model.named_parameters() if p.requires_grad}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.allclose(step_grads[name], param.grad, atol=1e-5), name
     model.eval()
     assert torch.allclose(trainer.compute_loss(model, inputs), plain, atol=1e-5)  # evaluation: the plain loss
     trainer.release()

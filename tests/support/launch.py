@@ -1,4 +1,4 @@
-"""`accelerate launch` of the image recipe, as users run it (test_recipe, test_distributed)."""
+"""`accelerate launch` of a recipe, as users run it (test_recipe, test_distributed)."""
 
 import os
 import subprocess
@@ -8,8 +8,9 @@ from conftest import ROOT
 from support.ports import free_port
 
 
-def accelerate_launch(args, processes=1, timeout=900, config=None, **env_changes):
-    """`accelerate launch` of the image recipe: with explicit flags, or with one of the shipped `config` files."""
+def accelerate_launch(args, processes=1, timeout=900, config=None, recipe="image", **env_changes):
+    """`accelerate launch` of the image (or text) recipe: with explicit flags, or with one of the shipped `config`
+    files."""
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes)), **env_changes}
     if config:
         launch = ["--config_file", str(ROOT / "recipes" / "accelerate_configs" / f"{config}.yaml")]
@@ -19,7 +20,7 @@ def accelerate_launch(args, processes=1, timeout=900, config=None, **env_changes
     if processes > 1:
         launch += ["--main_process_port", str(free_port())]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), *launch,
-               str(ROOT / "recipes" / "image.py"), *args, "--disable_tqdm", "true"]
+               str(ROOT / "recipes" / f"{recipe}.py"), *args, "--disable_tqdm", "true"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
