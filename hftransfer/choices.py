@@ -260,7 +260,7 @@ def _adversarial_blocker(run, model) -> str | None:
     if getattr(model.config, "is_encoder_decoder", False):
         return f"{type(model).__name__} embeds tokens twice a pass (encoder and decoder), not supported"
     if hardware.fsdp_enabled(run.training) or run.training.deepspeed:
-        return "not supported under FSDP or DeepSpeed (untested: two forward passes for one backward)"
+        return "not supported under FSDP or DeepSpeed (two backward passes a step, untested on sharded engines)"
     return None
 
 
