@@ -78,17 +78,18 @@ class TransferTrainer(Trainer):
         labels = inputs.get("labels")
         single_label = labels is not None and labels.dim() == 1 and model.training
         if single_label and (self.class_loss is not None or self.rdrop_weight or self.adversarial):
+            passes = 2 if self.rdrop_weight else 1
             features = {k: v for k, v in inputs.items() if k != "labels"}
-            if self.rdrop_weight:  # the two passes as one doubled batch
+            if passes > 1:  # R-Drop's two passes as one doubled batch
                 features = {k: torch.cat([v, v]) for k, v in features.items()}
             outputs = model(**features)
-            logits = outputs.logits.chunk(2 if self.rdrop_weight else 1)
+            logits = outputs.logits.chunk(passes)
             loss = self._mean_label_loss(logits, labels)
             if self.rdrop_weight:
                 loss = loss + self.rdrop_weight * symmetric_kl(*logits)
             if self.adversarial:
                 moved = self.adversarial.pass_against(loss, lambda: model(**features).logits, self._backward_now)
-                loss = loss.detach() + self._mean_label_loss(moved.chunk(2 if self.rdrop_weight else 1), labels)
+                loss = loss.detach() + self._mean_label_loss(moved.chunk(passes), labels)
             outputs.logits = logits[0]
         else:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
