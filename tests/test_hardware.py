@@ -212,13 +212,10 @@ def test_fsdp2_under_bf16_trains_a_second_stage_and_merges_lora_into_a_plain_mod
     trained (the control, `settle` False, shows that error where this torch has it); and LoRA's merge, in place on
     a sharded model, left one that ran only inside FSDP's wrapper. Merged, it is plain, the same on both ranks, and
     gives the wrapped model's logits (bf16 compute there)."""
-    from support.ports import free_port
+    from support.gloo_ranks import run_two_ranks
 
     prefix = tmp_path / "found"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(ROOT / "tests" / "support" / "fsdp_bf16.py"), str(prefix),
-                           str(int(settle))], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_ranks(ROOT / "tests" / "support" / "fsdp_bf16.py", prefix, int(settle))
     ranks = [json.loads((tmp_path / f"found.{rank}.json").read_text()) for rank in (0, 1)]
     if not settle:
         if ranks[0]["second stage"] == "trained":

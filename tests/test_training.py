@@ -2,13 +2,11 @@
 ZeRO-2 refuses for inference), and every earlier stage lets go of its engine before the next one starts."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from conftest import ROOT, save_tiny_checkpoint
-from support.ports import free_port
+from support.gloo_ranks import run_two_ranks
 
 from hftransfer import hardware
 from hftransfer.args import parse_args
@@ -93,10 +91,7 @@ def test_two_stages_on_an_fsdp2_sharded_model_over_a_gloo_mesh(tmp_path):
     """The freeze plan of each stage on a model sharded by `fully_shard` (tests/support/fsdp_stages.py, 2 processes):
     stage 1 moves the head only, stage 2 the base too, and the gathered weights give the sharded model's logits."""
     out = tmp_path / "fsdp.json"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(ROOT / "tests" / "support" / "fsdp_stages.py"), str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_ranks(ROOT / "tests" / "support" / "fsdp_stages.py", out)
     result = json.loads(out.read_text())
     head_only, everything = result["trainable"]
     assert 0 < head_only < everything == result["total"]

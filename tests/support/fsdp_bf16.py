@@ -22,8 +22,9 @@ import transformers as tf
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: run as a script, not by pytest
+sys.path[:0] = [str(Path(__file__).resolve().parents[i]) for i in (2, 1)]  # the checkout and tests/: a script
 from hftransfer import hardware, lora  # noqa: E402
+from support.gloo_ranks import leave  # noqa: E402
 
 SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 PLUGIN = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="TRANSFORMER_BASED_WRAP",
@@ -94,3 +95,4 @@ def main() -> None:
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
+    leave()

@@ -19,9 +19,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import ViTConfig, ViTForImageClassification
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: run as a script, not by pytest
+sys.path[:0] = [str(Path(__file__).resolve().parents[i]) for i in (2, 1)]  # the checkout and tests/: a script
 from hftransfer import freezing  # noqa: E402
 from hftransfer.freezing import FreezePlan  # noqa: E402
+from support.gloo_ranks import leave  # noqa: E402
 
 
 def full_weights(model) -> dict:
@@ -86,3 +87,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    leave()
