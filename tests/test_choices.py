@@ -6,8 +6,9 @@ from conftest import tiny_image_model, tiny_text_model
 from datasets import Dataset
 
 from hftransfer.args import DataArguments, parse_args
-from hftransfer.choices import (ADVERSARIAL_EPSILON, BASE_DEFAULTS, EARLY_STOPPING_PATIENCE, RDROP_MAX_EXAMPLES,
-                                RDROP_WEIGHT, Choices, choose_columns, choose_for_model, choose_stages)
+from hftransfer.choices import (ADVERSARIAL_EPSILON, ADVERSARIAL_MIN_STEPS, BASE_DEFAULTS, EARLY_STOPPING_PATIENCE,
+                                RDROP_MAX_EXAMPLES, RDROP_WEIGHT, Choices, choose_columns, choose_for_model,
+                                choose_stages)
 from hftransfer.tasks import TextTask
 
 
@@ -83,6 +84,16 @@ def test_adversarial_training_is_chosen_for_models_that_read_tokens_on_small_dat
     assert only_head.adversarial_epsilon == 0.0 and "--adversarial_epsilon 0.2 has no effect" in caplog.text
     with pytest.raises(ValueError, match="--adversarial_epsilon must be 0"):
         stages(["--adversarial_epsilon", "-0.1"], bert)
+
+
+def test_adversarial_training_gets_more_fine_tuning_steps():
+    bert = tiny_text_model("bert")  # 640 examples, batch 32: 20 steps an epoch
+    (head, base), chosen = stages([], bert)
+    assert (head.epochs, base.epochs) == (15.0, ADVERSARIAL_MIN_STEPS / 20)
+    assert "adversarial training learns more slowly" in chosen["epochs (staged)"]["reason"]
+    (_, plain), chosen = stages(["--adversarial_epsilon", "0"], bert)
+    assert plain.epochs == BASE_DEFAULTS["attention"]["min_steps"] / 20 < base.epochs
+    assert "adversarial" not in chosen["epochs (staged)"]["reason"]
 
 
 def test_adversarial_training_is_off_under_fsdp_and_an_error_when_asked_for(monkeypatch):
