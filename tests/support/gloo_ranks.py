@@ -19,7 +19,7 @@ NATIVE_CRASH = re.compile(r"Root Cause.*?exitcode\s*:\s*-\d+", re.S)  # a negati
 
 
 def run_two_ranks(script, *args, timeout=300) -> subprocess.CompletedProcess:
-    for attempt in (1, 2):
+    for _ in range(2):  # a second launch only after a native crash
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                "--master_port", str(free_port()), str(script), *map(str, args)],
                               capture_output=True, text=True, timeout=timeout)
