@@ -111,7 +111,7 @@ def _text(family: str):
         return tf.RobertaForSequenceClassification(tf.RobertaConfig(**TEXT_SIZES, pad_token_id=0))
     if family == "xlm-roberta":
         return tf.XLMRobertaForSequenceClassification(tf.XLMRobertaConfig(**TEXT_SIZES, pad_token_id=0))
-    if family == "deberta-v2":
+    if family in ("deberta-v2", "deberta-v3"):
         return tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(**TEXT_SIZES, pooler_hidden_size=32))
     if family == "electra":
         return tf.ElectraForSequenceClassification(tf.ElectraConfig(**TEXT_SIZES, embedding_size=16))
@@ -127,16 +127,17 @@ def _text(family: str):
     raise ValueError(family)
 
 
-TEXT_FAMILIES = ["bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "electra", "albert", "mpnet",
-                 "modernbert", "sentence-transformers"]
+TEXT_FAMILIES = ["bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "deberta-v3", "electra", "albert",
+                 "mpnet", "modernbert", "sentence-transformers"]
 DECODER_FAMILIES = ["qwen2", "llama", "gpt2"]  # GPT-2: Conv1D layers, not Linear
 SEQ2SEQ_FAMILIES = ["bart", "t5"]  # encoder-decoder classifiers: their head reads the decoder's last end-of-text
 
 
 def save_text_checkpoint(folder: Path, family: str) -> Path:
     """Encoders with the real MiniLM (BERT uncased) tokenizer; the sentence-transformers row also carries the
-    `modules.json` and `1_Pooling/config.json` (mean pooling) that such checkpoints ship. Families outside the matrix
-    come from `wider_families`."""
+    `modules.json` and `1_Pooling/config.json` (mean pooling) that such checkpoints ship, the DeBERTa-v3 row a
+    SentencePiece `spm.model` and no `tokenizer.json` (`save_spm_tokenizer`). Families outside the matrix come from
+    `wider_families`."""
     if family in DECODER_FAMILIES:
         return save_decoder_checkpoint(folder, family)
     if family in SEQ2SEQ_FAMILIES:
@@ -145,6 +146,13 @@ def save_text_checkpoint(folder: Path, family: str) -> Path:
         from .wider_families import save_wider_text_checkpoint
 
         return save_wider_text_checkpoint(folder, family)
+    if family == "deberta-v3":
+        vocab_size = save_spm_tokenizer(folder)
+        model = _text(family)
+        model.resize_token_embeddings(vocab_size)
+        model.config.pad_token_id = 0
+        model.save_pretrained(folder)
+        return folder
     _text(family).save_pretrained(folder)
     minilm_tokenizer().save_pretrained(folder)
     if family == "sentence-transformers":
@@ -155,6 +163,23 @@ def save_text_checkpoint(folder: Path, family: str) -> Path:
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(
             {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
     return folder
+
+
+def save_spm_tokenizer(folder: Path) -> int:
+    """The tokenizer files of `microsoft/deberta-v3-*` as the Hub ships them: a SentencePiece `spm.model` (trained
+    here on the test texts, with v3's ids: [PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3) and a `tokenizer_config.json`, no
+    `tokenizer.json`, so loading it converts the model file (which needs `sentencepiece`). Returns its vocabulary size."""
+    import sentencepiece
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = "\n".join((POSITIVE + NEGATIVE) * 4)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus.splitlines()), model_prefix=str(folder / "spm"), vocab_size=64,
+        hard_vocab_limit=False, pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]",
+        eos_piece="[SEP]", unk_piece="[UNK]", user_defined_symbols=["[MASK]"], minloglevel=2)
+    (folder / "spm.vocab").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "vocab_type": "spm"}))
+    return sentencepiece.SentencePieceProcessor(model_file=str(folder / "spm.model")).get_piece_size()
 
 
 def minilm_tokenizer():
