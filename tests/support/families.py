@@ -168,7 +168,8 @@ def save_text_checkpoint(folder: Path, family: str) -> Path:
 def save_spm_tokenizer(folder: Path) -> int:
     """The tokenizer files of `microsoft/deberta-v3-*` as the Hub ships them: a SentencePiece `spm.model` (trained
     here on the test texts, with v3's ids: [PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3) and a `tokenizer_config.json`, no
-    `tokenizer.json`, so loading it converts the model file (which needs `sentencepiece`). Returns its vocabulary size."""
+    `tokenizer.json`, so loading it converts the model file (which needs `sentencepiece`). Returns the vocabulary
+    size."""
     import sentencepiece
 
     folder.mkdir(parents=True, exist_ok=True)
