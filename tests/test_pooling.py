@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 from conftest import write_reviews_csv
+from safetensors.torch import load_file
 from support.families import save_text_checkpoint
+from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hftransfer import freezing, lora, pooling, zoo
@@ -130,3 +132,36 @@ def test_checkpoint_pooling_false_keeps_the_classifier_reading(tmp_path):
     TransferRun(run, TextTask(run.data)).execute()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["num_hidden_layers"] == 3 and "hftransfer_pooling" not in config
+
+
+def test_from_hub_ids_the_checkpoint_pools_and_trains_as_its_local_folder_does(local_hub, tmp_path):
+    """The real Hub path (`from_pretrained(repo_id)`, the pooling files through `hf_hub_download`, `load_dataset(
+    repo_id)`), against the local endpoint that speaks the Hub's API: the same pooling and the same trained weights
+    as the same run from local folders."""
+    from huggingface_hub import HfApi
+
+    checkpoint = save_text_checkpoint(tmp_path / "ckpt", "sentence-transformers")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_reviews_csv(data / "train.csv"), write_reviews_csv(data / "test.csv", repeat=1)
+    api = HfApi(token=TOKEN)
+    api.create_repo(f"{USER}/tiny-st")
+    api.upload_folder(folder_path=str(checkpoint), repo_id=f"{USER}/tiny-st")
+    api.create_repo(f"{USER}/reviews", repo_type="dataset")
+    api.upload_folder(folder_path=str(data), repo_id=f"{USER}/reviews", repo_type="dataset")
+    common = ["--strategy", "full", "--num_train_epochs", "1", "--seed", "3", "--disable_tqdm", "true"]
+    runs = {"hub": ["--model_name_or_path", f"{USER}/tiny-st", "--dataset_name", f"{USER}/reviews",
+                    "--cache_dir", str(tmp_path / "hf")],
+            "local": ["--model_name_or_path", str(checkpoint), "--train_file", str(data / "train.csv"),
+                      "--validation_file", str(data / "test.csv")]}
+    for name, flags in runs.items():
+        run = parse_args([*flags, "--output_dir", str(tmp_path / name), *common])
+        TransferRun(run, TextTask(run.data)).execute()
+    configs = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in runs}
+    assert configs["hub"]["hftransfer_pooling"]["mode"] == "mean"
+    assert configs["hub"]["hftransfer_pooling"] == configs["local"]["hftransfer_pooling"]
+    results = {name: json.loads((tmp_path / name / "all_results.json").read_text()) for name in runs}
+    assert (results["hub"]["train_samples"], results["hub"]["eval_samples"]) == (48, 12)
+    weights = {name: load_file(tmp_path / name / "model.safetensors") for name in runs}
+    assert weights["hub"].keys() == weights["local"].keys()
+    assert all(torch.allclose(weights["hub"][k], weights["local"][k], atol=1e-6) for k in weights["hub"])
