@@ -134,7 +134,8 @@ def test_checkpoint_pooling_false_keeps_the_classifier_reading(tmp_path):
     assert config["num_hidden_layers"] == 3 and "hftransfer_pooling" not in config
 
 
-def test_from_hub_ids_the_checkpoint_pools_and_trains_as_its_local_folder_does(local_hub, tmp_path):
+@pytest.mark.usefixtures("local_hub")
+def test_from_hub_ids_the_checkpoint_pools_and_trains_as_its_local_folder_does(tmp_path):
     """The real Hub path (`from_pretrained(repo_id)`, the pooling files through `hf_hub_download`, `load_dataset(
     repo_id)`), against the local endpoint that speaks the Hub's API: the same pooling and the same trained weights
     as the same run from local folders."""
