@@ -229,7 +229,13 @@ class ImageTask(TaskAdapter):
         from transformers import AutoImageProcessor
 
         backend = None if _has_torchvision() else "pil"
-        return AutoImageProcessor.from_pretrained(path, backend=backend, **kwargs)
+        try:
+            return AutoImageProcessor.from_pretrained(path, backend=backend, **kwargs)
+        except ValueError:
+            settings = _renamed_legacy_processor(path, kwargs)
+            if settings is None:
+                raise
+        return AutoImageProcessor.from_pretrained(path, backend=backend, processor_config=settings, **kwargs)
 
     def prepare_model(self, model):
         """Channels-last weights: oneDNN's convolutions run 1.5x faster on them on a CPU (measured, fastpath.py).
@@ -378,6 +384,25 @@ def _augment(image, size: int):
     if random.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
+
+
+def _renamed_legacy_processor(path: str, hub_kwargs: dict) -> dict | None:
+    """The processor settings with a legacy class name brought up to date, None if they name none. Processors saved
+    through a `*FeatureExtractor` alias (transformers 4.2x; many fine-tuned checkpoints on the Hub) record that
+    alias as `image_processor_type`; transformers 5 dropped the aliases, and its `AutoImageProcessor` then fails
+    ("Unrecognized image processor") although the model type names the class. It maps the older
+    `feature_extractor_type` key by the same renaming."""
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    settings, _ = ImageProcessingMixin.get_image_processor_dict(
+        path, revision=hub_kwargs.get("revision"), cache_dir=hub_kwargs.get("cache_dir"))
+    legacy = str(settings.get("image_processor_type") or "")
+    if not legacy.endswith("FeatureExtractor"):
+        return None
+    current = legacy.replace("FeatureExtractor", "ImageProcessor")
+    logger.info("Image processor: the checkpoint names %s, a class transformers 5 no longer has; loaded as %s, the "
+                "name it now has (saved under that name)", legacy, current)
+    return {**settings, "image_processor_type": current}
 
 
 def _has_torchvision() -> bool:

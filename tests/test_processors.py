@@ -7,7 +7,7 @@ import pytest
 from conftest import make_image_folder, save_tiny_checkpoint, tiny_image_model
 from PIL import Image
 from transformers import (AutoImageProcessor, ConvNextImageProcessorPil, MobileNetV2ImageProcessorPil,
-                          ViTImageProcessorPil)
+                          ViTImageProcessorPil, pipeline)
 
 from hftransfer.args import parse_args
 from hftransfer.tasks import ImageTask, _processor_size, _set_processor_size
@@ -60,6 +60,37 @@ def test_resnet_with_its_hub_processor_trains_on_small_images_at_the_size_it_log
     assert type(saved).__name__.startswith("ConvNextImageProcessor")
     assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (128, 128)
     assert json.loads((tmp_path / "out" / "all_results.json").read_text())["eval_accuracy"] >= 0
+
+
+IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+# preprocessor_config.json as older Hub checkpoints hold it: (family, settings, the size the run must use)
+HUB_PROCESSOR_FILES = {
+    "microsoft/resnet-50 (feature_extractor_type, an integer size)": ("resnet", {
+        "feature_extractor_type": "ConvNextFeatureExtractor", "crop_pct": 0.875, "do_normalize": True,
+        "do_resize": True, "resample": 3, "size": 224, **IMAGENET}, 128),
+    "google/vit-base-patch16-224 (feature_extractor_type, an integer size)": ("vit", {
+        "feature_extractor_type": "ViTFeatureExtractor", "do_normalize": True, "do_resize": True, "resample": 2,
+        "size": 224, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}, 32),
+    "a fine-tune saved through the ViTFeatureExtractor alias (transformers 4.2x)": ("vit", {
+        "image_processor_type": "ViTFeatureExtractor", "feature_extractor_type": "ViTFeatureExtractor",
+        "do_normalize": True, "do_resize": True, "resample": 2, "size": {"height": 32, "width": 32}, **IMAGENET}, 32),
+}
+
+
+@pytest.mark.parametrize("name", HUB_PROCESSOR_FILES)
+def test_processor_files_of_older_hub_checkpoints_load_train_and_save_under_todays_names(name, tmp_path, caplog):
+    family, settings, size = HUB_PROCESSOR_FILES[name]
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", family)
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps(settings))
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    saved, image = train_head(checkpoint, data, tmp_path / "out", caplog)
+    assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (size, size)
+    written = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert written["image_processor_type"].endswith("ImageProcessor") and "feature_extractor_type" not in written
+    assert ("names ViTFeatureExtractor, a class transformers 5 no longer has" in caplog.text) == (
+        "image_processor_type" in settings)
+    labels = {path.name for path in data.iterdir()}
+    assert pipeline("image-classification", model=str(tmp_path / "out"))(image)[0]["label"] in labels
 
 
 def test_a_processor_of_another_size_than_its_model_is_set_to_the_size_the_model_takes(tmp_path, caplog):
