@@ -557,8 +557,11 @@ class TextTask(TaskAdapter):
 
     def adapt_processor(self, tokenizer, model, splits, choices):
         """The token limit: --max_seq_length, else the model's, capped at 512 and at the position table (XLNet's
-        config, which has none, says -1). A tokenizer with ids past the model's vocabulary is an error."""
+        config, which has none, says -1). A tokenizer with ids past the model's vocabulary, or one that knows
+        almost none of the training texts' words, is an error."""
         _check_vocabulary(tokenizer, model)
+        train = splits.get("train")
+        _check_known_words(tokenizer, self.raw_inputs(train.select(range(min(256, len(train))))) if train else [])
         limits = [tokenizer.model_max_length, _position_limit(model), self.max_length_cap]
         natural = min(int(v) for v in limits if v and v > 0)
         wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else None
@@ -652,6 +655,33 @@ def _check_vocabulary(tokenizer, model) -> None:
     if past:
         logger.warning("Special tokens %s lie past %s's embedding table (%d rows); texts that spell them out would "
                        "fail", ", ".join(map(repr, past)), type(model).__name__, table.num_embeddings)
+
+
+# Shares of the training texts' tokens that are the tokenizer's unknown token: past the first the run stops, past the
+# second it warns (the words it loses are the ones the model cannot read).
+UNKNOWN_SHARE_ERROR = 0.5
+UNKNOWN_SHARE_WARNING = 0.05
+
+
+def _check_known_words(tokenizer, texts: list[str]) -> None:
+    """A checkpoint that ships no tokenizer files (a model pushed without its tokenizer) still loads one: transformers
+    builds its family's tokenizer with the special tokens alone, and every word of every text becomes the unknown
+    token, so a run would train on nothing and say nothing. Measured on the training texts themselves."""
+    unknown = tokenizer.unk_token_id
+    if unknown is None or not texts:  # byte-level tokenizers know every string
+        return
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    total = sum(map(len, ids))
+    share = sum(row.count(unknown) for row in ids) / total if total else 0.0
+    where = f"The tokenizer of {tokenizer.name_or_path} ({len(tokenizer):,} tokens)"
+    if share > UNKNOWN_SHARE_ERROR:
+        raise ModelError(f"{where} reads {share:.0%} of the training texts' tokens as {tokenizer.unk_token}: it knows "
+                         "almost none of their words. A checkpoint without its tokenizer files (tokenizer.json, "
+                         "vocab.txt, spm.model...) loads an empty one: save the tokenizer the model was trained with "
+                         "beside it")
+    if share > UNKNOWN_SHARE_WARNING:
+        logger.warning("%s reads %.0f%% of the training texts' tokens as %s: the model cannot see those words",
+                       where, 100 * share, tokenizer.unk_token)
 
 
 def _give_pad_token(tokenizer, model) -> None:

@@ -175,3 +175,28 @@ def test_a_model_that_cannot_run_on_the_runs_inputs_is_an_error_before_training(
                           str(image_folders[0]), "--output_dir", str(tmp_path / "out"))
     assert "Siglip2ForImageClassification cannot run on the inputs this run makes (pixel_values" in message, message
     assert "Stage '" not in out and "{'loss'" not in out
+
+
+def test_a_checkpoint_without_its_tokenizer_files_is_an_error_before_training(tmp_path, capsys):
+    """transformers loads such a folder's tokenizer anyway, with the special tokens alone: every word would be [UNK]."""
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (checkpoint / name).unlink()
+    reviews = write_reviews_csv(tmp_path / "reviews.csv")
+    message, out = recipe(capsys, "text.py", "--model_name_or_path", str(checkpoint), "--train_file", str(reviews),
+                          "--output_dir", str(tmp_path / "out"))
+    assert f"The tokenizer of {checkpoint} (5 tokens) reads 100% of the training texts' tokens as [UNK]" in message
+    assert "Stage '" not in out and "{'loss'" not in out
+
+
+def test_a_tokenizer_that_misses_some_words_is_a_warning_that_names_the_share(tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    from hftransfer.tasks import _check_known_words
+
+    tokenizer = AutoTokenizer.from_pretrained(save_tiny_text_checkpoint(tmp_path / "ckpt", "bert"))
+    english = ["a wonderful, moving film"] * 9
+    _check_known_words(tokenizer, english)
+    assert "[UNK]" not in caplog.text
+    _check_known_words(tokenizer, english + ["\U0001F600 \U0001F44D \U0001F3AC \U0001F37F"])  # words MiniLM lacks
+    assert "reads 8% of the training texts' tokens as [UNK]" in caplog.text  # 4 of 49
