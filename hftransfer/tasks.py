@@ -235,6 +235,12 @@ class ImageTask(TaskAdapter):
             settings = _renamed_legacy_processor(path, kwargs)
             if settings is None:
                 raise
+        except OSError as error:
+            if Path(path).is_dir():  # a model saved or pushed without its processor: nothing says how to scale pixels
+                raise ModelError(f"{path}: no image processor (preprocessor_config.json) beside the model. Save the "
+                                 "one it was trained with there: AutoImageProcessor.from_pretrained(<the checkpoint "
+                                 "it was fine-tuned from>).save_pretrained(<this folder>)") from error
+            raise
         return AutoImageProcessor.from_pretrained(path, backend=backend, processor_config=settings, **kwargs)
 
     def prepare_model(self, model):

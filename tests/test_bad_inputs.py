@@ -200,3 +200,12 @@ def test_a_tokenizer_that_misses_some_words_is_a_warning_that_names_the_share(tm
     assert "[UNK]" not in caplog.text
     _check_known_words(tokenizer, english + ["\U0001F600 \U0001F44D \U0001F3AC \U0001F37F"])  # words MiniLM lacks
     assert "reads 8% of the training texts' tokens as [UNK]" in caplog.text  # 4 of 49
+
+
+def test_an_image_checkpoint_without_its_processor_is_an_error_that_says_what_to_save(tmp_path, image_folders, capsys):
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    (checkpoint / "preprocessor_config.json").unlink()
+    message, out = recipe(capsys, "image.py", "--model_name_or_path", str(checkpoint), "--train_dir",
+                          str(image_folders[0]), "--output_dir", str(tmp_path / "out"))
+    assert f"{checkpoint}: no image processor (preprocessor_config.json) beside the model" in message, message
+    assert "Stage '" not in out and "{'loss'" not in out
