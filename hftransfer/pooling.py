@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .anatomy import POOLING_KEY as CONFIG_KEY
-from .anatomy import block_list_name
+from .anatomy import block_list_name, is_decoder_classifier
 # The attention output's weight over the residual: LayerNorm(SCALE * mean + token) differs from LayerNorm(mean) by
 # about |token| / (SCALE * |mean|): at most 0.01 for all-MiniLM-L6-v2 (values of unit spread); fp16's range ends at
 # 65,504, 16 times the largest mean MiniLM gives. A layer of another kind misses by whole units.
@@ -76,6 +76,11 @@ def adopt(model: nn.Module, mode: str | None) -> str:
     """Make `model` read its encoder the way `mode` pools; returns a log line saying what was done."""
     if mode is None:
         return ""
+    if is_decoder_classifier(model):  # its `score` head reads the last real token; a causal layer cannot average
+        if mode == "lasttoken":
+            return f"Pooling: the checkpoint pools its last token, as {type(model).__name__} reads it"
+        return (f"Pooling: the checkpoint pools by '{mode}', which {type(model).__name__} cannot express as a layer; "
+                "the classifier keeps its own reading of the last real token")
     if mode == "cls":
         pooler = _pooler_to_scale(model)
         model.config.update({CONFIG_KEY: {"mode": "cls", "layer": None, **_pooler_spec(pooler)}})

@@ -166,3 +166,19 @@ def test_from_hub_ids_the_checkpoint_pools_and_trains_as_its_local_folder_does(t
     weights = {name: load_file(tmp_path / name / "model.safetensors") for name in runs}
     assert weights["hub"].keys() == weights["local"].keys()
     assert all(torch.allclose(weights["hub"][k], weights["local"][k], atol=1e-6) for k in weights["hub"])
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("pooling_mode_lasttoken", "the checkpoint pools its last token, as Qwen2ForSequenceClassification reads it"),
+    ("pooling_mode_mean_tokens", "which Qwen2ForSequenceClassification cannot express as a layer; the classifier "
+                                 "keeps its own reading of the last real token")])
+def test_a_decoder_embedding_checkpoint_is_told_apart_by_its_last_token_reading(mode, expected, tmp_path):
+    """Decoder embedding models (Qwen3-Embedding, gte-Qwen2) pool their last token, which is what a decoder's
+    `score` head reads: nothing to add, and the log must not say the classifier reads a first token."""
+    from support.families import save_decoder_checkpoint
+
+    checkpoint = _pooling_config(save_decoder_checkpoint(tmp_path / "ckpt", "qwen2"), **{mode: True})
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    layers = model.config.num_hidden_layers
+    assert expected in pooling.adopt(model, pooling.checkpoint_pooling(str(checkpoint)))
+    assert model.config.num_hidden_layers == layers and getattr(model.config, pooling.CONFIG_KEY, None) is None
