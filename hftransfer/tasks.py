@@ -226,22 +226,7 @@ class ImageTask(TaskAdapter):
         return dataset if len(good) == len(dataset) else dataset.select(good)
 
     def load_processor(self, path, **kwargs):
-        from transformers import AutoImageProcessor
-
-        backend = None if _has_torchvision() else "pil"
-        try:
-            return AutoImageProcessor.from_pretrained(path, backend=backend, **kwargs)
-        except ValueError:
-            settings = _renamed_legacy_processor(path, kwargs)
-            if settings is None:
-                raise
-        except OSError as error:
-            if Path(path).is_dir():  # a model saved or pushed without its processor: nothing says how to scale pixels
-                raise ModelError(f"{path}: no image processor (preprocessor_config.json) beside the model. Save the "
-                                 "one it was trained with there: AutoImageProcessor.from_pretrained(<the checkpoint "
-                                 "it was fine-tuned from>).save_pretrained(<this folder>)") from error
-            raise
-        return AutoImageProcessor.from_pretrained(path, backend=backend, processor_config=settings, **kwargs)
+        return _load_image_processor(path, kwargs)
 
     def prepare_model(self, model):
         """Channels-last weights: oneDNN's convolutions run 1.5x faster on them on a CPU (measured, fastpath.py).
@@ -390,6 +375,25 @@ def _augment(image, size: int):
     if random.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
+
+
+def _load_image_processor(path: str, hub_kwargs: dict):
+    from transformers import AutoImageProcessor
+
+    backend = None if _has_torchvision() else "pil"
+    try:
+        return AutoImageProcessor.from_pretrained(path, backend=backend, **hub_kwargs)
+    except ValueError:
+        settings = _renamed_legacy_processor(path, hub_kwargs)
+        if settings is None:
+            raise
+    except OSError as error:
+        if Path(path).is_dir():  # a model saved or pushed without its processor: nothing says how to scale pixels
+            raise ModelError(f"{path}: no image processor (preprocessor_config.json) beside the model. Save the one "
+                             "it was trained with there: AutoImageProcessor.from_pretrained(<the checkpoint it was "
+                             "fine-tuned from>).save_pretrained(<this folder>)") from error
+        raise
+    return AutoImageProcessor.from_pretrained(path, backend=backend, processor_config=settings, **hub_kwargs)
 
 
 def _renamed_legacy_processor(path: str, hub_kwargs: dict) -> dict | None:
