@@ -378,6 +378,7 @@ def _augment(image, size: int):
 
 
 def _load_image_processor(path: str, hub_kwargs: dict):
+    """The checkpoint's image processor, older files included (`_renamed_legacy_processor`); none is an error."""
     from transformers import AutoImageProcessor
 
     backend = None if _has_torchvision() else "pil"
