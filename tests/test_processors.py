@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_image_folder, save_tiny_checkpoint, tiny_image_model
 from PIL import Image
+from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
 from transformers import (AutoImageProcessor, ConvNextImageProcessorPil, MobileNetV2ImageProcessorPil,
                           ViTImageProcessorPil, pipeline)
 
@@ -116,3 +117,32 @@ def test_a_model_that_runs_at_its_processors_size_keeps_it_whatever_its_config_s
     assert _config_size_instead(dinov2, 32) is None
     vit = tiny_image_model("vit", image_size=32)
     assert _config_size_instead(vit, 32) is None and _config_size_instead(vit, 224) == 32
+
+
+@pytest.mark.usefixtures("local_hub")
+def test_an_older_fine_tune_and_an_image_folder_by_hub_repo_id(tmp_path, caplog):
+    """The Hub path for images, against the local endpoint that speaks the Hub's API: the checkpoint (with a
+    processor file saved through the ViTFeatureExtractor alias, read over HTTP) and an image-folder dataset repo."""
+    from huggingface_hub import HfApi
+
+    _, settings, size = next(row for name, row in HUB_PROCESSOR_FILES.items() if "alias" in name)
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps(settings))
+    data = tmp_path / "data"
+    make_image_folder(data / "train", 4, seed=0), make_image_folder(data / "test", 2, seed=1)
+    api = HfApi(token=TOKEN)
+    api.create_repo(f"{USER}/old-vit")
+    api.upload_folder(folder_path=str(checkpoint), repo_id=f"{USER}/old-vit")
+    api.create_repo(f"{USER}/shapes", repo_type="dataset")
+    api.upload_folder(folder_path=str(data), repo_id=f"{USER}/shapes", repo_type="dataset")
+    run = parse_args(["--model_name_or_path", f"{USER}/old-vit", "--dataset_name", f"{USER}/shapes", "--output_dir",
+                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "1",
+                      "--cache_dir", str(tmp_path / "hf"), "--disable_tqdm", "true"])
+    with caplog.at_level("INFO"):
+        TransferRun(run, ImageTask(run.data)).execute()
+    assert "names ViTFeatureExtractor, a class transformers 5 no longer has" in caplog.text
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert (results["train_samples"], results["eval_samples"]) == (12, 6)
+    saved = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    image = Image.open(data / "test" / "square" / "0.png")
+    assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (size, size)
