@@ -79,8 +79,7 @@ def adopt(model: nn.Module, mode: str | None) -> str:
     if is_decoder_classifier(model):  # its `score` head reads the last real token; a causal layer cannot average
         if mode == "lasttoken":
             return f"Pooling: the checkpoint pools its last token, as {type(model).__name__} reads it"
-        return (f"Pooling: the checkpoint pools by '{mode}', which {type(model).__name__} cannot express as a layer; "
-                "the classifier keeps its own reading of the last real token")
+        return _keeps_own_reading(model, mode, "the last real token")
     if mode == "cls":
         pooler = _pooler_to_scale(model)
         model.config.update({CONFIG_KEY: {"mode": "cls", "layer": None, **_pooler_spec(pooler)}})
@@ -88,8 +87,7 @@ def adopt(model: nn.Module, mode: str | None) -> str:
                 + (f"; {pooler} set to {POOLER_SCALE:g} x the identity, frozen (it was never trained for this "
                    "checkpoint)" if pooler else ""))
     if mode != "mean":
-        return (f"Pooling: the checkpoint pools by '{mode}', which {type(model).__name__} cannot express as a "
-                "layer; the classifier keeps its own reading of the first token")
+        return _keeps_own_reading(model, mode, "the first token")
     layer = _append_mean_layer(model)
     if layer is None:
         return (f"Pooling: the checkpoint mean-pools, but {type(model).__name__}'s layers cannot be made into a "
@@ -100,6 +98,11 @@ def adopt(model: nn.Module, mode: str | None) -> str:
     return (f"Pooling: the checkpoint mean-pools its tokens; encoder layer {layer} added to do so (frozen), "
             + (f"{pooler} ({POOLER_SCALE:g} x the identity, frozen) passes its mean to the head" if pooler
                else "the head reads its mean"))
+
+
+def _keeps_own_reading(model: nn.Module, mode: str, reading: str) -> str:
+    return (f"Pooling: the checkpoint pools by '{mode}', which {type(model).__name__} cannot express as a layer; the "
+            f"classifier keeps its own reading of {reading}")
 
 
 def _layers(model: nn.Module) -> nn.ModuleList | None:
