@@ -10,7 +10,7 @@ import torch
 from conftest import write_reviews_csv
 from safetensors.torch import load_file
 from support.families import save_text_checkpoint
-from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
+from support.hub_server import local_hub, upload  # noqa: F401 - a fixture
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hftransfer import freezing, lora, pooling, zoo
@@ -139,20 +139,14 @@ def test_from_hub_ids_the_checkpoint_pools_and_trains_as_its_local_folder_does(t
     """The real Hub path (`from_pretrained(repo_id)`, the pooling files through `hf_hub_download`, `load_dataset(
     repo_id)`), against the local endpoint that speaks the Hub's API: the same pooling and the same trained weights
     as the same run from local folders."""
-    from huggingface_hub import HfApi
-
     checkpoint = save_text_checkpoint(tmp_path / "ckpt", "sentence-transformers")
     data = tmp_path / "data"
     data.mkdir()
-    write_reviews_csv(data / "train.csv"), write_reviews_csv(data / "test.csv", repeat=1)
-    api = HfApi(token=TOKEN)
-    api.create_repo(f"{USER}/tiny-st")
-    api.upload_folder(folder_path=str(checkpoint), repo_id=f"{USER}/tiny-st")
-    api.create_repo(f"{USER}/reviews", repo_type="dataset")
-    api.upload_folder(folder_path=str(data), repo_id=f"{USER}/reviews", repo_type="dataset")
+    write_reviews_csv(data / "train.csv")
+    write_reviews_csv(data / "test.csv", repeat=1)
     common = ["--strategy", "full", "--num_train_epochs", "1", "--seed", "3", "--disable_tqdm", "true"]
-    runs = {"hub": ["--model_name_or_path", f"{USER}/tiny-st", "--dataset_name", f"{USER}/reviews",
-                    "--cache_dir", str(tmp_path / "hf")],
+    runs = {"hub": ["--model_name_or_path", upload(checkpoint, "tiny-st"), "--dataset_name",
+                    upload(data, "reviews", "dataset"), "--cache_dir", str(tmp_path / "hf")],
             "local": ["--model_name_or_path", str(checkpoint), "--train_file", str(data / "train.csv"),
                       "--validation_file", str(data / "test.csv")]}
     for name, flags in runs.items():

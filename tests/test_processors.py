@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_image_folder, save_tiny_checkpoint, tiny_image_model
 from PIL import Image
-from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
+from support.hub_server import local_hub, upload  # noqa: F401 - a fixture
 from transformers import (AutoImageProcessor, ConvNextImageProcessorPil, MobileNetV2ImageProcessorPil,
                           ViTImageProcessorPil, pipeline)
 
@@ -123,21 +123,16 @@ def test_a_model_that_runs_at_its_processors_size_keeps_it_whatever_its_config_s
 def test_an_older_fine_tune_and_an_image_folder_by_hub_repo_id(tmp_path, caplog):
     """The Hub path for images, against the local endpoint that speaks the Hub's API: the checkpoint (with a
     processor file saved through the ViTFeatureExtractor alias, read over HTTP) and an image-folder dataset repo."""
-    from huggingface_hub import HfApi
-
     _, settings, size = next(row for name, row in HUB_PROCESSOR_FILES.items() if "alias" in name)
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
     (checkpoint / "preprocessor_config.json").write_text(json.dumps(settings))
     data = tmp_path / "data"
-    make_image_folder(data / "train", 4, seed=0), make_image_folder(data / "test", 2, seed=1)
-    api = HfApi(token=TOKEN)
-    api.create_repo(f"{USER}/old-vit")
-    api.upload_folder(folder_path=str(checkpoint), repo_id=f"{USER}/old-vit")
-    api.create_repo(f"{USER}/shapes", repo_type="dataset")
-    api.upload_folder(folder_path=str(data), repo_id=f"{USER}/shapes", repo_type="dataset")
-    run = parse_args(["--model_name_or_path", f"{USER}/old-vit", "--dataset_name", f"{USER}/shapes", "--output_dir",
-                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "1",
-                      "--cache_dir", str(tmp_path / "hf"), "--disable_tqdm", "true"])
+    make_image_folder(data / "train", 4, seed=0)
+    make_image_folder(data / "test", 2, seed=1)
+    run = parse_args(["--model_name_or_path", upload(checkpoint, "old-vit"), "--dataset_name",
+                      upload(data, "shapes", "dataset"), "--output_dir", str(tmp_path / "out"), "--strategy",
+                      "feature_extraction", "--head_epochs", "1", "--cache_dir", str(tmp_path / "hf"),
+                      "--disable_tqdm", "true"])
     with caplog.at_level("INFO"):
         TransferRun(run, ImageTask(run.data)).execute()
     assert "names ViTFeatureExtractor, a class transformers 5 no longer has" in caplog.text

@@ -864,6 +864,16 @@ def point_hf_hub_at(monkeypatch: pytest.MonkeyPatch, endpoint: str, disable_xet:
         monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
 
 
+def upload(folder: Path, name: str, repo_type: str = "model") -> str:
+    """Create `USER/name` on the endpoint huggingface_hub points at (`local_hub`) and upload `folder` to it."""
+    from huggingface_hub import HfApi
+
+    api, repo_id = HfApi(token=TOKEN), f"{USER}/{name}"
+    api.create_repo(repo_id, repo_type=repo_type)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type)
+    return repo_id
+
+
 @pytest.fixture
 def local_hub(monkeypatch):
     """A started `LocalHub(token=TOKEN, users={USER})`, with huggingface_hub pointed at it (see `point_hf_hub_at`).
