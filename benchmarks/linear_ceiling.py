@@ -35,14 +35,17 @@ def read_csv(path: Path) -> tuple[list[str], list[str]]:
     return [row["text"] for row in rows], [row["label"] for row in rows]
 
 
-@torch.inference_mode()
-def mean_pooled(texts: list[str], batch_size: int = 64) -> np.ndarray:
+def encoder():
     from transformers import AutoModel, AutoTokenizer
 
     from hftransfer.zoo import resolve
 
     path = resolve(CHECKPOINT)
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+@torch.inference_mode()
+def mean_pooled(tokenizer, model, texts: list[str], batch_size: int = 64) -> np.ndarray:
     pooled = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=256,
@@ -69,7 +72,9 @@ def measure(dataset: str, seeds: list[int]) -> dict:
 
     folder = DATASETS[dataset]()
     (train, train_labels), (test, test_labels) = read_csv(folder / "train.csv"), read_csv(folder / "test.csv")
-    grid = logistic_grid(mean_pooled(train), train_labels, mean_pooled(test), test_labels)
+    tokenizer, model = encoder()
+    grid = logistic_grid(mean_pooled(tokenizer, model, train), train_labels, mean_pooled(tokenizer, model, test),
+                         test_labels)
     best_view, best_c = max(((view, c) for view in grid for c in grid[view]), key=lambda vc: grid[vc[0]][vc[1]])
     heads = [run(dataset, "feature_extraction", seed) for seed in seeds]
     failed = [h["error"] for h in heads if "error" in h]
