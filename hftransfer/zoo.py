@@ -169,14 +169,15 @@ def prepare(name: str, force: bool = False) -> Path:
     if name not in ZOO:
         raise KeyError(f"Unknown zoo entry '{name}'. Known: {', '.join(sorted(ZOO))}")
     folder = cache_root() / "zoo" / name
-    marker = folder / BUILD_MARKER
-    if not force and marker.is_file() and marker.read_text().strip() == str(ZOO[name].version):
+    if not force and _is_current(folder, name):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
         ZOO[name].build(staging)
         (staging / BUILD_MARKER).write_text(f"{ZOO[name].version}\n")
+        if not force and _is_current(folder, name):
+            return folder  # another run built it meanwhile and may be reading it: removing it would break that run
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)  # atomic: a killed build never leaves a half folder
@@ -184,6 +185,11 @@ def prepare(name: str, force: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Built zoo entry %s in %s", name, folder)
     return folder
+
+
+def _is_current(folder: Path, name: str) -> bool:
+    marker = folder / BUILD_MARKER
+    return marker.is_file() and marker.read_text().strip() == str(ZOO[name].version)
 
 
 def resolve(name_or_path: str) -> str:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -60,3 +62,23 @@ def test_weights_with_the_wrong_hash_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "_package_dir", lambda module, spec: tmp_path)
     with pytest.raises(ValueError, match="b0353104"):
         zoo._build_mobilenet_v2(tmp_path / "out")
+
+
+def test_an_entry_another_run_built_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two first runs at once both build; the one that finishes second must not remove the folder the first
+    is already loading from (it did: "no safetensors weights" in the other run)."""
+    monkeypatch.setenv("HFTRANSFER_CACHE", str(tmp_path))
+    entry = zoo.ZOO["all-MiniLM-L6-v2"]
+    folder = tmp_path / "zoo" / entry.name
+
+    def build_while_another_run_finishes(staging):
+        (staging / "config.json").write_text("{}")
+        folder.mkdir(parents=True)  # the other run's finished entry, with its marker
+        (folder / "config.json").write_text('{"built": "by the other run"}')
+        (folder / zoo.BUILD_MARKER).write_text(f"{entry.version}\n")
+
+    monkeypatch.setitem(zoo.ZOO, entry.name, dataclasses.replace(entry, build=build_while_another_run_finishes))
+    in_use = folder / "config.json"
+    assert zoo.prepare("zoo:all-MiniLM-L6-v2") == folder
+    assert in_use.read_text() == '{"built": "by the other run"}'
+    assert [p.name for p in tmp_path.joinpath("zoo").iterdir()] == [entry.name]  # our staging folder is gone
