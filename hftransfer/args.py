@@ -165,7 +165,9 @@ class TransferTrainingArguments(TrainingArguments):
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the stage that trains the base. Default: "
                                                                    "enough for 500 steps, 3 to 30."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up: steps, or a fraction of them if < 1."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay. Default: 0.01; 0.3 where the "
+                                                                "head trains alone as the final model "
+                                                                "(feature_extraction)."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per device for evaluation."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate during training (each epoch "

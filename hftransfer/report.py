@@ -223,7 +223,8 @@ def stage_rows(history: list[dict]) -> list[dict]:
     rows = []
     for (start, name), stage in zip(boundaries, history):
         metrics = stage.get("metrics") or {}
-        rows.append({"stage": name, "learning rate": stage.get("learning_rate"), "epochs": stage.get("epochs"),
+        rows.append({"stage": name, "learning rate": stage.get("learning_rate"),
+                     "weight decay": stage.get("weight_decay"), "epochs": stage.get("epochs"),
                      "starts at epoch": start, "train loss": metrics.get("train_loss"),
                      "best epoch (kept)": metrics.get("best_epoch") if metrics.get("kept_best_epoch") else None,
                      "trainable parameters": metrics.get("trainable_parameters"),

@@ -61,6 +61,7 @@ class Stage:
     plan: FreezePlan
     learning_rate: float = 0.0
     epochs: float = 0.0
+    weight_decay: float = 0.0  # AdamW's, from `choices` (the flag's, or the head-only default)
     augment: bool = False
     patience: int = 0  # evaluations without improvement before the stage stops early (0: never)
     rdrop_weight: float = 0.0  # R-Drop's consistency loss (`trainer.TransferTrainer.compute_loss`); 0: off

@@ -117,11 +117,10 @@ class TransferRun:
         return Preprocess(with_multi_hot_labels(transform, len(self.labels)) if self.multi_label else transform)
 
     def _trainer_args(self, stage: Stage | None = None, **changes):
-        # The Trainer would create the repo and push each stage's checkpoints; the finished folder is pushed once,
-        # after its checks (`hub.push`).
+        # no push of each stage's checkpoints: the finished folder is pushed once, after its checks (`hub.push`)
         if stage is not None:
             changes.update(learning_rate=stage.learning_rate, num_train_epochs=stage.epochs,
-                           output_dir=self.checkpoints.trainer_output_dir(stage.name))
+                           weight_decay=stage.weight_decay, output_dir=self.checkpoints.trainer_output_dir(stage.name))
         return replace(self.args, push_to_hub=False, **changes)
 
     # stages ----------------------------------------------------------------
@@ -168,7 +167,8 @@ class TransferRun:
         else:
             trainer.release()
         self.history.append({"stage": stage.name, "kind": stage.kind, "learning_rate": stage.learning_rate,
-                             "epochs": stage.epochs, "calibrated_batchnorm": stage.calibrated_batchnorm,
+                             "weight_decay": stage.weight_decay, "epochs": stage.epochs,
+                             "calibrated_batchnorm": stage.calibrated_batchnorm,
                              "plan": asdict(stage.plan), "metrics": metrics, "log": trainer.state.log_history})
         self.checkpoints.mark_finished(self.model, stage.name, self.history[-1])
         return metrics

@@ -7,8 +7,8 @@ from datasets import Dataset
 
 from hftransfer.args import DataArguments, parse_args
 from hftransfer.choices import (ADVERSARIAL_EPSILON, ADVERSARIAL_MIN_STEPS, BASE_DEFAULTS, EARLY_STOPPING_PATIENCE,
-                                RDROP_MAX_EXAMPLES, RDROP_WEIGHT, Choices, choose_columns, choose_for_model,
-                                choose_stages)
+                                HEAD_ONLY_WEIGHT_DECAY, RDROP_MAX_EXAMPLES, RDROP_WEIGHT, Choices, choose_columns,
+                                choose_for_model, choose_stages)
 from hftransfer.tasks import TextTask
 
 
@@ -35,6 +35,17 @@ def test_what_the_user_gave_is_used_and_not_recorded_as_chosen():
     assert (head.epochs, base.epochs, base.learning_rate, head.patience, base.patience) == (4, 2, 5e-4, 3, 3)
     assert base.rdrop_weight == 0.3
     assert chosen == {}
+
+
+def test_a_head_that_is_the_final_model_gets_more_weight_decay_and_a_head_before_fine_tuning_does_not():
+    flag_default = parse_args([]).training.weight_decay
+    (head,), chosen = stages(["--strategy", "feature_extraction"], tiny_text_model("bert"))
+    assert head.weight_decay == HEAD_ONLY_WEIGHT_DECAY == chosen["weight_decay (head)"]["value"] != flag_default
+    (head, base), chosen = stages([], tiny_text_model("bert"))  # staged: the fine-tuning starts from this head
+    assert head.weight_decay == base.weight_decay == flag_default
+    assert not [name for name in chosen if name.startswith("weight_decay")]
+    (head,), chosen = stages(["--strategy", "feature_extraction", "--weight_decay", "0.05"], tiny_image_model("vit"))
+    assert head.weight_decay == 0.05 and "weight_decay (head)" not in chosen
 
 
 def test_r_drop_is_chosen_for_attention_models_on_small_data_in_the_stages_that_train_the_base():

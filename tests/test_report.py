@@ -35,7 +35,7 @@ def stage_log(epochs: int, steps_per_epoch: int = 4, start_loss: float = 1.4, ac
 def history():
     return [{"stage": "head", "learning_rate": 3e-3, "epochs": 3,
              "metrics": {"train_loss": 0.9, "trainable_parameters": 5124}, "log": stage_log(3)},
-            {"stage": "fine_tune", "learning_rate": 1e-4, "epochs": 2,
+            {"stage": "fine_tune", "learning_rate": 1e-4, "weight_decay": 0.01, "epochs": 2,
              "metrics": {"train_loss": 0.4, "trainable_parameters": 1_204_228, "best_epoch": 1.0,
                          "kept_best_epoch": True},
              "log": stage_log(2, start_loss=0.6, accuracy=0.75)}]
@@ -112,7 +112,7 @@ def test_report_sections(run):
     assert "`*.embeddings.*`" in text and "| unfreeze_last_n | 2 |" in text
     assert "| staged | 0.9 | 1,204,228 |" in text and "| feature_extraction | 0.8123 | 5,124 |" in text
     # the stages table: starts at epoch 3, its epoch 1 kept
-    assert "| fine_tune | 0.0001 | 2 | 3 | 0.4 | 1 | 1,204,228 |" in text
+    assert "| fine_tune | 0.0001 | 0.01 | 2 | 3 | 0.4 | 1 | 1,204,228 |" in text
 
 
 def test_per_class_table_matches_sklearn(run):

@@ -41,6 +41,23 @@ def test_the_last_stage_evaluates_and_earlier_engines_are_released(strategy, mon
     assert last.accelerator._models and transfer.final_trainer is last and results["eval_samples"] == 12
     assert not hasattr(last.model, "peft_config")  # it saved the merged model
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert [h["weight_decay"] for h in transfer.history] == [run.training.weight_decay] * 2  # the flag's default
+
+
+def test_a_head_trained_as_the_final_model_decays_its_weights_at_the_chosen_rate(image_folders, tmp_path):
+    from hftransfer.choices import HEAD_ONLY_WEIGHT_DECAY
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
+                      "--validation_dir", str(image_folders[1]), "--output_dir", str(tmp_path / "out"),
+                      "--strategy", "feature_extraction", "--head_epochs", "1", "--disable_tqdm", "true"])
+    transfer = TransferRun(run, ImageTask(run.data))
+    transfer.execute()
+    decays = {group["weight_decay"] for group in transfer.final_trainer.optimizer.param_groups}
+    assert decays == {HEAD_ONLY_WEIGHT_DECAY, 0.0}  # the classifier's weight, and its bias (never decayed)
+    record = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
+    assert record["stages"][0]["weight_decay"] == HEAD_ONLY_WEIGHT_DECAY
+    assert record["chosen"]["weight_decay (head)"]["value"] == HEAD_ONLY_WEIGHT_DECAY
 
 
 def test_under_fsdp_the_head_trains_on_the_frozen_base_without_channels_last(monkeypatch, image_folders, tmp_path):
