@@ -44,15 +44,21 @@ def test_the_last_stage_evaluates_and_earlier_engines_are_released(strategy, mon
     assert [h["weight_decay"] for h in transfer.history] == [run.training.weight_decay] * 2  # the flag's default
 
 
-def test_a_head_trained_as_the_final_model_decays_its_weights_at_the_chosen_rate(image_folders, tmp_path):
-    from hftransfer.choices import HEAD_ONLY_WEIGHT_DECAY
-
-    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+def feature_extraction_run(family: str, image_folders, tmp_path) -> TransferRun:
+    """One epoch of the head on a tiny `family` checkpoint, run to the end."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", family)
     run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
                       "--validation_dir", str(image_folders[1]), "--output_dir", str(tmp_path / "out"),
                       "--strategy", "feature_extraction", "--head_epochs", "1", "--disable_tqdm", "true"])
     transfer = TransferRun(run, ImageTask(run.data))
     transfer.execute()
+    return transfer
+
+
+def test_a_head_trained_as_the_final_model_decays_its_weights_at_the_chosen_rate(image_folders, tmp_path):
+    from hftransfer.choices import HEAD_ONLY_WEIGHT_DECAY
+
+    transfer = feature_extraction_run("vit", image_folders, tmp_path)
     decays = {group["weight_decay"] for group in transfer.final_trainer.optimizer.param_groups}
     assert decays == {HEAD_ONLY_WEIGHT_DECAY, 0.0}  # the classifier's weight, and its bias (never decayed)
     record = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
@@ -63,12 +69,7 @@ def test_a_head_trained_as_the_final_model_decays_its_weights_at_the_chosen_rate
 def test_under_fsdp_the_head_trains_on_the_frozen_base_without_channels_last(monkeypatch, image_folders, tmp_path):
     """FSDP wraps and shards the base that the cache would replace, and refuses channels-last weights."""
     monkeypatch.setattr(hardware, "fsdp_enabled", lambda args: True)
-    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "resnet")
-    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]),
-                      "--validation_dir", str(image_folders[1]), "--output_dir", str(tmp_path / "out"),
-                      "--strategy", "feature_extraction", "--head_epochs", "1", "--disable_tqdm", "true"])
-    transfer = TransferRun(run, ImageTask(run.data))
-    transfer.execute()
+    transfer = feature_extraction_run("resnet", image_folders, tmp_path)
     assert transfer.history[0]["metrics"]["cached_features"] is False
     convolutions = [m.weight for m in transfer.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convolutions and all(w.is_contiguous() for w in convolutions)
