@@ -124,7 +124,7 @@ def _pooling_line(config: dict) -> str:
 def _training_section(run: dict, plan: dict | None, config: dict) -> str:
     settings = run["settings"]
     stages = stage_rows(run["stages"])
-    keys = ["strategy", "per_device_train_batch_size", "weight_decay", "warmup_steps", "lr_scheduler_type", "seed",
+    keys = ["strategy", "per_device_train_batch_size", "warmup_steps", "lr_scheduler_type", "seed",  # decay: per stage
             "image_size", "max_seq_length", "layer_lr_decay", "lr_multipliers", "head_hidden_sizes", "head_dropout",
             "rdrop_weight", "adversarial_epsilon", "bf16", "fp16"]
     hyper = [{"setting": k, "value": settings.get(k)} for k in keys if settings.get(k) not in (None, [], False)]

@@ -56,6 +56,7 @@ def feature_extraction_run(family: str, image_folders, tmp_path) -> TransferRun:
 
 
 def test_a_head_trained_as_the_final_model_decays_its_weights_at_the_chosen_rate(image_folders, tmp_path):
+    from hftransfer.card import write_card
     from hftransfer.choices import HEAD_ONLY_WEIGHT_DECAY
 
     transfer = feature_extraction_run("vit", image_folders, tmp_path)
@@ -64,6 +65,8 @@ def test_a_head_trained_as_the_final_model_decays_its_weights_at_the_chosen_rate
     record = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
     assert record["stages"][0]["weight_decay"] == HEAD_ONLY_WEIGHT_DECAY
     assert record["chosen"]["weight_decay (head)"]["value"] == HEAD_ONLY_WEIGHT_DECAY
+    card = write_card(tmp_path / "out").read_text()  # the decay the head trained with, not the flag's default
+    assert "| weight decay |" in card and f" {HEAD_ONLY_WEIGHT_DECAY:g} |" in card and "| weight_decay |" not in card
 
 
 def test_under_fsdp_the_head_trains_on_the_frozen_base_without_channels_last(monkeypatch, image_folders, tmp_path):
