@@ -127,11 +127,13 @@ def _training_section(run: dict, plan: dict | None, config: dict) -> str:
     keys = ["strategy", "per_device_train_batch_size", "warmup_steps", "lr_scheduler_type", "seed",  # decay: per stage
             "image_size", "max_seq_length", "layer_lr_decay", "lr_multipliers", "head_hidden_sizes", "head_dropout",
             "rdrop_weight", "adversarial_epsilon", "bf16", "fp16"]
-    hyper = [{"setting": k, "value": settings.get(k)} for k in keys if settings.get(k) not in (None, [], False)]
+    made = run.get("chosen") or {}  # a flag the run could not honour is there too, with the value it used
+    hyper = [{"setting": k, "value": settings.get(k)} for k in keys
+             if settings.get(k) not in (None, [], False) and k not in made]
     text = "## Training procedure\n\n" + markdown_table(stages) + "\n" + markdown_table(hyper)
-    chosen = [{"setting": k, "value": v["value"], "why": v["reason"]} for k, v in (run.get("chosen") or {}).items()]
+    chosen = [{"setting": k, "value": v["value"], "why": v["reason"]} for k, v in made.items()]
     if chosen:
-        text += "\nChosen automatically (the user gave none of these):\n\n" + markdown_table(chosen)
+        text += "\nChosen or adjusted automatically:\n\n" + markdown_table(chosen)
     if plan:
         text += (f"\nFreeze plan of the last stage (`{PLAN_FILE}`; `hftransfer freeze-report MODEL --plan {PLAN_FILE}` "
                  f"reproduces it):\n\n" + plan_table(plan))

@@ -267,16 +267,17 @@ class ImageTask(TaskAdapter):
                 logger.info("%s has attention layers: keeping its %d px inputs (--image_size changes them)",
                             type(model).__name__, native)
             elif not _accepts_size(model, size):
-                logger.info("%s needs %d px inputs; keeping that size", type(model).__name__, native)
                 size, reason = native, f"{type(model).__name__} needs {native} px inputs"
             elif not _set_processor_size(processor, size):
-                logger.info("%s gives no %d px output with any size setting; keeping the checkpoint's %d px",
-                            type(processor).__name__, size, native)
                 size, reason = native, f"{type(processor).__name__} gives no {size} px output"
             else:
-                logger.info("Input size %d px (checkpoint: %d px), chosen from the images' size", size, native)
+                logger.info("Input size %d px (checkpoint: %d px): %s", size, native,
+                            reason if chosen else "--image_size")
         if chosen:
             choices.add("image_size", size, reason)
+        elif size != self.data_args.image_size:  # the flag could not be honoured: say so, record the size used
+            logger.warning("--image_size %d not used: %s; using %d px", self.data_args.image_size, reason, size)
+            choices.add("image_size", size, f"--image_size {self.data_args.image_size} not used: {reason}")
         return processor
 
     def transform(self, processor, train):

@@ -43,10 +43,10 @@ def test_a_processor_that_refuses_every_setting_is_left_as_it_was():
     assert processor.to_dict() == before and _processor_size(processor) == 224
 
 
-def train_head(checkpoint, data, out, caplog):
+def train_head(checkpoint, data, out, caplog, *flags):
     """A feature-extraction run on `data`: the processor it saved, and an image of the data."""
     run = parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(data), "--output_dir", str(out),
-                      "--strategy", "feature_extraction", "--head_epochs", "2", "--disable_tqdm", "true"])
+                      "--strategy", "feature_extraction", "--head_epochs", "2", "--disable_tqdm", "true", *flags])
     with caplog.at_level("INFO"):
         TransferRun(run, ImageTask(run.data)).execute()
     return AutoImageProcessor.from_pretrained(out), Image.open(next((data / "square").iterdir()))
@@ -103,6 +103,22 @@ def test_a_processor_of_another_size_than_its_model_is_set_to_the_size_the_model
     assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (32, 32)
     recorded = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
     assert recorded["chosen"]["image_size"]["value"] == 32
+
+
+def test_an_image_size_the_model_cannot_take_is_said_and_the_size_used_is_recorded(tmp_path, caplog):
+    """A ViT's position table is made for its own size: `--image_size 48` cannot be honoured. The run warns, trains
+    at 32 px, and its record and card give the 32 it used, not the flag's 48."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit", processor=ViTImageProcessorPil(
+        size={"height": 32, "width": 32}))
+    out = tmp_path / "out"
+    saved, image = train_head(checkpoint, make_image_folder(tmp_path / "data", per_class=4), out, caplog,
+                              "--image_size", "48")
+    assert "--image_size 48 not used: ViTForImageClassification needs 32 px inputs; using 32 px" in caplog.text
+    assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (32, 32)
+    recorded = json.loads((out / "hftransfer_run.json").read_text())["chosen"]["image_size"]
+    assert recorded["value"] == 32 and "--image_size 48 not used" in recorded["reason"]
+    card = (out / "README.md").read_text()
+    assert "| image_size | 32 |" in card and "| image_size | 48 |" not in card
 
 
 def test_a_model_that_runs_at_its_processors_size_keeps_it_whatever_its_config_says():
