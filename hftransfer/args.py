@@ -62,9 +62,9 @@ class TransferArguments:
         default="staged",
         metadata={"help": "staged: train the new head on the frozen base, then fine-tune the whole model at a lower "
                           "rate. feature_extraction: train the head only. fine_tune: train the head and the last "
-                          "blocks (--unfreeze_last_n, default 2). full: train everything. lora: train the head on "
-                          "the frozen base, then low-rank adapters in the base's blocks with the head (PEFT); the "
-                          "model is saved with the adapters merged.",
+                          "blocks (--unfreeze_last_n, default 2, or the one ALBERT has). full: train everything. "
+                          "lora: train the head on the frozen base, then low-rank adapters in the base's blocks with "
+                          "the head (PEFT); the model is saved with the adapters merged.",
                   "choices": tuple(STRATEGIES)})
     freeze: list[str] = field(default_factory=list, metadata={
         "help": "Parameter-name patterns to freeze (globs like 'bert.encoder.layer.[0-3].*', or 're:REGEX').",

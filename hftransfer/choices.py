@@ -135,7 +135,7 @@ def choose_columns(columns: list[str], features, data_args, task, given: frozens
 
 def choose_for_model(run, model, is_decoder: bool, lengths: dict, choices: Choices):
     """Settings that depend on the loaded model and the data's lengths: the run's settings from here on."""
-    if is_decoder and not run.given("strategy"):
+    if is_decoder and not run.given("strategy") and not run.transfer.unfreeze_last_n:  # blocks named: staged
         choices.add("strategy", "lora", f"{type(model).__name__} is a decoder classifier: its adapters and score head "
                     "train in one stage (its head reads the last real token, which cached features do not carry)")
         run = replace(run, transfer=replace(run.transfer, strategy="lora"))

@@ -60,6 +60,9 @@ class FreezePlan:
         return cls(**json.loads(path.read_text()))
 
 
+FINE_TUNE_BLOCKS = 2  # fine_tune's blocks when --unfreeze_last_n names none
+
+
 class PatternError(ValueError):
     pass
 
@@ -107,13 +110,15 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
         trainable = set(head)  # lora: the base stays frozen, PEFT adds trainable adapters to it
     else:
         raise ValueError(f"Unknown strategy '{plan.strategy}' (feature_extraction, fine_tune, full, lora)")
+    blocks = [g for g in groups if g.name.startswith("base.block.")]
     last_n = plan.unfreeze_last_n
-    if last_n is None and plan.strategy == "fine_tune":
-        last_n = 2
+    if last_n is None and plan.strategy == "fine_tune":  # its default: the last 2 blocks, or ALBERT's one
+        last_n = min(FINE_TUNE_BLOCKS, len(blocks)) or FINE_TUNE_BLOCKS
     if last_n:
-        blocks = [g for g in groups if g.name.startswith("base.block.")]
         if last_n > len(blocks):
-            raise PatternError(f"--unfreeze_last_n {last_n}: the base has only {len(blocks)} blocks")
+            asked = (f"--unfreeze_last_n {last_n}" if plan.unfreeze_last_n is not None
+                     else f"fine_tune (by default its last {last_n} blocks)")
+            raise PatternError(f"{asked}: the base has only {len(blocks)} blocks")
         for group in blocks[-last_n:] + [g for g in groups if g.name == "base.top"]:
             trainable.update(group.params)
     for pattern in plan.freeze:

@@ -48,6 +48,11 @@ DESCRIPTIONS = {
     "full": "the whole model",
     "lora": "the new head on the frozen base, then low-rank adapters in the base's blocks with the head (merged)",
 }
+# `--unfreeze_last_n` picks the blocks a base stage trains; the other strategies leave it nothing to pick
+WITHOUT_LAST_N = {
+    "feature_extraction": "it trains the head alone (the head and the last N blocks: --strategy fine_tune)",
+    "full": "it trains every block",
+    "lora": "its adapters go into every block (the last N blocks fine-tuned: --strategy staged)"}
 COMPARED = ("feature_extraction", "staged", "lora")  # `hftransfer compare`: the lesson's three answers
 ONE_STAGE = tuple(name for name, specs in STRATEGIES.items() if len(specs) == 1 and specs[0].kind != ADAPTERS)
 
@@ -75,8 +80,11 @@ class Stage:
 def plan_stages(strategy: str, patterns: dict, head_stage: bool = True) -> list[Stage]:
     """`strategy`'s stages with their freeze plans. The user's patterns shape the last stage; an earlier head stage
     trains the head alone. `head_stage` False (decoder classifiers) leaves head stages out where another follows."""
-    from .freezing import FreezePlan
+    from .freezing import FreezePlan, PatternError
 
+    if patterns.get("unfreeze_last_n") and strategy in WITHOUT_LAST_N:
+        raise PatternError(f"--unfreeze_last_n {patterns['unfreeze_last_n']} does not apply to --strategy {strategy}: "
+                           f"{WITHOUT_LAST_N[strategy]}")
     specs = [spec for spec in STRATEGIES[strategy]
              if head_stage or spec.kind != HEAD or len(STRATEGIES[strategy]) == 1]
     stages = []

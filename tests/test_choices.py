@@ -9,6 +9,7 @@ from hftransfer.args import DataArguments, parse_args
 from hftransfer.choices import (ADVERSARIAL_EPSILON, ADVERSARIAL_MIN_STEPS, BASE_DEFAULTS, EARLY_STOPPING_PATIENCE,
                                 HEAD_ONLY_WEIGHT_DECAY, RDROP_MAX_EXAMPLES, RDROP_WEIGHT, Choices, choose_columns,
                                 choose_for_model, choose_stages)
+from hftransfer.freezing import PatternError
 from hftransfer.tasks import TextTask
 
 
@@ -147,6 +148,20 @@ def test_decoders_get_lora_and_texts_get_grouped_batches_unless_given():
     assert given.transfer.strategy == "full" and given.training.train_sampling_strategy == "random"
     images = choose_for_model(parse_args([]), model, False, {"train": None}, Choices())
     assert images.training.train_sampling_strategy != "group_by_length"
+    blocks = choose_for_model(parse_args(["--unfreeze_last_n", "2"]), model, True, {"train": [3]}, Choices())
+    assert blocks.transfer.strategy == "staged"  # LoRA would leave the named blocks frozen
+
+
+@pytest.mark.parametrize("strategy", ["feature_extraction", "full", "lora"])
+def test_unfreeze_last_n_with_a_strategy_that_cannot_use_it_is_an_error_that_names_both(strategy):
+    """Feature extraction would quietly become fine-tuning, full trains every block anyway, and PEFT refreezes the
+    named blocks under LoRA: each is refused before anything trains."""
+    model = tiny_text_model("bert")
+    with pytest.raises(PatternError, match=f"--unfreeze_last_n 2 does not apply to --strategy {strategy}: "):
+        stages(["--strategy", strategy, "--unfreeze_last_n", "2"], model)
+    assert stages(["--strategy", strategy, "--unfreeze_last_n", "0"], model)[0]  # 0 names no block
+    (tune,), _ = stages(["--strategy", "fine_tune", "--unfreeze_last_n", "2"], model)
+    assert tune.plan.unfreeze_last_n == 2
 
 
 def test_augment_with_cached_features_is_said_and_applies_where_it_can(caplog):

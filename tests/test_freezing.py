@@ -230,3 +230,18 @@ def test_layer_lr_decay_and_multipliers_give_each_group_its_rate(tmp_path):
     assert row.split()[-1] == "0.5"
     with pytest.raises(PatternError, match="PATTERN=FACTOR"):
         freezing.lr_factors(model, FreezePlan("full", lr_multipliers=["vit.embeddings=fast"]))
+
+
+def test_fine_tune_without_a_block_count_trains_the_one_block_albert_has():
+    """ALBERT shares one layer group: fine_tune's default (the last 2 blocks) takes the one there is; asking for 2
+    by name is an error that quotes the flag."""
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    model = AlbertForSequenceClassification(AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32,
+                                                         num_hidden_layers=2, num_attention_heads=2,
+                                                         intermediate_size=37))
+    trains = freezing.resolve(model, FreezePlan("fine_tune"))
+    assert any(".albert_layer_groups.0." in name for name in trains)
+    assert not any("embeddings" in name for name in trains)
+    with pytest.raises(PatternError, match=r"^--unfreeze_last_n 2: the base has only 1 blocks"):
+        freezing.resolve(model, FreezePlan("fine_tune", unfreeze_last_n=2))
