@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, List, Sequence, Value, concatenate_datasets, load_dataset
 
 from .choices import Choices, choose_columns
@@ -195,7 +196,7 @@ def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
         values = train.unique(column)
         if None in values:
             raise DataError(f"{where} (train): column '{column}' has empty labels; remove or fill those rows")
-        names = [str(v) for v in sorted(values)]
+        names = _label_names(sorted(values), feature)
     if len(names) < 2:
         raise DataError(f"{where}: column '{column}' has a single class ({names[0]!r}); a classifier needs two")
     encoded = {}
@@ -206,7 +207,7 @@ def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
                 dataset = dataset.map(_rename_labels(current.names, names), input_columns=column, batched=True)
                 dataset = dataset.cast_column(column, ClassLabel(names=names))
         else:
-            values = {str(v) for v in dataset.unique(column)}
+            values = set(_label_names(dataset.unique(column), current))
             unseen = sorted(values - set(names))
             if unseen:
                 raise DataError(f"{where} ({split}): label(s) {', '.join(map(repr, unseen[:10]))} do not occur in "
@@ -219,6 +220,14 @@ def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
     if rare:
         raise DataError(f"{where}: class(es) {', '.join(rare)} have no training example")
     return DatasetDict(encoded)
+
+
+def _label_names(values: list, feature) -> list[str]:
+    """Labels as the cast to strings below writes them (Arrow's: True -> "true", 10.0 -> "10"), so that every name
+    is found again in the cast column; Python's str() gives "True" and "10.0"."""
+    if not isinstance(feature, Value):
+        return [str(v) for v in values]
+    return [str(v) for v in pa.array(values, type=feature.pa_type).cast(pa.string()).to_pylist()]
 
 
 def _encode_multi_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:

@@ -88,6 +88,21 @@ def test_string_labels_become_one_class_label_for_all_splits():
         encode_labels(DatasetDict(train=Dataset.from_dict({"label": ["cat", "cat"]})), "label", "test")
 
 
+@pytest.mark.parametrize("train, validation, names", [
+    ([True, False, True], [False], ["false", "true"]),  # JSON booleans
+    ([1.0, 2.0, 10.0, 2.5], [10.0, 2.5], ["1", "2", "2.5", "10"]),  # a CSV's numbers read as floats
+    ([1, -1, 0], [-1], ["-1", "0", "1"])])
+def test_boolean_and_number_labels_keep_each_row_in_its_class(train, validation, names):
+    """Labels that are not strings are named as the cast to strings writes them, in their own order: each row keeps
+    its class (Python's str() named them "True" and "10.0", which the cast never wrote: an error, or a wrong one)."""
+    splits = DatasetDict(train=Dataset.from_dict({"label": train}), validation=Dataset.from_dict({"label": validation}))
+    encoded = encode_labels(splits, "label", "test")
+    assert encoded["train"].features["label"].names == names
+    for split, raw in (("train", train), ("validation", validation)):
+        read = [names[i] for i in encoded[split]["label"]]
+        assert [float(n) if n[-1].isdigit() else n == "true" for n in read] == [float(v) for v in raw]
+
+
 def test_missing_folder_and_unknown_format_are_named(tmp_path):
     with pytest.raises(DataError, match="nowhere"):
         prepare(train_dir=str(tmp_path / "nowhere"))
