@@ -35,7 +35,7 @@ class TaskAdapter:
     column_setting: str  # the DataArguments field that names the input column(s)
     pipeline_tag: str  # the Hub's task, for the card and the pipeline
     noun: str  # "an image" / "a text": how the card and errors say it
-    usage_example: str  # a pipeline input for the card's snippet
+    usage_example: str  # the arguments of a pipeline call in the card's snippet
 
     def __init__(self, data_args=None):
         self.data_args = data_args
@@ -510,7 +510,7 @@ class TextTask(TaskAdapter):
     column_setting = "text_column_names"
     pipeline_tag = "text-classification"
     noun = "a text"
-    usage_example = '"a wonderful, moving film"'
+    usage_example = '"a wonderful, moving film", truncation=True'  # the pipeline cuts no text unless asked
     max_length_cap = 512  # longer inputs cost quadratic attention for little gain in classification
 
     @property

@@ -92,6 +92,22 @@ def test_predict_csv_skips_an_empty_text_and_writes_json_lines(text_run, tmp_pat
     assert rows[0]["score_1"] == pytest.approx(max(direct[0].values()), abs=1e-5)
 
 
+def test_the_cards_pipeline_snippet_cuts_a_long_text_as_the_run_did(text_run):
+    """transformers' text pipeline cuts no text unless asked: past the position table an encoder fails. The card's
+    snippet asks, so a text of 600 words gets the prediction hftransfer's own loader gives."""
+    root, _ = text_run
+    card = (root / "out" / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    long_text = " ".join(POSITIVE * 120)
+    code = snippet.replace('model="out"', f'model="{root / "out"}"').replace("print(classifier(", "result = (classifier(")
+    code = code.replace('"a wonderful, moving film"', repr(long_text))
+    scope = {}
+    exec(code, scope)  # the snippet as a user pastes it, with the folder's path and a long text
+    direct = Predictor(root / "out").predict([long_text])[0]
+    assert scope["result"][0]["label"] == max(direct, key=direct.get)
+    assert scope["result"][0]["score"] == pytest.approx(max(direct.values()), abs=1e-4)
+
+
 def test_predict_reads_a_datasets_folder_and_scores_it_against_its_labels(text_run, tmp_path):
     from datasets import Dataset
 
