@@ -55,7 +55,7 @@ def check(run) -> dict:
     if run.multi_label:
         skipped.append("label issues: multi-label data (confident learning here ranks single labels)")
     elif run.store.layout(run.model) is None:
-        skipped.append("label issues: the base's output cannot be cached for this model")
+        skipped.append(f"label issues: the base's output cannot be cached for this model ({run.store.unavailable})")
     else:
         labels = torch.tensor(run.splits["train"]["label"])
         issues = quality.label_issues(_training_features(run), labels, len(run.labels), seed=run.args.seed)

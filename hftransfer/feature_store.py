@@ -39,6 +39,7 @@ class FeatureStore:
         self.args, self.source, self.inputs, self.lengths, self.collator = args, source, inputs, lengths, collator
         self._layout_found = False
         self._layout = None
+        self.unavailable: str | None = None  # why there is no layout, once `layout` has looked
         self._features: dict[str, features.FeatureDataset] = {}
 
     def serves(self, model, stage_name: str, cache_features: bool, choices) -> bool:
@@ -50,42 +51,38 @@ class FeatureStore:
         if any(p.requires_grad for n, p in model.named_parameters() if n not in head):
             return False  # a stage that trains the base: nothing to cache
         found = self.layout(model) is not None
+        if not found:
+            logger.warning("%s: training on the frozen base without a cache", self.unavailable)
         choices.add(f"cached_features ({stage_name})", found, "the frozen base's stored output reproduces the "
                     "model's logits" if found else "the frozen base cannot be stood in for (see the warning above)")
         return found
 
     def layout(self, model):
-        """How the head reads the base (found once), or None where the cache cannot stand in for the base."""
+        """How the head reads the base (found once), or None where the cache cannot stand in for the base; then
+        `unavailable` says why (the stage that would have used the cache warns, the data check names it)."""
         if not self._layout_found:
-            self._layout = self._discover(model)
+            self._layout, self.unavailable = self._discover(model)
             self._layout_found = True
         return self._layout
 
     def _discover(self, model):
+        name = type(model).__name__
         if hardware.fsdp_enabled(self.args):
-            logger.warning("FSDP: no feature cache (the base it would stand in for is what FSDP wraps and shards); "
-                           "the head trains on the frozen base")
-            return None
+            return None, "FSDP: no feature cache (the base it would stand in for is what FSDP wraps and shards)"
         held_out = self.inputs["validation"]
         rows = [held_out[i] for i in range(min(4, len(held_out)))]
         batch = {k: v.to(self.args.device) for k, v in self.collator(rows).items()}
-        name = type(model).__name__
         try:
             layout = features.discover_layout(model, {k: v for k, v in batch.items() if k != "labels"})
         except (features.LayoutError, RuntimeError, TypeError, ValueError, AttributeError) as err:
             # a structure the cache cannot split is never a crash: the frozen base serves, only slower
-            logger.warning("No feature cache for %s (%s: %s). Training on the frozen base without a cache", name,
-                           type(err).__name__, err)
-            return None
+            return None, f"No feature cache for {name} ({type(err).__name__}: {err})"
         if not features.agrees(model, batch, layout):
-            logger.warning("Cached features do not reproduce %s's own outputs: training on the frozen base without a "
-                           "cache", name)
-            return None
+            return None, f"Cached features do not reproduce {name}'s own outputs"
         if layout.per_token:
-            logger.warning("%s's head reads whole token sequences (%s), whose length changes from batch to batch: "
-                           "training on the frozen base without a cache", name, ", ".join(layout.per_token))
-            return None
-        return layout
+            return None, (f"{name}'s head reads whole token sequences ({', '.join(layout.per_token)}), whose length "
+                          "changes from batch to batch")
+        return layout, None
 
     def features(self, model, split: str) -> features.FeatureDataset:
         """The split's features, from the disk cache when every process finds them there, else extracted."""

@@ -69,7 +69,8 @@ def test_decoder_heads_train_without_the_cache_and_say_why(decoder, tmp_path, ca
     with caplog.at_level("WARNING"):
         TransferRun(run, TextTask(run.data)).execute()
     # its head finds the last real token from input_ids, which cached features do not carry
-    assert "Cached features do not reproduce Qwen2ForSequenceClassification's own outputs" in caplog.text
+    assert ("Cached features do not reproduce Qwen2ForSequenceClassification's own outputs: training on the frozen "
+            "base without a cache") in caplog.text
     record = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
     assert record["stages"][0]["metrics"]["cached_features"] is False
 
@@ -91,15 +92,20 @@ def test_deberta_caches_the_first_token_its_pooler_reads_over_batches_of_any_len
     assert record["stages"][0]["metrics"]["cached_features"] is True
 
 
-def test_a_decoder_trains_lora_with_its_score_head_by_default(decoder, tmp_path):
-    """One stage: adapters and the score head together (a head-only stage could not use the cache)."""
+def test_a_decoder_trains_lora_with_its_score_head_by_default(decoder, tmp_path, caplog):
+    """One stage: adapters and the score head together (a head-only stage could not use the cache). No stage runs
+    on a frozen base, so no warning says one does; the data check names why it skipped its label-issue pass."""
     from safetensors.torch import load_file
 
     checkpoint, reviews = decoder
     out = tmp_path / "out"
     run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
                       str(out), "--num_train_epochs", "1", "--disable_tqdm", "true"])
-    TransferRun(run, TextTask(run.data)).execute()
+    with caplog.at_level("WARNING"):
+        TransferRun(run, TextTask(run.data)).execute()
+    assert "without a cache" not in caplog.text
+    quality = json.loads((out / "data_quality.json").read_text())
+    assert any("do not reproduce Qwen2ForSequenceClassification" in skip for skip in quality["summary"]["skipped"])
     stages = json.loads((out / "hftransfer_run.json").read_text())["stages"]
     assert [s["plan"]["strategy"] for s in stages] == ["lora"]
     assert stages[0]["plan"]["lora"]["target_modules"] and stages[0]["metrics"]["trainable_parameters"] > 0

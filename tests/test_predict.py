@@ -94,12 +94,13 @@ def test_predict_csv_skips_an_empty_text_and_writes_json_lines(text_run, tmp_pat
 
 def test_the_cards_pipeline_snippet_cuts_a_long_text_as_the_run_did(text_run):
     """transformers' text pipeline cuts no text unless asked: past the position table an encoder fails. The card's
-    snippet asks, so a text of 600 words gets the prediction hftransfer's own loader gives."""
+    snippet asks, so a text of thousands of tokens gets the prediction hftransfer's own loader gives."""
     root, _ = text_run
-    card = (root / "out" / "README.md").read_text()
+    folder = root / "out"
+    card = (folder / "README.md").read_text()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     long_text = " ".join(POSITIVE * 120)
-    code = snippet.replace('model="out"', f'model="{root / "out"}"').replace("print(classifier(", "result = (classifier(")
+    code = snippet.replace('model="out"', f'model="{folder}"').replace("print(classifier(", "result = (classifier(")
     code = code.replace('"a wonderful, moving film"', repr(long_text))
     scope = {}
     exec(code, scope)  # the snippet as a user pastes it, with the folder's path and a long text
