@@ -78,10 +78,12 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     if keep_head:
         logger.info("The checkpoint's %d labels are this data's labels: keeping its head", len(labels))
     else:
-        for name, module in head_modules(model).items():
+        replaced = head_modules(model)  # its inner layers (DistilBERT's pre_classifier) output the hidden size
+        for module in replaced.values():
             _reinitialise(model, module)
-            logger.info("New head: %s (%s) replaced, %d -> %d outputs", name, type(module).__name__,
-                        len(old_labels), len(labels))
+        logger.info("New head: %s re-initialised for %d labels (the checkpoint's: %d)",
+                    ", ".join(f"{name} ({type(module).__name__})" for name, module in replaced.items()),
+                    len(labels), len(old_labels))
     if model_args.checkpoint_pooling:
         adopted = pooling.adopt(model, pooling.checkpoint_pooling(path, model_args.model_revision,
                                                                   model_args.cache_dir))

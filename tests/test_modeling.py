@@ -22,7 +22,7 @@ def test_new_label_set_replaces_the_head_and_says_so(tmp_path, caplog):
     assert replaced and model.classifier.out_features == 5
     assert model.config.id2label == {0: "cat", 1: "dog", 2: "bird", 3: "fish", 4: "ant"}
     assert model.config.label2id["fish"] == 3
-    assert "classifier" in caplog.text and "3 -> 5" in caplog.text
+    assert "New head: classifier (Linear) re-initialised for 5 labels (the checkpoint's: 3)" in caplog.text
     assert processor is not None
 
 
