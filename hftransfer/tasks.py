@@ -679,18 +679,22 @@ def _check_known_words(tokenizer, texts: list[str]) -> None:
     """A checkpoint that ships no tokenizer files (a model pushed without its tokenizer) still loads one: transformers
     builds its family's tokenizer with the special tokens alone, and every word of every text becomes the unknown
     token, so a run would train on nothing and say nothing. Measured on the training texts themselves."""
-    unknown = tokenizer.unk_token_id
-    if unknown is None or not texts:  # byte-level tokenizers know every string
+    if not texts:
         return
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     total = sum(map(len, ids))
-    share = sum(row.count(unknown) for row in ids) / total if total else 0.0
     where = f"The tokenizer of {tokenizer.name_or_path} ({len(tokenizer):,} tokens)"
+    missing = ("A checkpoint without its tokenizer files (tokenizer.json, vocab.txt, spm.model...) loads an empty one: "
+               "save the tokenizer the model was trained with beside it")
+    if total == 0:  # an empty byte-level or BPE tokenizer drops what it cannot read instead of marking it unknown
+        raise ModelError(f"{where} turns the training texts into no tokens at all. {missing}")
+    unknown = tokenizer.unk_token_id
+    if unknown is None:  # byte-level tokenizers know every string
+        return
+    share = sum(row.count(unknown) for row in ids) / total
     if share > UNKNOWN_SHARE_ERROR:
         raise ModelError(f"{where} reads {share:.0%} of the training texts' tokens as {tokenizer.unk_token}: it knows "
-                         "almost none of their words. A checkpoint without its tokenizer files (tokenizer.json, "
-                         "vocab.txt, spm.model...) loads an empty one: save the tokenizer the model was trained with "
-                         "beside it")
+                         f"almost none of their words. {missing}")
     if share > UNKNOWN_SHARE_WARNING:
         logger.warning("%s reads %.0f%% of the training texts' tokens as %s: the model cannot see those words",
                        where, 100 * share, tokenizer.unk_token)

@@ -1,6 +1,7 @@
 """The bad-input matrix: each case gives a clear error before training, or a counted skip reported at the end."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -186,6 +187,23 @@ def test_a_checkpoint_without_its_tokenizer_files_is_an_error_before_training(tm
     message, out = recipe(capsys, "text.py", "--model_name_or_path", str(checkpoint), "--train_file", str(reviews),
                           "--output_dir", str(tmp_path / "out"))
     assert f"The tokenizer of {checkpoint} (5 tokens) reads 100% of the training texts' tokens as [UNK]" in message
+    assert "Stage '" not in out and "{'loss'" not in out
+
+
+def test_a_decoder_without_its_tokenizer_files_is_an_error_before_training(tmp_path, capsys):
+    """A Llama folder with only its tokenizer_config.json: the SentencePiece tokenizer loads empty and turns every text
+    into no tokens (no unknown token to count), which crashed inside the model's first forward pass."""
+    import transformers as tf
+
+    checkpoint = tmp_path / "ckpt"
+    tf.LlamaForSequenceClassification(tf.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, bos_token_id=1, eos_token_id=2)).save_pretrained(checkpoint)
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    message, out = recipe(capsys, "text.py", "--model_name_or_path", str(checkpoint), "--train_file",
+                          str(write_reviews_csv(tmp_path / "reviews.csv")), "--output_dir", str(tmp_path / "out"))
+    assert f"The tokenizer of {checkpoint} (3 tokens) turns the training texts into no tokens at all" in message
     assert "Stage '" not in out and "{'loss'" not in out
 
 
