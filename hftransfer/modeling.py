@@ -75,8 +75,11 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
             path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32, **common)
     finally:
         hf_logging.set_verbosity(verbosity)
+    if not keep_head and not multi_label and sorted(old_labels) == sorted(labels):
+        keep_head = _reorder_outputs(model, [old_labels.index(label) for label in labels])
     if keep_head:
-        logger.info("The checkpoint's %d labels are this data's labels: keeping its head", len(labels))
+        logger.info("The checkpoint's %d labels are this data's labels: keeping its head%s", len(labels),
+                    "" if old_labels == labels else " (its outputs put in this data's order)")
     else:
         replaced = head_modules(model)  # its inner layers (DistilBERT's pre_classifier) output the hidden size
         for module in replaced.values():
@@ -94,6 +97,21 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
         logger.info("MLP head in place of %s: hidden sizes %s, dropout %g", name, head_hidden_sizes, head_dropout)
     processor = task.load_processor(path, **common)
     return model, processor, not keep_head
+
+
+def _reorder_outputs(model, order: list[int]) -> bool:
+    """The same label names in another order (a checkpoint's `{0: "positive", 1: "negative"}`, this data's sorted
+    names): the final layer's output rows are permuted into the data's order, so the trained head is kept. False
+    where the head has no single layer with one output per label."""
+    finals = [m for head in head_modules(model).values() for m in head.modules()
+              if isinstance(m, nn.Linear) and m.out_features == len(order)]
+    if len(finals) != 1:
+        return False
+    with torch.no_grad():
+        finals[0].weight.copy_(finals[0].weight[order])
+        if finals[0].bias is not None:
+            finals[0].bias.copy_(finals[0].bias[order])
+    return True
 
 
 def _reinitialise(model, module: nn.Module) -> None:

@@ -2,12 +2,12 @@ import logging
 
 import pytest
 import torch
-from conftest import save_tiny_checkpoint
+from conftest import save_tiny_checkpoint, save_tiny_text_checkpoint
 
 from hftransfer.args import ModelArguments
 from hftransfer.anatomy import head_modules
 from hftransfer.modeling import ModelError, check_runs, load_model
-from hftransfer.tasks import ImageTask
+from hftransfer.tasks import ImageTask, TextTask
 from transformers import ViTImageProcessor
 
 
@@ -45,6 +45,24 @@ def test_same_size_but_other_labels_gets_a_fresh_head(tmp_path):
     assert replaced
     assert not torch.equal(model.classifier[1].weight, reference.classifier[1].weight)
     assert list(head_modules(model)) == ["classifier.1"]
+
+
+def test_the_same_labels_in_another_order_keep_the_head_with_its_outputs_reordered(tmp_path):
+    """A sentiment checkpoint saved as {0: positive, 1: negative}, data whose sorted labels are (negative, positive):
+    the fine-tuned head is kept, and each output still scores the label it was trained for."""
+    from transformers import AutoModelForSequenceClassification
+
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "distilbert")
+    trained = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    trained.config.id2label, trained.config.label2id = {0: "positive", 1: "negative"}, {"positive": 0, "negative": 1}
+    trained.save_pretrained(checkpoint)
+    model, _, replaced = load_model(TextTask(), ModelArguments(model_name_or_path=str(checkpoint)),
+                                    ["negative", "positive"])
+    assert not replaced and model.config.id2label == {0: "negative", 1: "positive"}
+    inputs = {"input_ids": torch.tensor([[101, 2023, 2143, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        before, after = trained(**inputs).logits[0], model.eval()(**inputs).logits[0]
+    assert torch.allclose(after, before[[1, 0]], atol=1e-6)
 
 
 def test_default_learning_rate_follows_the_architecture():
