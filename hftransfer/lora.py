@@ -73,7 +73,7 @@ def wrap(model: nn.Module, transfer, targets: list[str], sharded: bool = False):
     (`modules_to_save`). `sharded` (FSDP): with a plain CPU copy to gather the trained weights into (`merge`)."""
     from peft import LoraConfig, get_peft_model
 
-    head_names = list(head_modules(model))
+    head_names = _trained_in_full(model, targets)
     # Conv1D keeps its weight as (in, out): PEFT must know (where Conv1D and Linear targets mix, it sets the flag
     # module by module itself, with a warning each)
     transposed = all(isinstance(model.get_submodule(name), Conv1D) for name in targets)
@@ -91,6 +91,21 @@ def wrap(model: nn.Module, transfer, targets: list[str], sharded: bool = False):
                 transfer.lora_alpha, len(targets), ", ".join(targets[:3]), f"{trainable:,}", f"{total:,}",
                 100 * trainable / total)
     return peft_model
+
+
+def _trained_in_full(model: nn.Module, targets: list[str]) -> list[str]:
+    """The modules the stage's plan trains beside the adapters, as PEFT's `modules_to_save` (PEFT freezes everything
+    else): the head, unless `--freeze` froze it, and the modules of parameters `--unfreeze` named. A parameter of an
+    adapted module cannot also train in full: said, and its adapters train instead."""
+    heads = [name for name in head_modules(model)
+             if any(p.requires_grad for p in model.get_submodule(name).parameters())]
+    owners = {name.rpartition(".")[0] for name, p in model.named_parameters() if p.requires_grad
+              and not any(name.startswith(head + ".") for head in heads)} - {""}
+    inside = sorted(owner for owner in owners if owner in targets)
+    if inside:
+        logger.warning("LoRA adapts %s: their own parameters that --unfreeze names do not train in full, the adapters "
+                       "train instead", ", ".join(inside[:5]))
+    return heads + sorted(owners - set(inside))
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

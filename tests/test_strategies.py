@@ -137,6 +137,25 @@ def test_lora_run_saves_a_merged_model_equal_to_base_plus_adapter(tmp_path):
         assert not torch.equal(query, before.attention.self.query.weight)  # the adapter was merged into the base
 
 
+def test_lora_trains_what_the_users_patterns_name_beside_the_adapters(tmp_path):
+    """PEFT freezes all but its adapters and `modules_to_save`: a LayerNorm `--unfreeze` names trains in full and is
+    saved with the adapter; a head `--freeze` names stays out (both were PEFT's choice before, silently)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    out = tmp_path / "out"
+    norm = "bert.encoder.layer.2.output.LayerNorm"
+    reviews = write_reviews_csv(tmp_path / "reviews.csv")
+    train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir", str(out),
+                     "--strategy", "lora", "--lora_r", "4", "--head_epochs", "1", "--num_train_epochs", "2",
+                     "--learning_rate", "3e-2", "--unfreeze", f"{norm}.*", "--freeze", "classifier.*"])
+    saved = load_file(out / outputs.ADAPTER_FOLDER / "adapter_model.safetensors")
+    assert any(key.endswith(f"{norm}.weight") for key in saved) and not any("classifier" in key for key in saved)
+    before = AutoModelForSequenceClassification.from_pretrained(checkpoint).get_submodule(norm).weight
+    assert not torch.equal(AutoModelForSequenceClassification.from_pretrained(out).get_submodule(norm).weight, before)
+
+
 def test_gradient_checkpointing_over_frozen_embeddings_still_trains_the_blocks(tmp_path):
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
     data = write_reviews_csv(tmp_path / "train.csv")
