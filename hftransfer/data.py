@@ -52,12 +52,12 @@ class DataError(ValueError):
 class DataReport:
     source: str = ""
     skipped: dict[str, Counter] = field(default_factory=dict)  # split -> reason -> count
-    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few offending items
+    examples: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # split -> reason -> a few items
     notes: list[str] = field(default_factory=list)  # what was kept but deserves a word (e.g. unvalidated classes)
 
     def skip(self, split: str, reason: str, item: str) -> None:
         self.skipped.setdefault(split, Counter())[reason] += 1
-        shown = self.examples.setdefault(reason, [])
+        shown = self.examples.setdefault(split, {}).setdefault(reason, [])
         if len(shown) < 3:
             shown.append(item)
 
@@ -72,7 +72,7 @@ class DataReport:
             lines = [f"Data from {self.source}: skipped {self.total_skipped} unusable row(s):"]
         for split, reasons in self.skipped.items():
             for reason, count in reasons.items():
-                lines.append(f"  {split}: {count} x {reason} (e.g. {', '.join(self.examples[reason])})")
+                lines.append(f"  {split}: {count} x {reason} (e.g. {', '.join(self.examples[split][reason])})")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 

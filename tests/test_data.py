@@ -18,13 +18,17 @@ def test_corrupt_and_non_image_files_are_counted_and_reported(image_folders):
     (train / "square" / "truncated.png").write_bytes(good[: len(good) // 2])
     (train / "hstripes" / "notes.txt").write_text("not an image")
     (train / "vstripes" / "fake.jpg").write_bytes(b"\x00" * 10)
+    (validation / "square" / "readme.txt").write_text("not an image either")
     splits, report = prepare(train_dir=str(train), validation_dir=str(validation))
     assert len(splits["train"]) == 36 and len(splits["validation"]) == 12
-    assert report.total_skipped == 3
+    assert report.total_skipped == 4
     reasons = report.skipped["train"]
     assert reasons["not an image"] == 2 and sum(v for k, v in reasons.items() if k.startswith("corrupt")) == 1
-    summary = report.summary()
-    assert "truncated.png" in summary and "notes.txt" in summary
+    summary = report.summary().splitlines()
+    train_line = next(line for line in summary if line.startswith("  train: 2 x not an image"))
+    assert "notes.txt" in train_line and "readme.txt" not in train_line  # each split's line shows its own files
+    assert any(line.startswith("  validation: 1 x not an image") and "readme.txt" in line for line in summary)
+    assert any("truncated.png" in line for line in summary)
 
 
 def test_labels_come_from_folder_names(image_folders):
