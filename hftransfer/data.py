@@ -83,26 +83,34 @@ class DataReport:
 
 # ---------------------------------------------------------------- sources
 
+METADATA = "hidden or system file (.DS_Store, ._*, __MACOSX)"
+
+
+def _is_metadata(inside: Path) -> bool:
+    """What an OS or archiver leaves in a folder (macOS's .DS_Store, ._ copies and __MACOSX): never a class or an
+    example, counted apart from the files that fail to read."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in inside.parts)
+
+
 def _load_folder(folder: str, task: TaskData, split: str, report: DataReport) -> Dataset:
     """One sub-folder per class. Files the task cannot read into a row are counted here, not dropped quietly;
     the rows' content (does the image decode?) is checked later by `drop_unusable`, as for every other source."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{split} folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_metadata(p.relative_to(root)))
     if not classes:
         raise DataError(f"{root}: no class sub-folders (expected {root}/<label>/<file>)")
     paths, labels = [], []
-    for label in classes:
-        for path in sorted(p for p in (root / label).rglob("*") if p.is_file()):
-            problem = task.check_file(path)
-            if problem:
-                report.skip(split, problem, str(path))
-            else:
-                paths.append(str(path))
-                labels.append(label)
-    for stray in sorted(p for p in root.iterdir() if p.is_file()):
-        report.skip(split, "file outside any class folder", str(stray))
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        inside = path.relative_to(root)
+        problem = (METADATA if _is_metadata(inside) else "file outside any class folder" if len(inside.parts) == 1
+                   else task.check_file(path))
+        if problem:
+            report.skip(split, problem, str(path))
+        else:
+            paths.append(str(path))
+            labels.append(inside.parts[0])
     if not paths:
         raise DataError(f"{root}: no readable files in {len(classes)} class folder(s)")
     return task.dataset_from_files(paths, labels)

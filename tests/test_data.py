@@ -3,7 +3,7 @@ from conftest import make_image_folder
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from hftransfer.args import DataArguments
-from hftransfer.data import DataError, encode_labels, prepare_splits
+from hftransfer.data import METADATA, DataError, encode_labels, prepare_splits
 from hftransfer.tasks import ImageTask
 
 
@@ -29,6 +29,22 @@ def test_corrupt_and_non_image_files_are_counted_and_reported(image_folders):
     assert "notes.txt" in train_line and "readme.txt" not in train_line  # each split's line shows its own files
     assert any(line.startswith("  validation: 1 x not an image") and "readme.txt" in line for line in summary)
     assert any("truncated.png" in line for line in summary)
+
+
+def test_what_macos_and_jupyter_leave_in_a_folder_is_no_class_and_no_example_and_is_counted(image_folders):
+    """A folder zipped on a Mac (.DS_Store, ._ copies, __MACOSX) or edited in Jupyter (.ipynb_checkpoints, whose
+    copies of real images would be duplicate examples): none of it is a class or an example; each is counted."""
+    train, validation = image_folders
+    (train / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (train / "square" / "._0.png").write_bytes(b"\0\5\26\7")
+    (train / "__MACOSX" / "square").mkdir(parents=True)
+    (train / "__MACOSX" / "square" / "._0.png").write_bytes(b"\0\5\26\7")
+    checkpoints = train / "square" / ".ipynb_checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "0-checkpoint.png").write_bytes((train / "square" / "0.png").read_bytes())
+    splits, report = prepare(train_dir=str(train), validation_dir=str(validation))
+    assert splits["train"].features["label"].names == ["hstripes", "square", "vstripes"]
+    assert len(splits["train"]) == 36 and report.skipped["train"] == {METADATA: 4}
 
 
 def test_labels_come_from_folder_names(image_folders):
