@@ -86,7 +86,7 @@ class DataReport:
 METADATA = "hidden or system file (.DS_Store, ._*, __MACOSX)"
 
 
-def _is_metadata(inside: Path) -> bool:
+def is_metadata(inside: Path) -> bool:
     """What an OS or archiver leaves in a folder (macOS's .DS_Store, ._ copies and __MACOSX): never a class or an
     example, counted apart from the files that fail to read."""
     return any(part.startswith(".") or part == "__MACOSX" for part in inside.parts)
@@ -98,13 +98,13 @@ def _load_folder(folder: str, task: TaskData, split: str, report: DataReport) ->
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{split} folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_metadata(p.relative_to(root)))
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_metadata(p.relative_to(root)))
     if not classes:
         raise DataError(f"{root}: no class sub-folders (expected {root}/<label>/<file>)")
     paths, labels = [], []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         inside = path.relative_to(root)
-        problem = (METADATA if _is_metadata(inside) else "file outside any class folder" if len(inside.parts) == 1
+        problem = (METADATA if is_metadata(inside) else "file outside any class folder" if len(inside.parts) == 1
                    else task.check_file(path))
         if problem:
             report.skip(split, problem, str(path))

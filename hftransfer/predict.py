@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .choices import LABEL_COLUMNS
-from .data import DataError, load_file
+from .data import DataError, is_metadata, load_file
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def _is_datasets_folder(folder: Path) -> bool:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not is_metadata(p.relative_to(folder)))
 
 
 def _folder_label(file: Path, root: Path, labels: list[str]) -> str | None:
