@@ -103,8 +103,8 @@ def _reorder_outputs(model, order: list[int]) -> bool:
     """The same label names in another order (a checkpoint's `{0: "positive", 1: "negative"}`, this data's sorted
     names): the final layer's output rows are permuted into the data's order, so the trained head is kept. False
     where the head has no single layer with one output per label."""
-    finals = [m for head in head_modules(model).values() for m in head.modules()
-              if isinstance(m, nn.Linear) and m.out_features == len(order)]
+    finals = list({id(m): m for head in head_modules(model).values() for m in head.modules()  # once each
+                   if isinstance(m, nn.Linear) and m.out_features == len(order)}.values())
     if len(finals) != 1:
         return False
     with torch.no_grad():
