@@ -246,8 +246,8 @@ class ImageTask(TaskAdapter):
         their size unless `--image_size` names one: their position tables are tied to it (a tiny BEiT at 96 px gave
         logits that changed from call to call, then NaN gradients). The size used is recorded in `choices`.
         """
-        size = self.data_args.image_size if self.data_args else None
-        chosen = size is None
+        asked = self.data_args.image_size if self.data_args else None
+        size, chosen = asked, asked is None
         native = _processor_size(processor)
         config_size = _config_size_instead(model, native)
         if config_size and _set_processor_size(processor, config_size):
@@ -275,9 +275,9 @@ class ImageTask(TaskAdapter):
                             reason if chosen else "--image_size")
         if chosen:
             choices.add("image_size", size, reason)
-        elif size != self.data_args.image_size:  # the flag could not be honoured: say so, record the size used
-            logger.warning("--image_size %d not used: %s; using %d px", self.data_args.image_size, reason, size)
-            choices.add("image_size", size, f"--image_size {self.data_args.image_size} not used: {reason}")
+        elif size != asked:  # the flag could not be honoured: say so, record the size used
+            logger.warning("--image_size %d not used: %s; using %d px", asked, reason, size)
+            choices.add("image_size", size, f"--image_size {asked} not used: {reason}")
         return processor
 
     def transform(self, processor, train):
