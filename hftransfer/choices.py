@@ -305,15 +305,22 @@ def _weight_decay(run, stage: Stage, last: bool, choices: Choices) -> float:
     return HEAD_ONLY_WEIGHT_DECAY
 
 
+def _optimizer_steps_per_epoch(run, train_size: int) -> int:
+    batch = run.training.per_device_train_batch_size * max(1, run.training.world_size)
+    return max(1, math.ceil(math.ceil(train_size / batch) / run.training.gradient_accumulation_steps))
+
+
 def _epochs(run, stage: Stage, train_size: int, model, choices: Choices) -> float:
-    """Epochs of a stage whose epochs the user did not give: enough optimizer steps for the data size."""
+    """Epochs of a stage: what `--max_steps` amounts to, the flag's, or (chosen) enough optimizer steps for the data
+    size."""
     kind = "head" if stage.kind == HEAD else "base"
     flag = "head_epochs" if kind == "head" else "num_train_epochs"
     given = run.transfer.head_epochs if kind == "head" else run.training.num_train_epochs
-    if run.given(flag) or run.given("max_steps"):
+    steps_per_epoch = _optimizer_steps_per_epoch(run, train_size)
+    if run.training.max_steps > 0:  # the Trainer runs max_steps whatever the epochs: log and record what they are
+        return run.training.max_steps / steps_per_epoch
+    if run.given(flag):
         return given
-    world = max(1, run.training.world_size)
-    steps_per_epoch = math.ceil(train_size / (run.training.per_device_train_batch_size * world))
     min_steps = HEAD_MIN_STEPS if kind == "head" else BASE_DEFAULTS[architecture(model)]["min_steps"]
     slower = stage.adversarial_epsilon > 0 and min_steps < ADVERSARIAL_MIN_STEPS
     min_steps = ADVERSARIAL_MIN_STEPS if slower else min_steps

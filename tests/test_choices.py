@@ -38,6 +38,16 @@ def test_what_the_user_gave_is_used_and_not_recorded_as_chosen():
     assert chosen == {}
 
 
+def test_max_steps_and_gradient_accumulation_count_in_optimizer_steps():
+    # 640 examples in batches of 32, two batches a step: 10 optimizer steps an epoch (the base: 50, capped at 30)
+    (head, base), chosen = stages(["--gradient_accumulation_steps", "2"], tiny_image_model("mobilenet_v2"))
+    assert (head.epochs, base.epochs) == (30.0, 30.0)
+    assert "300 steps of 10 an epoch" in chosen["epochs (head)"]["reason"]
+    # the Trainer stops each stage after 5 steps, whatever its epochs: the log and the record say what those are
+    (head, base), chosen = stages(["--max_steps", "5", "--num_train_epochs", "3"], tiny_image_model("mobilenet_v2"))
+    assert head.epochs == base.epochs == 0.25 and not [name for name in chosen if name.startswith("epochs")]
+
+
 def test_a_head_that_is_the_final_model_gets_more_weight_decay_and_a_head_before_fine_tuning_does_not():
     flag_default = parse_args([]).training.weight_decay
     (head,), chosen = stages(["--strategy", "feature_extraction"], tiny_text_model("bert"))
