@@ -123,12 +123,17 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
             trainable.update(group.params)
     for pattern in plan.freeze:
         trainable.difference_update(match(pattern, names))
-    for pattern in plan.unfreeze:
-        trainable.update(match(pattern, names))
     # The pooling layer and pooler (`pooling`) are fixed computations (uniform attention, identity values, a nearly
     # linear pass-through): training them would unlearn them.
-    trainable.difference_update(n for g in groups if g.name == POOLING_GROUP for n in g.params)
-    return trainable
+    fixed = {n for g in groups if g.name == POOLING_GROUP for n in g.params}
+    for pattern in plan.unfreeze:
+        found = match(pattern, names)
+        if fixed.issuperset(found):
+            raise PatternError(f"--unfreeze '{pattern}' names only the checkpoint's pooling (the freeze report's "
+                               f"{POOLING_GROUP}), a fixed computation that never trains: training it would unlearn "
+                               "it. --checkpoint_pooling false keeps the model's own first-token reading instead")
+        trainable.update(found)
+    return trainable - fixed
 
 
 def check_trains(model: nn.Module, plan: FreezePlan, stage: str) -> None:

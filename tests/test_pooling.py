@@ -83,6 +83,12 @@ def test_the_pooling_layer_never_trains_and_gets_no_adapters(trained):
     assert not [t for t in lora.default_targets(transfer.model) if t.startswith("bert.encoder.layer.3.")]
     last_two = freezing.resolve(transfer.model, freezing.FreezePlan("fine_tune", unfreeze_last_n=2))
     assert any(n.startswith("bert.encoder.layer.1.") for n in last_two)  # the last two real layers: 1 and 2
+    # asked for by name, the fixed pooling is refused (it would have stayed frozen without a word); a pattern
+    # that also names the real layers trains those
+    with pytest.raises(freezing.PatternError, match=r"--unfreeze 'bert.pooler.\*' names only .*base.pooling"):
+        freezing.resolve(transfer.model, freezing.FreezePlan("feature_extraction", unfreeze=["bert.pooler.*"]))
+    broad = freezing.resolve(transfer.model, freezing.FreezePlan("feature_extraction", unfreeze=["bert.encoder.*"]))
+    assert any(n.startswith("bert.encoder.layer.2.") for n in broad) and not broad & set(groups["base.pooling"])
 
 
 def test_the_head_reads_the_mean_through_a_frozen_nearly_linear_pooler_at_its_scaled_rate(trained):
