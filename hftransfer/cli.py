@@ -11,7 +11,7 @@
     hftransfer demo MODEL [--port P] [--host H] [--share]      (MODEL: an output folder, an exported one, a Hub id)
     hftransfer publish-space --model MODEL --space_id ID [--private] [--hub_token T]
     hftransfer freeze-report MODEL [--strategy S] [--freeze P ...] [--unfreeze P ...] [--unfreeze_last_n N]
-                                   [--layer_lr_decay D] [--lr_multipliers P=F ...]
+                                   [--layer_lr_decay D] [--lr_multipliers P=F ...] [--checkpoint_pooling false]
     hftransfer freeze-report OUTPUT_DIR --plan OUTPUT_DIR/freeze_plan.json
     hftransfer zoo list
     hftransfer zoo prepare NAME [--force]
@@ -38,10 +38,23 @@ def _load_for_report(model_name_or_path: str, trust_remote_code: bool):
         raise SystemExit(f"{model_name_or_path}: {err}") from None
 
 
+def _yes_no(value: str) -> bool:
+    """A boolean flag's value as the recipes' parser reads it (`true`/`false`, `yes`/`no`, `1`/`0`)."""
+    answers = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if value.lower() not in answers:
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+    return answers[value.lower()]
+
+
 def freeze_report(args) -> None:
-    from . import freezing
+    from . import freezing, pooling
+    from .anatomy import POOLING_KEY
 
     model = _load_for_report(args.model, args.trust_remote_code)
+    if args.checkpoint_pooling and not getattr(model.config, POOLING_KEY, None):  # as a run would (`modeling`)
+        adopted = pooling.adopt(model, pooling.checkpoint_pooling(zoo.resolve(args.model)))
+        if adopted:
+            print(adopted)
     if args.plan:
         plan = freezing.FreezePlan.load(args.plan)
         expected = set(plan.trainable)
@@ -160,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--plan", help="a saved freeze_plan.json to reproduce")
     report.add_argument("--json", action="store_true", help="also print the resolved plan")
     report.add_argument("--trust_remote_code", action="store_true")
+    report.add_argument("--checkpoint_pooling", type=_yes_no, default=True,
+                        help="true (default): a sentence-transformers checkpoint's own pooling, as a run adopts it")
     report.set_defaults(func=freeze_report)
     zoo_parser = commands.add_parser("zoo", help="the offline model zoo")
     zoo_commands = zoo_parser.add_subparsers(dest="zoo_command", required=True)

@@ -13,7 +13,7 @@ from support.families import save_text_checkpoint
 from support.hub_server import local_hub, upload  # noqa: F401 - a fixture
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from hftransfer import freezing, lora, pooling, zoo
+from hftransfer import cli, freezing, lora, pooling, zoo
 from hftransfer.args import parse_args
 from hftransfer.tasks import TextTask
 from hftransfer.training import TransferRun
@@ -89,6 +89,16 @@ def test_the_pooling_layer_never_trains_and_gets_no_adapters(trained):
         freezing.resolve(transfer.model, freezing.FreezePlan("feature_extraction", unfreeze=["bert.pooler.*"]))
     broad = freezing.resolve(transfer.model, freezing.FreezePlan("feature_extraction", unfreeze=["bert.encoder.*"]))
     assert any(n.startswith("bert.encoder.layer.2.") for n in broad) and not broad & set(groups["base.pooling"])
+
+
+def test_the_freeze_report_of_the_checkpoint_pools_as_the_run_did(trained, capsys):
+    checkpoint, out, _ = trained
+    cli.main(["freeze-report", str(checkpoint), "--plan", str(out / "freeze_plan.json")])  # reproduces the run's plan
+    printed = capsys.readouterr().out
+    assert "encoder layer 3 added" in printed and "base.pooling" in printed
+    with pytest.raises(SystemExit, match="do not reproduce the plan"):  # the first-token reading trains its pooler
+        cli.main(["freeze-report", str(checkpoint), "--plan", str(out / "freeze_plan.json"),
+                  "--checkpoint_pooling", "false"])
 
 
 def test_the_head_reads_the_mean_through_a_frozen_nearly_linear_pooler_at_its_scaled_rate(trained):
