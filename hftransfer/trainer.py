@@ -35,6 +35,24 @@ def _original_name(name: str) -> str:
     return name
 
 
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped batches in an order drawn from (seed, epoch) alone. The Trainer sets the epoch (`set_epoch`,
+    through Accelerate's loader): a run resumed from a checkpoint then draws its later epochs as the uninterrupted
+    run did, where one generator drawn from epoch after epoch (kept in no checkpoint) would restart at the first
+    epoch's order."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class TransferTrainer(Trainer):
     """`Trainer` that never writes the Hub token (`training_args.bin` is saved without it) and groups batches by
     lengths computed once from the raw data (its own grouping would read them through the lazy transform)."""
@@ -150,8 +168,7 @@ class TransferTrainer(Trainer):
         lengths = self.lengths.get(split)
         if self.args.train_sampling_strategy != "group_by_length" or lengths is None:
             return None
-        return LengthGroupedSampler(batch_size, lengths=lengths,
-                                    generator=torch.Generator().manual_seed(self.args.seed))
+        return EpochSeededLengthSampler(batch_size, lengths, self.args.seed)
 
     def _save_checkpoint(self, model, trial):
         # what callbacks keep beside the weights goes in first: trainer_state.json, which the Trainer writes last,

@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from conftest import ROOT, save_tiny_checkpoint
+from conftest import ROOT, save_tiny_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
 
 from hftransfer import outputs, resume
 
@@ -28,7 +29,7 @@ def run(args, caplog=None):
     from hftransfer.recipe import main
 
     with caplog.at_level(logging.INFO, logger="hftransfer") if caplog else contextlib.nullcontext():
-        main("image", args[2:])
+        main(Path(args[1]).stem, args[2:])  # recipes/image.py or recipes/text.py
     return caplog.text if caplog else ""
 
 
@@ -100,6 +101,29 @@ def test_resume_from_a_named_checkpoint_of_the_cached_head_stage(setup, tmp_path
     assert [len(s) for s in losses(record)] == [len(s) for s in losses(reference)]
     assert kept_epochs(record) == kept_epochs(reference)
     assert losses(record)[0][-1] == pytest.approx(losses(reference)[0][-1], rel=0.01)
+
+
+def test_a_resumed_text_run_draws_its_length_grouped_batches_as_the_uninterrupted_run(tmp_path, caplog):
+    """Text batches are grouped by length in an order drawn per epoch; a resumed run must not restart that order."""
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    reviews = write_reviews_csv(tmp_path / "reviews.csv")
+
+    def text_command(out):
+        return [sys.executable, str(ROOT / "recipes" / "text.py"), "--model_name_or_path", str(checkpoint),
+                "--train_file", str(reviews), "--output_dir", str(out), "--save_strategy", "epoch", "--head_epochs",
+                "2", "--num_train_epochs", "30", "--early_stopping_patience", "30", "--per_device_train_batch_size",
+                "4", "--rdrop_weight", "0", "--adversarial_epsilon", "0", "--disable_tqdm", "true"]
+
+    run(text_command(tmp_path / "reference"))
+    reference = json.loads((tmp_path / "reference" / "hftransfer_run.json").read_text())
+    assert reference["chosen"]["train_sampling_strategy"]["value"] == "group_by_length"
+    out = tmp_path / "out"
+    kill_when(text_command(out), lambda: resume.complete_checkpoints(out / "stage-staged"))
+    log = run(text_command(out), caplog)
+    assert "Resuming stage 'staged' from" in log
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    # killed between epochs: every epoch's loss is the uninterrupted run's, those after the checkpoint included
+    assert losses(record) == [pytest.approx(stage, rel=1e-5) for stage in losses(reference)]
 
 
 def test_restart_ignores_an_interrupted_run(setup, tmp_path, caplog):
