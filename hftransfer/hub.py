@@ -43,8 +43,9 @@ def problems(folder: str | Path, token: str | None = None) -> list[str]:
     config_path = folder / CONFIG
     if not config_path.is_file():
         return [f"{folder}: no {CONFIG}: not a saved model folder"]
-    id2label = json.loads(config_path.read_text()).get("id2label") or {}
-    if not id2label or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in id2label.values()):
+    config = json.loads(config_path.read_text())
+    names = list((config.get("id2label") or {}).values()) or config.get("label_names") or []  # timm's: label_names
+    if not names or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in names):
         found.append("config.json has no real label names (id2label is LABEL_0, LABEL_1, ...): the Hub widget and "
                      "pipelines would show those; train with hftransfer or set config.id2label")
     if not any((folder / name).is_file() for name in PROCESSOR_FILES):

@@ -16,7 +16,7 @@ from support.family_runs import check_reload, check_stages, no_report, train_qui
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from hftransfer import anatomy, freezing
+from hftransfer import anatomy, freezing, hub
 from hftransfer.tasks import ImageTask
 
 HEADS = {"resnet50": "timm_model.fc", "vgg16": "timm_model.head.fc", "inception_v3": "timm_model.fc"}
@@ -65,6 +65,7 @@ def test_timm_network_trains_with_every_strategy_and_reloads(architecture, image
     assert saved(images=[Image.new("RGB", (50, 40))], return_tensors="pt")["pixel_values"].shape[-1] == chosen["value"]
     card = (tmp_path / "staged" / "README.md").read_text()  # its config has no image size to tell it by
     assert "An image classifier" in card and "pipeline_tag: image-classification" in card
+    assert hub.problems(tmp_path / "staged") == []  # push's checks: timm saves the names as label_names
 
     lora = train_quick(ImageTask, checkpoint, images, tmp_path / "lora", "--strategy", "lora")
     plan = json.loads((tmp_path / "lora" / "hftransfer_run.json").read_text())["stages"][1]["plan"]
