@@ -154,13 +154,45 @@ def _limits(run: dict, results: dict) -> str:
 
 
 def write_card(folder: str | Path, model_name: str | None = None) -> Path:
+    """Write the card; `model_name` (the title, and what its usage loads) defaults to the name the folder's card
+    already gives (a Hub id after a push), else the folder's name."""
     output = OutputFolder(folder)
+    card = render_card(output, model_name or card_name(output.path) or output.path.resolve().name)
+    card.save(output.card)
+    return output.card
+
+
+def card_name(folder: str | Path) -> str | None:
+    """The model name a folder's card gives (its model-index name), None without a card that names one."""
+    path = OutputFolder(folder).card
+    try:
+        return ModelCard.load(path).data.model_name if path.is_file() else None
+    except Exception:  # huggingface_hub raises several types for malformed metadata
+        return None
+
+
+def name_card_for_repo(folder: str | Path, repo_id: str) -> bool:
+    """Before a push: the card names `repo_id`, so its usage snippet loads the pushed model. Only the card hftransfer
+    wrote is rewritten (it must equal its own rendering); False where the card is someone's own or was edited."""
+    output = OutputFolder(folder)
+    current = card_name(output.path)
+    if current == repo_id:
+        return True
+    try:
+        unedited = current is not None and output.card.read_text() == str(render_card(output, current))
+    except FileNotFoundError:  # not an hftransfer output folder
+        return False
+    if unedited:
+        render_card(output, repo_id).save(output.card)
+    return unedited
+
+
+def render_card(output: OutputFolder, model_name: str) -> ModelCard:
     folder = output.path
     config, run, results, plan, comparison = output.config, output.run, output.results, output.plan, output.comparison
     if config is None or run is None:
         raise FileNotFoundError(f"{folder}: no {CONFIG} or {RUN_RECORD} (not an hftransfer output folder)")
     task = task_name_for(config.get("model_type"))
-    model_name = model_name or folder.resolve().name
     exported = output.export
     data = card_data(folder, run, results, task, model_name, exported)
     base = run["settings"].get("model_name_or_path")
@@ -183,6 +215,4 @@ def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     usage = _export_usage(task, model_name) if exported else _usage(task, model_name, bool(config.get(HEAD_KEY)))
     body += ["## How to use\n\n" + usage, *([_export_section(exported)] if exported else []),
              _training_section(run, plan, config), _limits(run, results)]
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
-    card.save(output.card)
-    return output.card
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))

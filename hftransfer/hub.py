@@ -91,8 +91,11 @@ def _token_problems(files: list[Path], token: str | None) -> list[str]:
 def push(folder: str | Path, repo_id: str | None = None, token: str | None = None, private: bool | None = None,
          commit_message: str = "Upload model trained with hftransfer") -> str:
     """Check `folder`, create the repo if needed and upload. `repo_id` without a namespace goes under the token's
-    user, as `transformers` does; the default is the folder's name. Returns the repo URL."""
+    user, as `transformers` does; the default is the folder's name. The card is named for the repo first, so its
+    usage loads the pushed model. Returns the repo URL."""
     from huggingface_hub import HfApi
+
+    from .card import name_card_for_repo
 
     folder = Path(folder)
     found = problems(folder, token)
@@ -102,6 +105,9 @@ def push(folder: str | Path, repo_id: str | None = None, token: str | None = Non
     repo_id = repo_id or folder.resolve().name
     if "/" not in repo_id:
         repo_id = f"{api.whoami()['name']}/{repo_id}"
+    if not name_card_for_repo(folder, repo_id):
+        logger.warning("%s is not the card hftransfer wrote (edited?): left as it is, so its usage may not name %s; "
+                       "`hftransfer card %s --model_name %s` rebuilds it", CARD, repo_id, folder, repo_id)
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=commit_message,
                       ignore_patterns=NOT_UPLOADED)

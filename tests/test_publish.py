@@ -88,6 +88,38 @@ def test_push_from_a_recipe_run_is_byte_identical(local_hub, trained, tmp_path):
     assert local_hub.files(f"{USER}/image-model") == local_files(folder)
 
 
+def test_a_pushed_card_names_its_repo_and_its_snippet_loads_the_pushed_model(local_hub, trained, tmp_path, caplog,
+                                                                             monkeypatch):
+    out, _, _ = trained
+    folder = tmp_path / "image-model"
+    shutil.copytree(out, folder)
+    hub.push(folder, token=TOKEN)  # the folder's name, under the token's user
+    repo = f"{USER}/image-model"
+    assert local_hub.files(repo) == local_files(folder)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == repo and card.text.startswith(f"\n# {repo}\n")
+    snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'model="{repo}"' in snippet
+    elsewhere = tmp_path / "elsewhere"  # no folder of that name beside the user: the model comes from the Hub
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save("photo.jpg")
+    scope = {}
+    exec(snippet.replace("print(classifier(", "result = (classifier("), scope)
+    labels = json.loads((folder / "config.json").read_text())["id2label"].values()
+    assert scope["result"][0]["label"] in labels
+    cli.main(["card", str(folder)])  # rebuilt later, the card keeps the name it was pushed under
+    assert ModelCard.load(folder / "README.md").data.model_name == repo
+
+    edited = tmp_path / "edited"  # a card the user wrote over is theirs: pushed as it is, and the log says so
+    shutil.copytree(out, edited)
+    mine = (edited / "README.md").read_text() + "\nMy own notes.\n"
+    (edited / "README.md").write_text(mine)
+    with caplog.at_level("WARNING", logger="hftransfer"):
+        hub.push(edited, repo_id="edited", token=TOKEN)
+    assert (edited / "README.md").read_text() == mine and "not the card hftransfer wrote" in caplog.text
+
+
 def test_push_from_the_text_recipe_through_accelerate(local_hub, tmp_path):
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
     out = tmp_path / "text-model"
