@@ -141,7 +141,7 @@ def _datasets_items(folder: Path, task_name: str, labels, text_column) -> Iterat
         if task_name == "image":
             from datasets import Image as ImageFeature
 
-            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), text_column, where)
+            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), text_column, where, "images")
             yield from _table_items(dataset.cast_column(column, ImageFeature(decode=False)), where, labels,
                                     column)
         else:
@@ -153,7 +153,7 @@ def _table_items(table, where: str, labels, column: str | None) -> Iterator[Item
 
     if column is None or column not in table.column_names:
         column = _input_column(table, lambda f: isinstance(f, Value) and f.dtype in ("string", "large_string"),
-                               column, where)
+                               column, where, "text")
     label_column = next((c for c in table.column_names if c.lower() in LABEL_COLUMNS), None)
     references = None
     if label_column:
@@ -165,7 +165,7 @@ def _table_items(table, where: str, labels, column: str | None) -> Iterator[Item
         yield Item(f"{where}:{index}", value, reference)
 
 
-def _input_column(table, is_input, named: str | None, where: str) -> str:
+def _input_column(table, is_input, named: str | None, where: str, kind: str) -> str:
     """The column named, else 'text' / 'image', else the only column of the input's type (as the recipes infer)."""
     if named:
         if named not in table.column_names:
@@ -176,8 +176,10 @@ def _input_column(table, is_input, named: str | None, where: str) -> str:
             return default
     candidates = [c for c in table.column_names if c.lower() not in LABEL_COLUMNS and is_input(table.features[c])]
     if len(candidates) != 1:
-        raise PredictError(f"{where}: cannot tell which column holds the inputs ({', '.join(table.column_names)});"
-                           " name it with --text_column")
+        typed = ", ".join(f"{c}: {getattr(table.features[c], 'dtype', type(table.features[c]).__name__)}"
+                          for c in table.column_names)
+        problem = f"no column holds {kind}" if not candidates else "cannot tell which column holds the inputs"
+        raise PredictError(f"{where}: {problem} ({typed}); name it with --text_column")
     return candidates[0]
 
 

@@ -130,6 +130,9 @@ def test_predict_refuses_what_it_cannot_do_before_loading_anything(text_run, tmp
         predict(str(root / "out"), [str(root / "reviews.csv")], tmp_path / "out.txt")
     with pytest.raises(PredictError, match="input not found"):
         predict(str(root / "out"), [str(tmp_path / "missing.csv")], tmp_path / "out.csv")
+    (tmp_path / "numbers.csv").write_text("text,label\n1,good\n2,bad\n")  # a 'text' column that holds no text
+    with pytest.raises(PredictError, match=r"no column holds text \(text: int64, label: \w+\)"):
+        predict(str(root / "out"), [str(tmp_path / "numbers.csv")], tmp_path / "out.csv")
 
 
 def test_multi_label_predictions_are_every_label_above_the_threshold(tmp_path):
