@@ -51,9 +51,14 @@ class DataError(ValueError):
 @dataclass
 class DataReport:
     source: str = ""
+    origins: dict[str, str] = field(default_factory=dict)  # split -> the file, folder or dataset split it came from
     skipped: dict[str, Counter] = field(default_factory=dict)  # split -> reason -> count
     examples: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # split -> reason -> a few items
     notes: list[str] = field(default_factory=list)  # what was kept but deserves a word (e.g. unvalidated classes)
+
+    def where(self, split: str) -> str:
+        """A split's origin for messages: its own file or folder, not the training set's."""
+        return f"{self.origins.get(split, self.source)} ({split})"
 
     def skip(self, split: str, reason: str, item: str) -> None:
         self.skipped.setdefault(split, Counter())[reason] += 1
@@ -156,6 +161,7 @@ def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> Dataset
         for name in ("validation", "valid", "val", "test"):
             if name in loaded:
                 splits["validation"] = loaded[name]
+                report.origins["validation"] = f"{args.dataset_name}, split '{name}'"
                 break
         return DatasetDict(splits)
     if args.train_dir:
@@ -163,12 +169,14 @@ def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> Dataset
         splits = {"train": _load_folder(args.train_dir, task, "train", report)}
         if args.validation_dir:
             splits["validation"] = _load_folder(args.validation_dir, task, "validation", report)
+            report.origins["validation"] = args.validation_dir
         return DatasetDict(splits)
     if args.train_file:
         report.source = args.train_file
         splits = {"train": load_file(args.train_file, "train")}
         if args.validation_file:
             splits["validation"] = load_file(args.validation_file, "validation")
+            report.origins["validation"] = args.validation_file
         return DatasetDict(splits)
     if args.validation_dir or args.validation_file:
         raise DataError("A validation set was given without a training set (--train_dir / --train_file)")
@@ -178,11 +186,11 @@ def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> Dataset
 
 # ---------------------------------------------------------------- labels
 
-def _check_columns(splits: DatasetDict, needed: list[str], where: str) -> None:
+def _check_columns(splits: DatasetDict, needed: list[str], where) -> None:
     for split, dataset in splits.items():
         missing = [c for c in needed if c not in dataset.column_names]
         if missing:
-            raise DataError(f"{where} ({split}): no column {', '.join(map(repr, missing))}; the columns are "
+            raise DataError(f"{where(split)}: no column {', '.join(map(repr, missing))}; the columns are "
                             f"{', '.join(dataset.column_names)}. Name yours with --label_column_name / "
                             f"--image_column_name / --text_column_names.")
 
@@ -192,21 +200,18 @@ def is_multi_label(dataset: Dataset, column: str = "label") -> bool:
     return isinstance(dataset.features[column], (List, Sequence))
 
 
-def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
-    """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training."""
+def encode_labels(splits: DatasetDict, column: str, where) -> DatasetDict:
+    """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training.
+    `where(split)` names a split's origin in errors."""
     if is_multi_label(splits["train"], column):
         return _encode_multi_labels(splits, column, where)
     train = splits["train"]
     feature = train.features[column]
-    if isinstance(feature, ClassLabel):
-        names = feature.names
-    else:
-        values = train.unique(column)
-        if None in values:
-            raise DataError(f"{where} (train): column '{column}' has empty labels; remove or fill those rows")
-        names = _label_names(sorted(values), feature)
+    _check_labelled(splits, column, where)
+    names = feature.names if isinstance(feature, ClassLabel) else _label_names(sorted(train.unique(column)), feature)
     if len(names) < 2:
-        raise DataError(f"{where}: column '{column}' has a single class ({names[0]!r}); a classifier needs two")
+        raise DataError(f"{where('train')}: column '{column}' has a single class ({names[0]!r}); a classifier "
+                        "needs two")
     encoded = {}
     for split, dataset in splits.items():
         current = dataset.features[column]
@@ -218,7 +223,7 @@ def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
             values = set(_label_names(dataset.unique(column), current))
             unseen = sorted(values - set(names))
             if unseen:
-                raise DataError(f"{where} ({split}): label(s) {', '.join(map(repr, unseen[:10]))} do not occur in "
+                raise DataError(f"{where(split)}: label(s) {', '.join(map(repr, unseen[:10]))} do not occur in "
                                 f"training (classes: {', '.join(names[:20])})")
             dataset = dataset.cast_column(column, Value("string"))
             dataset = dataset.cast_column(column, ClassLabel(names=names))
@@ -226,8 +231,21 @@ def encode_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
     counts = Counter(encoded["train"][column])
     rare = [names[i] for i in range(len(names)) if counts.get(i, 0) < 1]  # a ClassLabel given with unused names
     if rare:
-        raise DataError(f"{where}: class(es) {', '.join(rare)} have no training example")
+        raise DataError(f"{where('train')}: class(es) {', '.join(rare)} have no training example")
     return DatasetDict(encoded)
+
+
+def _check_labelled(splits: DatasetDict, column: str, where) -> None:
+    """Every row has a label: no empty one, and no ClassLabel -1 (the "no label" of unlabelled test splits)."""
+    for split, dataset in splits.items():
+        is_class = isinstance(dataset.features[column], ClassLabel)
+        values = dataset[column]
+        missing = [i for i, v in enumerate(values) if v is None or (is_class and v < 0)]
+        if missing:
+            kind = "no label (-1, as unlabelled test splits have)" if is_class else "an empty label"
+            raise DataError(f"{where(split)}: {len(missing)} of {len(values)} rows have {kind}, e.g. row(s) "
+                            f"{', '.join(map(str, missing[:5]))} (from 0) of column '{column}'; remove or fill them"
+                            + (", or give a labelled validation split" if split != "train" else ""))
 
 
 def _label_names(values: list, feature) -> list[str]:
@@ -238,19 +256,33 @@ def _label_names(values: list, feature) -> list[str]:
     return [str(v) for v in pa.array(values, type=feature.pa_type).cast(pa.string()).to_pylist()]
 
 
-def _encode_multi_labels(splits: DatasetDict, column: str, where: str) -> DatasetDict:
-    names = sorted({str(v) for row in splits["train"][column] for v in (row or [])})
+def _encode_multi_labels(splits: DatasetDict, column: str, where) -> DatasetDict:
+    inner = splits["train"].features[column].feature
+    splits = DatasetDict({split: _labels_as_names(dataset, column) for split, dataset in splits.items()})
+    names = (list(inner.names) if isinstance(inner, ClassLabel)  # a List(ClassLabel) keeps its names and order
+             else sorted({str(v) for row in splits["train"][column] for v in (row or [])}))
     if len(names) < 2:
-        raise DataError(f"{where}: column '{column}' holds fewer than two distinct labels")
+        raise DataError(f"{where('train')}: column '{column}' holds fewer than two distinct labels")
     encoded = {}
     for split, dataset in splits.items():
         unseen = sorted({str(v) for row in dataset[column] for v in (row or [])} - set(names))
         if unseen:
-            raise DataError(f"{where} ({split}): label(s) {', '.join(map(repr, unseen[:10]))} do not occur in "
+            raise DataError(f"{where(split)}: label(s) {', '.join(map(repr, unseen[:10]))} do not occur in "
                             f"training (labels: {', '.join(names[:20])})")
         dataset = dataset.cast_column(column, List(Value("string")))
         encoded[split] = dataset.cast_column(column, List(ClassLabel(names=names)))
     return DatasetDict(encoded)
+
+
+def _labels_as_names(dataset: Dataset, column: str) -> Dataset:
+    """A List(ClassLabel) column as lists of its names (the cast to strings would write the ids)."""
+    inner = dataset.features[column].feature
+    if not isinstance(inner, ClassLabel):
+        return dataset
+    features = dataset.features.copy()
+    features[column] = List(Value("string"))
+    return dataset.map(lambda rows: {column: [[inner.int2str(v) for v in row or []] for row in rows]},
+                       input_columns=column, batched=True, features=features)
 
 
 def _rename_labels(old: list[str], new: list[str]):
@@ -278,13 +310,13 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
     args = choose_columns(train.column_names, train.features, args, task, given, choices or Choices())
     task = task.with_data(args)
     columns = task.input_columns(args)
-    _check_columns(splits, [*columns, args.label_column_name], where)
+    _check_columns(splits, [*columns, args.label_column_name], report.where)
     keep = [*columns, args.label_column_name]
     splits = DatasetDict({s: d.select_columns(keep) for s, d in splits.items()})
     if args.label_column_name != "label":
         splits = splits.rename_column(args.label_column_name, "label")
     splits = DatasetDict({s: task.drop_unusable(d, s, report) for s, d in splits.items()})
-    splits = encode_labels(splits, "label", where)
+    splits = encode_labels(splits, "label", report.where)
     held_out = "validation" not in splits
     if held_out:
         if not 0 < args.train_val_split < 1:

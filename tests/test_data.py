@@ -4,7 +4,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from hftransfer.args import DataArguments
 from hftransfer.data import METADATA, DataError, encode_labels, prepare_splits
-from hftransfer.tasks import ImageTask
+from hftransfer.tasks import ImageTask, TextTask
 
 
 def prepare(**kwargs):
@@ -98,14 +98,18 @@ def test_nothing_left_to_validate_on_is_an_error_that_says_why(tmp_path):
         prepare(train_dir=str(train), validation_dir=str(broken))
 
 
+def named(split):
+    return f"data ({split})"
+
+
 def test_string_labels_become_one_class_label_for_all_splits():
     splits = DatasetDict(train=Dataset.from_dict({"label": ["cat", "dog", "cat"]}),
                          validation=Dataset.from_dict({"label": ["dog"]}))
-    encoded = encode_labels(splits, "label", "test")
+    encoded = encode_labels(splits, "label", named)
     assert isinstance(encoded["validation"].features["label"], ClassLabel)
     assert encoded["train"].features["label"].names == ["cat", "dog"] and encoded["validation"]["label"] == [1]
     with pytest.raises(DataError, match="single class"):
-        encode_labels(DatasetDict(train=Dataset.from_dict({"label": ["cat", "cat"]})), "label", "test")
+        encode_labels(DatasetDict(train=Dataset.from_dict({"label": ["cat", "cat"]})), "label", named)
 
 
 @pytest.mark.parametrize("train, validation, names", [
@@ -116,7 +120,7 @@ def test_boolean_and_number_labels_keep_each_row_in_its_class(train, validation,
     """Labels that are not strings are named as the cast to strings writes them, in their own order: each row keeps
     its class (Python's str() named them "True" and "10.0", which the cast never wrote: an error, or a wrong one)."""
     splits = DatasetDict(train=Dataset.from_dict({"label": train}), validation=Dataset.from_dict({"label": validation}))
-    encoded = encode_labels(splits, "label", "test")
+    encoded = encode_labels(splits, "label", named)
     assert encoded["train"].features["label"].names == names
     for split, raw in (("train", train), ("validation", validation)):
         read = [names[i] for i in encoded[split]["label"]]
@@ -136,3 +140,35 @@ def test_embedded_sample_loads_balanced():
     assert len(splits["train"]) == 2000 and len(splits["validation"]) == 500
     assert splits["train"].features["label"].names[0] == "T-shirt/top"
     assert report.total_skipped == 0 and "embedded" in report.source
+
+
+def test_rows_without_a_label_are_an_error_naming_their_split_and_rows():
+    """ClassLabel's -1 is "no label" (GLUE-style test splits): an error before training, not a crash in evaluation."""
+    names = ClassLabel(names=["neg", "pos"])
+    labelled = Dataset.from_dict({"label": [0, 1, 0]}).cast_column("label", names)
+    unlabelled = Dataset.from_dict({"label": [-1, -1]}).cast_column("label", names)
+    with pytest.raises(DataError, match=r"data \(validation\): 2 of 2 rows have no label \(-1.*row\(s\) 0, 1.*"
+                                        r"labelled validation split"):
+        encode_labels(DatasetDict(train=labelled, validation=unlabelled), "label", named)
+    with pytest.raises(DataError, match=r"data \(validation\): 1 of 2 rows have an empty label, e.g. row\(s\) 1"):
+        encode_labels(DatasetDict(train=Dataset.from_dict({"label": ["a", "b"]}),
+                                  validation=Dataset.from_dict({"label": ["a", None]})), "label", named)
+
+
+def test_multi_label_class_labels_keep_their_names():
+    from datasets import List
+
+    feature = List(ClassLabel(names=["action", "comedy", "drama"]))
+    train = Dataset.from_dict({"label": [[0, 2], [1], [2]]}).cast_column("label", feature)
+    validation = Dataset.from_dict({"label": [[1, 2]]}).cast_column("label", feature)
+    encoded = encode_labels(DatasetDict(train=train, validation=validation), "label", named)
+    assert encoded["train"].features["label"].feature.names == ["action", "comedy", "drama"]
+    assert encoded["train"]["label"] == [[0, 2], [1], [2]] and encoded["validation"]["label"] == [[1, 2]]
+
+
+def test_a_validation_files_error_names_that_file(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\ngood film,pos\nbad film,neg\n")
+    (tmp_path / "val.csv").write_text("text,label\nok film,neutral\n")
+    with pytest.raises(DataError, match=r"val.csv \(validation\): label\(s\) 'neutral' do not occur"):
+        prepare_splits(DataArguments(train_file=str(tmp_path / "train.csv"),
+                                     validation_file=str(tmp_path / "val.csv")), TextTask(DataArguments()), seed=0)
