@@ -20,13 +20,14 @@ from .strategies import COMPARED
 
 
 def _pop_flag(flags: list[str], name: str) -> tuple[str | None, list[str]]:
-    if name in flags:
-        i = flags.index(name)
-        if i + 1 >= len(flags):
-            raise SystemExit(f"{name} needs a value")
-        return flags[i + 1], flags[:i] + flags[i + 2:]
+    """A flag's value and the flags without it; spelled `--output_dir` or `--output-dir`, as the recipes take it."""
+    spellings = {name, name.replace("_", "-")}
     for i, flag in enumerate(flags):
-        if flag.startswith(name + "="):
+        if flag in spellings:
+            if i + 1 >= len(flags):
+                raise SystemExit(f"{name} needs a value")
+            return flags[i + 1], flags[:i] + flags[i + 2:]
+        if flag.split("=", 1)[0] in spellings and "=" in flag:
             return flag.split("=", 1)[1], flags[:i] + flags[i + 1:]
     return None, flags
 

@@ -181,7 +181,7 @@ def test_compare_runs_three_strategies_and_writes_the_table(tmp_path, image_fold
     out = tmp_path / "compare"
     done = subprocess.run([sys.executable, "-m", "hftransfer.cli", "compare", "image", "--model_name_or_path",
                            str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
-                           str(image_folders[1]), "--output_dir", str(out), "--head_epochs", "2",
+                           str(image_folders[1]), "--output-dir", str(out), "--head_epochs", "2",  # either spelling
                            "--num_train_epochs", "1", "--disable_tqdm", "true"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -201,6 +201,14 @@ def test_compare_runs_three_strategies_and_writes_the_table(tmp_path, image_fold
     with pytest.raises(SystemExit, match="leave out --strategy"):
         from hftransfer.compare import compare
         compare("image", ["--strategy", "full"])
+
+
+def test_compare_reads_its_output_folder_in_every_spelling_the_recipes_take():
+    from hftransfer.compare import _pop_flag
+
+    for flags in (["--output_dir", "x", "--seed", "1"], ["--output-dir", "x", "--seed", "1"],
+                  ["--output_dir=x", "--seed", "1"], ["--output-dir=x", "--seed", "1"]):
+        assert _pop_flag(flags, "--output_dir") == ("x", ["--seed", "1"])
 
 
 def test_staged_fine_tuning_starts_where_the_head_stage_ended(tmp_path, mobilenet_zoo):
