@@ -534,6 +534,8 @@ class TextTask(TaskAdapter):
         return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
     def check_file(self, path: Path) -> str | None:
+        if path.suffix.lower() != ".txt":  # one text a .txt file, as `predict` reads folders (notes.md is no example)
+            return "not a .txt file"
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:

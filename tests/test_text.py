@@ -140,9 +140,10 @@ def test_text_folders_are_read_and_empty_files_counted(tmp_path):
             (tmp_path / "train" / label / f"{i}.txt").write_text(text)
     (tmp_path / "train" / "good" / "empty.txt").write_text("  \n")
     (tmp_path / "train" / "bad" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "train" / "bad" / "notes.md").write_text("labelling notes, not a review")
     splits, report = prepare(train_dir=str(tmp_path / "train"))
     assert len(splits["train"]) + len(splits["validation"]) == 24
-    assert report.skipped["train"] == {"empty text": 1, "not UTF-8 text": 1}
+    assert report.skipped["train"] == {"empty text": 1, "not UTF-8 text": 1, "not a .txt file": 1}
 
 
 def test_batches_group_texts_of_similar_length(tmp_path):
