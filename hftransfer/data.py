@@ -130,14 +130,35 @@ def load_file(path: str, split: str) -> Dataset:
     fmt = FILE_FORMATS.get(file.suffix.lower())
     if fmt is None:
         raise DataError(f"{file}: unknown format '{file.suffix}' (use {', '.join(sorted(FILE_FORMATS))})")
+    tsv = file.suffix.lower() == ".tsv"
     try:
-        return load_dataset(fmt, data_files={split: str(file)}, split=split,
-                            **({"delimiter": "\t"} if file.suffix.lower() == ".tsv" else {}))
+        dataset = load_dataset(fmt, data_files={split: str(file)}, split=split, **({"delimiter": "\t"} if tsv else {}))
     except Exception as err:  # the parser's own error (with its line) sits at the root of the chain; add the file
         root = err
         while root.__cause__ or root.__context__:
             root = root.__cause__ or root.__context__
         raise DataError(f"{file}: cannot be read as {fmt}: {_first_bad_line(file) or root}") from err
+    if tsv:
+        _check_no_merged_rows(dataset, file)
+    return dataset
+
+
+def _check_no_merged_rows(dataset: Dataset, file: Path) -> None:
+    """A TSV cell holding a tab is rows merged by a stray quote: the parser took a `"` that opens a cell as the start
+    of a quoted field and read on, across tabs and lines, to the next one. Silent row loss, so an error."""
+    import pyarrow.compute as pc
+
+    table = dataset.data.table
+    for name in dataset.column_names:
+        column = table.column(name)
+        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            continue
+        found = pc.match_substring(column, "\t").to_pylist()
+        if any(found):
+            row = found.index(True)
+            raise DataError(f"{file}: row {row} (from 0) of column '{name}' holds a tab: a quote (\") that opens a "
+                            "cell made the parser read on across the following rows and merge them. Double the "
+                            "quotes inside quoted cells (\"\"), or remove the stray quote")
 
 
 def _first_bad_line(file: Path) -> str | None:

@@ -172,3 +172,15 @@ def test_a_validation_files_error_names_that_file(tmp_path):
     with pytest.raises(DataError, match=r"val.csv \(validation\): label\(s\) 'neutral' do not occur"):
         prepare_splits(DataArguments(train_file=str(tmp_path / "train.csv"),
                                      validation_file=str(tmp_path / "val.csv")), TextTask(DataArguments()), seed=0)
+
+
+def test_a_stray_quote_that_merges_tsv_rows_is_an_error_not_a_loss(tmp_path):
+    from hftransfer.data import load_file
+
+    rows = ['"Best film\tpositive', "superb acting\tpositive", 'charming and funny"\tpositive', "dull\tnegative"]
+    (tmp_path / "merged.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"merged.tsv: row 0 \(from 0\) of column 'text' holds a tab"):
+        load_file(str(tmp_path / "merged.tsv"), "train")
+    quoted = 'text\tlabel\n"a ""quoted"" word"\tpositive\ndull\tnegative\n'  # quotes as a TSV writer doubles them
+    (tmp_path / "quoted.tsv").write_text(quoted)
+    assert load_file(str(tmp_path / "quoted.tsv"), "train")["text"] == ['a "quoted" word', "dull"]
