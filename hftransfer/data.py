@@ -174,10 +174,28 @@ def _first_bad_line(file: Path) -> str | None:
     return None
 
 
+def is_saved_dataset(folder: Path) -> bool:
+    """A `save_to_disk` folder: a Dataset (state.json) or a DatasetDict (dataset_dict.json)."""
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _load_named(name: str, config_name: str | None) -> DatasetDict:
+    """A Hub dataset or a local folder of data files; a `save_to_disk` folder through `load_from_disk` (a lone
+    Dataset is the training split)."""
+    if not is_saved_dataset(Path(name)):
+        return load_dataset(name, config_name)
+    from datasets import load_from_disk
+
+    loaded = load_from_disk(name)
+    return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
+
+
 def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> DatasetDict:
     if args.dataset_name:
         report.source = args.dataset_name
-        loaded = load_dataset(args.dataset_name, args.dataset_config_name)
+        loaded = _load_named(args.dataset_name, args.dataset_config_name)
+        if "train" not in loaded:
+            raise DataError(f"{args.dataset_name}: no 'train' split (splits: {', '.join(loaded) or 'none'})")
         splits = {"train": loaded["train"]}
         for name in ("validation", "valid", "val", "test"):
             if name in loaded:

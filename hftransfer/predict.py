@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .choices import LABEL_COLUMNS
-from .data import DataError, is_metadata, load_file
+from .data import DataError, is_metadata, is_saved_dataset, load_file
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def gather(task_name: str, inputs: list[str], labels: list[str], text_column: st
         path = Path(given)
         if not path.exists():
             raise PredictError(f"input not found: {path}")
-        if path.is_dir() and _is_datasets_folder(path):
+        if path.is_dir() and is_saved_dataset(path):
             yield from _datasets_items(path, task_name, labels, text_column)
         elif task_name == "image":
             yield from _image_items(path, labels)
@@ -85,11 +85,6 @@ def gather(task_name: str, inputs: list[str], labels: list[str], text_column: st
                 yield from _text_file_items(file, path, labels, text_column)
         else:
             yield from _text_file_items(path, path.parent, labels, text_column)
-
-
-def _is_datasets_folder(folder: Path) -> bool:
-    """A `save_to_disk` folder: a Dataset (state.json) or a DatasetDict (dataset_dict.json)."""
-    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 
 def _files_under(folder: Path) -> list[Path]:

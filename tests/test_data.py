@@ -184,3 +184,18 @@ def test_a_stray_quote_that_merges_tsv_rows_is_an_error_not_a_loss(tmp_path):
     quoted = 'text\tlabel\n"a ""quoted"" word"\tpositive\ndull\tnegative\n'  # quotes as a TSV writer doubles them
     (tmp_path / "quoted.tsv").write_text(quoted)
     assert load_file(str(tmp_path / "quoted.tsv"), "train")["text"] == ['a "quoted" word', "dull"]
+
+
+@pytest.mark.parametrize("saved", ["dataset", "dataset_dict"])
+def test_a_save_to_disk_folder_is_read_as_dataset_name(tmp_path, saved):
+    """A lone Dataset is the training split (a validation share is held out of it); a DatasetDict keeps its splits."""
+    texts = [f"film number {i} was {'good' if i % 2 else 'bad'}" for i in range(20)]
+    train = Dataset.from_dict({"text": texts, "label": ["pos" if i % 2 else "neg" for i in range(20)]})
+    (train if saved == "dataset" else DatasetDict(train=train, test=train.select(range(6)))).save_to_disk(
+        str(tmp_path / "saved"))
+    splits, _, _ = prepare_splits(DataArguments(dataset_name=str(tmp_path / "saved")), TextTask(DataArguments()),
+                                  seed=0)
+    assert len(splits["train"]) + len(splits["validation"]) == (20 if saved == "dataset" else 26)
+    DatasetDict(test=train).save_to_disk(str(tmp_path / "no_train"))
+    with pytest.raises(DataError, match=r"no_train: no 'train' split \(splits: test\)"):
+        prepare_splits(DataArguments(dataset_name=str(tmp_path / "no_train")), TextTask(DataArguments()), seed=0)
