@@ -235,6 +235,12 @@ def _rdrop_weight(run, model, train_size: int, trains_base: bool, choices: Choic
     given = _base_stage_setting(run, "rdrop_weight", trains_base)
     if not trains_base:
         return 0.0
+    if getattr(model.config, "problem_type", None) == "multi_label_classification":  # its KL is between softmaxes
+        if given:
+            logger.warning("--rdrop_weight %g has no effect: R-Drop applies to single-label data only", given)
+        elif given is None:
+            choices.add("rdrop_weight", 0.0, "multi-label data: R-Drop applies to single-label data only")
+        return 0.0
     if given is not None:
         return given
     kind, dropout = architecture(model), has_dropout(model)

@@ -38,6 +38,16 @@ def test_what_the_user_gave_is_used_and_not_recorded_as_chosen():
     assert chosen == {}
 
 
+def test_r_drop_is_off_for_multi_label_data_and_a_weight_given_is_said_to_do_nothing(caplog):
+    model = tiny_text_model("bert")
+    model.config.problem_type = "multi_label_classification"  # as `modeling.load_model` sets it
+    (_, base), chosen = stages([], model)
+    assert base.rdrop_weight == 0.0 and "multi-label" in chosen["rdrop_weight"]["reason"]
+    (_, base), chosen = stages(["--rdrop_weight", "2"], model)
+    assert base.rdrop_weight == 0.0 and "rdrop_weight" not in chosen
+    assert "--rdrop_weight 2 has no effect: R-Drop applies to single-label data only" in caplog.text
+
+
 def test_max_steps_and_gradient_accumulation_count_in_optimizer_steps():
     # 640 examples in batches of 32, two batches a step: 10 optimizer steps an epoch (the base: 50, capped at 30)
     (head, base), chosen = stages(["--gradient_accumulation_steps", "2"], tiny_image_model("mobilenet_v2"))
