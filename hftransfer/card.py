@@ -153,6 +153,15 @@ def _limits(run: dict, results: dict) -> str:
     return "## Intended use and limits\n\n" + "\n".join(lines) + "\n"
 
 
+def _what_trained(run: dict) -> str:
+    """The strategy's stages as they ran: without its head stage where it was left out (decoders, LoRA under FSDP)."""
+    strategy = run["settings"]["strategy"]
+    chosen = (run.get("chosen") or {}).get("head_stage")
+    if not chosen or chosen["value"] is not False:
+        return DESCRIPTIONS[strategy]
+    return f"{DESCRIPTIONS[strategy]}; here in one stage, without the head-only stage ({chosen['reason']})"
+
+
 def write_card(folder: str | Path, model_name: str | None = None) -> Path:
     """Write the card; `model_name` (the title, and what its usage loads) defaults to the name the folder's card
     already gives (a Hub id after a push), else the folder's name."""
@@ -199,7 +208,7 @@ def render_card(output: OutputFolder, model_name: str) -> ModelCard:
     headline = headline_rows(results, run)
     body = [f"# {model_name}\n",
             f"{TASKS[task].noun.capitalize()} classifier fine-tuned from `{base}` with "
-            f"hftransfer (strategy `{run['settings']['strategy']}`): {DESCRIPTIONS[run['settings']['strategy']]}.\n",
+            f"hftransfer (strategy `{run['settings']['strategy']}`): {_what_trained(run)}.\n",
             "## Results\n\nOn the validation split:\n\n" + markdown_table(headline)]
     if output.report_file(CONFUSION_PNG):
         body.append(f"![Confusion matrix]({REPORT_DIR}/{CONFUSION_PNG})\n")

@@ -27,7 +27,7 @@ from torch import nn
 from . import hardware
 from .anatomy import architecture, has_dropout, input_embeddings
 from .selection import imbalance_ratio
-from .strategies import ADAPTERS, BASE, HEAD, Stage, plan_stages
+from .strategies import ADAPTERS, BASE, HEAD, STRATEGIES, Stage, plan_stages
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,10 @@ def choose_stages(run, model, train_size: int, head_stage: bool, choices: Choice
                 "unfreeze_last_n": transfer.unfreeze_last_n, "layer_lr_decay": transfer.layer_lr_decay,
                 "lr_multipliers": list(transfer.lr_multipliers)}
     stages = plan_stages(transfer.strategy, patterns, head_stage and not _adapters_under_fsdp(run, choices))
+    if not head_stage and len(stages) < len(STRATEGIES[transfer.strategy]):
+        choices.add("head_stage", False, "decoder classifier: its score head reads the last real token, which cached "
+                    "features do not carry, so a head-only stage would cost a pass of the whole model every epoch; "
+                    "the head trains with the rest in one stage")
     augment = bool(run.data.augment)
     patience = _patience(run, choices) if run.training.eval_strategy != "no" else 0
     trains_base = any(s.kind == BASE for s in stages)

@@ -39,6 +39,10 @@ def test_a_decoder_without_a_pad_token_trains_in_batches_and_reloads(decoder, st
     alone = [classify(t)[0] for t in texts]
     assert [b["label"] for b in batched] == [a["label"] for a in alone]
     assert [b["score"] for b in batched] == pytest.approx([a["score"] for a in alone], abs=1e-5)
+    if strategy == "staged":  # one stage: the head-only stage left out, which the record and the card say
+        assert [stage["stage"] for stage in record["stages"]] == ["staged"]
+        assert record["chosen"]["head_stage"]["value"] is False
+        assert "here in one stage, without the head-only stage (decoder classifier" in (out / "README.md").read_text()
 
 
 def test_the_tokenizers_padding_id_wins_over_a_different_one_in_the_config(tmp_path, caplog):
