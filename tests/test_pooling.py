@@ -192,3 +192,30 @@ def test_a_decoder_embedding_checkpoint_is_told_apart_by_its_last_token_reading(
     layers = model.config.num_hidden_layers
     assert expected in pooling.adopt(model, pooling.checkpoint_pooling(str(checkpoint)))
     assert model.config.num_hidden_layers == layers and getattr(model.config, pooling.CONFIG_KEY, None) is None
+
+
+def test_the_lora_adapter_gives_the_merged_models_logits_on_the_base_with_its_pooling(tmp_path):
+    """README's "one base, many adapters" snippet: the fixed pooling layer is rebuilt on the base, not saved."""
+    from peft import PeftModel
+
+    checkpoint = save_text_checkpoint(tmp_path / "ckpt", "sentence-transformers")
+    reviews = write_reviews_csv(tmp_path / "r.csv")
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
+                      str(tmp_path / "out"), "--strategy", "lora", "--head_epochs", "1", "--num_train_epochs", "2",
+                      "--disable_tqdm", "true"])
+    TransferRun(run, TextTask(run.data)).execute()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    batch = tokenizer(["a wonderful, moving film", "awful"], padding=True, return_tensors="pt")
+    logits = {}
+    for adopted in (True, False):
+        base = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2,
+                                                                  ignore_mismatched_sizes=True)
+        if adopted:
+            pooling.adopt(base, pooling.checkpoint_pooling(str(checkpoint)))
+        model = PeftModel.from_pretrained(base, str(tmp_path / "out" / "lora_adapter")).eval()
+        with torch.no_grad():
+            logits[adopted] = model(**batch).logits
+    with torch.no_grad():
+        merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()(**batch).logits
+    torch.testing.assert_close(logits[True], merged, atol=1e-5, rtol=0)
+    assert not torch.allclose(logits[False], merged, atol=1e-3)
