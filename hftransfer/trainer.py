@@ -85,6 +85,27 @@ class TransferTrainer(Trainer):
         with torch.random.fork_rng(devices=devices):
             return super().evaluate(*args, **kwargs)
 
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """Under DDP the `Trainer` averages per-batch mean losses, the last batch filled with repeated examples to even
+        the processes' shares: the loss weighs those twice. Where the gathered predictions are at hand (each example
+        once), the loss is recomputed from them: the loss one process reports."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        key = f"{metric_key_prefix}_loss"
+        if self.args.world_size > 1 and key in output.metrics and output.label_ids is not None and \
+                output.predictions is not None:
+            output.metrics[key] = self._loss_of(output.predictions, output.label_ids)
+        return output
+
+    def _loss_of(self, predictions, labels) -> float:
+        """The model's own loss (with `--label_smoothing_factor`, as the Trainer evaluates it) over every example."""
+        logits = torch.as_tensor(predictions[0] if isinstance(predictions, tuple) else predictions).float()
+        labels = torch.as_tensor(labels)
+        if labels.dim() == 1:
+            return F.cross_entropy(logits, labels.long(), label_smoothing=self.args.label_smoothing_factor).item()
+        return F.binary_cross_entropy_with_logits(logits, labels.float()).item()
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The `Trainer`'s loss. In single-label training it is adjusted for class sizes when `class_loss` is given
         (`selection`), and with `rdrop_weight` each batch runs twice in one doubled forward pass, under different

@@ -133,3 +133,29 @@ def test_shipped_accelerate_configs_load(name):
         assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] is False  # the new head is never left on meta
     if name == "deepspeed_zero2":
         assert config.deepspeed_config["zero_stage"] == 2
+
+
+def test_under_ddp_the_validation_loss_counts_each_example_once(checkpoint, tmp_path):
+    """13 validation images on 2 processes in batches of 4: the last batch is filled with a repeated image. The
+    reported loss is the saved model's mean loss over the 13, as one process would report it."""
+    import numpy as np
+    from conftest import make_image_folder
+
+    from hftransfer.inference import Predictor
+
+    train = make_image_folder(tmp_path / "train", 6, seed=0)
+    validation = make_image_folder(tmp_path / "validation", 4, seed=1)
+    make_image_folder(tmp_path / "one_more", 1, classes=("square",), seed=2)
+    (tmp_path / "one_more" / "square" / "0.png").rename(validation / "square" / "extra.png")  # 13 images
+    out = tmp_path / "two"
+    accelerate_launch(["--model_name_or_path", str(checkpoint), "--train_dir", str(train), "--validation_dir",
+                       str(validation), "--output_dir", str(out), "--strategy", "feature_extraction", "--head_epochs",
+                       "2", "--per_device_eval_batch_size", "4", "--seed", "0"], processes=2)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] == 13
+    predictor = Predictor(out)
+    paths = sorted(validation.rglob("*.png"))
+    scores = predictor.scores(predictor.inputs([str(p) for p in paths]))
+    truth = [predictor.labels.index(p.parent.name) for p in paths]
+    expected = float(np.mean([-np.log(row[label]) for row, label in zip(scores, truth)]))
+    assert results["eval_loss"] == pytest.approx(expected, abs=1e-4)
