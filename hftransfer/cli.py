@@ -126,9 +126,12 @@ def demo_command(args) -> None:
     from .fastpath import SERVER_TUNABLES, fast_start
 
     with fast_start(SERVER_TUNABLES):  # memory reused, not returned and faulted back; few arenas (fastpath)
-        from .demo import serve
+        from .demo import DemoError, serve
 
-    serve(args.model, host=args.host, port=args.port, share=args.share)
+    try:
+        serve(args.model, host=args.host, port=args.port, share=args.share)
+    except DemoError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def publish_space_command(args) -> None:

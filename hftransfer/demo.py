@@ -23,6 +23,10 @@ from .report import comparison_table, data_quality_section, markdown_table, plan
 MAX_BATCH = 16
 
 
+class DemoError(ValueError):
+    """A model the demo cannot serve; the message says why."""
+
+
 def results_markdown(folder: Path) -> str:
     """Metrics, stages, freeze plan and comparison of an output folder, as Markdown."""
     output = OutputFolder(folder)
@@ -55,6 +59,9 @@ def build_demo(model: str, title: str | None = None):
     import gradio as gr
 
     predictor = Predictor(model)
+    if predictor.sentence_pairs:
+        raise DemoError(f"{model} reads sentence pairs ({', '.join(predictor.sentence_pairs)}); the demo has one "
+                         "text box, which it would misread")
     folder = predictor.folder
     title = title or (folder.name if Path(model).exists() else model)
 

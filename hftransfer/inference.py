@@ -88,6 +88,14 @@ class Predictor:
         onnx = engine == OnnxEngine.name or (engine is None and is_exported(self.folder))
         self.engine = OnnxEngine(self.folder) if onnx else TorchEngine(self.folder, self.task, device)
 
+    @property
+    def sentence_pairs(self) -> list[str] | None:
+        """The two text columns of a model trained on sentence pairs (`--text_column_names a,b`), else None: `predict`
+        and the demo read one text an input, which such a model would misread."""
+        settings = (OutputFolder(self.folder).run or {}).get("settings") or {}
+        columns = [c.strip() for c in str(settings.get("text_column_names") or "").split(",") if c.strip()]
+        return columns if len(columns) == 2 else None
+
     def inputs(self, values: list, fast: bool = False) -> dict:
         """Model inputs for raw inputs, preprocessed as in training (the task adapter's)."""
         return self.task.model_inputs(self.processor, values, fast=fast)

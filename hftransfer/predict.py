@@ -269,6 +269,9 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     output = Path(output)
     writer = Writer(output)  # a wrong extension fails before the model loads
     predictor = Predictor(model, engine=engine)
+    if predictor.sentence_pairs:
+        raise PredictError(f"{model} reads sentence pairs ({', '.join(predictor.sentence_pairs)}); predict reads one "
+                           "text an input: call the model on tokenizer(first_texts, second_texts) in Python")
     items = list(gather(predictor.task.name, inputs, predictor.labels, text_column))
     if not items:
         raise PredictError(f"no inputs found in {', '.join(inputs)}")
