@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, List, Sequence, Value, concatenate_datasets, load_dataset
@@ -225,7 +225,7 @@ def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> Dataset
 
 # ---------------------------------------------------------------- labels
 
-def _check_columns(splits: DatasetDict, needed: list[str], where) -> None:
+def _check_columns(splits: DatasetDict, needed: list[str], where: Callable[[str], str]) -> None:
     for split, dataset in splits.items():
         missing = [c for c in needed if c not in dataset.column_names]
         if missing:
@@ -239,7 +239,7 @@ def is_multi_label(dataset: Dataset, column: str = "label") -> bool:
     return isinstance(dataset.features[column], (List, Sequence))
 
 
-def encode_labels(splits: DatasetDict, column: str, where) -> DatasetDict:
+def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str]) -> DatasetDict:
     """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training.
     `where(split)` names a split's origin in errors."""
     if is_multi_label(splits["train"], column):
@@ -274,7 +274,7 @@ def encode_labels(splits: DatasetDict, column: str, where) -> DatasetDict:
     return DatasetDict(encoded)
 
 
-def _check_labelled(splits: DatasetDict, column: str, where) -> None:
+def _check_labelled(splits: DatasetDict, column: str, where: Callable[[str], str]) -> None:
     """Every row has a label: no empty one, and no ClassLabel -1 (the "no label" of unlabelled test splits)."""
     for split, dataset in splits.items():
         is_class = isinstance(dataset.features[column], ClassLabel)
@@ -295,7 +295,7 @@ def _label_names(values: list, feature) -> list[str]:
     return [str(v) for v in pa.array(values, type=feature.pa_type).cast(pa.string()).to_pylist()]
 
 
-def _encode_multi_labels(splits: DatasetDict, column: str, where) -> DatasetDict:
+def _encode_multi_labels(splits: DatasetDict, column: str, where: Callable[[str], str]) -> DatasetDict:
     inner = splits["train"].features[column].feature
     splits = DatasetDict({split: _labels_as_names(dataset, column) for split, dataset in splits.items()})
     names = (list(inner.names) if isinstance(inner, ClassLabel)  # a List(ClassLabel) keeps its names and order
