@@ -35,7 +35,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub id or local dataset folder for load_dataset."})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "Hub id or local dataset folder for load_dataset, or a save_to_disk folder."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
     train_dir: str | None = field(default=None, metadata={"help": "Image folder: one sub-folder per class."})
     validation_dir: str | None = field(default=None, metadata={"help": "Image folder for validation."})
@@ -248,8 +249,11 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
     if unknown:
         raise SystemExit(f"{config_path}: unknown setting(s) {', '.join(unknown)}")
     parser.set_defaults(**{**TRAINING_DEFAULTS, **(defaults or {}), **config})
-    model, data, transfer, training, rest = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True, look_for_args_file=False)
+    try:
+        model, data, transfer, training, rest = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True, look_for_args_file=False)
+    except ValueError as err:  # TrainingArguments' own checks (--bf16 on a CPU without --use_cpu ...): a flag error
+        raise SystemExit(f"error: {err}") from None
     if rest:
         raise SystemExit(f"Unknown argument(s): {' '.join(rest)}. See --help for the settings.")
     explicit = frozenset((set(config) | _flag_names(argv)) & known)

@@ -37,3 +37,13 @@ def test_record_never_holds_the_token(tmp_path):
     run = parse_args(["--output_dir", str(tmp_path), "--hub_token", "hf_secret123"])
     assert run.training.hub_token == "hf_secret123"
     assert "hf_secret123" not in repr(run.to_dict())
+
+
+def test_a_training_arguments_check_is_a_flag_error_not_a_traceback():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("bf16 runs on this GPU: nothing to refuse")
+    with pytest.raises(SystemExit, match="error: Your setup doesn't support bf16.*use_cpu"):
+        parse_args(["--bf16", "true"])
+    assert parse_args(["--bf16", "true", "--use_cpu", "true"]).training.bf16  # the way the message names
