@@ -296,6 +296,12 @@ def _label_names(values: list, feature) -> list[str]:
 
 
 def _encode_multi_labels(splits: DatasetDict, column: str, where: Callable[[str], str]) -> DatasetDict:
+    for split, dataset in splits.items():  # an example with no label is an empty list; null is a missing one
+        missing = [i for i, row in enumerate(dataset[column]) if row is None]
+        if missing:
+            raise DataError(f"{where(split)}: {len(missing)} of {len(dataset)} rows have no label list (null), e.g. "
+                            f"row(s) {', '.join(map(str, missing[:5]))} (from 0) of column '{column}'; write [] for "
+                            "an example that has none of the labels")
     inner = splits["train"].features[column].feature
     splits = DatasetDict({split: _labels_as_names(dataset, column) for split, dataset in splits.items()})
     names = (list(inner.names) if isinstance(inner, ClassLabel)  # a List(ClassLabel) keeps its names and order

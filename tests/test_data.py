@@ -164,6 +164,11 @@ def test_multi_label_class_labels_keep_their_names():
     encoded = encode_labels(DatasetDict(train=train, validation=validation), "label", named)
     assert encoded["train"].features["label"].feature.names == ["action", "comedy", "drama"]
     assert encoded["train"]["label"] == [[0, 2], [1], [2]] and encoded["validation"]["label"] == [[1, 2]]
+    tags = Dataset.from_dict({"label": [["a", "b"], [], None, ["b"]]})  # [] is no label; null is a missing list
+    with pytest.raises(DataError, match=r"data \(train\): 1 of 4 rows have no label list \(null\), e.g. row\(s\) 2"):
+        encode_labels(DatasetDict(train=tags), "label", named)
+    kept = encode_labels(DatasetDict(train=tags.select([0, 1, 3])), "label", named)
+    assert kept["train"]["label"] == [[0, 1], [], [1]]
 
 
 def test_a_validation_files_error_names_that_file(tmp_path):
