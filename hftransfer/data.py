@@ -242,11 +242,11 @@ def is_multi_label(dataset: Dataset, column: str = "label") -> bool:
 def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str]) -> DatasetDict:
     """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training.
     `where(split)` names a split's origin in errors."""
+    _check_labelled(splits, column, where)
     if is_multi_label(splits["train"], column):
         return _encode_multi_labels(splits, column, where)
     train = splits["train"]
     feature = train.features[column]
-    _check_labelled(splits, column, where)
     names = feature.names if isinstance(feature, ClassLabel) else _label_names(sorted(train.unique(column)), feature)
     if len(names) < 2:
         raise DataError(f"{where('train')}: column '{column}' has a single class ({names[0]!r}); a classifier "
@@ -275,16 +275,21 @@ def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str])
 
 
 def _check_labelled(splits: DatasetDict, column: str, where: Callable[[str], str]) -> None:
-    """Every row has a label: no empty one, and no ClassLabel -1 (the "no label" of unlabelled test splits)."""
+    """Every row has a label: no empty one, no ClassLabel -1 (the "no label" of unlabelled test splits), and in
+    multi-label data no null list (`[]` is an example with none of the labels)."""
     for split, dataset in splits.items():
         is_class = isinstance(dataset.features[column], ClassLabel)
         values = dataset[column]
         missing = [i for i, v in enumerate(values) if v is None or (is_class and v < 0)]
-        if missing:
+        if not missing:
+            continue
+        if is_multi_label(dataset, column):
+            kind, fix = "no label list (null)", "write [] for an example that has none of the labels"
+        else:
             kind = "no label (-1, as unlabelled test splits have)" if is_class else "an empty label"
-            raise DataError(f"{where(split)}: {len(missing)} of {len(values)} rows have {kind}, e.g. row(s) "
-                            f"{', '.join(map(str, missing[:5]))} (from 0) of column '{column}'; remove or fill them"
-                            + (", or give a labelled validation split" if split != "train" else ""))
+            fix = "remove or fill them" + (", or give a labelled validation split" if split != "train" else "")
+        raise DataError(f"{where(split)}: {len(missing)} of {len(values)} rows have {kind}, e.g. row(s) "
+                        f"{', '.join(map(str, missing[:5]))} (from 0) of column '{column}'; {fix}")
 
 
 def _label_names(values: list, feature) -> list[str]:
@@ -296,12 +301,6 @@ def _label_names(values: list, feature) -> list[str]:
 
 
 def _encode_multi_labels(splits: DatasetDict, column: str, where: Callable[[str], str]) -> DatasetDict:
-    for split, dataset in splits.items():  # an example with no label is an empty list; null is a missing one
-        missing = [i for i, row in enumerate(dataset[column]) if row is None]
-        if missing:
-            raise DataError(f"{where(split)}: {len(missing)} of {len(dataset)} rows have no label list (null), e.g. "
-                            f"row(s) {', '.join(map(str, missing[:5]))} (from 0) of column '{column}'; write [] for "
-                            "an example that has none of the labels")
     inner = splits["train"].features[column].feature
     splits = DatasetDict({split: _labels_as_names(dataset, column) for split, dataset in splits.items()})
     names = (list(inner.names) if isinstance(inner, ClassLabel)  # a List(ClassLabel) keeps its names and order
