@@ -48,10 +48,9 @@ def _yes_no(value: str) -> bool:
 
 def freeze_report(args) -> None:
     from . import freezing, pooling
-    from .anatomy import POOLING_KEY
 
     model = _load_for_report(args.model, args.trust_remote_code)
-    if args.checkpoint_pooling and not getattr(model.config, POOLING_KEY, None):  # as a run would (`modeling`)
+    if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
         adopted = pooling.adopt(model, pooling.checkpoint_pooling(zoo.resolve(args.model)))
         if adopted:
             print(adopted)

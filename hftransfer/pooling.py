@@ -73,8 +73,9 @@ def _read_json(path: str, name: str, revision: str, cache_dir: str | None):
 
 
 def adopt(model: nn.Module, mode: str | None) -> str:
-    """Make `model` read its encoder the way `mode` pools; returns a log line saying what was done."""
-    if mode is None:
+    """Make `model` read its encoder the way `mode` pools; returns a log line saying what was done. A model that
+    already pools so (a trained folder, its config's `hftransfer_pooling`) is left as it is."""
+    if mode is None or getattr(model.config, CONFIG_KEY, None):
         return ""
     if is_decoder_classifier(model):  # its `score` head reads the last real token; a causal layer cannot average
         if mode == "lasttoken":
