@@ -92,8 +92,11 @@ class Predictor:
     def sentence_pairs(self) -> list[str] | None:
         """The two text columns of a model trained on sentence pairs (`--text_column_names a,b`), else None: `predict`
         and the demo read one text an input, which such a model would misread."""
+        from .args import DataArguments
+
         settings = (OutputFolder(self.folder).run or {}).get("settings") or {}
-        columns = [c.strip() for c in str(settings.get("text_column_names") or "").split(",") if c.strip()]
+        read = {k: settings[k] for k in ("text_column_names", "image_column_name") if settings.get(k)}
+        columns = self.task.input_columns(DataArguments(**read))  # as the run read its columns
         return columns if len(columns) == 2 else None
 
     def inputs(self, values: list, fast: bool = False) -> dict:
