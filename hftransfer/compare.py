@@ -3,7 +3,8 @@
 Each strategy runs as its own `accelerate launch` (so the user's Accelerate config applies, and each run's peak
 memory is its own) into `OUTPUT_DIR/<strategy>/`, one after another. The table (accuracy, macro-F1, time,
 trainable parameters, peak memory) is written to `OUTPUT_DIR/comparison.json` and `comparison.md`; the model card
-and the demo show it.
+and the demo show it. A strategy whose run fails does not stop the others: its row says so, and `compare` exits
+with an error naming it once the table is written.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ def run_strategy(task: str, strategy: str, flags: list[str], output_dir: Path) -
     start = time.time()
     done = subprocess.run(command)
     if done.returncode:
-        raise SystemExit(f"[compare] the {strategy} run failed (exit {done.returncode}); see its output above")
+        print(f"[compare] the {strategy} run failed (exit {done.returncode}); see its output above", flush=True)
+        return {"strategy": strategy, "failed": f"exit {done.returncode}", "wall_s": round(time.time() - start, 1)}
     results = OutputFolder(out).results
-    row = {key: results.get(key) for key in COMPARISON_COLUMNS if key != "strategy"}
+    row = {key: results.get(key) for key in COMPARISON_COLUMNS if key not in ("strategy", "failed")}
     return {"strategy": strategy, **row, "wall_s": round(time.time() - start, 1), "output_dir": str(out)}
 
 
@@ -66,9 +68,13 @@ def compare(task: str, flags: list[str], strategies=COMPARED) -> list[dict]:
     rows = [run_strategy(task, strategy, flags, output_dir) for strategy in strategies]
     path = write_table(rows, output_dir)
     for row in rows:  # each model's card and report show the table it is part of
-        folder = Path(row["output_dir"])
-        write_table(rows, folder)
-        write_card(folder)
-        add_comparison(folder, rows)
+        if "failed" not in row:
+            folder = Path(row["output_dir"])
+            write_table(rows, folder)
+            write_card(folder)
+            add_comparison(folder, rows)
     print(f"\n{comparison_table(rows)}\nComparison table: {path} (and {COMPARISON_FILE})")
+    failed = [row["strategy"] for row in rows if "failed" in row]
+    if failed:
+        raise SystemExit(f"[compare] {', '.join(failed)} failed (their output is above); the table shows the others")
     return rows

@@ -20,7 +20,8 @@ CURVE_METRICS = ("train_accuracy", "eval_accuracy", "eval_f1_macro", "eval_top_5
 # `hftransfer compare`'s columns, in order, and their headers
 COMPARISON_COLUMNS = {"strategy": "strategy", "eval_accuracy": "accuracy", "eval_f1_macro": "macro-F1",
                       "train_runtime": "train time (s)", "total_runtime": "total time (s)",
-                      "trainable_parameters": "trainable parameters", "peak_memory_mb": "peak memory (MB)"}
+                      "trainable_parameters": "trainable parameters", "peak_memory_mb": "peak memory (MB)",
+                      "failed": "failed"}
 
 
 # ---------------------------------------------------------------- tables

@@ -203,6 +203,25 @@ def test_compare_runs_three_strategies_and_writes_the_table(tmp_path, image_fold
         compare("image", ["--strategy", "full"])
 
 
+def test_compare_goes_on_past_a_failed_strategy_and_names_it(tmp_path, image_folders, monkeypatch):
+    """LoRA refuses a target module the model lacks; feature extraction still runs, and the table says which failed."""
+    from hftransfer.compare import compare
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
+    out = tmp_path / "compare"
+    flags = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+             str(image_folders[1]), "--output_dir", str(out), "--head_epochs", "1", "--disable_tqdm", "true",
+             "--lora_target_modules", "no_such_module"]
+    with pytest.raises(SystemExit, match="lora failed"):
+        compare("image", flags, strategies=("lora", "feature_extraction"))
+    rows = {row["strategy"]: row for row in json.loads((out / "comparison.json").read_text())}
+    assert rows["lora"]["failed"].startswith("exit ") and "eval_accuracy" not in rows["lora"]
+    assert "failed" not in rows["feature_extraction"] and 0 <= rows["feature_extraction"]["eval_accuracy"] <= 1
+    assert "| lora " in (out / "feature_extraction" / "README.md").read_text()
+    assert "| failed |" in (out / "comparison.md").read_text().splitlines()[0]
+
+
 def test_compare_reads_its_output_folder_in_every_spelling_the_recipes_take():
     from hftransfer.compare import _pop_flag
 
