@@ -9,7 +9,8 @@ A multi-label model's `label` is every label scoring above `--threshold` (joined
 
 An input that cannot be read (a corrupt image, an empty text) is skipped, counted and listed, in the summary and in
 FILE.skipped.csv: one bad file never stops a run over thousands. Where every input carries a reference label (a class
-folder named like a label, a label column), the summary gives the accuracy against it.
+folder named like a label, a label column; for a multi-label model, a column of label lists), the summary gives the
+accuracy against it (multi-label: exact match, every label of an input right, as the run's `eval_accuracy`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Item:
 
     name: str
     value: object
-    reference: str | None = None
+    reference: str | list[str] | None = None  # a list for a multi-label table's row
     problem: str | None = None  # why it cannot be read, found while listing
 
 
@@ -54,13 +55,15 @@ class Summary:
     skipped: list = field(default_factory=list)  # (input, reason)
     correct: int = 0
     referenced: int = 0
+    multi_label: bool = False
 
     def line(self, output: Path) -> str:
         text = f"{self.predicted:,} predictions written to {output}"
         if self.skipped:
             text += f"; {len(self.skipped):,} input(s) skipped (listed in {skipped_file(output)})"
         if self.referenced and self.referenced == self.predicted:
-            text += f"; accuracy against the reference labels: {self.correct / self.referenced:.4f}"
+            kind = "exact-match accuracy" if self.multi_label else "accuracy"
+            text += f"; {kind} against the reference labels: {self.correct / self.referenced:.4f}"
         return text
 
 
@@ -144,20 +147,36 @@ def _datasets_items(folder: Path, task_name: str, labels, text_column) -> Iterat
 
 
 def _table_items(table, where: str, labels, column: str | None) -> Iterator[Item]:
-    from datasets import ClassLabel, Value
+    from datasets import Value
 
     if column is None or column not in table.column_names:
         column = _input_column(table, lambda f: isinstance(f, Value) and f.dtype in ("string", "large_string"),
                                column, where, "text")
     label_column = next((c for c in table.column_names if c.lower() in LABEL_COLUMNS), None)
-    references = None
-    if label_column:
-        feature = table.features[label_column]
-        values = table[label_column]
-        references = [feature.int2str(v) if isinstance(feature, ClassLabel) else str(v) for v in values]
+    references = _references(table, label_column, labels) if label_column else None
     for index, value in enumerate(table[column]):
-        reference = references[index] if references and references[index] in labels else None
-        yield Item(f"{where}:{index}", value, reference)
+        yield Item(f"{where}:{index}", value, references[index] if references else None)
+
+
+def _references(table, column: str, labels: list[str]) -> list:
+    """Each row's reference label (a list of them in a column of lists), None where one is not the model's."""
+    from datasets import ClassLabel
+
+    feature = table.features[column]
+    inner = getattr(feature, "feature", None)  # a column of lists
+    names = inner if inner is not None else feature
+
+    def name(value) -> str:
+        return names.int2str(value) if isinstance(names, ClassLabel) else str(value)
+
+    references = []
+    for value in table[column]:
+        reference = [name(v) for v in value] if inner is not None and value is not None else None
+        if inner is None and value is not None:
+            reference = name(value)
+        known = reference is not None and set([reference] if isinstance(reference, str) else reference) <= set(labels)
+        references.append(reference if known else None)
+    return references
 
 
 def _input_column(table, is_input, named: str | None, where: str, kind: str) -> str:
@@ -276,7 +295,7 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     if not items:
         raise PredictError(f"no inputs found in {', '.join(inputs)}")
     top_k = max(1, min(top_k, len(predictor.labels)))
-    summary = Summary()
+    summary = Summary(multi_label=predictor.multi_label)
     logger.info("Predicting %d input(s) with %s (%s)", len(items), predictor.folder, predictor.engine.name)
     # Texts go through the model shortest first, so a batch pads little; their rows are written in input order
     # at the end. Images stream: they are one size after preprocessing.
@@ -293,7 +312,7 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
                     held.update((positions[id(item)], row) for item, row in zip(batch, rows))
                 else:
                     writer.write(rows)
-                _count(summary, batch, rows, predictor.multi_label)
+                _count(summary, batch, rows)
                 bar.update(summary.predicted + len(summary.skipped) - bar.n)
             writer.write([held[i] for i in sorted(held)])
         finally:
@@ -310,11 +329,11 @@ def _length(item: Item) -> int:
     return len(item.value) if isinstance(item.value, str) else 0
 
 
-def _count(summary: Summary, batch: list[Item], rows: list[dict], multi_label: bool) -> None:
+def _count(summary: Summary, batch: list[Item], rows: list[dict]) -> None:
+    """Predictions made, and those checked against a reference of the model's kind (a label list for multi-label)."""
     summary.predicted += len(batch)
-    if multi_label:
-        return
     for item, row in zip(batch, rows):
-        if item.reference is not None:
+        if isinstance(item.reference, list if summary.multi_label else str):
             summary.referenced += 1
-            summary.correct += item.reference == row["label"]
+            predicted = set(row["label"]) if summary.multi_label else row["label"]
+            summary.correct += predicted == (set(item.reference) if summary.multi_label else item.reference)

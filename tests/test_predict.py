@@ -140,9 +140,17 @@ def test_multi_label_predictions_are_every_label_above_the_threshold(tmp_path):
     rows = [{"text": t, "label": ["positive" if t in POSITIVE else "negative"] + (["visual"] if "shot" in t else [])}
             for t in POSITIVE + NEGATIVE]
     path.write_text("\n".join(json.dumps(r) for r in rows * 3))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("\n".join(json.dumps(r) for r in rows))
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
-    train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(path), "--output_dir",
-                     str(tmp_path / "out"), "--num_train_epochs", "1", "--head_epochs", "1"])
+    train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(path), "--validation_file",
+                     str(held_out), "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1",
+                     "--head_epochs", "1"])
+    # the label lists are the references: the exact-match accuracy is the run's own eval_accuracy
+    summary = predict(str(tmp_path / "out"), [str(held_out)], tmp_path / "held_out.csv", progress=False)
+    metrics = OutputFolder(tmp_path / "out").results
+    assert summary.referenced == len(rows) and summary.correct / len(rows) == pytest.approx(metrics["eval_accuracy"])
+    assert "exact-match accuracy against the reference labels" in summary.line(tmp_path / "held_out.csv")
     output = tmp_path / "tags.csv"
     predict(str(tmp_path / "out"), [str(path)], output, threshold=0.4, top_k=3, progress=False)
     predictor = Predictor(tmp_path / "out")
