@@ -56,6 +56,11 @@ class DataArguments:
     augment: bool | None = field(
         default=None, metadata={"help": "Random crop and horizontal flip while the base trains. Default: off."})
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> DataArguments:
+        """The data arguments a run recorded (`hftransfer_run.json`'s settings: its columns as it resolved them)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})
+
 
 @dataclass
 class TransferArguments:

@@ -71,12 +71,11 @@ def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str
         eval_results=evals or None)
 
 
-def _usage(task: str, folder_name: str, mlp_head: bool) -> str:
+def _usage(adapter, folder_name: str, mlp_head: bool) -> str:
     if mlp_head:
         return (f"This model has an MLP head (`{HEAD_KEY}` in its config), which plain `transformers` cannot "
                 f"rebuild; load it with hftransfer:\n\n```python\nfrom hftransfer.modeling import load_trained\n\n"
                 f"model = load_trained(\"{folder_name}\")  # a folder or a Hub id\n```\n")
-    adapter = TASKS[task]
     return (f"```python\nfrom transformers import pipeline\n\nclassifier = pipeline(\"{adapter.pipeline_tag}\", "
             f"model=\"{folder_name}\")\nprint(classifier({adapter.usage_example}))\n```\n\nOr open the demo: "
             f"`hftransfer demo {folder_name}`.\n")
@@ -197,6 +196,8 @@ def name_card_for_repo(folder: str | Path, repo_id: str) -> bool:
 
 
 def render_card(output: OutputFolder, model_name: str) -> ModelCard:
+    from .args import DataArguments  # not at the top: the demo, which imports this module, starts faster
+
     folder = output.path
     config, run, results, plan, comparison = output.config, output.run, output.results, output.plan, output.comparison
     if config is None or run is None:
@@ -221,7 +222,8 @@ def render_card(output: OutputFolder, model_name: str) -> ModelCard:
     if output.data_quality:
         body.append(f"**Data quality.** {leak_warning(output.data_quality)}{data_quality_summary(output.data_quality)} "
                     f"See the [report]({REPORT_DIR}/{REPORT_MD}#data-quality).\n")
-    usage = _export_usage(task, model_name) if exported else _usage(task, model_name, bool(config.get(HEAD_KEY)))
+    adapter = TASKS[task]().with_data(DataArguments.from_settings(run["settings"]))  # a sentence pair's columns
+    usage = _export_usage(task, model_name) if exported else _usage(adapter, model_name, bool(config.get(HEAD_KEY)))
     body += ["## How to use\n\n" + usage, *([_export_section(exported)] if exported else []),
              _training_section(run, plan, config), _limits(run, results)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))

@@ -125,12 +125,9 @@ def demo_command(args) -> None:
     from .fastpath import SERVER_TUNABLES, fast_start
 
     with fast_start(SERVER_TUNABLES):  # memory reused, not returned and faulted back; few arenas (fastpath)
-        from .demo import DemoError, serve
+        from .demo import serve
 
-    try:
-        serve(args.model, host=args.host, port=args.port, share=args.share)
-    except DemoError as err:
-        raise SystemExit(f"error: {err}") from None
+    serve(args.model, host=args.host, port=args.port, share=args.share)
 
 
 def publish_space_command(args) -> None:
@@ -204,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     predict_parser.add_argument("--batch_size", type=int, default=64)
     predict_parser.add_argument("--threshold", type=float, default=0.5,
                                 help="multi-label models: every label scoring above this")
-    predict_parser.add_argument("--text_column", help="the column of texts (default: 'text', or the only one)")
+    predict_parser.add_argument("--text_column", help="the column of texts (default: 'text', or the only one); "
+                                "a sentence-pair model's two, a,b (default: the run's)")
     predict_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     predict_parser.set_defaults(func=predict_command)
     export_parser = commands.add_parser("export", help="export a trained model to ONNX, optionally int8")

@@ -23,10 +23,6 @@ from .report import comparison_table, data_quality_section, markdown_table, plan
 MAX_BATCH = 16
 
 
-class DemoError(ValueError):
-    """A model the demo cannot serve; the message says why."""
-
-
 def results_markdown(folder: Path) -> str:
     """Metrics, stages, freeze plan and comparison of an output folder, as Markdown."""
     output = OutputFolder(folder)
@@ -59,21 +55,19 @@ def build_demo(model: str, title: str | None = None):
     import gradio as gr
 
     predictor = Predictor(model)
-    if predictor.sentence_pairs:
-        raise DemoError(f"{model} reads sentence pairs ({', '.join(predictor.sentence_pairs)}); the demo has one "
-                         "text box, which it would misread")
     folder = predictor.folder
     title = title or (folder.name if Path(model).exists() else model)
 
-    def check(value):
-        problem = predictor.task.demo_problem(value)
+    def check(*values):  # one input: a value from each widget (a sentence pair's two texts)
+        problem = predictor.task.demo_problem(*values)
         if problem:
             raise gr.Error(problem, print_exception=False)
 
-    def predict(values):  # Gradio batches: one list per input, one list per output
-        for value in values:  # the browser checked already; API callers reach this directly
-            check(value)
-        return [predictor.predict(values)]
+    def predict(*columns):  # Gradio batches: one list per input widget, one list per output
+        inputs = list(zip(*columns)) if len(columns) > 1 else columns[0]
+        for values in zip(*columns):  # the browser checked already; API callers reach this directly
+            check(*values)
+        return [predictor.predict(inputs)]
 
     with gr.Blocks(title=f"{title} - hftransfer") as demo:
         gr.Markdown(f"# {title}\n{len(predictor.labels)} classes: {', '.join(predictor.labels[:20])}"
@@ -81,13 +75,13 @@ def build_demo(model: str, title: str | None = None):
         with gr.Tab("Predict"):
             with gr.Row():
                 with gr.Column():
-                    value = predictor.task.demo_component(gr)
+                    widgets = predictor.task.demo_components(gr)
                     button = gr.Button("Classify", variant="primary", elem_id="predict-button")
                 with gr.Column():
                     label = gr.Label(num_top_classes=TOP_K, label="Prediction", elem_id="prediction")
             examples = predictor.examples()
             if examples:
-                gr.Examples(examples, inputs=[value], label="Examples from the validation data")
+                gr.Examples(examples, inputs=widgets, label="Examples from the validation data")
         with gr.Tab("Results"):
             gr.Markdown(results_markdown(folder))
             for name, caption in ((CONFUSION_PNG, "Confusion matrix"), (CURVES_PNG, "Training curves")):
@@ -97,8 +91,8 @@ def build_demo(model: str, title: str | None = None):
         with gr.Tab("Model card"):
             gr.Markdown(card_markdown(folder))
         # The check is queued (an unqueued event's gr.Error shows no toast in Gradio 6) but never waits on the model.
-        button.click(check, [value], None, api_name=False, concurrency_limit=None).success(
-            predict, [value], [label], batch=True, max_batch_size=MAX_BATCH, api_name="predict")
+        button.click(check, widgets, None, api_name=False, concurrency_limit=None).success(
+            predict, widgets, [label], batch=True, max_batch_size=MAX_BATCH, api_name="predict")
     return demo
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .args import DataArguments
-from .inference import OnnxEngine, Predictor, is_exported, model_folder
+from .inference import OnnxEngine, Predictor, is_exported, model_folder, text_length
 from .outputs import (ALL_RESULTS, CONFIG, DATA_QUALITY, EXAMPLES_FOLDER, EXPORT_RECORD, ONNX_FILE, PLAN_FILE,
                       REPORT_DIR, RUN_RECORD, OutputFolder, write_json)
 
@@ -72,7 +71,7 @@ def _export_into(source: Path, staging: Path, quantize: str | None, max_int8_dro
     reference = Predictor(source, engine="pytorch", device="cpu")
     validation, calibration, data_source = evaluation_inputs(source, reference)
     _copy_described(source, reference, staging)
-    sample = reference.inputs(_two_distinct(validation or calibration))
+    sample = reference.inputs(_two_distinct([value for value, _ in validation] or calibration))
     fp32_path = staging / ("model_fp32.onnx" if quantize else ONNX_FILE)
     names = write_onnx(reference.engine.model, sample, fp32_path)
     engines = {"onnx_fp32": OnnxEngine(staging, file=fp32_path.name)}
@@ -133,7 +132,7 @@ def evaluation_inputs(source: Path, reference: Predictor) -> tuple[list, list, s
     if splits is not None:
         validation, train = splits
         return validation, train, "the run's validation split"
-    examples = [(row[0], None) for row in reference.examples()]
+    examples = [(row[0] if len(row) == 1 else tuple(row), None) for row in reference.examples()]  # a pair's two
     if not examples:
         raise ExportError(f"{source}: neither the run's data nor examples/ to check the export on")
     return examples, [value for value, _ in examples], f"{len(examples)} example(s) of {EXAMPLES_FOLDER}/"
@@ -143,7 +142,7 @@ def _run_splits(run: dict, reference: Predictor):
     from .data import label_names, prepare_splits
 
     settings = run["settings"]
-    data_args = DataArguments(**{f.name: settings[f.name] for f in fields(DataArguments) if f.name in settings})
+    data_args = DataArguments.from_settings(settings)
     task = reference.task.with_data(data_args)
     splits, _, data_args = prepare_splits(data_args, task, settings.get("seed", 42))
     column = task.input_columns(data_args)
@@ -160,10 +159,10 @@ def _run_splits(run: dict, reference: Predictor):
 
 def _two_distinct(values: list) -> list:
     """Two inputs to trace with: two, so no axis is taken for a constant 1; of unequal text length where possible."""
-    inputs = [v[0] if isinstance(v, tuple) else v for v in values[:8]]
+    inputs = values[:8]
     if len(inputs) == 1:
         inputs = inputs * 2
-    by_length = sorted(inputs, key=lambda v: len(v) if isinstance(v, str) else 0)
+    by_length = sorted(inputs, key=text_length)
     return [by_length[0], by_length[-1]]
 
 

@@ -73,31 +73,29 @@ class OnnxEngine:
         return self.session.run(["logits"], feed)[0]
 
 
+def text_length(value) -> int:
+    """How long an input's text is (a sentence pair's two together); 0 for other inputs."""
+    texts = value if isinstance(value, (tuple, list)) else [value]
+    return sum(len(text) for text in texts if isinstance(text, str))
+
+
 class Predictor:
     """A trained classifier and its processor, loaded once: raw inputs (image paths or images, texts) -> scores."""
 
     def __init__(self, model: str | Path, engine: str | None = None, device: str | None = None):
         from transformers import AutoConfig
 
+        from .args import DataArguments  # not at the top: `hftransfer predict` and the demo start faster
+
         self.folder = model_folder(str(model))
         config = AutoConfig.from_pretrained(self.folder)
-        self.task = task_for_config(config)()
+        settings = (OutputFolder(self.folder).run or {}).get("settings") or {}
+        self.task = task_for_config(config)().with_data(DataArguments.from_settings(settings))  # the run's columns
         self.processor = self.task.load_processor(str(self.folder))
         self.labels = [config.id2label[i] for i in sorted(config.id2label)]
         self.multi_label = config.problem_type == "multi_label_classification"
         onnx = engine == OnnxEngine.name or (engine is None and is_exported(self.folder))
         self.engine = OnnxEngine(self.folder) if onnx else TorchEngine(self.folder, self.task, device)
-
-    @property
-    def sentence_pairs(self) -> list[str] | None:
-        """The two text columns of a model trained on sentence pairs (`--text_column_names a,b`), else None: `predict`
-        and the demo read one text an input, which such a model would misread."""
-        from .args import DataArguments
-
-        settings = (OutputFolder(self.folder).run or {}).get("settings") or {}
-        read = {k: settings[k] for k in ("text_column_names", "image_column_name") if settings.get(k)}
-        columns = self.task.input_columns(DataArguments(**read))  # as the run read its columns
-        return columns if len(columns) == 2 else None
 
     def inputs(self, values: list, fast: bool = False) -> dict:
         """Model inputs for raw inputs, preprocessed as in training (the task adapter's)."""

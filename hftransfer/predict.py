@@ -3,7 +3,8 @@
 MODEL is an output folder, an exported folder (`hftransfer export`) or a Hub id; `inference.Predictor` loads any of
 them. INPUT: for an image model, image files and folders (searched recursively); for a text model, CSV / TSV /
 JSON Lines / Parquet files with a text column (`--text_column`, else inferred as the recipes infer it), .txt files
-(one text each) and folders of them; for either, a `datasets` folder (`save_to_disk`). The output is CSV or JSON
+(one text each) and folders of them; for a sentence-pair model, tables with its two columns (the run's, or
+`--text_column a,b`); for either task, a `datasets` folder (`save_to_disk`). The output is CSV or JSON
 Lines, by its extension: `input`, `label`, `score`, then `label_1`, `score_1` ... `label_K`, `score_K` (`--top_k`).
 A multi-label model's `label` is every label scoring above `--threshold` (joined by ";" in CSV).
 
@@ -73,21 +74,31 @@ def skipped_file(output: Path) -> Path:
 
 # ---------------------------------------------------------------- inputs
 
-def gather(task_name: str, inputs: list[str], labels: list[str], text_column: str | None) -> Iterator[Item]:
-    """Every input named, in order; what cannot even be listed (a missing path) is an error before any work."""
+def gather(task, inputs: list[str], labels: list[str], text_column: str | None) -> Iterator[Item]:
+    """Every input named, in order; what cannot even be listed (a missing path) is an error before any work.
+    `text_column`: a column name, or a pair model's two ("a,b")."""
+    if task.pairs:
+        text_column = _pair_columns(task, text_column)
     for given in inputs:
         path = Path(given)
         if not path.exists():
             raise PredictError(f"input not found: {path}")
         if path.is_dir() and is_saved_dataset(path):
-            yield from _datasets_items(path, task_name, labels, text_column)
-        elif task_name == "image":
+            yield from _datasets_items(path, task.name, labels, text_column)
+        elif task.name == "image":
             yield from _image_items(path, labels)
         elif path.is_dir():
             for file in _files_under(path):
                 yield from _text_file_items(file, path, labels, text_column)
         else:
             yield from _text_file_items(path, path.parent, labels, text_column)
+
+
+def _pair_columns(task, named: str | None) -> list[str]:
+    columns = [c.strip() for c in named.split(",")] if named else task.columns
+    if len(columns) != 2:
+        raise PredictError(f"--text_column {named}: the model reads sentence pairs; name its two columns (a,b)")
+    return columns
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -109,6 +120,9 @@ def _image_items(path: Path, labels: list[str]) -> Iterator[Item]:
 
 def _text_file_items(file: Path, root: Path, labels, text_column) -> Iterator[Item]:
     suffix = file.suffix.lower()
+    if suffix == ".txt" and isinstance(text_column, list):
+        raise PredictError(f"{file}: the model reads sentence pairs; give a table with columns "
+                           f"{' and '.join(text_column)}")
     if suffix == ".txt":
         text = _read_text_file(file)
         yield Item(str(file), text, _folder_label(file, root, labels), None if text is not None else "not UTF-8 text")
@@ -146,15 +160,25 @@ def _datasets_items(folder: Path, task_name: str, labels, text_column) -> Iterat
             yield from _table_items(dataset, where, labels, text_column)
 
 
-def _table_items(table, where: str, labels, column: str | None) -> Iterator[Item]:
+def _table_items(table, where: str, labels, column: str | list[str] | None) -> Iterator[Item]:
+    """A row an input; `column` a list: a sentence pair's two columns, each row's two texts one input."""
     from datasets import Value
 
-    if column is None or column not in table.column_names:
-        column = _input_column(table, lambda f: isinstance(f, Value) and f.dtype in ("string", "large_string"),
-                               column, where, "text")
+    if isinstance(column, list):
+        missing = [c for c in column if c not in table.column_names]
+        if missing:
+            raise PredictError(f"{where}: no column {', '.join(map(repr, missing))} (columns: "
+                               f"{', '.join(table.column_names)}); the model reads sentence pairs: name their two "
+                               "columns with --text_column a,b")
+        values = zip(table[column[0]], table[column[1]])
+    else:
+        if column is None or column not in table.column_names:
+            column = _input_column(table, lambda f: isinstance(f, Value) and f.dtype in ("string", "large_string"),
+                                   column, where, "text")
+        values = table[column]
     label_column = next((c for c in table.column_names if c.lower() in LABEL_COLUMNS), None)
     references = _references(table, label_column, labels) if label_column else None
-    for index, value in enumerate(table[column]):
+    for index, value in enumerate(values):
         yield Item(f"{where}:{index}", value, references[index] if references else None)
 
 
@@ -283,15 +307,12 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     """Predict every input and write the rows to `output`; returns what was predicted and skipped."""
     from tqdm.auto import tqdm
 
-    from .inference import Predictor
+    from .inference import Predictor, text_length
 
     output = Path(output)
     writer = Writer(output)  # a wrong extension fails before the model loads
     predictor = Predictor(model, engine=engine)
-    if predictor.sentence_pairs:
-        raise PredictError(f"{model} reads sentence pairs ({', '.join(predictor.sentence_pairs)}); predict reads one "
-                           "text an input: call the model on tokenizer(first_texts, second_texts) in Python")
-    items = list(gather(predictor.task.name, inputs, predictor.labels, text_column))
+    items = list(gather(predictor.task, inputs, predictor.labels, text_column))
     if not items:
         raise PredictError(f"no inputs found in {', '.join(inputs)}")
     top_k = max(1, min(top_k, len(predictor.labels)))
@@ -300,7 +321,7 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     # Texts go through the model shortest first, so a batch pads little; their rows are written in input order
     # at the end. Images stream: they are one size after preprocessing.
     by_length = predictor.task.name == "text"
-    order = sorted(range(len(items)), key=lambda i: _length(items[i])) if by_length else range(len(items))
+    order = sorted(range(len(items)), key=lambda i: text_length(items[i].value)) if by_length else range(len(items))
     held: dict[int, dict] = {}
     positions = {id(items[i]): i for i in order}
     with tqdm(total=len(items), unit="input", disable=not progress, file=sys.stderr) as bar:
@@ -323,10 +344,6 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
         for name, reason in summary.skipped[:10]:
             logger.warning("Skipped %s: %s", name, reason)
     return summary
-
-
-def _length(item: Item) -> int:
-    return len(item.value) if isinstance(item.value, str) else 0
 
 
 def _count(summary: Summary, batch: list[Item], rows: list[dict]) -> None:

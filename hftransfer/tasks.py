@@ -36,6 +36,7 @@ class TaskAdapter:
     pipeline_tag: str  # the Hub's task, for the card and the pipeline
     noun: str  # "an image" / "a text": how the card and errors say it
     usage_example: str  # the arguments of a pipeline call in the card's snippet
+    pairs = False  # each input two texts (a sentence-pair text model)
 
     def __init__(self, data_args=None):
         self.data_args = data_args
@@ -106,12 +107,12 @@ class TaskAdapter:
         return None  # the Trainer's default collator stacks tensors
 
     # demo -----------------------------------------------------------------
-    def demo_component(self, gr):
-        """The Gradio input widget (gradio is passed in: the core does not import it)."""
+    def demo_components(self, gr) -> list:
+        """The Gradio input widgets of one input (gradio is passed in: the core does not import it)."""
         raise NotImplementedError
 
-    def demo_problem(self, value) -> str | None:
-        """Why one demo input cannot be classified, said to the user, or None."""
+    def demo_problem(self, *values) -> str | None:
+        """Why one demo input (a value from each widget) cannot be classified, said to the user, or None."""
         raise NotImplementedError
 
     def read_input(self, value):
@@ -297,7 +298,7 @@ class ImageTask(TaskAdapter):
         return apply
 
 
-    def demo_component(self, gr):
+    def demo_components(self, gr):
         component = gr.Image(type="filepath", label="Image", elem_id="image-input", height=320)
         read = component.preprocess
 
@@ -312,7 +313,7 @@ class ImageTask(TaskAdapter):
                                print_exception=False) from err
 
         component.preprocess = preprocess
-        return component
+        return [component]
 
     def demo_problem(self, value):
         from PIL import Image
@@ -510,12 +511,22 @@ class TextTask(TaskAdapter):
     column_setting = "text_column_names"
     pipeline_tag = "text-classification"
     noun = "a text"
-    usage_example = '"a wonderful, moving film", truncation=True'  # the pipeline cuts no text unless asked
     max_length_cap = 512  # longer inputs cost quadratic attention for little gain in classification
 
     @property
     def columns(self) -> list[str]:
         return self.input_columns(self.data_args)
+
+    @property
+    def pairs(self) -> bool:
+        """Sentence pairs (`--text_column_names premise,hypothesis`): an input is two texts, one of each column."""
+        return len(self.columns) == 2
+
+    @property
+    def usage_example(self) -> str:  # the pipeline cuts no text unless asked
+        if self.pairs:
+            return '{"text": "a man plays a guitar", "text_pair": "someone makes music"}, truncation=True'
+        return '"a wonderful, moving film", truncation=True'
 
     def input_columns(self, args) -> list[str]:
         names = args.text_column_names if args else "text"
@@ -612,31 +623,45 @@ class TextTask(TaskAdapter):
 
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)  # dynamic padding, never to the maximum
 
-    def demo_component(self, gr):
-        return gr.Textbox(label="Text", lines=4, elem_id="text-input", placeholder="Type a text to classify")
+    def demo_components(self, gr):
+        if self.pairs:
+            return [gr.Textbox(label=column, lines=3, elem_id=f"text-input-{i}", placeholder=f"Type the {column}")
+                    for i, column in enumerate(self.columns)]
+        return [gr.Textbox(label="Text", lines=4, elem_id="text-input", placeholder="Type a text to classify")]
 
-    def demo_problem(self, value):
-        return None if isinstance(value, str) and value.strip() else "Empty text: type something to classify"
+    def demo_problem(self, *values):
+        empty = [c for c, v in zip(self.columns, values) if not (isinstance(v, str) and v.strip())]
+        if not empty:
+            return None
+        return f"Empty {empty[0]}: type both texts" if self.pairs else "Empty text: type something to classify"
 
     def read_input(self, value):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError("empty text" if isinstance(value, str) or value is None else
-                             f"not a text ({type(value).__name__})")
-        return value
+        """A text, or for a pair model a (first, second) pair of texts."""
+        if self.pairs and not (isinstance(value, (tuple, list)) and len(value) == 2):
+            raise ValueError(f"not a pair of texts ({', '.join(self.columns)})")
+        for column, text in zip(self.columns, value if self.pairs else [value]):
+            if not isinstance(text, str) or not text.strip():
+                problem = "empty text" if isinstance(text, str) or text is None else \
+                    f"not a text ({type(text).__name__})"
+                raise ValueError(f"{problem} in '{column}'" if self.pairs else problem)
+        return tuple(value) if self.pairs else value
 
     def model_inputs(self, tokenizer, values, fast=False):
-        return dict(tokenizer(values, truncation=True, max_length=tokenizer.model_max_length, padding=True,
+        texts = [list(column) for column in zip(*values)] if self.pairs else [values]  # as `transform` reads them
+        return dict(tokenizer(*texts, truncation=True, max_length=tokenizer.model_max_length, padding=True,
                               return_tensors="pt"))
 
     def save_examples(self, rows, folder):
+        """`text` (and `text_pair` for a pair, as a pipeline takes a pair) and the label."""
         folder.mkdir(parents=True, exist_ok=True)
-        examples = [{"text": text if isinstance(text, str) else " / ".join(text), "label": label}
-                    for text, label in rows]
+        examples = [{**({"text": text[0], "text_pair": text[1]} if isinstance(text, tuple) else {"text": text}),
+                     "label": label} for text, label in rows]
         (folder / EXAMPLES_FILE).write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
 
     def load_examples(self, folder):
         path = folder / EXAMPLES_FILE
-        return [[row["text"]] for row in json.loads(path.read_text())] if path.is_file() else []
+        rows = json.loads(path.read_text()) if path.is_file() else []
+        return [[row["text"], row["text_pair"]] if "text_pair" in row else [row["text"]] for row in rows]
 
 
 def _position_limit(model) -> int | None:

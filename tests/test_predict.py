@@ -161,6 +161,64 @@ def test_multi_label_predictions_are_every_label_above_the_threshold(tmp_path):
     assert {first[f"label_{k}"] for k in (1, 2, 3)} == set(predictor.labels)
 
 
+def test_a_sentence_pair_model_ships_as_pairs(tmp_path):
+    """predict (tables of the two columns), the examples, the demo, the export and the card's pipeline snippet all
+    give the model both texts, as training did; a lone text is refused, not misread."""
+    import torch
+    from support.served_demo import Served
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    rows = [{"premise": p, "hypothesis": h, "label": "yes" if (p in POSITIVE) == (h == "it was good") else "no"}
+            for p in POSITIVE + NEGATIVE for h in ("it was good", "it was bad")]
+    data, held_out = tmp_path / "pairs.jsonl", tmp_path / "held_out.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows * 2))
+    held_out.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "out"
+    train(TextTask, ["--model_name_or_path", str(save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")), "--train_file",
+                     str(data), "--validation_file", str(held_out), "--text_column_names", "premise,hypothesis",
+                     "--output_dir", str(out), "--num_train_epochs", "2", "--head_epochs", "1"])
+    summary = predict(str(out), [str(held_out)], tmp_path / "pairs.csv", progress=False)
+    assert summary.referenced == len(rows)
+    assert summary.correct / len(rows) == pytest.approx(OutputFolder(out).results["eval_accuracy"])
+    model, tokenizer = AutoModelForSequenceClassification.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    first = rows[0]
+    with torch.no_grad():
+        pair = model(**tokenizer([first["premise"]], [first["hypothesis"]], return_tensors="pt")).logits.softmax(-1)[0]
+        alone = model(**tokenizer([first["premise"]], return_tensors="pt")).logits.softmax(-1)[0]
+    predicted = read_rows(tmp_path / "pairs.csv")[0]
+    assert float(predicted["score"]) == pytest.approx(pair.max().item(), abs=1e-5)
+    assert abs(pair.max().item() - alone.max().item()) > 1e-4  # so the first text alone would have shown
+    (tmp_path / "one.txt").write_text(first["premise"])
+    with pytest.raises(PredictError, match="reads sentence pairs; give a table with columns premise and hypothesis"):
+        predict(str(out), [str(tmp_path / "one.txt")], tmp_path / "x.csv", progress=False)
+    with pytest.raises(PredictError, match="no column 'claim'"):
+        predict(str(out), [str(held_out)], tmp_path / "x.csv", text_column="premise,claim", progress=False)
+
+    predictor = Predictor(out)
+    assert all(len(example) == 2 for example in predictor.examples())  # both texts, for the demo's examples
+    served = Served(out)
+    try:
+        answer = served.predict(first["premise"], first["hypothesis"])
+    finally:
+        served.close()
+    assert answer["label"] == predicted["label"]
+    assert {c["label"]: c["confidence"] for c in answer["confidences"]}[answer["label"]] == pytest.approx(
+        pair.max().item(), abs=1e-5)
+
+    snippet = (out / "README.md").read_text().split("print(classifier(", 1)[1].split("))\n", 1)[0]
+    assert '"text_pair"' in snippet
+    classifier = pipeline("text-classification", model=str(out))
+    assert classifier({"text": first["premise"], "text_pair": first["hypothesis"]}, truncation=True)["label"] == \
+        predicted["label"]
+
+    exported = tmp_path / "onnx"
+    record = export(str(out), exported)
+    assert record["onnx_fp32"]["agreement"] == 1.0 and record["inputs_checked"] == len(predictor.examples())
+    predict(str(exported), [str(held_out)], tmp_path / "onnx.csv", progress=False)
+    assert [r["label"] for r in read_rows(tmp_path / "onnx.csv")] == [r["label"] for r in read_rows(tmp_path /
+                                                                                                    "pairs.csv")]
+
+
 def test_export_parity_and_predict_with_the_onnx_model(image_run, tmp_path):
     root, metrics = image_run
     exported = tmp_path / "onnx"

@@ -18,8 +18,8 @@ class Served:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.client = Client(self.url, verbose=False)
 
-    def predict(self, value):
-        return self.client.predict(value, api_name="/predict")
+    def predict(self, *values):  # one value a widget: a sentence pair's two texts
+        return self.client.predict(*values, api_name="/predict")
 
     def close(self):
         self.demo.close()
