@@ -14,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import zoo
 from .anatomy import POOLING_KEY
+from .args import DataArguments
 from .heads import CONFIG_KEY as HEAD_KEY
 from .outputs import (CONFIG, CONFUSION_PNG, CURVES_PNG, ONNX_FILE, PLAN_FILE, REPORT_DIR, REPORT_MD, RUN_RECORD,
                       OutputFolder)
@@ -81,10 +82,12 @@ def _usage(adapter, folder_name: str, mlp_head: bool) -> str:
             f"`hftransfer demo {folder_name}`.\n")
 
 
-def _export_usage(task: str, folder_name: str) -> str:
-    example = "photos/" if task == "image" else "texts.csv"
+def _export_usage(adapter, folder_name: str) -> str:
+    example, what = ("photos/", "a folder") if adapter.name == "image" else ("texts.csv", "a table or a folder")
+    if adapter.pairs:
+        example, what = "pairs.csv", f"a table with columns {' and '.join(adapter.columns)}"
     return (f"An ONNX export (no PyTorch weights): `hftransfer predict {folder_name} {example} --output "
-            f"predictions.csv` predicts a folder or a table with the training preprocessing; `hftransfer demo "
+            f"predictions.csv` predicts {what} with the training preprocessing; `hftransfer demo "
             f"{folder_name}` serves it. In onnxruntime directly, `{ONNX_FILE}` takes the processor's or tokenizer's "
             "outputs (names below) and returns `logits`.\n")
 
@@ -196,8 +199,6 @@ def name_card_for_repo(folder: str | Path, repo_id: str) -> bool:
 
 
 def render_card(output: OutputFolder, model_name: str) -> ModelCard:
-    from .args import DataArguments  # not at the top: the demo, which imports this module, starts faster
-
     folder = output.path
     config, run, results, plan, comparison = output.config, output.run, output.results, output.plan, output.comparison
     if config is None or run is None:
@@ -223,7 +224,7 @@ def render_card(output: OutputFolder, model_name: str) -> ModelCard:
         body.append(f"**Data quality.** {leak_warning(output.data_quality)}{data_quality_summary(output.data_quality)} "
                     f"See the [report]({REPORT_DIR}/{REPORT_MD}#data-quality).\n")
     adapter = TASKS[task]().with_data(DataArguments.from_settings(run["settings"]))  # a sentence pair's columns
-    usage = _export_usage(task, model_name) if exported else _usage(adapter, model_name, bool(config.get(HEAD_KEY)))
+    usage = _export_usage(adapter, model_name) if exported else _usage(adapter, model_name, bool(config.get(HEAD_KEY)))
     body += ["## How to use\n\n" + usage, *([_export_section(exported)] if exported else []),
              _training_section(run, plan, config), _limits(run, results)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))

@@ -76,5 +76,5 @@ def compare(task: str, flags: list[str], strategies=COMPARED) -> list[dict]:
     print(f"\n{comparison_table(rows)}\nComparison table: {path} (and {COMPARISON_FILE})")
     failed = [row["strategy"] for row in rows if "failed" in row]
     if failed:
-        raise SystemExit(f"[compare] {', '.join(failed)} failed (their output is above); the table shows the others")
+        raise SystemExit(f"[compare] {', '.join(failed)} failed (see the output above); the table shows the rest")
     return rows

@@ -81,7 +81,8 @@ def build_demo(model: str, title: str | None = None):
                     label = gr.Label(num_top_classes=TOP_K, label="Prediction", elem_id="prediction")
             examples = predictor.examples()
             if examples:
-                gr.Examples(examples, inputs=widgets, label="Examples from the validation data")
+                rows = [list(value) if isinstance(value, tuple) else [value] for value in examples]  # a value a widget
+                gr.Examples(rows, inputs=widgets, label="Examples from the validation data")
         with gr.Tab("Results"):
             gr.Markdown(results_markdown(folder))
             for name, caption in ((CONFUSION_PNG, "Confusion matrix"), (CURVES_PNG, "Training curves")):

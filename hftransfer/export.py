@@ -132,7 +132,7 @@ def evaluation_inputs(source: Path, reference: Predictor) -> tuple[list, list, s
     if splits is not None:
         validation, train = splits
         return validation, train, "the run's validation split"
-    examples = [(row[0] if len(row) == 1 else tuple(row), None) for row in reference.examples()]  # a pair's two
+    examples = [(value, None) for value in reference.examples()]
     if not examples:
         raise ExportError(f"{source}: neither the run's data nor examples/ to check the export on")
     return examples, [value for value, _ in examples], f"{len(examples)} example(s) of {EXAMPLES_FOLDER}/"
@@ -144,13 +144,12 @@ def _run_splits(run: dict, reference: Predictor):
     settings = run["settings"]
     data_args = DataArguments.from_settings(settings)
     task = reference.task.with_data(data_args)
+    if run.get("multi_label"):
+        return None  # checked on probabilities only, from the examples
     splits, _, data_args = prepare_splits(data_args, task, settings.get("seed", 42))
-    column = task.input_columns(data_args)
-    if len(column) != 1 or run.get("multi_label"):
-        return None  # sentence pairs and multi-label sets: checked on probabilities only, from the examples
     names = label_names(splits)
     to_model = {i: reference.labels.index(name) for i, name in enumerate(names) if name in reference.labels}
-    raw = {split: task.raw_inputs(d) for split, d in splits.items()}
+    raw = {split: task.with_data(data_args).inputs_of(d) for split, d in splits.items()}  # columns as resolved
     validation = [(value, to_model.get(label)) for value, label in zip(raw["validation"],
                                                                        splits["validation"]["label"])]
     step = max(1, len(raw["train"]) // CALIBRATION_INPUTS)

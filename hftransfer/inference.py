@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import hardware, zoo
+from .args import DataArguments
 from .outputs import EXAMPLES_FOLDER, ONNX_FILE, REPORT_DIR, OutputFolder
 from .tasks import task_for_config
 
@@ -84,8 +85,6 @@ class Predictor:
 
     def __init__(self, model: str | Path, engine: str | None = None, device: str | None = None):
         from transformers import AutoConfig
-
-        from .args import DataArguments  # not at the top: `hftransfer predict` and the demo start faster
 
         self.folder = model_folder(str(model))
         config = AutoConfig.from_pretrained(self.folder)

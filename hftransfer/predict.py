@@ -76,29 +76,51 @@ def skipped_file(output: Path) -> Path:
 
 def gather(task, inputs: list[str], labels: list[str], text_column: str | None) -> Iterator[Item]:
     """Every input named, in order; what cannot even be listed (a missing path) is an error before any work.
-    `text_column`: a column name, or a pair model's two ("a,b")."""
-    if task.pairs:
-        text_column = _pair_columns(task, text_column)
+    `text_column`: a column name, or a sentence-pair model's two ("a,b")."""
+    columns = _text_columns(task, text_column) if task.name == "text" else [text_column] if text_column else None
     for given in inputs:
         path = Path(given)
         if not path.exists():
             raise PredictError(f"input not found: {path}")
         if path.is_dir() and is_saved_dataset(path):
-            yield from _datasets_items(path, task.name, labels, text_column)
+            yield from _datasets_items(path, task.name, labels, columns)
         elif task.name == "image":
             yield from _image_items(path, labels)
         elif path.is_dir():
             for file in _files_under(path):
-                yield from _text_file_items(file, path, labels, text_column)
+                yield from _text_file_items(file, path, labels, columns)
         else:
-            yield from _text_file_items(path, path.parent, labels, text_column)
+            if path.suffix.lower() == ".txt" and task.pairs:
+                raise PredictError(f"{path}: {_pairs_need_tables(columns)}")
+            yield from _text_file_items(path, path.parent, labels, columns)
 
 
-def _pair_columns(task, named: str | None) -> list[str]:
-    columns = [c.strip() for c in named.split(",")] if named else task.columns
+def _text_columns(task, named: str | None) -> list[str] | None:
+    """The table columns that hold an input's texts: a sentence-pair model's two (the run's unless named), or the
+    one named (None: inferred from each table)."""
+    from .args import DataArguments
+
+    try:
+        columns = task.input_columns(DataArguments(text_column_names=named)) if named else None
+    except ValueError as err:
+        raise PredictError(f"--text_column: {err}") from None
+    if not task.pairs:
+        if columns and len(columns) != 1:
+            raise PredictError(f"--text_column {named}: the model reads one text an input; name one column")
+        return columns
+    if columns is None:
+        return task.columns
     if len(columns) != 2:
-        raise PredictError(f"--text_column {named}: the model reads sentence pairs; name its two columns (a,b)")
+        raise PredictError(f"--text_column {named}: the model reads sentence pairs ({', '.join(task.columns)}); "
+                           "name the two columns, a,b")
+    if columns == task.columns[::-1]:
+        logger.warning("The model was trained on (%s) in that order; --text_column reads (%s)",
+                       ", ".join(task.columns), ", ".join(columns))
     return columns
+
+
+def _pairs_need_tables(columns: list[str]) -> str:
+    return f"the model reads sentence pairs: give a table with columns {' and '.join(columns)}"
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -118,12 +140,12 @@ def _image_items(path: Path, labels: list[str]) -> Iterator[Item]:
         yield Item(str(file), file, _folder_label(file, root, labels))
 
 
-def _text_file_items(file: Path, root: Path, labels, text_column) -> Iterator[Item]:
+def _text_file_items(file: Path, root: Path, labels, columns: list[str] | None) -> Iterator[Item]:
     suffix = file.suffix.lower()
-    if suffix == ".txt" and isinstance(text_column, list):
-        raise PredictError(f"{file}: the model reads sentence pairs; give a table with columns "
-                           f"{' and '.join(text_column)}")
-    if suffix == ".txt":
+    pairs = columns is not None and len(columns) == 2
+    if suffix == ".txt" and pairs:  # one text: in a folder a counted skip, as any file of another kind
+        yield Item(str(file), None, problem=_pairs_need_tables(columns))
+    elif suffix == ".txt":
         text = _read_text_file(file)
         yield Item(str(file), text, _folder_label(file, root, labels), None if text is not None else "not UTF-8 text")
     elif suffix in TABLE_SUFFIXES:
@@ -131,9 +153,10 @@ def _text_file_items(file: Path, root: Path, labels, text_column) -> Iterator[It
             table = load_file(str(file), "predict")
         except DataError as err:
             raise PredictError(str(err)) from None
-        yield from _table_items(table, str(file), labels, text_column)
+        yield from _table_items(table, str(file), labels, columns)
     else:
-        yield Item(str(file), None, problem=f"not a text file ({', '.join(sorted({'.txt', *TABLE_SUFFIXES}))})")
+        readable = TABLE_SUFFIXES if pairs else {".txt", *TABLE_SUFFIXES}
+        yield Item(str(file), None, problem=f"not a text file ({', '.join(sorted(readable))})")
 
 
 def _read_text_file(file: Path) -> str | None:
@@ -143,7 +166,7 @@ def _read_text_file(file: Path) -> str | None:
         return None
 
 
-def _datasets_items(folder: Path, task_name: str, labels, text_column) -> Iterator[Item]:
+def _datasets_items(folder: Path, task_name: str, labels, columns: list[str] | None) -> Iterator[Item]:
     from datasets import DatasetDict, load_from_disk
 
     loaded = load_from_disk(str(folder))
@@ -153,25 +176,28 @@ def _datasets_items(folder: Path, task_name: str, labels, text_column) -> Iterat
         if task_name == "image":
             from datasets import Image as ImageFeature
 
-            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), text_column, where, "images")
+            named = columns[0] if columns else None
+            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), named, where, "images")
             yield from _table_items(dataset.cast_column(column, ImageFeature(decode=False)), where, labels,
-                                    column)
+                                    [column])
         else:
-            yield from _table_items(dataset, where, labels, text_column)
+            yield from _table_items(dataset, where, labels, columns)
 
 
-def _table_items(table, where: str, labels, column: str | list[str] | None) -> Iterator[Item]:
-    """A row an input; `column` a list: a sentence pair's two columns, each row's two texts one input."""
+def _table_items(table, where: str, labels, columns: list[str] | None) -> Iterator[Item]:
+    """A row an input: the value of its one input column (None: the table's text column, inferred), or a sentence
+    pair's two texts as a tuple."""
     from datasets import Value
 
-    if isinstance(column, list):
-        missing = [c for c in column if c not in table.column_names]
+    if columns and len(columns) == 2:
+        missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise PredictError(f"{where}: no column {', '.join(map(repr, missing))} (columns: "
                                f"{', '.join(table.column_names)}); the model reads sentence pairs: name their two "
                                "columns with --text_column a,b")
-        values = zip(table[column[0]], table[column[1]])
+        values = zip(table[columns[0]], table[columns[1]])
     else:
+        column = columns[0] if columns else None
         if column is None or column not in table.column_names:
             column = _input_column(table, lambda f: isinstance(f, Value) and f.dtype in ("string", "large_string"),
                                    column, where, "text")
@@ -190,15 +216,16 @@ def _references(table, column: str, labels: list[str]) -> list:
     inner = getattr(feature, "feature", None)  # a column of lists
     names = inner if inner is not None else feature
 
-    def name(value) -> str:
+    def name(value) -> str | None:  # None for no label: a null, or ClassLabel's -1 (an unlabelled test split)
+        if value is None or (isinstance(names, ClassLabel) and value < 0):
+            return None
         return names.int2str(value) if isinstance(names, ClassLabel) else str(value)
 
     references = []
     for value in table[column]:
-        reference = [name(v) for v in value] if inner is not None and value is not None else None
-        if inner is None and value is not None:
-            reference = name(value)
-        known = reference is not None and set([reference] if isinstance(reference, str) else reference) <= set(labels)
+        reference = ([name(v) for v in value] if value is not None else None) if inner is not None else name(value)
+        given = reference if isinstance(reference, list) else [reference]
+        known = reference is not None and set(given) <= set(labels)  # labels holds no None
         references.append(reference if known else None)
     return references
 
@@ -281,10 +308,13 @@ class Writer:
     def __init__(self, output: Path):
         if output.suffix.lower() not in OUTPUT_FORMATS:
             raise PredictError(f"--output {output}: write .csv or .jsonl")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        self.csv = output.suffix.lower() == ".csv"
-        self.handle = output.open("w", newline="", encoding="utf-8")
-        self.writer = None
+        self.output, self.csv = output, output.suffix.lower() == ".csv"
+        self.handle = self.writer = None
+
+    def open(self) -> None:
+        """Called once the inputs are listed: an input error leaves no empty output behind."""
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.output.open("w", newline="", encoding="utf-8")
 
     def write(self, rows: list[dict]) -> None:
         for row in rows:
@@ -315,6 +345,7 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     items = list(gather(predictor.task, inputs, predictor.labels, text_column))
     if not items:
         raise PredictError(f"no inputs found in {', '.join(inputs)}")
+    writer.open()
     top_k = max(1, min(top_k, len(predictor.labels)))
     summary = Summary(multi_label=predictor.multi_label)
     logger.info("Predicting %d input(s) with %s (%s)", len(items), predictor.folder, predictor.engine.name)

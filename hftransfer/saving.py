@@ -89,10 +89,6 @@ def _write_report(run, folder: Path, eval_metrics: dict, plan) -> None:
 def _save_examples(run, folder: Path, count: int = 8) -> None:
     """A few validation inputs, one class after another, for the demo's examples."""
     validation = run.splits["validation"]
-    columns = run.task.input_columns(run.run.data)
-
-    def value(row):  # a sentence pair's two texts together
-        return row[columns[0]] if len(columns) == 1 else tuple(row[c] for c in columns)
     chosen: dict = {}
     for index, label in enumerate(validation["label"]):
         key = tuple(label) if run.multi_label else label
@@ -103,4 +99,5 @@ def _save_examples(run, folder: Path, count: int = 8) -> None:
     def name(key):
         return "+".join(run.labels[i] for i in key) if run.multi_label else run.labels[key]
 
-    run.task.save_examples([(value(validation[i]), name(key)) for key, i in chosen.items()], folder)
+    inputs = run.task.inputs_of(validation.select(list(chosen.values())))
+    run.task.save_examples([(value, name(key)) for value, key in zip(inputs, chosen)], folder)

@@ -68,6 +68,11 @@ class TaskAdapter:
         """Each row's input as stored (undecoded images, texts): what the data-quality pass compares by content."""
         raise NotImplementedError
 
+    def inputs_of(self, dataset: Dataset) -> list:
+        """Each row's input as `read_input` and `model_inputs` take it: what predict, the examples and the export's
+        check feed the model. An input read from several widgets or columns (a sentence pair) is a tuple."""
+        return self.raw_inputs(dataset)
+
     def item(self, raw, index: int):
         """How `data_quality.json` names a row: the file path for files found on disk, the text for texts, else the
         row index."""
@@ -130,6 +135,7 @@ class TaskAdapter:
         raise NotImplementedError
 
     def load_examples(self, folder: Path) -> list:
+        """The saved examples' inputs, as `inputs_of` gives them."""
         raise NotImplementedError
 
 
@@ -359,7 +365,7 @@ class ImageTask(TaskAdapter):
             _open_image(value).convert("RGB").save(folder / f"{index:02d}_{safe}.png")
 
     def load_examples(self, folder):
-        return [[str(p)] for p in sorted(folder.glob("*.png"))]
+        return [str(p) for p in sorted(folder.glob("*.png"))]
 
 
 DEMO_MAX_PIXELS = 40_000_000  # a 40 MP photo is fine; beyond, decoding alone would stall the demo for everyone
@@ -561,6 +567,9 @@ class TextTask(TaskAdapter):
         columns = self.columns
         return [" / ".join(row[c] for c in columns) for row in dataset.select_columns(columns)]
 
+    def inputs_of(self, dataset):
+        return list(zip(*(dataset[c] for c in self.columns))) if self.pairs else self.raw_inputs(dataset)
+
     def item(self, raw, index):
         return raw
 
@@ -647,6 +656,9 @@ class TextTask(TaskAdapter):
         return tuple(value) if self.pairs else value
 
     def model_inputs(self, tokenizer, values, fast=False):
+        if self.pairs and not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in values):
+            raise ValueError(f"the model reads sentence pairs ({', '.join(self.columns)}): give each input as a "
+                             "(first, second) pair of texts")
         texts = [list(column) for column in zip(*values)] if self.pairs else [values]  # as `transform` reads them
         return dict(tokenizer(*texts, truncation=True, max_length=tokenizer.model_max_length, padding=True,
                               return_tensors="pt"))
@@ -661,7 +673,9 @@ class TextTask(TaskAdapter):
     def load_examples(self, folder):
         path = folder / EXAMPLES_FILE
         rows = json.loads(path.read_text()) if path.is_file() else []
-        return [[row["text"], row["text_pair"]] if "text_pair" in row else [row["text"]] for row in rows]
+        if self.pairs:  # examples written before pairs were kept whole held the two texts joined: not a pair
+            return [(row["text"], row["text_pair"]) for row in rows if "text_pair" in row]
+        return [row["text"] for row in rows]
 
 
 def _position_limit(model) -> int | None:

@@ -4,6 +4,7 @@ listed, multi-label, MLP-head and LoRA models, and the demo and Space on an expo
 
 import csv
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -130,6 +131,8 @@ def test_predict_refuses_what_it_cannot_do_before_loading_anything(text_run, tmp
         predict(str(root / "out"), [str(root / "reviews.csv")], tmp_path / "out.txt")
     with pytest.raises(PredictError, match="input not found"):
         predict(str(root / "out"), [str(tmp_path / "missing.csv")], tmp_path / "out.csv")
+    with pytest.raises(PredictError, match="reads one text an input"):
+        predict(str(root / "out"), [str(root / "reviews.csv")], tmp_path / "out.csv", text_column="text,label")
     (tmp_path / "numbers.csv").write_text("text,label\n1,good\n2,bad\n")  # a 'text' column that holds no text
     with pytest.raises(PredictError, match=r"no column holds text \(text: int64, label: \w+\)"):
         predict(str(root / "out"), [str(tmp_path / "numbers.csv")], tmp_path / "out.csv")
@@ -161,7 +164,7 @@ def test_multi_label_predictions_are_every_label_above_the_threshold(tmp_path):
     assert {first[f"label_{k}"] for k in (1, 2, 3)} == set(predictor.labels)
 
 
-def test_a_sentence_pair_model_ships_as_pairs(tmp_path):
+def test_a_sentence_pair_model_ships_as_pairs(tmp_path, caplog):
     """predict (tables of the two columns), the examples, the demo, the export and the card's pipeline snippet all
     give the model both texts, as training did; a lone text is refused, not misread."""
     import torch
@@ -181,21 +184,42 @@ def test_a_sentence_pair_model_ships_as_pairs(tmp_path):
     assert summary.referenced == len(rows)
     assert summary.correct / len(rows) == pytest.approx(OutputFolder(out).results["eval_accuracy"])
     model, tokenizer = AutoModelForSequenceClassification.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
-    first = rows[0]
+    premises, hypotheses = [r["premise"] for r in rows], [r["hypothesis"] for r in rows]
     with torch.no_grad():
-        pair = model(**tokenizer([first["premise"]], [first["hypothesis"]], return_tensors="pt")).logits.softmax(-1)[0]
-        alone = model(**tokenizer([first["premise"]], return_tensors="pt")).logits.softmax(-1)[0]
-    predicted = read_rows(tmp_path / "pairs.csv")[0]
-    assert float(predicted["score"]) == pytest.approx(pair.max().item(), abs=1e-5)
-    assert abs(pair.max().item() - alone.max().item()) > 1e-4  # so the first text alone would have shown
-    (tmp_path / "one.txt").write_text(first["premise"])
-    with pytest.raises(PredictError, match="reads sentence pairs; give a table with columns premise and hypothesis"):
-        predict(str(out), [str(tmp_path / "one.txt")], tmp_path / "x.csv", progress=False)
-    with pytest.raises(PredictError, match="no column 'claim'"):
-        predict(str(out), [str(held_out)], tmp_path / "x.csv", text_column="premise,claim", progress=False)
+        pairs = model(**tokenizer(premises, hypotheses, padding=True, return_tensors="pt")).logits.softmax(-1)
+    scores = [float(row["score"]) for row in read_rows(tmp_path / "pairs.csv")]
+    assert scores == pytest.approx(pairs.max(-1).values.tolist(), abs=1e-5)
+    first, pair, predicted = rows[0], pairs[0], read_rows(tmp_path / "pairs.csv")[0]
+    read = Predictor(out).inputs([(first["premise"], first["hypothesis"])])  # two segments, as in training
+    assert read["input_ids"].tolist() == tokenizer([first["premise"]], [first["hypothesis"]])["input_ids"]
+    assert 1 in read["token_type_ids"][0].tolist()
+    mixed = tmp_path / "mixed"  # a lone text named is an error; in a folder, a counted skip
+    mixed.mkdir()
+    shutil.copy(held_out, mixed / "pairs.jsonl")
+    (mixed / "one.txt").write_text(first["premise"])
+    with pytest.raises(PredictError, match="reads sentence pairs: give a table with columns premise and hypothesis"):
+        predict(str(out), [str(mixed / "one.txt")], tmp_path / "x.csv", progress=False)
+    assert not (tmp_path / "x.csv").exists()  # nothing written before the inputs are known
+    summary = predict(str(out), [str(mixed)], tmp_path / "mixed.csv", progress=False)
+    assert summary.predicted == len(rows) and [name for name, _ in summary.skipped] == [str(mixed / "one.txt")]
+    for named, message in (("premise,claim", "no column 'claim'"), ("premise,", "name the two columns")):
+        with pytest.raises(PredictError, match=message):
+            predict(str(out), [str(held_out)], tmp_path / "x.csv", text_column=named, progress=False)
+    with caplog.at_level(logging.WARNING, logger="hftransfer.predict"):
+        predict(str(out), [str(held_out)], tmp_path / "reversed.csv", text_column="hypothesis,premise", progress=False)
+    assert "trained on (premise, hypothesis) in that order" in caplog.text
+    # a GLUE-like DatasetDict: a labelled split, and a test split whose ClassLabel is -1 (no label)
+    from datasets import ClassLabel, Dataset, DatasetDict
+
+    labelled = Dataset.from_list(rows).cast_column("label", ClassLabel(names=["no", "yes"]))
+    DatasetDict(validation=labelled, test=labelled.map(lambda r: {"label": -1})).save_to_disk(tmp_path / "glue")
+    summary = predict(str(out), [str(tmp_path / "glue")], tmp_path / "glue.csv", progress=False)
+    assert (summary.predicted, summary.referenced) == (2 * len(rows), len(rows))
 
     predictor = Predictor(out)
     assert all(len(example) == 2 for example in predictor.examples())  # both texts, for the demo's examples
+    with pytest.raises(ValueError, match=r"reads sentence pairs \(premise, hypothesis\)"):
+        predictor.predict([first["premise"]])
     served = Served(out)
     try:
         answer = served.predict(first["premise"], first["hypothesis"])
@@ -212,8 +236,13 @@ def test_a_sentence_pair_model_ships_as_pairs(tmp_path):
         predicted["label"]
 
     exported = tmp_path / "onnx"
-    record = export(str(out), exported)
-    assert record["onnx_fp32"]["agreement"] == 1.0 and record["inputs_checked"] == len(predictor.examples())
+    record = export(str(out), exported)  # checked on the run's validation pairs
+    assert record["onnx_fp32"]["agreement"] == 1.0 and record["inputs_checked"] == len(rows)
+    assert record["pytorch"]["accuracy"] == pytest.approx(OutputFolder(out).results["eval_accuracy"], abs=1e-4)
+    assert "pairs.csv" in (exported / "README.md").read_text()
+    examples = out / "examples" / "examples.json"  # as an older hftransfer wrote them: the texts joined, not a pair
+    examples.write_text(json.dumps([{"text": f"{first['premise']} / {first['hypothesis']}", "label": "yes"}]))
+    assert Predictor(out).examples() == []
     predict(str(exported), [str(held_out)], tmp_path / "onnx.csv", progress=False)
     assert [r["label"] for r in read_rows(tmp_path / "onnx.csv")] == [r["label"] for r in read_rows(tmp_path /
                                                                                                     "pairs.csv")]
