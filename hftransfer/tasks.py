@@ -659,6 +659,8 @@ class TextTask(TaskAdapter):
         if self.pairs and not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in values):
             raise ValueError(f"the model reads sentence pairs ({', '.join(self.columns)}): give each input as a "
                              "(first, second) pair of texts")
+        if not self.pairs and not all(isinstance(v, str) for v in values):  # a tuple would be read as a pair
+            raise ValueError("the model reads one text an input: give each input as a string")
         texts = [list(column) for column in zip(*values)] if self.pairs else [values]  # as `transform` reads them
         return dict(tokenizer(*texts, truncation=True, max_length=tokenizer.model_max_length, padding=True,
                               return_tensors="pt"))

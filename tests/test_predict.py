@@ -133,6 +133,8 @@ def test_predict_refuses_what_it_cannot_do_before_loading_anything(text_run, tmp
         predict(str(root / "out"), [str(tmp_path / "missing.csv")], tmp_path / "out.csv")
     with pytest.raises(PredictError, match="reads one text an input"):
         predict(str(root / "out"), [str(root / "reviews.csv")], tmp_path / "out.csv", text_column="text,label")
+    with pytest.raises(ValueError, match="reads one text an input"):  # not read as a sentence pair
+        Predictor(root / "out").predict([("a wonderful film", "it was bad")])
     (tmp_path / "numbers.csv").write_text("text,label\n1,good\n2,bad\n")  # a 'text' column that holds no text
     with pytest.raises(PredictError, match=r"no column holds text \(text: int64, label: \w+\)"):
         predict(str(root / "out"), [str(tmp_path / "numbers.csv")], tmp_path / "out.csv")
