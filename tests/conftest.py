@@ -151,6 +151,32 @@ NEGATIVE = ["a dull, boring mess", "terrible acting and a weak plot", "I hated e
             "tedious, flat and badly shot", "a waste of two hours", "awful and lifeless"]
 
 
+def pair_rows() -> list[dict]:
+    """Sentence pairs (`premise`, `hypothesis`): does the hypothesis say the review's sentiment ("yes" / "no")."""
+    return [{"premise": p, "hypothesis": h, "label": "yes" if (p in POSITIVE) == (h == "it was good") else "no"}
+            for p in POSITIVE + NEGATIVE for h in ("it was good", "it was bad")]
+
+
+def train_pair_model(root: Path) -> tuple[Path, Path]:
+    """A tiny BERT trained on `pair_rows` (twice over) with `--text_column_names premise,hypothesis`, validated on
+    them once: (its output folder, the validation file)."""
+    import json
+
+    from hftransfer.args import parse_args
+    from hftransfer.tasks import TextTask
+    from hftransfer.training import TransferRun
+
+    data, held_out = root / "pairs.jsonl", root / "held_out.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in pair_rows() * 2))
+    held_out.write_text("\n".join(json.dumps(r) for r in pair_rows()))
+    run = parse_args(["--model_name_or_path", str(save_tiny_text_checkpoint(root / "ckpt", "bert")), "--train_file",
+                      str(data), "--validation_file", str(held_out), "--text_column_names", "premise,hypothesis",
+                      "--output_dir", str(root / "out"), "--num_train_epochs", "2", "--head_epochs", "1",
+                      "--disable_tqdm", "true", "--check_data", "false"])
+    TransferRun(run, TextTask(run.data)).execute()
+    return root / "out", held_out
+
+
 def write_reviews_csv(path: Path, repeat: int = 4, extra_rows: list[str] = ()) -> Path:
     lines = ["text,label"]
     for _ in range(repeat):

@@ -4,7 +4,7 @@ import socket
 
 import numpy as np
 import pytest
-from conftest import save_tiny_text_checkpoint, write_reviews_csv
+from conftest import save_tiny_text_checkpoint, train_pair_model, write_reviews_csv
 from PIL import Image
 from support.hub_server import local_hub  # noqa: F401 - a fixture
 from support.ports import free_port
@@ -37,6 +37,14 @@ def text_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_demo(text_model):
     served = Served(text_model)
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def pair_demo(tmp_path_factory):
+    out, _ = train_pair_model(tmp_path_factory.mktemp("pair-demo"))
+    served = Served(out)
     yield served
     served.close()
 
@@ -128,7 +136,8 @@ def page():
         yield page
 
 
-def test_a_real_browser_uploads_types_clicks_and_reads(image_demo, text_demo, text_model, page, tmp_path):
+def test_a_real_browser_uploads_types_clicks_and_reads(image_demo, text_demo, text_model, pair_demo, page,
+                                                       tmp_path):
     from conftest import ROOT
 
     page.open(image_demo.url)
@@ -158,6 +167,16 @@ def test_a_real_browser_uploads_types_clicks_and_reads(image_demo, text_demo, te
     assert "Accuracy" in page.driver.page_source
     page.select_tab("Model card")
     assert "Intended use" in page.driver.page_source
+
+    page.open(pair_demo.url)  # a sentence-pair model: a text box a column
+    page.type_text("text-input-0", "a wonderful, moving film")
+    page.type_text("text-input-1", "it was good")
+    page.click("predict-button")
+    direct = Predictor(pair_demo.model).predict([("a wonderful, moving film", "it was good")])[0]
+    assert page.read_label("prediction") == max(direct, key=direct.get)
+    page.type_text("text-input-1", "")
+    page.click("predict-button")
+    assert "Empty hypothesis" in page.read_error()
 
 
 def test_space_folder_runs_as_it_is(text_model, tmp_path):

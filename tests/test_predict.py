@@ -9,8 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import (NEGATIVE, POSITIVE, make_image_folder, save_tiny_checkpoint, save_tiny_text_checkpoint,
-                      write_reviews_csv)
+from conftest import (NEGATIVE, POSITIVE, make_image_folder, pair_rows, save_tiny_checkpoint,
+                      save_tiny_text_checkpoint, train_pair_model, write_reviews_csv)
 
 from hftransfer import export as export_module
 from hftransfer.args import parse_args
@@ -173,19 +173,13 @@ def test_a_sentence_pair_model_ships_as_pairs(tmp_path, caplog):
     from support.served_demo import Served
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    rows = [{"premise": p, "hypothesis": h, "label": "yes" if (p in POSITIVE) == (h == "it was good") else "no"}
-            for p in POSITIVE + NEGATIVE for h in ("it was good", "it was bad")]
-    data, held_out = tmp_path / "pairs.jsonl", tmp_path / "held_out.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows * 2))
-    held_out.write_text("\n".join(json.dumps(r) for r in rows))
-    out = tmp_path / "out"
-    train(TextTask, ["--model_name_or_path", str(save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")), "--train_file",
-                     str(data), "--validation_file", str(held_out), "--text_column_names", "premise,hypothesis",
-                     "--output_dir", str(out), "--num_train_epochs", "2", "--head_epochs", "1"])
+    rows = pair_rows()
+    out, held_out = train_pair_model(tmp_path)
     summary = predict(str(out), [str(held_out)], tmp_path / "pairs.csv", progress=False)
     assert summary.referenced == len(rows)
     assert summary.correct / len(rows) == pytest.approx(OutputFolder(out).results["eval_accuracy"])
-    model, tokenizer = AutoModelForSequenceClassification.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
     premises, hypotheses = [r["premise"] for r in rows], [r["hypothesis"] for r in rows]
     with torch.no_grad():
         pairs = model(**tokenizer(premises, hypotheses, padding=True, return_tensors="pt")).logits.softmax(-1)

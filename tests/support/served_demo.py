@@ -11,7 +11,8 @@ class Served:
     def __init__(self, model):
         from gradio_client import Client
 
-        self.demo = build_demo(str(model))
+        self.model = str(model)
+        self.demo = build_demo(self.model)
         self.demo.queue(default_concurrency_limit=1)
         self.port = free_port()
         self.demo.launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True, quiet=True)
