@@ -113,7 +113,7 @@ class TransferTrainer(Trainer):
         Liang et al. 2021). With `adversarial_epsilon` the batch then runs again with its input embeddings moved
         along that loss's gradient (`AdversarialEmbeddings`), and that pass's label loss is added. Single-label
         batches also count correct predictions, so every logging step reports `train_accuracy` at no extra forward
-        pass (this process's batches since the last log)."""
+        pass (the batches of every process since the last log)."""
         labels = inputs.get("labels")
         single_label = labels is not None and labels.dim() == 1 and model.training
         if single_label and (self.class_loss is not None or self.rdrop_weight or self.adversarial):
@@ -156,10 +156,19 @@ class TransferTrainer(Trainer):
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
 
     def log(self, logs: dict, *args, **kwargs):
-        if "loss" in logs and self._seen:
-            logs["train_accuracy"] = round(int(self._hits) / self._seen, 4)
+        if "loss" in logs:  # the training loss, which every process logs together (the Trainer gathers it first)
+            hits, seen = self._training_hits()
+            if seen:
+                logs["train_accuracy"] = round(hits / seen, 4)
             self._hits = self._seen = 0
         super().log(logs, *args, **kwargs)
+
+    def _training_hits(self) -> tuple[int, int]:
+        """Correct predictions and examples since the last log, summed over the processes."""
+        counts = torch.tensor([int(self._hits), self._seen], device=self.args.device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return int(counts[0]), int(counts[1])
 
     def create_optimizer(self, model=None):
         """The `Trainer`'s optimizer, with one parameter group per (rate factor, weight decay) from the plan and

@@ -74,6 +74,30 @@ def test_two_processes_match_one(strategy, checkpoint, image_folders, tmp_path):
     assert results["train_loss"] == pytest.approx(single_results["train_loss"], rel=0.3, abs=0.05)
 
 
+def test_train_accuracy_counts_every_process_batches(image_folders, tmp_path):
+    """At a learning rate of 0 a head never changes, so each epoch's train_accuracy is its accuracy on the whole
+    training set: what one process logs, and what two log when both processes' batches are counted (one process's
+    half, drawn anew each epoch, wanders from epoch to epoch). The head is trained a little first, so that it is
+    right on some images and wrong on others."""
+    torch.manual_seed(0)
+    start = tmp_path / "start"
+    head = parse_args(["--model_name_or_path", str(save_tiny_checkpoint(tmp_path / "ckpt", "vit")), "--train_dir",
+                       str(image_folders[0]), "--validation_dir", str(image_folders[1]), "--output_dir", str(start),
+                       "--strategy", "feature_extraction", "--head_epochs", "1", "--seed", "0", "--disable_tqdm",
+                       "true"])
+    TransferRun(head, ImageTask(head.data)).execute()
+    still = ["--head_epochs", "4", "--head_learning_rate", "0"]
+    one = parse_args([*flags(start, image_folders, tmp_path / "one", "feature_extraction", 4), *still,
+                      "--disable_tqdm", "true"])
+    TransferRun(one, ImageTask(one.data)).execute()
+    # 36 training images in global batches of 2 x 2: none repeated to fill a last batch
+    accelerate_launch([*flags(start, image_folders, tmp_path / "two", "feature_extraction", 2), *still], processes=2)
+    logged = [[entry["train_accuracy"] for entry in json.loads((tmp_path / out / "hftransfer_run.json").read_text())
+               ["stages"][0]["log"] if "train_accuracy" in entry] for out in ("one", "two")]
+    assert len(logged[1]) == 4 and len(set(logged[0])) == 1 and 0 < logged[0][0] < 1, logged
+    assert logged[1] == logged[0], logged
+
+
 def test_adversarial_training_runs_under_ddp_with_gradient_accumulation(tmp_path):
     """FGM back-propagates the first pass inside the step and the moved pass after it: two backward passes a step,
     which DDP's reducer and the Trainer's accumulation must both take."""
