@@ -274,18 +274,23 @@ def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str])
     return DatasetDict(encoded)
 
 
+def is_unlabelled(value, feature) -> bool:
+    """A label value that says "no label": a null, or a ClassLabel's -1 (as unlabelled test splits have)."""
+    return value is None or (isinstance(feature, ClassLabel) and value < 0)
+
+
 def _check_labelled(splits: DatasetDict, column: str, where: Callable[[str], str]) -> None:
     """Every row has a label: no empty one, no ClassLabel -1 (the "no label" of unlabelled test splits), and in
     multi-label data no null list (`[]` is an example with none of the labels)."""
     for split, dataset in splits.items():
-        is_class = isinstance(dataset.features[column], ClassLabel)
-        values = dataset[column]
-        missing = [i for i, v in enumerate(values) if v is None or (is_class and v < 0)]
+        feature, values = dataset.features[column], dataset[column]
+        missing = [i for i, v in enumerate(values) if is_unlabelled(v, feature)]
         if not missing:
             continue
         if is_multi_label(dataset, column):
             kind, fix = "no label list (null)", "write [] for an example that has none of the labels"
         else:
+            is_class = isinstance(feature, ClassLabel)
             kind = "no label (-1, as unlabelled test splits have)" if is_class else "an empty label"
             fix = "remove or fill them" + (", or give a labelled validation split" if split != "train" else "")
         raise DataError(f"{where(split)}: {len(missing)} of {len(values)} rows have {kind}, e.g. row(s) "

@@ -147,9 +147,10 @@ def _run_splits(run: dict, reference: Predictor):
     if run.get("multi_label"):
         return None  # checked on probabilities only, from the examples
     splits, _, data_args = prepare_splits(data_args, task, settings.get("seed", 42))
+    task = task.with_data(data_args)  # its columns as resolved
     names = label_names(splits)
     to_model = {i: reference.labels.index(name) for i, name in enumerate(names) if name in reference.labels}
-    raw = {split: task.with_data(data_args).inputs_of(d) for split, d in splits.items()}  # columns as resolved
+    raw = {split: task.inputs_of(d) for split, d in splits.items()}
     validation = [(value, to_model.get(label)) for value, label in zip(raw["validation"],
                                                                        splits["validation"]["label"])]
     step = max(1, len(raw["train"]) // CALIBRATION_INPUTS)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .choices import LABEL_COLUMNS
-from .data import DataError, is_metadata, is_saved_dataset, load_file
+from .data import DataError, is_metadata, is_saved_dataset, is_unlabelled, load_file
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +216,8 @@ def _references(table, column: str, labels: list[str]) -> list:
     inner = getattr(feature, "feature", None)  # a column of lists
     names = inner if inner is not None else feature
 
-    def name(value) -> str | None:  # None for no label: a null, or ClassLabel's -1 (an unlabelled test split)
-        if value is None or (isinstance(names, ClassLabel) and value < 0):
+    def name(value) -> str | None:  # None for no label (an unlabelled test split's)
+        if is_unlabelled(value, names):
             return None
         return names.int2str(value) if isinstance(names, ClassLabel) else str(value)
 

@@ -646,7 +646,7 @@ class TextTask(TaskAdapter):
 
     def read_input(self, value):
         """A text, or for a pair model a (first, second) pair of texts."""
-        if self.pairs and not (isinstance(value, (tuple, list)) and len(value) == 2):
+        if self.pairs and not _is_pair(value):
             raise ValueError(f"not a pair of texts ({', '.join(self.columns)})")
         for column, text in zip(self.columns, value if self.pairs else [value]):
             if not isinstance(text, str) or not text.strip():
@@ -656,7 +656,7 @@ class TextTask(TaskAdapter):
         return tuple(value) if self.pairs else value
 
     def model_inputs(self, tokenizer, values, fast=False):
-        if self.pairs and not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in values):
+        if self.pairs and not all(map(_is_pair, values)):
             raise ValueError(f"the model reads sentence pairs ({', '.join(self.columns)}): give each input as a "
                              "(first, second) pair of texts")
         if not self.pairs and not all(isinstance(v, str) for v in values):  # a tuple would be read as a pair
@@ -678,6 +678,11 @@ class TextTask(TaskAdapter):
         if self.pairs:  # examples written before pairs were kept whole held the two texts joined: not a pair
             return [(row["text"], row["text_pair"]) for row in rows if "text_pair" in row]
         return [row["text"] for row in rows]
+
+
+def _is_pair(value) -> bool:
+    """A sentence pair's input: two values, one a column (whether each is a usable text is checked after)."""
+    return isinstance(value, (tuple, list)) and len(value) == 2
 
 
 def _position_limit(model) -> int | None:
