@@ -205,12 +205,20 @@ def statistics_fingerprint(model: nn.Module) -> str:
 def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: str, layout: Layout,
               statistics: str, pooling: dict | None, numerics: dict) -> str:
     """`numerics`: what changes the features' rounding (`Precision.describe()`): device, autocast dtype, TF32."""
-    processor_state = processor.to_dict() if hasattr(processor, "to_dict") else repr(processor)
     record = {"model": model_path, "revision": revision, "weights": _weights_fingerprint(model_path),
-              "processor": processor_state, "data": dataset_fingerprint, "read": sorted(layout.read),
+              "processor": _processor_state(processor), "data": dataset_fingerprint, "read": sorted(layout.read),
               "first_token": sorted(layout.first_token),
               "statistics": statistics, "pooling": pooling, "numerics": numerics}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _processor_state(processor):
+    """An image processor's settings; a tokenizer's, with its post-processor, which frames a text or a pair with
+    special tokens (a pair's separator may be set by the run) and which the tokenizer's repr leaves out."""
+    if hasattr(processor, "to_dict"):
+        return processor.to_dict()
+    backend = getattr(processor, "backend_tokenizer", None)
+    return [repr(processor), str(backend.post_processor) if backend is not None else None]
 
 
 @dataclass(frozen=True)

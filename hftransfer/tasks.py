@@ -608,6 +608,8 @@ class TextTask(TaskAdapter):
         tokenizer.model_max_length = min(wanted or natural, natural)
         logger.info("Texts are truncated to %d tokens and padded per batch", tokenizer.model_max_length)
         _give_pad_token(tokenizer, model)
+        if self.pairs:
+            _separate_pairs(tokenizer, choices)
         return tokenizer
 
     def transform(self, tokenizer, train):
@@ -769,6 +771,34 @@ def _give_pad_token(tokenizer, model) -> None:
         configured = None
     if configured is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _separate_pairs(tokenizer, choices) -> None:
+    """Decoder LMs' tokenizers (Qwen2's, GPT-2's) join a sentence pair's two texts with nothing between them: "A man
+    sleeps" and "Nobody is awake" read as one run of words, and the model cannot tell where the first ends. Such a
+    tokenizer gets a pair template with its separator (else end-of-text) token between the texts. The template is
+    part of the tokenizer.json it saves, so the saved folder's tokenizer, and a `pipeline` given `text` and
+    `text_pair`, separate a pair as training did."""
+    first, second = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("first", "second"))
+    pair = tokenizer("first", "second")["input_ids"]
+    joined = first + second
+    if not any(pair[i:i + len(joined)] == joined for i in range(len(pair) - len(joined) + 1)):
+        return
+    separator = tokenizer.sep_token or tokenizer.eos_token
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if separator is None or backend is None:
+        logger.warning("%s joins a sentence pair's two texts with nothing between them and has no separator or "
+                       "end-of-text token to put there: the model reads each pair as one text",
+                       type(tokenizer).__name__)
+        return
+    from tokenizers import processors
+
+    template = processors.TemplateProcessing(single="$A", pair=f"$A {separator} $B:1",
+                                             special_tokens=[(separator, tokenizer.convert_tokens_to_ids(separator))])
+    existing = backend.post_processor
+    backend.post_processor = processors.Sequence([existing, template]) if existing else template
+    choices.add("pair_separator", separator, f"{type(tokenizer).__name__} joins a pair's texts with nothing between "
+                "them; saved in its tokenizer.json")
 
 
 TASKS = {task.name: task for task in (ImageTask, TextTask)}

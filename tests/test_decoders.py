@@ -1,5 +1,6 @@
 """Decoder classifiers (a Qwen2 layout, whose tokenizer has no padding token, as decoder LMs ship)."""
 
+import csv
 import json
 
 import pytest
@@ -118,3 +119,38 @@ def test_a_decoder_trains_lora_with_its_score_head_by_default(decoder, tmp_path,
     assert score, "the score head is trained with the adapters and saved with them"
     merged = AutoModelForSequenceClassification.from_pretrained(out).score.weight
     assert torch.equal(merged.detach(), adapter[score[0]])
+
+
+def test_a_decoder_reads_a_sentence_pair_with_a_separator_its_saved_tokenizer_keeps(tmp_path):
+    """Decoder LMs' tokenizers join a pair's texts with nothing between them, so the model could not tell where the
+    first ends. The run puts the end-of-text token between them, and the saved tokenizer (what `pipeline` and
+    `predict` load) separates a pair the same way, so the saved folder gives the run's own predictions."""
+    from conftest import pair_rows
+
+    from hftransfer.outputs import OutputFolder
+    from hftransfer.predict import predict
+
+    checkpoint = save_decoder_checkpoint(tmp_path / "ckpt", "qwen2")
+    plain = AutoTokenizer.from_pretrained(checkpoint)
+    pieces = [plain(text, add_special_tokens=False)["input_ids"] for text in ("a fine film", "it was good")]
+    assert plain("a fine film", "it was good")["input_ids"] == pieces[0] + pieces[1]  # as Qwen2's and GPT-2's do
+    rows = pair_rows()
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "out"
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(data), "--validation_file",
+                      str(data), "--text_column_names", "premise,hypothesis", "--output_dir", str(out),
+                      "--num_train_epochs", "2", "--disable_tqdm", "true", "--check_data", "false"])
+    TransferRun(run, TextTask(run.data)).execute()
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    assert record["chosen"]["pair_separator"]["value"] == "<|endoftext|>"
+    saved = AutoTokenizer.from_pretrained(out)
+    assert saved("a fine film", "it was good")["input_ids"] == pieces[0] + [saved.eos_token_id] + pieces[1]
+    summary = predict(str(out), [str(data)], tmp_path / "predicted.csv", progress=False)
+    assert summary.correct / len(rows) == pytest.approx(OutputFolder(out).results["eval_accuracy"])
+    with (tmp_path / "predicted.csv").open() as handle:
+        predicted = list(csv.DictReader(handle))
+    classify = pipeline("text-classification", model=str(out))
+    answers = classify([{"text": r["premise"], "text_pair": r["hypothesis"]} for r in rows])
+    assert [a["label"] for a in answers] == [p["label"] for p in predicted]
+    assert [a["score"] for a in answers] == pytest.approx([float(p["score"]) for p in predicted], abs=1e-5)

@@ -113,3 +113,21 @@ def test_a_vit_caches_only_the_token_its_head_reads(tmp_path, image_folders, fam
     assert (layout.first_token == ("last_hidden_state",)) == first_token
     width = transfer.store.features(transfer.model, "train").features.shape[1]
     assert (width == hidden) == first_token and width >= hidden
+
+
+def test_the_cache_key_tells_tokenizers_apart_by_how_they_frame_a_pair(tmp_path):
+    """The tokenizer's repr leaves out its post-processor, which puts special tokens around a text or between a
+    pair's texts (a run may set a pair's separator): features cached with one framing must not be read for another."""
+    from support.families import decoder_tokenizer
+    from tokenizers import processors
+
+    plain, separated = decoder_tokenizer(), decoder_tokenizer()
+    separated.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A", pair="$A <|endoftext|> $B:1", special_tokens=[("<|endoftext|>", separated.eos_token_id)])
+    assert repr(plain) == repr(separated)
+    layout = features.Layout(output_class=dict, fields=["x"], read={"x": (4,)})
+    def key(tokenizer):
+        return features.cache_key("m", "main", tokenizer, "data", layout, "", None, {})
+
+    assert key(plain) != key(separated)
+    assert key(plain) == key(decoder_tokenizer())

@@ -189,6 +189,7 @@ def test_a_sentence_pair_model_ships_as_pairs(tmp_path, caplog):
     read = Predictor(out).inputs([(first["premise"], first["hypothesis"])])  # two segments, as in training
     assert read["input_ids"].tolist() == tokenizer([first["premise"]], [first["hypothesis"]])["input_ids"]
     assert 1 in read["token_type_ids"][0].tolist()
+    assert "pair_separator" not in OutputFolder(out).run["chosen"]  # BERT's tokenizer puts [SEP] between them
     mixed = tmp_path / "mixed"  # a lone text named is an error; in a folder, a counted skip
     mixed.mkdir()
     shutil.copy(held_out, mixed / "pairs.jsonl")
