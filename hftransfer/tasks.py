@@ -778,27 +778,39 @@ def _separate_pairs(tokenizer, choices) -> None:
     sleeps" and "Nobody is awake" read as one run of words, and the model cannot tell where the first ends. Such a
     tokenizer gets a pair template with its separator (else end-of-text) token between the texts. The template is
     part of the tokenizer.json it saves, so the saved folder's tokenizer, and a `pipeline` given `text` and
-    `text_pair`, separate a pair as training did."""
-    first, second = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("first", "second"))
-    pair = tokenizer("first", "second")["input_ids"]
-    joined = first + second
-    if not any(pair[i:i + len(joined)] == joined for i in range(len(pair) - len(joined) + 1)):
+    `text_pair`, separate a pair as training did. (A decoder pads with that same token: its classifier reads the
+    last token that is not padding, so a separator inside the text changes nothing there.)"""
+    if not _joins_pairs(tokenizer):
         return
-    separator = tokenizer.sep_token or tokenizer.eos_token
+    name, separator = type(tokenizer).__name__, tokenizer.sep_token or tokenizer.eos_token
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if separator is None or backend is None:
-        logger.warning("%s joins a sentence pair's two texts with nothing between them and has no separator or "
-                       "end-of-text token to put there: the model reads each pair as one text",
-                       type(tokenizer).__name__)
+    existing = backend.post_processor if backend is not None else None
+    problem = ("it has no separator or end-of-text token to put there" if separator is None
+               else "a slow tokenizer has no `tokenizers` template to save one in" if backend is None
+               else "its post-processor adds special tokens of its own, which a second template cannot extend"
+               if existing is not None and existing.num_special_tokens_to_add(True) else None)
+    if problem:
+        logger.warning("%s joins a sentence pair's two texts with nothing between them, and %s: the model reads each "
+                       "pair as one text", name, problem)
+        choices.add("pair_separator", None, f"{name} joins a pair's texts; {problem}")
         return
     from tokenizers import processors
 
     template = processors.TemplateProcessing(single="$A", pair=f"$A {separator} $B:1",
                                              special_tokens=[(separator, tokenizer.convert_tokens_to_ids(separator))])
-    existing = backend.post_processor
     backend.post_processor = processors.Sequence([existing, template]) if existing else template
-    choices.add("pair_separator", separator, f"{type(tokenizer).__name__} joins a pair's texts with nothing between "
-                "them; saved in its tokenizer.json")
+    choices.add("pair_separator", separator, f"{name} joins a pair's texts with nothing between them; saved in its "
+                "tokenizer.json")
+
+
+def _joins_pairs(tokenizer) -> bool:
+    """Whether the tokenizer puts nothing between a pair's two texts, seen on two words: their pair encoding holds
+    their two encodings side by side."""
+    first, second = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("first", "second"))
+    if not (first and second):  # a vocabulary without these letters (and no unknown token) drops them: no telling
+        return False
+    pair, joined = tokenizer("first", "second")["input_ids"], first + second
+    return any(pair[i:i + len(joined)] == joined for i in range(len(pair) - len(joined) + 1))
 
 
 TASKS = {task.name: task for task in (ImageTask, TextTask)}

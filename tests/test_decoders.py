@@ -154,3 +154,27 @@ def test_a_decoder_reads_a_sentence_pair_with_a_separator_its_saved_tokenizer_ke
     answers = classify([{"text": r["premise"], "text_pair": r["hypothesis"]} for r in rows])
     assert [a["label"] for a in answers] == [p["label"] for p in predicted]
     assert [a["score"] for a in answers] == pytest.approx([float(p["score"]) for p in predicted], abs=1e-5)
+
+
+def test_a_joined_pair_that_cannot_get_a_separator_is_said_and_still_encodes(caplog):
+    """A tokenizer whose own template adds a special token but none between the texts (`<bos> $A $B`) cannot take a
+    second template (tokenizers panics on every pair), and one with no separator or end-of-text token has nothing to
+    put there: both keep their encoding, and the run's record and log say the model reads each pair as one text."""
+    from support.families import decoder_tokenizer
+    from tokenizers import processors
+
+    from hftransfer.choices import Choices
+    from hftransfer.tasks import _separate_pairs
+
+    framed = decoder_tokenizer()
+    framed.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", pair="<|endoftext|> $A $B:1", special_tokens=[("<|endoftext|>", 0)])
+    bare = decoder_tokenizer()
+    bare.eos_token = None
+    for tokenizer, problem in ((framed, "adds special tokens of its own"), (bare, "no separator or end-of-text")):
+        before, choices = tokenizer("a fine film", "it was good")["input_ids"], Choices()
+        with caplog.at_level("WARNING"):
+            _separate_pairs(tokenizer, choices)
+        assert tokenizer("a fine film", "it was good")["input_ids"] == before
+        assert choices.made["pair_separator"]["value"] is None and problem in choices.made["pair_separator"]["reason"]
+        assert "the model reads each pair as one text" in caplog.text
