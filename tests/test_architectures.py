@@ -76,6 +76,29 @@ def test_image_family(family, image_data, tmp_path, caplog):
     check_reload(lora, tmp_path / "lora", AutoModelForImageClassification, "image-classification")
 
 
+def test_a_regnet_shaped_as_transformers_tests_shape_it_trains_at_its_processors_size(image_data, tmp_path):
+    """RegNetModelTester's sizes (the hf-internal-testing tiny RegNets) beside ConvNextImageProcessor's defaults, as
+    facebook/regnet-* ship them: its first shortcut, a 1x1 convolution of stride 2 on 10 channels, crashed the whole
+    process (a segmentation fault in torch's CPU kernel) in the staged run's backward pass on channels-last weights.
+    Such a model stays contiguous; the matrix's RegNet, 16 channels and up, still goes channels-last."""
+    from transformers import ConvNextImageProcessor, RegNetConfig, RegNetForImageClassification
+
+    config = RegNetConfig(embedding_size=10, hidden_sizes=[10, 20, 30, 40], depths=[1, 1, 2, 1], hidden_act="relu",
+                          num_labels=2)
+    RegNetForImageClassification(config).save_pretrained(tmp_path / "ckpt")
+    ConvNextImageProcessor().save_pretrained(tmp_path / "ckpt")
+    shortcut = ImageTask().prepare_model(RegNetForImageClassification(config)).regnet.encoder.stages[0]
+    assert shortcut.layers[0].shortcut.convolution.weight.is_contiguous()
+    matrix_regnet = load_model(ImageTask(), ModelArguments(model_name_or_path=str(save_image_checkpoint(
+        tmp_path / "matrix", "regnet"))), ["a", "b"])[0]
+    assert ImageTask().prepare_model(matrix_regnet).regnet.embedder.embedder.convolution.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    train, validation = image_data
+    train_quick(ImageTask, tmp_path / "ckpt", ["--train_dir", str(train), "--validation_dir", str(validation)],
+                tmp_path / "out")
+    check_stages(tmp_path / "out", None)
+
+
 @pytest.mark.parametrize("family", TEXT_FAMILIES + DECODER_FAMILIES + SEQ2SEQ_FAMILIES + SWEPT_TEXT)
 def test_text_family(family, text_data, tmp_path, caplog):
     checkpoint = save_text_checkpoint(tmp_path / "ckpt", family)
