@@ -19,6 +19,7 @@ results, report and examples (so `hftransfer demo` shows them), and a card.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -200,11 +201,24 @@ def write_onnx(model: torch.nn.Module, sample: dict, path: Path) -> list[str]:
     dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
     shapes = tuple({axis: dims[label] for axis, label in _dynamic_axes([name])[name].items()} for name in names)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    program = torch.onnx.export(_Logits(model, names), tuple(sample[n] for n in names), input_names=names,
-                                output_names=["logits"], dynamic_shapes=(shapes,), opset_version=OPSET,
-                                dynamo=True, external_data=False, verbose=False)
+    try:
+        program = torch.onnx.export(_Logits(model, names), tuple(sample[n] for n in names), input_names=names,
+                                    output_names=["logits"], dynamic_shapes=(shapes,), opset_version=OPSET,
+                                    dynamo=True, external_data=False, verbose=False)
+    except Exception as error:  # T5's and XLNet's code cannot be traced for any batch and sequence length
+        raise ExportError(f"torch.onnx cannot export {type(model).__name__} for any batch size and input length "
+                          f"({_root_cause(error)}). The saved model itself is unaffected: it runs in transformers "
+                          "and in hftransfer predict") from error
     program.save(str(path))
     return names
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost error: torch.onnx wraps it in a page of advice on filing a bug."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
 
 
 def quantize_int8(fp32: Path, int8: Path, reference: Predictor, calibration: list) -> str:

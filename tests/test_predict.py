@@ -273,6 +273,22 @@ def test_export_refuses_a_graph_beyond_the_tolerance(image_run, tmp_path, monkey
     assert not (tmp_path / "refused").exists() and not list(tmp_path.glob("*.exporting"))
 
 
+def test_a_model_torch_onnx_cannot_trace_is_a_one_line_export_error(tmp_path):
+    """T5's attention code cannot be traced for any sequence length: `hftransfer export` said so in a 147-line
+    traceback of torch.onnx's advice on filing a bug. Now one line naming the model and the innermost cause."""
+    from support.families import save_seq2seq_checkpoint
+
+    data = write_reviews_csv(tmp_path / "reviews.csv")
+    train(TextTask, ["--model_name_or_path", str(save_seq2seq_checkpoint(tmp_path / "ckpt", "t5")), "--train_file",
+                     str(data), "--output_dir", str(tmp_path / "t5"), "--head_epochs", "1", "--num_train_epochs", "1"])
+    with pytest.raises(SystemExit) as stopped:
+        cli(["export", str(tmp_path / "t5"), "--output", str(tmp_path / "onnx")])
+    message = str(stopped.value)
+    assert message.startswith("error: torch.onnx cannot export T5ForSequenceClassification for any batch size")
+    assert "Cannot view a tensor" in message and "\n" not in message and "\x1b[" not in message
+    assert not (tmp_path / "onnx").exists() and not list(tmp_path.glob("*.exporting"))
+
+
 def test_mlp_head_and_lora_models_export_and_predict_as_in_pytorch(tmp_path):
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
     data = write_reviews_csv(tmp_path / "reviews.csv")
