@@ -485,8 +485,8 @@ def _set_processor_size(processor, size: int) -> bool:
 def _config_size_instead(model, native: int) -> int | None:
     """The config's square `image_size` where the model refuses the processor's size and takes that one (a processor
     saved with its defaults beside a ViT of another size); None where the processor's size runs (Dinov2's config
-    says 518, its processors 224, and it interpolates)."""
-    wanted = getattr(model.config, "image_size", None)
+    says 518, its processors 224, and it interpolates). CLIP's and SigLIP's classifiers keep it in `vision_config`."""
+    wanted = getattr(getattr(model.config, "vision_config", None) or model.config, "image_size", None)
     wanted = wanted[-1] if isinstance(wanted, (list, tuple)) else wanted
     if not isinstance(wanted, int) or wanted == native or _accepts_size(model, native):
         return None

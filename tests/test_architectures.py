@@ -99,6 +99,36 @@ def test_a_regnet_shaped_as_transformers_tests_shape_it_trains_at_its_processors
     check_stages(tmp_path / "out", None)
 
 
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_clip_and_siglip_take_their_vision_configs_size_over_a_default_processors(family, image_data, tmp_path,
+                                                                                  caplog):
+    """CLIP's and SigLIP's classifiers at transformers' test sizes (30 px, in `vision_config`) beside their
+    processors' 224 px defaults: the run stopped before training ("Input image size (224*224) doesn't match model
+    (30*30)") where a ViT of the same sizes is resized to its config's 30 px, since their config keeps the size in
+    `vision_config`. They train at 30 px now, and the saved processor makes 30 px inputs."""
+    import transformers as tf
+    from PIL import Image
+
+    sizes = {"vision_config": dict(image_size=30, patch_size=2, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=37),
+             "text_config": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=37)}
+    model, processor = ((tf.CLIPForImageClassification(tf.CLIPConfig(**sizes, projection_dim=32)),
+                         tf.CLIPImageProcessor()) if family == "clip" else
+                        (tf.SiglipForImageClassification(tf.SiglipConfig(**sizes)), tf.SiglipImageProcessor()))
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    train, validation = image_data
+    with caplog.at_level("WARNING"):
+        train_quick(ImageTask, tmp_path / "ckpt", ["--train_dir", str(train), "--validation_dir", str(validation)],
+                    tmp_path / "out", "--strategy", "feature_extraction")
+    assert "takes 30 px inputs (its config's image_size), not the 224 px" in caplog.text
+    check_stages(tmp_path / "out", None)
+    saved = tf.AutoImageProcessor.from_pretrained(tmp_path / "out")
+    image = Image.open(next(path for path in sorted(train.rglob("*")) if path.is_file())).convert("RGB")
+    assert saved(image, return_tensors="pt")["pixel_values"].shape[-2:] == (30, 30)
+
+
 @pytest.mark.parametrize("family", TEXT_FAMILIES + DECODER_FAMILIES + SEQ2SEQ_FAMILIES + SWEPT_TEXT)
 def test_text_family(family, text_data, tmp_path, caplog):
     checkpoint = save_text_checkpoint(tmp_path / "ckpt", family)
