@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .args import DataArguments
 from .inference import OnnxEngine, Predictor, is_exported, model_folder, text_length
 from .outputs import (ALL_RESULTS, CONFIG, DATA_QUALITY, EXAMPLES_FOLDER, EXPORT_RECORD, ONNX_FILE, PLAN_FILE,
                       REPORT_DIR, RUN_RECORD, OutputFolder, write_json)
@@ -142,12 +141,10 @@ def evaluation_inputs(source: Path, reference: Predictor) -> tuple[list, list, s
 def _run_splits(run: dict, reference: Predictor):
     from .data import label_names, prepare_splits
 
-    settings = run["settings"]
-    data_args = DataArguments.from_settings(settings)
-    task = reference.task.with_data(data_args)
     if run.get("multi_label"):
         return None  # checked on probabilities only, from the examples
-    splits, _, data_args = prepare_splits(data_args, task, settings.get("seed", 42))
+    task = reference.task  # over the run's recorded data arguments (`Predictor`)
+    splits, _, data_args = prepare_splits(task.data_args, task, run["settings"].get("seed", 42))
     task = task.with_data(data_args)  # its columns as resolved
     names = label_names(splits)
     to_model = {i: reference.labels.index(name) for i, name in enumerate(names) if name in reference.labels}
