@@ -3,8 +3,9 @@
 Each strategy runs as its own `accelerate launch` (so the user's Accelerate config applies, and each run's peak
 memory is its own) into `OUTPUT_DIR/<strategy>/`, one after another. The table (accuracy, macro-F1, time,
 trainable parameters, peak memory) is written to `OUTPUT_DIR/comparison.json` and `comparison.md`; the model card
-and the demo show it. A strategy whose run fails does not stop the others: its row says so, and `compare` exits
-with an error naming it once the table is written.
+and the demo show it. The shared flags are parsed once before the first launch, so a misspelt flag is one error,
+not three. A strategy whose run fails does not stop the others: its row says so, and `compare` exits with an error
+naming it once the table is written.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def write_table(rows: list[dict], output_dir: Path) -> Path:
     return path
 
 
+def check_flags(task_cls, flags: list[str], strategy: str, output_dir: Path) -> None:
+    """Parse the flags every strategy's run shares as the runs will parse them: an unknown setting or a bad value
+    stops `compare` here, before any launch, with the recipe parser's own message."""
+    from .args import parse_args
+
+    parse_args([*flags, "--strategy", strategy, "--output_dir", str(output_dir / strategy)],
+               defaults={"model_name_or_path": task_cls.default_model})
+
+
 def compare(task: str, flags: list[str], strategies=COMPARED) -> list[dict]:
     from .tasks import TASKS
 
@@ -65,6 +75,7 @@ def compare(task: str, flags: list[str], strategies=COMPARED) -> list[dict]:
         raise SystemExit("compare runs each strategy itself: leave out --strategy")
     output_dir, flags = _pop_flag(flags, "--output_dir")
     output_dir = Path(output_dir or f"outputs/{task}-compare")
+    check_flags(TASKS[task], flags, strategies[0], output_dir)
     rows = [run_strategy(task, strategy, flags, output_dir) for strategy in strategies]
     path = write_table(rows, output_dir)
     for row in rows:  # each model's card and report show the table it is part of

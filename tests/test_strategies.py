@@ -222,6 +222,18 @@ def test_compare_goes_on_past_a_failed_strategy_and_names_it(tmp_path, image_fol
     assert "| failed |" in (out / "comparison.md").read_text().splitlines()[0]
 
 
+def test_compare_stops_on_a_misspelt_flag_before_launching_any_strategy(tmp_path, monkeypatch):
+    from hftransfer import compare
+
+    def launched(*args, **kwargs):
+        raise AssertionError(f"a strategy was launched: {args}")
+
+    monkeypatch.setattr(compare, "run_strategy", launched)
+    with pytest.raises(SystemExit, match="Unknown argument.*--num_train_epoch 2"):
+        compare.compare("text", ["--train_file", "t.csv", "--num_train_epoch", "2", "--output_dir", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()
+
+
 def test_compare_reads_its_output_folder_in_every_spelling_the_recipes_take():
     from hftransfer.compare import _pop_flag
 
