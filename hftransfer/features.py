@@ -171,7 +171,7 @@ def _first_tokens(model: nn.Module, inputs: dict, layout: Layout) -> Layout:
 
 # ---------------------------------------------------------------- the persistent cache
 
-def _weights_fingerprint(model_path: str) -> str:
+def weights_fingerprint(model_path: str) -> str:
     path = Path(model_path)
     if path.is_dir():
         return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.glob("*.safetensors")))
@@ -205,7 +205,7 @@ def statistics_fingerprint(model: nn.Module) -> str:
 def cache_key(model_path: str, revision: str, processor, dataset_fingerprint: str, layout: Layout,
               statistics: str, pooling: dict | None, numerics: dict) -> str:
     """`numerics`: what changes the features' rounding (`Precision.describe()`): device, autocast dtype, TF32."""
-    record = {"model": model_path, "revision": revision, "weights": _weights_fingerprint(model_path),
+    record = {"model": model_path, "revision": revision, "weights": weights_fingerprint(model_path),
               "processor": _processor_state(processor), "data": dataset_fingerprint, "read": sorted(layout.read),
               "first_token": sorted(layout.first_token),
               "statistics": statistics, "pooling": pooling, "numerics": numerics}

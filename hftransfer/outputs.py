@@ -18,9 +18,12 @@ processor or tokenizer, export.json (format, precision, parity and accuracy meas
 report/ and examples/ of the folder it came from, and its own card.
       stage-NAME/           checkpoints of each stage and the finished stage's model (killed runs resume from them)
       .saving/              the next files, while they are written (`Staging`)
+      .hftransfer_files.json   the files the last run left (`Staging`: a re-run removes what it did not write again)
 
 Written through `Staging`: every file goes into `.saving/` first and is then moved into place with `os.replace`, so a
-kill leaves the old file or the new one, never half of one. Read through `OutputFolder` (card, report, demo, push,
+kill leaves the old file or the new one, never half of one; then what the previous run left and this one did not (an
+earlier LoRA run's adapter, a text model's tokenizer beside an image model's processor) is removed, so that a reused
+folder holds one run's files. Files no run wrote there (a user's own, `hftransfer check`'s) are left alone. Read through `OutputFolder` (card, report, demo, push,
 compare, the Space).
 """
 
@@ -53,9 +56,11 @@ CARD = "README.md"
 ONNX_FILE = "model.onnx"
 EXPORT_RECORD = "export.json"
 STAGING = ".saving"
+MANIFEST = ".hftransfer_files.json"
 STAGE_PREFIX = "stage-"
 COMPLETED_WEIGHTS = "completed.safetensors"  # inside a stage's folder: the model after the finished stage
 COMPLETED_RECORD = "completed.json"  # and its record, written last
+STAGE_IDENTITY = "run_identity.json"  # inside a stage's folder: which command's run wrote it (`resume.run_identity`)
 
 
 def results_file(split: str) -> str:
@@ -100,13 +105,34 @@ class Staging:
     def write_results(self, split: str, metrics: dict) -> None:
         write_json(self.folder / results_file(split), metrics, indent=4, sort_keys=True)
 
-    def move_into_place(self) -> None:
-        """Move every staged file into the output folder (same file system: each move is atomic)."""
+    def move_into_place(self, written_in_place: tuple[str, ...] = ()) -> None:
+        """Move every staged file into the output folder (same file system: each move is atomic), then remove the
+        files the previous run listed (`MANIFEST`) that this one did not write. `written_in_place`: folders this run
+        wrote straight into the output folder (the LoRA adapter), kept and listed."""
+        written = []
         for source in sorted(p for p in self.folder.rglob("*") if p.is_file()):
-            target = self.output_dir / source.relative_to(self.folder)
+            written.append(source.relative_to(self.folder).as_posix())
+            target = self.output_dir / written[-1]
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
+        for name in written_in_place:
+            written += [p.relative_to(self.output_dir).as_posix() for p in (self.output_dir / name).rglob("*")
+                        if p.is_file()]
+        self._remove_stale(set(read_json(self.output_dir / MANIFEST) or []) - set(written))
+        write_json_atomic(self.output_dir / MANIFEST, sorted(written))
         shutil.rmtree(self.folder)
+
+    def _remove_stale(self, names: set[str]) -> None:
+        root = self.output_dir.resolve()
+        for name in sorted(names):
+            stale = (self.output_dir / name).resolve()
+            if not stale.is_relative_to(root) or not stale.is_file():
+                continue
+            stale.unlink()
+            for parent in stale.parents:  # folders it leaves empty (an old lora_adapter/)
+                if parent == root or any(parent.iterdir()):
+                    break
+                parent.rmdir()
 
 
 # ---------------------------------------------------------------- reading

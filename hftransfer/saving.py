@@ -13,7 +13,9 @@ from pathlib import Path
 
 from . import card, data_quality, hub, report
 from .trainer import peak_memory_mb
-from .outputs import CARD, DATA_QUALITY, EXAMPLES_FOLDER, REPORT_DIR, REPORT_MD, RUN_RECORD, Staging, write_json
+from .outputs import (ADAPTER_FOLDER, CARD, DATA_QUALITY, EXAMPLES_FOLDER, REPORT_DIR, REPORT_MD, RUN_RECORD, Staging,
+                      write_json)
+from .strategies import ADAPTERS
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def save_run(run, trainer, train_metrics: dict, eval_metrics: dict, plan) -> Non
     _save_examples(run, folder / EXAMPLES_FOLDER)
     out = Path(args.output_dir)
     card.write_card(folder, args.hub_model_id or out.resolve().name)
-    staging.move_into_place()
+    staging.move_into_place((ADAPTER_FOLDER,) if any(s["kind"] == ADAPTERS for s in run.history) else ())
     logger.info(run.data_report.summary())
     logger.info("Report: %s; model card: %s", out / REPORT_DIR / REPORT_MD, out / CARD)
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from transformers import default_data_collator, set_seed
 
-from . import anatomy, data_quality, features, freezing, hardware, lora, saving
+from . import anatomy, data_quality, features, freezing, hardware, lora, saving, zoo
 from .choices import Choices, choose_for_labels, choose_for_model, choose_stages
 from .data import class_counts, is_multi_label, label_names, prepare_splits
 from .feature_store import FeatureStore, Source
 from .modeling import check_runs, load_model
 from .outputs import ADAPTER_FOLDER
-from .resume import StageCheckpoints
+from .resume import StageCheckpoints, run_identity
 from .selection import BestEpoch, ClassLoss
 from .strategies import ADAPTERS, HEAD, Stage
 from .trainer import (Preprocess, TransferTrainer, above_half, logits_only, make_compute_metrics,
@@ -100,6 +100,13 @@ class TransferRun:
                     len(self.splits["validation"]), len(self.labels))
         if not hardware.shards_parameters(self.args):  # a sharded model runs only once wrapped
             check_runs(self.model, self.eval_raw, self.collator, self.processor, self.args.device)
+        if self.args.save_strategy != "no":  # only then can stages come back from an earlier run
+            self.checkpoints.bind(self._identity())
+
+    def _identity(self) -> str:
+        data = {split: features.data_fingerprint(rows) for split, rows in self.splits.items()}
+        weights = features.weights_fingerprint(zoo.resolve(self.run.model.model_name_or_path))
+        return run_identity(self.run.to_dict(), data, weights)
 
     def _load_model(self) -> None:
         transfer = self.run.transfer
@@ -143,6 +150,7 @@ class TransferRun:
         """Train one stage. The last one also evaluates, through its own trainer: the engine it prepared
         (DeepSpeed's, FSDP's) serves the evaluation, which a new trainer would have to initialise again."""
         self._apply_plan(stage.plan)
+        self.checkpoints.begin(stage.name)
         if self.args.should_log:
             logger.info("Stage '%s' (lr %.2g, %.3g epochs):\n%s", stage.name, stage.learning_rate, stage.epochs,
                         freezing.report(self.model, stage.plan))

@@ -24,6 +24,26 @@ def test_staged_files_replace_the_old_ones_and_the_staging_folder_goes(tmp_path)
     assert not (tmp_path / outputs.STAGING).exists()
 
 
+def test_a_rerun_removes_what_the_previous_run_left_and_it_did_not_write(tmp_path):
+    """A folder reused by another run holds that run's files only: an earlier LoRA run's adapter or a text model's
+    tokenizer must not sit beside the new model (push would upload them); files no run wrote stay."""
+    first = Staging(tmp_path)
+    (first.create() / "tokenizer.json").write_text("{}")
+    (first.folder / outputs.CONFIG).write_text('{"model_type": "bert"}')
+    (tmp_path / outputs.ADAPTER_FOLDER).mkdir()
+    (tmp_path / outputs.ADAPTER_FOLDER / "adapter_model.safetensors").write_bytes(b"lora")
+    first.move_into_place((outputs.ADAPTER_FOLDER,))
+    (tmp_path / "notes.txt").write_text("the user's own")
+    second = Staging(tmp_path)
+    (second.create() / outputs.CONFIG).write_text('{"model_type": "vit"}')
+    (second.folder / "preprocessor_config.json").write_text("{}")
+    second.move_into_place()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [outputs.CONFIG, "preprocessor_config.json", "notes.txt", outputs.MANIFEST])
+    assert json.loads((tmp_path / outputs.CONFIG).read_text()) == {"model_type": "vit"}
+    assert json.loads((tmp_path / outputs.MANIFEST).read_text()) == [outputs.CONFIG, "preprocessor_config.json"]
+
+
 def test_the_reader_gives_none_for_what_a_run_did_not_write(tmp_path):
     output = OutputFolder(tmp_path)
     assert output.config is None and output.run is None and output.plan is None and output.comparison is None

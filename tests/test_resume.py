@@ -135,6 +135,23 @@ def test_restart_ignores_an_interrupted_run(setup, tmp_path, caplog):
     assert (out / "all_results.json").is_file()
 
 
+def test_only_the_same_command_gets_its_finished_stages_back(setup, tmp_path, caplog):
+    """An output folder reused by another command (here another learning rate; another checkpoint or other data
+    alike) must not hand that command the earlier run's finished stages: it trains, and the old stages go."""
+    checkpoint, folders, _, _ = setup
+    out = tmp_path / "out"
+    quick = ("--head_epochs", "1", "--num_train_epochs", "1", "--save_strategy", "epoch")
+    run(command(checkpoint, folders, out, *quick))
+    caplog.clear()
+    log = run(command(checkpoint, folders, out, *quick, "--learning_rate", "5e-4"), caplog)
+    assert "written by another command" in log and "finished by an earlier run" not in log
+    assert json.loads((out / "hftransfer_run.json").read_text())["settings"]["learning_rate"] == 5e-4
+    caplog.clear()
+    log = run(command(checkpoint, folders, out, *quick, "--learning_rate", "5e-4"), caplog)  # the same command again
+    assert "written by another command" not in log
+    assert log.count("finished by an earlier run") == 2  # both stages come back
+
+
 def test_a_failed_save_leaves_no_half_written_output(tmp_path, image_folders, monkeypatch):
     from hftransfer.args import parse_args
     from hftransfer.tasks import ImageTask
