@@ -63,6 +63,17 @@ def test_resnet_with_its_hub_processor_trains_on_small_images_at_the_size_it_log
     assert json.loads((tmp_path / "out" / "all_results.json").read_text())["eval_accuracy"] >= 0
 
 
+def test_a_processor_saved_not_to_resize_resizes_to_the_size_it_logs(tmp_path, caplog):
+    """`do_resize: false` beside a crop: small images were cropped onto a padded canvas of the logged size (94% of
+    each input was padding). The run turns resizing on and says so; a white image fills the whole input."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "resnet", processor=ConvNextImageProcessorPil(
+        size={"shortest_edge": 224}, crop_pct=0.875, do_resize=False))
+    saved, image = train_head(checkpoint, make_image_folder(tmp_path / "data", per_class=4), tmp_path / "out", caplog)
+    assert "saved not to resize (do_resize false)" in caplog.text and "Input size 128 px" in caplog.text
+    white = saved(images=[Image.new("RGB", (32, 32), "white")], return_tensors="pt")["pixel_values"]
+    assert white.shape[-2:] == (128, 128) and float((white.amax((-2, -1)) - white.amin((-2, -1))).max()) < 1e-4
+
+
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 # preprocessor_config.json as older Hub checkpoints hold it: (family, settings, the size the run must use)
 HUB_PROCESSOR_FILES = {
