@@ -7,6 +7,7 @@ head. The real label names go into the config, so the Hub widget and pipelines n
 
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
@@ -41,9 +42,13 @@ def _require_safetensors(path: str, name: str) -> None:
         return
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     found = f" (found {', '.join(pickled)})" if pickled else ""
+    try:  # the config's own class keeps the checkpoint's head; AutoModel would save the base alone
+        saved_as = f"transformers.{json.loads((folder / 'config.json').read_text())['architectures'][0]}"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        saved_as = "the model's class in transformers"
     raise ModelError(f"{name}: no safetensors weights{found}; only safetensors are loaded, "
                      "since pickled weights can run code. Convert them once, in a trusted environment, with "
-                     "`AutoModel.from_pretrained(path).save_pretrained(path)`.")
+                     f"`{saved_as}.from_pretrained(path).save_pretrained(path)`.")
 
 
 def load_model(task, model_args, labels: list[str], multi_label: bool = False,

@@ -3,6 +3,7 @@ what a run writes or prints, and a demo that serves no file it does not show."""
 
 import json
 import logging
+import re
 
 import pytest
 from conftest import save_tiny_checkpoint
@@ -14,6 +15,7 @@ from hftransfer.tasks import ImageTask
 
 def test_pickled_weights_are_refused(tmp_path):
     import torch
+    import transformers
     from transformers import AutoModelForImageClassification
 
     folder = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
@@ -22,8 +24,12 @@ def test_pickled_weights_are_refused(tmp_path):
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     with pytest.raises(ModelError, match=r"no safetensors weights \(found pytorch_model.bin\)"):
         load_model(ImageTask(), ModelArguments(model_name_or_path=str(folder)), ["a", "b"])
-    with pytest.raises(ModelError, match="only safetensors are loaded"):  # the demo's and the CLI's loader too
+    with pytest.raises(ModelError, match="only safetensors are loaded") as refused:  # the demo's and the CLI's too
         load_trained(str(folder))
+    advice = re.search(r"`(transformers\.\w+)\.from_pretrained\(path\)\.save_pretrained\(path\)`", str(refused.value))
+    assert advice and advice[1] == "transformers.ViTForImageClassification"
+    getattr(transformers, advice[1].split(".")[1]).from_pretrained(folder).save_pretrained(folder)  # as advised
+    assert torch.equal(load_trained(str(folder)).classifier.weight, model.classifier.weight)  # its head kept
 
 
 def test_remote_code_is_not_run_unless_asked(tmp_path):
