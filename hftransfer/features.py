@@ -172,10 +172,13 @@ def _first_tokens(model: nn.Module, inputs: dict, layout: Layout) -> Layout:
 # ---------------------------------------------------------------- the persistent cache
 
 def weights_fingerprint(model_path: str) -> str:
+    """The weight files' names, sizes and times; one folder down where the top has none (a sentence-transformers
+    1.x checkpoint keeps its encoder in `0_Transformer/`)."""
     path = Path(model_path)
-    if path.is_dir():
-        return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.glob("*.safetensors")))
-    return ""
+    if not path.is_dir():
+        return ""
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*/*.safetensors"))
+    return ";".join(f"{f.relative_to(path)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
 def data_fingerprint(dataset) -> str:

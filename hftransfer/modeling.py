@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,8 +36,6 @@ def _wrong_task(name: str, config, task) -> str:
 def _require_safetensors(path: str, name: str) -> None:
     """Pickled weights (`pytorch_model.bin`) can run code when loaded: a local folder without safetensors weights is
     refused with a message that says so (`from_pretrained(use_safetensors=True)` refuses Hub repos the same way)."""
-    from pathlib import Path
-
     folder = Path(path)
     if not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
@@ -56,7 +55,8 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one."""
     path = zoo.resolve(model_args.model_name_or_path)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
-              "trust_remote_code": model_args.trust_remote_code}
+              "trust_remote_code": model_args.trust_remote_code,
+              **_encoder_folder(path, model_args.model_revision, model_args.cache_dir)}
     config = AutoConfig.from_pretrained(path, **common)
     if type(config) not in task.auto_model_class._model_mapping:
         raise ModelError(_wrong_task(model_args.model_name_or_path, config, task))
@@ -69,7 +69,7 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     id2label = dict(enumerate(labels))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # our own log line replaces the load report about the mismatched head
-    _require_safetensors(path, model_args.model_name_or_path)
+    _require_safetensors(str(Path(path, common.get("subfolder", ""))), model_args.model_name_or_path)
     try:
         # num_labels first: PVT's config keeps its own (1000), which id2label alone leaves as it was
         config.update({"num_labels": len(labels), "id2label": id2label, "label2id": {n: i for i, n in id2label.items()},
@@ -102,6 +102,16 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
         logger.info("MLP head in place of %s: hidden sizes %s, dropout %g", name, head_hidden_sizes, head_dropout)
     processor = task.load_processor(path, **common)
     return model, processor, not keep_head
+
+
+def _encoder_folder(path: str, revision: str, cache_dir: str | None) -> dict:
+    """`subfolder` for every loader where a sentence-transformers 1.x checkpoint keeps its encoder in a folder of its
+    own (`pooling.encoder_subfolder`); its pooling is still read from the top."""
+    subfolder = pooling.encoder_subfolder(path, revision, cache_dir)
+    if not subfolder:
+        return {}
+    logger.info("A sentence-transformers checkpoint in its 1.x layout: the encoder is read from %s/", subfolder)
+    return {"subfolder": subfolder}
 
 
 def _reorder_outputs(model, order: list[int]) -> bool:
@@ -143,10 +153,12 @@ def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_c
     `from_pretrained` would drop the head's weights and start a random linear one.
     """
     path = zoo.resolve(model_name_or_path)
-    _require_safetensors(path, model_name_or_path)
     # float32 whatever the file holds: a model saved by a bf16 engine (DeepSpeed keeps bf16 weights) would otherwise
     # load in bf16 and refuse the float32 inputs every processor makes
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if Path(path).is_dir():  # a checkpoint's freeze report; Hub ids are trained models here, never in the 1.x layout
+        common.update(_encoder_folder(path, revision, None))
+    _require_safetensors(str(Path(path, common.get("subfolder", ""))), model_name_or_path)
     config = AutoConfig.from_pretrained(path, **common)
     auto_class = auto_class_for(config)
     if getattr(config, heads.CONFIG_KEY, None):

@@ -59,6 +59,15 @@ def checkpoint_pooling(path: str, revision: str = "main", cache_dir: str | None 
     return "+".join(dict.fromkeys(chosen)) or None
 
 
+def encoder_subfolder(path: str, revision: str = "main", cache_dir: str | None = None) -> str:
+    """Where a sentence-transformers checkpoint keeps its encoder: "" (the top, as every checkpoint saved since
+    sentence-transformers 2 does), or the folder its modules.json names (`0_Transformer/`, as 1.x saved them, with no
+    config at the top for `from_pretrained` to read)."""
+    modules = _read_json(path, "modules.json", revision, cache_dir) or []
+    encoder = next((m for m in modules if str(m.get("type", "")).endswith(".Transformer")), None)
+    return str(encoder.get("path") or "").strip("/") if encoder else ""
+
+
 def _read_json(path: str, name: str, revision: str, cache_dir: str | None):
     local = Path(path)
     if local.is_dir():

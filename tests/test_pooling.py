@@ -178,6 +178,37 @@ def test_from_hub_ids_the_checkpoint_pools_and_trains_as_its_local_folder_does(t
     assert all(torch.allclose(weights["hub"][k], weights["local"][k], atol=1e-6) for k in weights["hub"])
 
 
+def test_a_checkpoint_in_the_sentence_transformers_1_layout_trains_as_its_flat_copy(tmp_path, caplog):
+    """sentence-transformers 1.x saved the encoder in `0_Transformer/` (named by modules.json), with nothing at the top
+    for `from_pretrained` to read: the run reads it there, pools as the top's `1_Pooling` says, and trains the same
+    weights as from the same checkpoint in today's flat layout."""
+    import shutil
+
+    flat = save_text_checkpoint(tmp_path / "flat", "sentence-transformers")
+    old = tmp_path / "old"
+    shutil.copytree(flat, old)
+    (old / "0_Transformer").mkdir()
+    for file in [f for f in old.iterdir() if f.is_file() and f.name != "modules.json"]:
+        file.rename(old / "0_Transformer" / file.name)
+    modules = json.loads((old / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (old / "modules.json").write_text(json.dumps(modules))
+    reviews = write_reviews_csv(tmp_path / "reviews.csv")
+    for name in ("flat", "old"):
+        run = parse_args(["--model_name_or_path", str(tmp_path / name), "--train_file", str(reviews), "--output_dir",
+                          str(tmp_path / f"out-{name}"), "--strategy", "full", "--num_train_epochs", "1", "--seed", "3",
+                          "--disable_tqdm", "true"])
+        with caplog.at_level("INFO"):
+            TransferRun(run, TextTask(run.data)).execute()
+    assert "the encoder is read from 0_Transformer/" in caplog.text
+    weights = {name: load_file(tmp_path / f"out-{name}" / "model.safetensors") for name in ("flat", "old")}
+    assert weights["old"].keys() == weights["flat"].keys()
+    assert all(torch.equal(weights["old"][k], weights["flat"][k]) for k in weights["old"])
+    saved = json.loads((tmp_path / "out-old" / "config.json").read_text())
+    assert saved["hftransfer_pooling"]["mode"] == "mean"
+    assert pipeline("text-classification", model=str(tmp_path / "out-old"))("a fine film")[0]["label"] in {"good", "bad"}
+
+
 @pytest.mark.parametrize("mode, expected", [
     ("pooling_mode_lasttoken", "the checkpoint pools its last token, as Qwen2ForSequenceClassification reads it"),
     ("pooling_mode_mean_tokens", "which Qwen2ForSequenceClassification cannot express as a layer; the classifier "
