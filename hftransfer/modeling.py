@@ -97,6 +97,10 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
                                                                   model_args.cache_dir))
         if adopted:
             logger.info(adopted)
+        skipped = pooling.modules_after_pooling(path, model_args.model_revision, model_args.cache_dir)
+        if skipped:
+            logger.warning("The checkpoint's %s after its pooling is not part of the classifier: the head reads the "
+                           "pooling itself and learns its own projection", ", ".join(skipped))
     if head_hidden_sizes:
         name = heads.install(model, head_hidden_sizes, head_dropout)
         logger.info("MLP head in place of %s: hidden sizes %s, dropout %g", name, head_hidden_sizes, head_dropout)

@@ -59,6 +59,17 @@ def checkpoint_pooling(path: str, revision: str = "main", cache_dir: str | None 
     return "+".join(dict.fromkeys(chosen)) or None
 
 
+def modules_after_pooling(path: str, revision: str = "main", cache_dir: str | None = None) -> list[str]:
+    """The modules a sentence-transformers checkpoint runs after its pooling that the classifier does not (LaBSE's
+    and distiluse's `2_Dense`), as "PATH (TYPE)"; Normalize is left out: the LayerNorm the head reads through
+    removes the scale it sets."""
+    modules = _read_json(path, "modules.json", revision, cache_dir) or []
+    kinds = [str(m.get("type", "")) for m in modules]
+    first = next((i for i, kind in enumerate(kinds) if kind.endswith("Pooling")), len(modules))
+    return [f"{m.get('path')} ({kind.rsplit('.', 1)[-1]})" for m, kind in zip(modules[first + 1:], kinds[first + 1:])
+            if not kind.endswith("Normalize")]
+
+
 def encoder_subfolder(path: str, revision: str = "main", cache_dir: str | None = None) -> str:
     """Where a sentence-transformers checkpoint keeps its encoder: "" (the top, as every checkpoint saved since
     sentence-transformers 2 does), or the folder its modules.json names (`0_Transformer/`, as 1.x saved them, with no

@@ -37,6 +37,24 @@ def test_the_pooling_is_read_from_modules_json(tmp_path):
     assert pooling.checkpoint_pooling(str(zoo.prepare("all-MiniLM-L6-v2"))) == "mean"
 
 
+def test_a_dense_layer_after_the_pooling_is_named_as_not_reproduced(tmp_path, caplog):
+    """LaBSE-style: CLS pooling, then a Dense layer and Normalize. The classifier reads the pooling itself; the log
+    names the Dense layer it leaves out (before, nothing said so)."""
+    from hftransfer.args import ModelArguments
+    from hftransfer.modeling import load_model
+
+    checkpoint = save_text_checkpoint(tmp_path / "ckpt", "sentence-transformers")
+    modules = json.loads((checkpoint / "modules.json").read_text())
+    modules += [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+                {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (checkpoint / "modules.json").write_text(json.dumps(modules))
+    assert pooling.modules_after_pooling(str(checkpoint)) == ["2_Dense (Dense)"]
+    with caplog.at_level("INFO"):
+        load_model(TextTask(), ModelArguments(model_name_or_path=str(checkpoint)), ["bad", "good"])
+    assert "The checkpoint's 2_Dense (Dense) after its pooling is not part of the classifier" in caplog.text
+    assert pooling.modules_after_pooling(str(zoo.prepare("all-MiniLM-L6-v2"))) == []  # its Normalize only
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pooling")
