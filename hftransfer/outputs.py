@@ -19,11 +19,13 @@ report/ and examples/ of the folder it came from, and its own card.
       stage-NAME/           checkpoints of each stage and the finished stage's model (killed runs resume from them)
       .saving/              the next files, while they are written (`Staging`)
       .hftransfer_files.json   the files the last run left (`Staging`: a re-run removes what it did not write again)
+      .hftransfer_run_identity.json   which command wrote the stage folders (`resume`: another's are not resumed)
 
 Written through `Staging`: every file goes into `.saving/` first and is then moved into place with `os.replace`, so a
 kill leaves the old file or the new one, never half of one; then what the previous run left and this one did not (an
 earlier LoRA run's adapter, a text model's tokenizer beside an image model's processor) is removed, so that a reused
-folder holds one run's files. Files no run wrote there (a user's own, `hftransfer check`'s) are left alone. Read through `OutputFolder` (card, report, demo, push,
+folder holds one run's files. Files no run wrote there (a user's own, `hftransfer check`'s) are left alone. Read
+through `OutputFolder` (card, report, demo, push,
 compare, the Space).
 """
 
@@ -60,7 +62,7 @@ MANIFEST = ".hftransfer_files.json"
 STAGE_PREFIX = "stage-"
 COMPLETED_WEIGHTS = "completed.safetensors"  # inside a stage's folder: the model after the finished stage
 COMPLETED_RECORD = "completed.json"  # and its record, written last
-STAGE_IDENTITY = "run_identity.json"  # inside a stage's folder: which command's run wrote it (`resume.run_identity`)
+RUN_IDENTITY = ".hftransfer_run_identity.json"  # which command wrote the stage folders (`resume.run_identity`)
 
 
 def results_file(split: str) -> str:

@@ -6,9 +6,9 @@ checkpoint-N`, and a finished stage leaves `stage-NAME/completed.safetensors` (t
 last checkpoint and goes on from there, here per stage: finished stages are restored, not retrained, and the
 interrupted one resumes from its last complete checkpoint (a checkpoint cut short by the kill is skipped).
 `--resume_from_checkpoint PATH` names one; `--restart` ignores them all. (The final folder is written atomically
-too: `outputs.Staging`.) Only the same command's stages come back: each stage folder records the identity of the run
-that wrote it (its settings, data and checkpoint, `run_identity`), and a folder another command left in the output
-folder (another checkpoint, other data, another learning rate) is removed with a warning, not restored.
+too: `outputs.Staging`.) Only the same command's stages come back: the output folder records the identity of the run
+that wrote its stage folders (its settings, data and checkpoint, `run_identity`), and stage folders another command
+left there (another checkpoint, other data, another learning rate) are removed with a warning, not restored.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_model
 
 from .anatomy import ModelError
-from .outputs import COMPLETED_RECORD, COMPLETED_WEIGHTS, STAGE_IDENTITY, stage_dir, stage_dirs, write_json_atomic
+from .outputs import (COMPLETED_RECORD, COMPLETED_WEIGHTS, RUN_IDENTITY, read_json, stage_dir, stage_dirs,
+                      write_json_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,15 @@ NOT_IDENTITY = {"output_dir", "resume_from_checkpoint", "restart", "serve_demo",
 NOT_IDENTITY_PREFIXES = ("logging_", "log_", "hub_", "save_")
 
 
-def run_identity(settings: dict, data: dict[str, str], weights: str) -> str:
-    """A run's identity for resuming: its settings (`RunArguments.to_dict()`) but those in `NOT_IDENTITY`, the
-    fingerprints of its splits' rows and of the checkpoint's weights."""
-    kept = {k: v for k, v in settings.items() if k not in NOT_IDENTITY and not k.startswith(NOT_IDENTITY_PREFIXES)}
-    record = {"settings": kept, "data": data, "weights": weights}
+def run_identity(run, splits) -> str:
+    """What makes a run the same command for resuming: its settings (`RunArguments`) but those in `NOT_IDENTITY`,
+    the rows of its splits and the checkpoint's weight files."""
+    from .features import data_fingerprint, weights_fingerprint
+    from .zoo import resolve
+
+    kept = {k: v for k, v in run.to_dict().items() if k not in NOT_IDENTITY and not k.startswith(NOT_IDENTITY_PREFIXES)}
+    record = {"settings": kept, "data": {name: data_fingerprint(rows) for name, rows in splits.items()},
+              "weights": weights_fingerprint(resolve(run.model.model_name_or_path))}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -85,7 +90,18 @@ class StageCheckpoints:
     def __init__(self, args, restart: bool):
         self.args, self.restart = args, restart
         self.enabled = args.save_strategy != "no" and not restart
-        self.identity = None  # `bind`
+
+    @classmethod
+    def of(cls, args, run, splits) -> StageCheckpoints:
+        """The checkpoints of the run `run` (`RunArguments`) on `splits`, the output folder made ready: every stage
+        of an interrupted run cleared with --restart, another command's removed (`keep_only`). The main process
+        first: the others then find the folder as it leaves it."""
+        checkpoints = cls(args, run.transfer.restart)
+        with args.main_process_first(desc="stage checkpoints"):
+            checkpoints.clear()
+            if args.save_strategy != "no":
+                checkpoints.keep_only(run_identity(run, splits))
+        return checkpoints
 
     def folder(self, stage_name: str) -> Path:
         return stage_dir(self.args.output_dir, stage_name)
@@ -100,37 +116,26 @@ class StageCheckpoints:
             for old in stage_dirs(self.args.output_dir):
                 shutil.rmtree(old)
 
-    def bind(self, identity: str) -> None:
-        """This run's `run_identity`. A stage folder another command wrote is removed (by the main process), so that
-        neither its finished model nor its checkpoints come back; a checkpoint named by --resume_from_checkpoint is
-        kept, as asked."""
-        self.identity = identity
-        if not self.enabled:
+    def keep_only(self, identity: str) -> None:
+        """Stage folders another command wrote (the output folder's `RUN_IDENTITY` is not `identity`) are removed,
+        so that neither their finished models nor their checkpoints come back; one holding a checkpoint named by
+        --resume_from_checkpoint is kept, as asked. Then the folder records this command's identity."""
+        if not self.args.should_save:
             return
-        named = Path(self.args.resume_from_checkpoint).resolve().parent if self.args.resume_from_checkpoint else None
-        for folder in stage_dirs(self.args.output_dir):
-            if self._written_by_this_command(folder) or folder.resolve() == named:
-                continue
-            logger.warning("%s was written by another command (another checkpoint, other data or other settings): "
-                           "not resumed from, and removed", folder)
-            if self.args.should_save:
-                shutil.rmtree(folder, ignore_errors=True)
-
-    def _written_by_this_command(self, folder: Path) -> bool:
-        try:
-            return json.loads((folder / STAGE_IDENTITY).read_text())["identity"] == self.identity
-        except (OSError, ValueError, KeyError, TypeError):  # none (written before identities, or removed just now)
-            return False
-
-    def begin(self, stage_name: str) -> None:
-        """A stage starts training: its folder says which command's run it belongs to."""
-        if self.args.save_strategy != "no" and self.args.should_save:
-            self.folder(stage_name).mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.folder(stage_name) / STAGE_IDENTITY, {"identity": self.identity})
+        record = Path(self.args.output_dir) / RUN_IDENTITY
+        if (read_json(record) or {}).get("identity") != identity:
+            named = Path(self.args.resume_from_checkpoint).resolve().parent if self.args.resume_from_checkpoint else None
+            for folder in stage_dirs(self.args.output_dir):
+                if folder.resolve() != named:
+                    logger.warning("%s was written by another command (another checkpoint, other data or other "
+                                   "settings): not resumed from, and removed", folder)
+                    shutil.rmtree(folder, ignore_errors=True)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, {"identity": identity})
 
     def finished(self, model: torch.nn.Module, stage_name: str) -> dict | None:
         """The record of a stage an earlier, interrupted run of this command finished, its model loaded; else None."""
-        if not self.enabled or not self._written_by_this_command(self.folder(stage_name)):
+        if not self.enabled:
             return None
         record = restore_completed(model, self.folder(stage_name))
         if record is not None:
@@ -147,7 +152,7 @@ class StageCheckpoints:
         if given and Path(given).is_dir():
             chosen = given if Path(given).resolve().parent == folder.resolve() else None
         else:
-            found = complete_checkpoints(folder) if self._written_by_this_command(folder) else []
+            found = complete_checkpoints(folder)
             chosen = str(found[0]) if found else None
         if chosen:
             logger.info("Resuming stage '%s' from %s (an earlier run of this command stopped there; --restart "

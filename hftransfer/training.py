@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from transformers import default_data_collator, set_seed
 
-from . import anatomy, data_quality, features, freezing, hardware, lora, saving, zoo
+from . import anatomy, data_quality, features, freezing, hardware, lora, saving
 from .choices import Choices, choose_for_labels, choose_for_model, choose_stages
 from .data import class_counts, is_multi_label, label_names, prepare_splits
 from .feature_store import FeatureStore, Source
 from .modeling import check_runs, load_model
 from .outputs import ADAPTER_FOLDER
-from .resume import StageCheckpoints, run_identity
+from .resume import StageCheckpoints
 from .selection import BestEpoch, ClassLoss
 from .strategies import ADAPTERS, HEAD, Stage
 from .trainer import (Preprocess, TransferTrainer, above_half, logits_only, make_compute_metrics,
@@ -74,8 +74,6 @@ class TransferRun:
     # data and model --------------------------------------------------------
     def setup(self) -> None:
         set_seed(self.args.seed)
-        self.checkpoints = StageCheckpoints(self.args, self.run.transfer.restart)
-        self.checkpoints.clear()
         with self.args.main_process_first(desc="data preparation"):
             self.splits, self.data_report, data_args = prepare_splits(self.run.data, self.task, self.args.seed,
                                                                       self.run.explicit, self.choices)
@@ -100,13 +98,7 @@ class TransferRun:
                     len(self.splits["validation"]), len(self.labels))
         if not hardware.shards_parameters(self.args):  # a sharded model runs only once wrapped
             check_runs(self.model, self.eval_raw, self.collator, self.processor, self.args.device)
-        if self.args.save_strategy != "no":  # only then can stages come back from an earlier run
-            self.checkpoints.bind(self._identity())
-
-    def _identity(self) -> str:
-        data = {split: features.data_fingerprint(rows) for split, rows in self.splits.items()}
-        weights = features.weights_fingerprint(zoo.resolve(self.run.model.model_name_or_path))
-        return run_identity(self.run.to_dict(), data, weights)
+        self.checkpoints = StageCheckpoints.of(self.args, self.run, self.splits)
 
     def _load_model(self) -> None:
         transfer = self.run.transfer
@@ -150,7 +142,6 @@ class TransferRun:
         """Train one stage. The last one also evaluates, through its own trainer: the engine it prepared
         (DeepSpeed's, FSDP's) serves the evaluation, which a new trainer would have to initialise again."""
         self._apply_plan(stage.plan)
-        self.checkpoints.begin(stage.name)
         if self.args.should_log:
             logger.info("Stage '%s' (lr %.2g, %.3g epochs):\n%s", stage.name, stage.learning_rate, stage.epochs,
                         freezing.report(self.model, stage.plan))

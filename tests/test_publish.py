@@ -26,9 +26,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 
 def local_files(folder):
-    """What a push must deliver: every file but intermediate checkpoints."""
+    """What a push must deliver: every file but intermediate checkpoints and hidden bookkeeping (`.hftransfer_*`)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and not p.relative_to(folder).parts[0].startswith(("checkpoint-", "stage-"))}
+            if p.is_file() and not p.relative_to(folder).parts[0].startswith(("checkpoint-", "stage-", "."))}
 
 
 @pytest.fixture(scope="module")
