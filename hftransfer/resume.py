@@ -124,7 +124,8 @@ class StageCheckpoints:
             return
         record = Path(self.args.output_dir) / RUN_IDENTITY
         if (read_json(record) or {}).get("identity") != identity:
-            named = Path(self.args.resume_from_checkpoint).resolve().parent if self.args.resume_from_checkpoint else None
+            given = self.args.resume_from_checkpoint
+            named = Path(given).resolve().parent if given else None
             for folder in stage_dirs(self.args.output_dir):
                 if folder.resolve() != named:
                     logger.warning("%s was written by another command (another checkpoint, other data or other "

@@ -224,7 +224,8 @@ def test_a_checkpoint_in_the_sentence_transformers_1_layout_trains_as_its_flat_c
     assert all(torch.equal(weights["old"][k], weights["flat"][k]) for k in weights["old"])
     saved = json.loads((tmp_path / "out-old" / "config.json").read_text())
     assert saved["hftransfer_pooling"]["mode"] == "mean"
-    assert pipeline("text-classification", model=str(tmp_path / "out-old"))("a fine film")[0]["label"] in {"good", "bad"}
+    classify = pipeline("text-classification", model=str(tmp_path / "out-old"))
+    assert classify("a fine film")[0]["label"] in {"good", "bad"}
 
 
 @pytest.mark.parametrize("mode, expected", [
