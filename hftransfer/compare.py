@@ -10,6 +10,7 @@ naming it once the table is written.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -59,11 +60,17 @@ def write_table(rows: list[dict], output_dir: Path) -> Path:
 
 def check_flags(task_cls, flags: list[str], strategy: str, output_dir: Path) -> None:
     """Parse the flags every strategy's run shares as the runs will parse them: an unknown setting or a bad value
-    stops `compare` here, before any launch, with the recipe parser's own message."""
-    from .args import parse_args
-
-    parse_args([*flags, "--strategy", strategy, "--output_dir", str(output_dir / strategy)],
-               defaults={"model_name_or_path": task_cls.default_model})
+    stops `compare` here, before any launch, with the recipe parser's own message. In a process of its own, with no
+    GPU visible: `TrainingArguments` sets up the device as it parses, and this process, waiting on the runs, must not
+    hold a CUDA context."""
+    code = "import sys; sys.argv[0] = 'hftransfer'; from hftransfer.args import parse_args; parse_args(sys.argv[1:])"
+    argv = ["--model_name_or_path", task_cls.default_model, *flags, "--strategy", strategy,  # later flags win
+            "--output_dir", str(output_dir / strategy)]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    if done.returncode:
+        message = (done.stderr or done.stdout).strip().splitlines()
+        raise SystemExit(f"compare: {message[-1] if message else f'the flags were refused (exit {done.returncode})'}")
 
 
 def compare(task: str, flags: list[str], strategies=COMPARED) -> list[dict]:

@@ -190,7 +190,7 @@ def data_fingerprint(dataset) -> str:
             for value in batch.column(column).to_pylist():
                 if isinstance(value, dict) and value.get("path") and not value.get("bytes"):
                     stat = os.stat(value["path"])
-                    value = f"{value['path']}:{stat.st_size}:{stat.st_mtime_ns}"
+                    value = f"{os.path.abspath(value['path'])}:{stat.st_size}:{stat.st_mtime_ns}"
                 digest.update(repr(value).encode())
     return digest.hexdigest()
 

@@ -47,7 +47,8 @@ def _require_safetensors(path: str, name: str) -> None:
         saved_as = "the model's class in transformers"
     raise ModelError(f"{name}: no safetensors weights{found}; only safetensors are loaded, "
                      "since pickled weights can run code. Convert them once, in a trusted environment, with "
-                     f"`{saved_as}.from_pretrained(path).save_pretrained(path)`.")
+                     f"`{saved_as}.from_pretrained(path).save_pretrained(path)`"
+                     + (f", path being {folder}." if str(folder) != name else "."))
 
 
 def load_model(task, model_args, labels: list[str], multi_label: bool = False,

@@ -107,10 +107,11 @@ class Staging:
     def write_results(self, split: str, metrics: dict) -> None:
         write_json(self.folder / results_file(split), metrics, indent=4, sort_keys=True)
 
-    def move_into_place(self, written_in_place: tuple[str, ...] = ()) -> None:
+    def move_into_place(self, written_in_place: tuple[str, ...] = (), owned: tuple[str, ...] = ()) -> None:
         """Move every staged file into the output folder (same file system: each move is atomic), then remove the
         files the previous run listed (`MANIFEST`) that this one did not write. `written_in_place`: folders this run
-        wrote straight into the output folder (the LoRA adapter), kept and listed."""
+        wrote straight into the output folder (the LoRA adapter), kept and listed; `owned`: such folders, removed
+        whole where this run did not write them (a killed run's adapter is in no list)."""
         written = []
         for source in sorted(p for p in self.folder.rglob("*") if p.is_file()):
             written.append(source.relative_to(self.folder).as_posix())
@@ -120,7 +121,13 @@ class Staging:
         for name in written_in_place:
             written += [p.relative_to(self.output_dir).as_posix() for p in (self.output_dir / name).rglob("*")
                         if p.is_file()]
-        self._remove_stale(set(read_json(self.output_dir / MANIFEST) or []) - set(written))
+        try:
+            listed = set(read_json(self.output_dir / MANIFEST) or [])
+        except ValueError:  # cut short: nothing can be told from it
+            listed = set()
+        listed |= {p.relative_to(self.output_dir).as_posix() for name in set(owned) - set(written_in_place)
+                   for p in (self.output_dir / name).rglob("*") if p.is_file()}
+        self._remove_stale(listed - set(written))
         write_json_atomic(self.output_dir / MANIFEST, sorted(written))
         shutil.rmtree(self.folder)
 

@@ -70,12 +70,16 @@ def modules_after_pooling(path: str, revision: str = "main", cache_dir: str | No
             if not kind.endswith("Normalize")]
 
 
+# sentence-transformers' encoder modules: `Transformer` since 0.3, one class a family before (0.2's `0_BERT/`)
+ENCODER_MODULES = {"Transformer", "BERT", "RoBERTa", "DistilBERT", "XLMRoBERTa", "ALBERT", "CamemBERT", "XLNet", "T5"}
+
+
 def encoder_subfolder(path: str, revision: str = "main", cache_dir: str | None = None) -> str:
     """Where a sentence-transformers checkpoint keeps its encoder: "" (the top, as every checkpoint saved since
-    sentence-transformers 2 does), or the folder its modules.json names (`0_Transformer/`, as 1.x saved them, with no
-    config at the top for `from_pretrained` to read)."""
+    sentence-transformers 2 does), or the folder its modules.json names (`0_Transformer/`, as 1.x saved them, `0_BERT/`
+    before, with no config at the top for `from_pretrained` to read)."""
     modules = _read_json(path, "modules.json", revision, cache_dir) or []
-    encoder = next((m for m in modules if str(m.get("type", "")).endswith(".Transformer")), None)
+    encoder = next((m for m in modules if str(m.get("type", "")).rsplit(".", 1)[-1] in ENCODER_MODULES), None)
     return str(encoder.get("path") or "").strip("/") if encoder else ""
 
 

@@ -13,7 +13,6 @@ left there (another checkpoint, other data, another learning rate) are removed w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,20 +33,38 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 # Settings that do not change what a stage trains: a re-run that differs only in them is the same command
 NOT_IDENTITY = {"output_dir", "resume_from_checkpoint", "restart", "serve_demo", "check_data", "local_rank",
-                "disable_tqdm", "report_to", "run_name", "push_to_hub"}
-NOT_IDENTITY_PREFIXES = ("logging_", "log_", "hub_", "save_")
+                "disable_tqdm", "report_to", "run_name", "push_to_hub", "cache_dir", "per_device_eval_batch_size",
+                "eval_steps", "eval_delay", "eval_accumulation_steps", "torch_empty_cache_steps"}
+NOT_IDENTITY_PREFIXES = ("logging_", "log_", "hub_", "save_", "dataloader_")
+PATH_SETTINGS = ("model_name_or_path", "train_dir", "validation_dir", "train_file", "validation_file", "dataset_name")
 
 
-def run_identity(run, splits) -> str:
+def run_identity(run, splits) -> dict:
     """What makes a run the same command for resuming: its settings (`RunArguments`) but those in `NOT_IDENTITY`,
-    the rows of its splits and the checkpoint's weight files."""
+    local paths made absolute (a `zoo:` name its folder), the rows of its splits and the checkpoint's weight files."""
     from .features import data_fingerprint, weights_fingerprint
     from .zoo import resolve
 
-    kept = {k: v for k, v in run.to_dict().items() if k not in NOT_IDENTITY and not k.startswith(NOT_IDENTITY_PREFIXES)}
-    record = {"settings": kept, "data": {name: data_fingerprint(rows) for name, rows in splits.items()},
-              "weights": weights_fingerprint(resolve(run.model.model_name_or_path))}
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    settings = {k: v for k, v in run.to_dict().items()
+                if k not in NOT_IDENTITY and not k.startswith(NOT_IDENTITY_PREFIXES)}
+    for key in PATH_SETTINGS:
+        if settings.get(key):
+            local = Path(resolve(settings[key]) if key == "model_name_or_path" else settings[key])
+            settings[key] = str(local.resolve()) if local.exists() else settings[key]
+    data = {name: data_fingerprint(rows) for name, rows in splits.items()}
+    record = {"settings": settings, "data": data, "weights": weights_fingerprint(resolve(run.model.model_name_or_path))}
+    return json.loads(json.dumps(record, sort_keys=True, default=str))  # as it reads back from the file
+
+
+def _differences(old: dict, new: dict) -> str:
+    """What differs between two identities, for the warning: settings by name, then data and weights."""
+    settings_old, settings_new = old.get("settings", {}), new["settings"]
+    names = [k for k in sorted(set(settings_old) | set(settings_new)) if settings_old.get(k) != settings_new.get(k)]
+    parts = [f"{k} ({settings_old.get(k)!r} -> {settings_new.get(k)!r})" for k in names[:5]]
+    parts += [f"the {split} data's rows" for split in sorted(new["data"]) if old.get("data", {}).get(split)
+              != new["data"][split]]
+    parts += ["the checkpoint's weight files"] if old.get("weights") != new["weights"] else []
+    return ", ".join(parts) or "an earlier hftransfer's record"
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
@@ -116,23 +133,29 @@ class StageCheckpoints:
             for old in stage_dirs(self.args.output_dir):
                 shutil.rmtree(old)
 
-    def keep_only(self, identity: str) -> None:
+    def keep_only(self, identity: dict) -> None:
         """Stage folders another command wrote (the output folder's `RUN_IDENTITY` is not `identity`) are removed,
-        so that neither their finished models nor their checkpoints come back; one holding a checkpoint named by
-        --resume_from_checkpoint is kept, as asked. Then the folder records this command's identity."""
+        with a warning naming what differs, so that neither their finished models nor their checkpoints come back;
+        one holding a checkpoint named by --resume_from_checkpoint is kept, as asked. Then the folder records this
+        command's identity."""
         if not self.args.should_save:
             return
         record = Path(self.args.output_dir) / RUN_IDENTITY
-        if (read_json(record) or {}).get("identity") != identity:
+        try:
+            previous = read_json(record) or {}
+        except ValueError:  # cut short: no command can be told from it
+            previous = {}
+        folders = stage_dirs(self.args.output_dir)
+        if previous != identity and folders:
             given = self.args.resume_from_checkpoint
             named = Path(given).resolve().parent if given else None
-            for folder in stage_dirs(self.args.output_dir):
-                if folder.resolve() != named:
-                    logger.warning("%s was written by another command (another checkpoint, other data or other "
-                                   "settings): not resumed from, and removed", folder)
-                    shutil.rmtree(folder, ignore_errors=True)
+            removed = [folder for folder in folders if folder.resolve() != named]
+            logger.warning("%s written by another command (it differs in %s): not resumed from, and removed",
+                           ", ".join(str(f) for f in removed), _differences(previous, identity))
+            for folder in removed:
+                shutil.rmtree(folder, ignore_errors=True)
         record.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, {"identity": identity})
+        write_json_atomic(record, identity)
 
     def finished(self, model: torch.nn.Module, stage_name: str) -> dict | None:
         """The record of a stage an earlier, interrupted run of this command finished, its model loaded; else None."""

@@ -44,7 +44,8 @@ def save_run(run, trainer, train_metrics: dict, eval_metrics: dict, plan) -> Non
     _save_examples(run, folder / EXAMPLES_FOLDER)
     out = Path(args.output_dir)
     card.write_card(folder, args.hub_model_id or out.resolve().name)
-    staging.move_into_place((ADAPTER_FOLDER,) if any(s["kind"] == ADAPTERS for s in run.history) else ())
+    adapted = any(stage["kind"] == ADAPTERS for stage in run.history)
+    staging.move_into_place((ADAPTER_FOLDER,) if adapted else (), owned=(ADAPTER_FOLDER,))
     logger.info(run.data_report.summary())
     logger.info("Report: %s; model card: %s", out / REPORT_DIR / REPORT_MD, out / CARD)
 

@@ -255,8 +255,8 @@ class ImageTask(TaskAdapter):
         size, chosen = asked, asked is None
         if getattr(processor, "do_resize", None) is False:  # a crop alone would pad small images, not enlarge them
             processor.do_resize = True
-            logger.warning("%s was saved not to resize (do_resize false): it resizes now, to the size below, so that "
-                           "images of any size fill the input", type(processor).__name__)
+            logger.warning("%s was saved not to resize (do_resize false): it resizes now, to the size below",
+                           type(processor).__name__)
         native = _processor_size(processor)
         config_size = _config_size_instead(model, native)
         if config_size and _set_processor_size(processor, config_size):

@@ -54,6 +54,7 @@ class TransferRun:
     def execute(self) -> dict:
         start = time.time()
         self.setup()
+        self.checkpoints = StageCheckpoints.of(self.args, self.run, self.splits)  # not in setup: `check` trains nothing
         self.data_quality = data_quality.before_training(self)
         stages = choose_stages(self.run, self.model, len(self.splits["train"]), not self.decoder, self.choices)
         for stage in stages:
@@ -98,7 +99,6 @@ class TransferRun:
                     len(self.splits["validation"]), len(self.labels))
         if not hardware.shards_parameters(self.args):  # a sharded model runs only once wrapped
             check_runs(self.model, self.eval_raw, self.collator, self.processor, self.args.device)
-        self.checkpoints = StageCheckpoints.of(self.args, self.run, self.splits)
 
     def _load_model(self) -> None:
         transfer = self.run.transfer

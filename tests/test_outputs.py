@@ -42,6 +42,13 @@ def test_a_rerun_removes_what_the_previous_run_left_and_it_did_not_write(tmp_pat
         [outputs.CONFIG, "preprocessor_config.json", "notes.txt", outputs.MANIFEST])
     assert json.loads((tmp_path / outputs.CONFIG).read_text()) == {"model_type": "vit"}
     assert json.loads((tmp_path / outputs.MANIFEST).read_text()) == [outputs.CONFIG, "preprocessor_config.json"]
+    (tmp_path / outputs.ADAPTER_FOLDER).mkdir()  # a LoRA run killed after its adapter, before its list
+    (tmp_path / outputs.ADAPTER_FOLDER / "adapter_model.safetensors").write_bytes(b"lora")
+    (tmp_path / outputs.MANIFEST).write_text("")  # and a list cut short
+    third = Staging(tmp_path)
+    (third.create() / outputs.CONFIG).write_text('{"model_type": "vit"}')
+    third.move_into_place(owned=(outputs.ADAPTER_FOLDER,))
+    assert not (tmp_path / outputs.ADAPTER_FOLDER).exists() and (tmp_path / "notes.txt").is_file()
 
 
 def test_the_reader_gives_none_for_what_a_run_did_not_write(tmp_path):

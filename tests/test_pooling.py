@@ -226,6 +226,9 @@ def test_a_checkpoint_in_the_sentence_transformers_1_layout_trains_as_its_flat_c
     assert saved["hftransfer_pooling"]["mode"] == "mean"
     classify = pipeline("text-classification", model=str(tmp_path / "out-old"))
     assert classify("a fine film")[0]["label"] in {"good", "bad"}
+    modules[0].update(path="0_BERT", type="sentence_transformers.models.BERT")  # as 0.2 named it
+    (old / "modules.json").write_text(json.dumps(modules))
+    assert pooling.encoder_subfolder(str(old)) == "0_BERT"
 
 
 @pytest.mark.parametrize("mode, expected", [

@@ -144,10 +144,14 @@ def test_only_the_same_command_gets_its_finished_stages_back(setup, tmp_path, ca
     run(command(checkpoint, folders, out, *quick))
     caplog.clear()
     log = run(command(checkpoint, folders, out, *quick, "--learning_rate", "5e-4"), caplog)
-    assert "written by another command" in log and "finished by an earlier run" not in log
+    assert "written by another command (it differs in learning_rate (" in log
+    assert "finished by an earlier run" not in log
     assert json.loads((out / "hftransfer_run.json").read_text())["settings"]["learning_rate"] == 5e-4
     caplog.clear()
-    log = run(command(checkpoint, folders, out, *quick, "--learning_rate", "5e-4"), caplog)  # the same command again
+    # the same command again, its data folders given relative to here, evaluated in other batches
+    relative = [Path(os.path.relpath(folder)) for folder in folders]
+    log = run(command(checkpoint, relative, out, *quick, "--learning_rate", "5e-4", "--per_device_eval_batch_size",
+                      "3"), caplog)
     assert "written by another command" not in log
     assert log.count("finished by an earlier run") == 2  # both stages come back
 
