@@ -282,6 +282,9 @@ class ImageTask(TaskAdapter):
             else:
                 logger.info("Input size %d px (checkpoint: %d px): %s", size, native,
                             reason if chosen else "--image_size")
+        if size == native and not _gives_square(processor, size) and _set_processor_size(processor, size):
+            logger.warning("%s keeps each image's proportions (no crop), so images of other shapes could not be "
+                           "batched: set to %d x %d px", type(processor).__name__, size, size)
         if chosen:
             choices.add("image_size", size, reason)
         elif size != asked:  # the flag could not be honoured: say so, record the size used
@@ -468,22 +471,26 @@ def _set_processor_size(processor, size: int) -> bool:
     setting does."""
     import copy
 
-    from PIL import Image
-
-    probe = Image.new("RGB", (size + 37, size + 11))
     for settings in _size_settings(processor, size):
         saved = {k: copy.deepcopy(getattr(processor, k, None)) for k in settings}
         for key, value in settings.items():
             setattr(processor, key, value)
-        try:
-            shape = tuple(processor(images=[probe], return_tensors="pt")["pixel_values"].shape[-2:])
-        except Exception:  # noqa: BLE001 - a setting this processor refuses: try the next
-            shape = None
-        if shape == (size, size):
+        if _gives_square(processor, size):
             return True
         for key, value in saved.items():
             setattr(processor, key, value)
     return False
+
+
+def _gives_square(processor, size: int) -> bool:
+    """Whether `processor` turns an oblong probe image into `size` x `size` pixels."""
+    from PIL import Image
+
+    try:
+        shape = processor(images=[Image.new("RGB", (size + 37, size + 11))], return_tensors="pt")["pixel_values"].shape
+    except Exception:  # noqa: BLE001 - settings this processor refuses
+        return False
+    return tuple(shape[-2:]) == (size, size)
 
 
 def _config_size_instead(model, native: int) -> int | None:

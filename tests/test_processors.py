@@ -74,6 +74,21 @@ def test_a_processor_saved_not_to_resize_resizes_to_the_size_it_logs(tmp_path, c
     assert white.shape[-2:] == (128, 128) and float((white.amax((-2, -1)) - white.amin((-2, -1))).max()) < 1e-4
 
 
+def test_a_processor_that_keeps_proportions_is_made_square_so_oblong_images_batch(tmp_path, caplog):
+    """A shortest-edge resize without a crop keeps each image's proportions: 60 x 90 and 90 x 60 px images became
+    224 x 336 and 336 x 224 inputs, which no batch can hold (the run stopped before training). The run sets the
+    processor to the square it logs, and says so."""
+    data = make_image_folder(tmp_path / "data", per_class=4, size=64)
+    for i, path in enumerate(sorted(data.rglob("*.png"))):
+        Image.open(path).resize((90, 60) if i % 2 else (60, 90)).save(path)
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2", processor=MobileNetV2ImageProcessorPil(
+        size={"shortest_edge": 224}, do_center_crop=False))
+    saved, image = train_head(checkpoint, data, tmp_path / "out", caplog)
+    assert "keeps each image's proportions (no crop)" in caplog.text
+    oblong = Image.new("RGB", (90, 60), "white")
+    assert saved(images=[oblong], return_tensors="pt")["pixel_values"].shape[-2:] == (224, 224)
+
+
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 # preprocessor_config.json as older Hub checkpoints hold it: (family, settings, the size the run must use)
 HUB_PROCESSOR_FILES = {
