@@ -25,8 +25,7 @@ Written through `Staging`: every file goes into `.saving/` first and is then mov
 kill leaves the old file or the new one, never half of one; then what the previous run left and this one did not (an
 earlier LoRA run's adapter, a text model's tokenizer beside an image model's processor) is removed, so that a reused
 folder holds one run's files. Files no run wrote there (a user's own, `hftransfer check`'s) are left alone. Read
-through `OutputFolder` (card, report, demo, push,
-compare, the Space).
+through `OutputFolder` (card, report, demo, push, compare, the Space).
 """
 
 from __future__ import annotations
