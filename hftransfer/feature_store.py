@@ -20,6 +20,10 @@ from .anatomy import POOLING_KEY
 from .zoo import resolve
 
 logger = logging.getLogger(__name__)
+CHECKED_ROWS = 4  # stored rows checked against the base before reuse
+# Rows extracted in another batch (other padding, a folded BatchNorm, bf16 autocast) differ by well under 1%; a base
+# that changed differs by tens of percent.
+STALE_ERROR = 0.05
 
 
 @dataclass
@@ -85,7 +89,8 @@ class FeatureStore:
         return layout, None
 
     def features(self, model, split: str) -> features.FeatureDataset:
-        """The split's features, from the disk cache when every process finds them there, else extracted."""
+        """The split's features, from the disk cache when every process finds them there and its first rows are what
+        the base computes now, else extracted."""
         # keyed by the BatchNorm statistics too: the data-quality pass reads the pretrained base's features, and
         # --calibrate_bn changes them before the head stage
         memo = (split, features.statistics_fingerprint(model))
@@ -94,8 +99,11 @@ class FeatureStore:
             precision = features.Precision.of(self.args)
             path = features.cache_path(self._on_main_process(lambda: self._key(model, split, layout, precision)))
             found = [path.is_file()]
+            stored = None
             if all(gather_object(found) if self.args.world_size > 1 else found):
-                matrix, labels = features.load(path, f"Features ({split})")
+                stored = features.load(path, f"Features ({split})")
+            if stored is not None and self._on_main_process(lambda: self._still_holds(model, split, stored[0])):
+                matrix, labels = stored
             else:
                 matrix, labels = self._extract(model, split, layout, precision)
                 if self.args.should_save:
@@ -104,6 +112,22 @@ class FeatureStore:
             self._features[memo] = features.FeatureDataset(matrix.to(device), labels.to(device),
                                                            model.main_input_name)
         return self._features[memo]
+
+    def _still_holds(self, model, split: str, matrix: torch.Tensor) -> bool:
+        """Whether stored features are what the base computes now, on the first rows: the key cannot see all that
+        changes the base (weights the checkpoint lacked, initialised by each run's seed; a Hub revision that moved)."""
+        rows = self.row_order(split)[:CHECKED_ROWS]
+        batch = self.collator([self.inputs[split][i] for i in rows])
+        model.eval()
+        with torch.inference_mode(), features.Precision.of(self.args).autocast():
+            now = features.base_features(model, {k: v.to(self.args.device) for k, v in batch.items()
+                                                 if k != "labels"}, self.layout(model)).cpu()
+        stored = matrix[:len(rows)]
+        error = ((now - stored).norm(dim=1) / stored.norm(dim=1).clamp_min(1e-6)).max().item()
+        if error > STALE_ERROR:
+            logger.warning("The cached features of %s differ from what the base computes now (relative error %.2g "
+                           "on its first rows): extracting them again", split, error)
+        return error <= STALE_ERROR
 
     def row_order(self, split: str) -> list[int]:
         """The dataset row of each feature row: extraction runs shortest inputs first where lengths vary."""

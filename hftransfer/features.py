@@ -7,7 +7,8 @@ forward; the swap is then checked against the real model on real inputs, and tra
 frozen-base way, with a warning, if the two disagree (e.g. a head that reads `input_ids` itself).
 
 The cache lives in `$HFTRANSFER_CACHE/features/`, keyed by checkpoint, weights, BatchNorm statistics, preprocessing
-and data content, and is reused across runs. It stores un-augmented inputs: stages that use it never augment.
+and data content, and is reused across runs once its first rows are checked against the base (`feature_store`). It
+stores un-augmented inputs: stages that use it never augment.
 """
 
 from __future__ import annotations

@@ -131,3 +131,43 @@ def test_the_cache_key_tells_tokenizers_apart_by_how_they_frame_a_pair(tmp_path)
 
     assert key(plain) != key(separated)
     assert key(plain) == key(decoder_tokenizer())
+
+
+def test_stored_features_the_base_no_longer_computes_are_extracted_again(tmp_path, caplog):
+    """A masked-LM BERT read through its own pooler (`--checkpoint_pooling false`) starts the pooler at random, from
+    each run's seed: two seeds give the cache one key (same checkpoint files, data and processor), not one base.
+    Before, the second seed's head trained on the first seed's features and its saved model, whose base computes
+    others, scored at chance where the run reported 0.66 (MiniLM without its pooler, 2,000 reviews)."""
+    from conftest import write_reviews_csv
+    from support.families import masked_lm_checkpoint
+
+    from hftransfer.tasks import TextTask
+
+    checkpoint = masked_lm_checkpoint(tmp_path / "mlm")
+    reviews = write_reviews_csv(tmp_path / "reviews.csv", repeat=2)
+    held_out = write_reviews_csv(tmp_path / "held_out.csv", repeat=1)  # not split off by seed: the same data
+
+    def run(seed: int, out: str) -> TransferRun:
+        args = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--validation_file",
+                           str(held_out), "--output_dir", str(tmp_path / out), "--strategy", "feature_extraction",
+                           "--checkpoint_pooling", "false", "--seed", str(seed), "--head_epochs", "1",
+                           "--disable_tqdm", "true"])
+        transfer = TransferRun(args, TextTask(args.data))
+        transfer.execute()
+        return transfer
+
+    run(1, "a")
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        second = run(2, "b")
+    assert "The cached features of train differ from what the base computes now" in caplog.text
+    store, model = second.store, second.model
+    rows = store.row_order("train")[:8]
+    batch = store.collator([store.inputs["train"][i] for i in rows])
+    with torch.no_grad():
+        now = features.base_features(model.eval(), {k: v for k, v in batch.items() if k != "labels"},
+                                     store.layout(model))
+    assert torch.allclose(store.features(model, "train").features[:8], now, atol=1e-5)  # trained on its own base
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        run(2, "c")  # the same seed: what the second run stored is reused
+    assert caplog.text.count("reusing cached features") == 2 and "differ from" not in caplog.text
