@@ -117,6 +117,9 @@ def _pooling_line(config: dict) -> str:
         return (f"\nPooling: mean of the tokens, as the sentence-transformers checkpoint was trained, computed by "
                 f"encoder layer {pooling['layer']} (added, frozen: uniform attention over the unpadded tokens), so "
                 "plain `transformers` runs it.\n")
+    if pooling.get("pooler_untrained"):
+        return ("\nPooling: the first token; the checkpoint had no weights for the pooler, which is a fixed, nearly "
+                "linear pass-through.\n")
     if pooling.get("mode") == "cls":
         return ("\nPooling: the first token, as the sentence-transformers checkpoint was trained (the pooler a fixed, "
                 "nearly linear pass-through).\n")

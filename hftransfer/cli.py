@@ -29,11 +29,12 @@ from .strategies import ONE_STAGE
 
 
 def _load_for_report(model_name_or_path: str, trust_remote_code: bool):
-    """Any sequence or image classifier; its task is read from the config, so no flag is needed."""
-    from .modeling import load_trained
+    """Any sequence or image classifier and the parameters its checkpoint lacked; its task is read from the config,
+    so no flag is needed."""
+    from .modeling import load_classifier
 
     try:
-        return load_trained(model_name_or_path, trust_remote_code=trust_remote_code)
+        return load_classifier(model_name_or_path, trust_remote_code=trust_remote_code)
     except ValueError as err:
         raise SystemExit(f"{model_name_or_path}: {err}") from None
 
@@ -49,9 +50,9 @@ def _yes_no(value: str) -> bool:
 def freeze_report(args) -> None:
     from . import freezing, pooling
 
-    model = _load_for_report(args.model, args.trust_remote_code)
+    model, untrained = _load_for_report(args.model, args.trust_remote_code)
     if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
-        adopted = pooling.adopt(model, pooling.checkpoint_pooling(zoo.resolve(args.model)))
+        adopted = pooling.adopt(model, pooling.CheckpointModules.read(zoo.resolve(args.model)).pooling, untrained)
         if adopted:
             print(adopted)
     if args.plan:

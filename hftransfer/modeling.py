@@ -17,7 +17,7 @@ from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
 from . import heads, pooling, zoo
-from .anatomy import ModelError, head_modules
+from .anatomy import POOLING_GROUP, ModelError, head_modules, param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,22 @@ def _require_safetensors(path: str, name: str) -> None:
 
 def load_model(task, model_args, labels: list[str], multi_label: bool = False,
                head_hidden_sizes: list[int] = (), head_dropout: float = 0.0):
-    """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one."""
+    """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one.
+    What transformers or the Hub cannot find (no such folder, repo, revision or file; no network) is transformers'
+    own message on one line that names the checkpoint, not a traceback."""
+    try:
+        return _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout)
+    except OSError as err:
+        raise ModelError(f"--model_name_or_path {model_args.model_name_or_path}: {err}") from err
+
+
+def _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout):
     path = zoo.resolve(model_args.model_name_or_path)
+    if path.startswith(("/", ".")) and not Path(path).is_dir():  # transformers would read it as a malformed Hub id
+        raise ModelError(f"--model_name_or_path {path}: no such folder")
+    modules = pooling.CheckpointModules.read(path, model_args.model_revision, model_args.cache_dir)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
-              "trust_remote_code": model_args.trust_remote_code,
-              **_encoder_folder(path, model_args.model_revision, model_args.cache_dir)}
+              "trust_remote_code": model_args.trust_remote_code, **_encoder_folder(modules)}
     config = AutoConfig.from_pretrained(path, **common)
     if type(config) not in task.auto_model_class._model_mapping:
         raise ModelError(_wrong_task(model_args.model_name_or_path, config, task))
@@ -77,8 +88,9 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
                        "problem_type": "multi_label_classification" if multi_label else "single_label_classification"})
         if getattr(config, "label_names", None) is not None:  # timm's: saved in place of id2label, the old names
             config.label_names = list(labels)
-        model = task.auto_model_class.from_pretrained(
-            path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32, **common)
+        model, loading = task.auto_model_class.from_pretrained(
+            path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32,
+            output_loading_info=True, **common)
     finally:
         hf_logging.set_verbosity(verbosity)
     if not keep_head and not multi_label and sorted(old_labels) == sorted(labels):
@@ -93,15 +105,15 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
         logger.info("New head: %s re-initialised for %d labels (the checkpoint's: %d)",
                     ", ".join(f"{name} ({type(module).__name__})" for name, module in replaced.items()),
                     len(labels), len(old_labels))
+    untrained = not_in_checkpoint(loading)
     if model_args.checkpoint_pooling:
-        adopted = pooling.adopt(model, pooling.checkpoint_pooling(path, model_args.model_revision,
-                                                                  model_args.cache_dir))
+        adopted = pooling.adopt(model, modules.pooling, untrained)
         if adopted:
             logger.info(adopted)
-        skipped = pooling.modules_after_pooling(path, model_args.model_revision, model_args.cache_dir)
-        if skipped:
+        if modules.after_pooling:
             logger.warning("The checkpoint's %s after its pooling is not part of the classifier: the head reads the "
-                           "pooling itself and learns its own projection", ", ".join(skipped))
+                           "pooling itself and learns its own projection", ", ".join(modules.after_pooling))
+    _warn_untrained(model, untrained)
     if head_hidden_sizes:
         name = heads.install(model, head_hidden_sizes, head_dropout)
         logger.info("MLP head in place of %s: hidden sizes %s, dropout %g", name, head_hidden_sizes, head_dropout)
@@ -109,14 +121,31 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
     return model, processor, not keep_head
 
 
-def _encoder_folder(path: str, revision: str, cache_dir: str | None) -> dict:
+def _encoder_folder(modules: pooling.CheckpointModules) -> dict:
     """`subfolder` for every loader where a sentence-transformers 1.x checkpoint keeps its encoder in a folder of its
-    own (`pooling.encoder_subfolder`); its pooling is still read from the top."""
-    subfolder = pooling.encoder_subfolder(path, revision, cache_dir)
-    if not subfolder:
+    own; its pooling is still read from the top."""
+    if not modules.encoder_subfolder:
         return {}
-    logger.info("A sentence-transformers checkpoint in its 1.x layout: the encoder is read from %s/", subfolder)
-    return {"subfolder": subfolder}
+    logger.info("A sentence-transformers checkpoint in its 1.x layout: the encoder is read from %s/",
+                modules.encoder_subfolder)
+    return {"subfolder": modules.encoder_subfolder}
+
+
+def not_in_checkpoint(loading: dict) -> set[str]:
+    """The parameters `from_pretrained` initialised itself (its load report): missing from the checkpoint, or of
+    another shape there (`ignore_mismatched_sizes`)."""
+    return set(loading["missing_keys"]) | {key[0] for key in loading["mismatched_keys"]}
+
+
+def _warn_untrained(model, untrained: set[str]) -> None:
+    """The load report transformers would print, for what it says beyond the new head (whose own line replaces it)
+    and the fixed pooling: weights the run starts at random inside the base, which a frozen base keeps random."""
+    fixed_or_head = {n for g in param_groups(model) if g.name in ("head", POOLING_GROUP) for n in g.params}
+    modules = sorted({name.rsplit(".", 1)[0] for name in untrained - fixed_or_head})
+    if modules:
+        logger.warning("Not in the checkpoint, so initialised at random by this run: %s%s. They train only in the "
+                       "stages that train the base there; a frozen base keeps them random", ", ".join(modules[:8]),
+                       f" and {len(modules) - 8} more" if len(modules) > 8 else "")
 
 
 def _reorder_outputs(model, order: list[int]) -> bool:
@@ -151,25 +180,32 @@ def auto_class_for(config):
 
 
 def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
-    """A trained classifier from an output folder, a Hub id or `zoo:NAME`, in eval mode. Safetensors only.
+    """A trained classifier from an output folder, a Hub id or `zoo:NAME`, in eval mode. Safetensors only."""
+    return load_classifier(model_name_or_path, revision, trust_remote_code)[0]
+
+
+def load_classifier(model_name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+    """`load_trained`'s model and the parameters it initialised itself (`not_in_checkpoint`): any classifier, a
+    pretrained checkpoint's for its freeze report too.
 
     A model with an hftransfer MLP head loads through a subclass of its own class that rebuilds the head in
     `__init__`, so `from_pretrained` (and its key conversions between checkpoint layouts) fills it; plain
     `from_pretrained` would drop the head's weights and start a random linear one.
     """
     path = zoo.resolve(model_name_or_path)
-    # float32 whatever the file holds: a model saved by a bf16 engine (DeepSpeed keeps bf16 weights) would otherwise
-    # load in bf16 and refuse the float32 inputs every processor makes
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     if Path(path).is_dir():  # a checkpoint's freeze report; Hub ids are trained models here, never in the 1.x layout
-        common.update(_encoder_folder(path, revision, None))
+        common.update(_encoder_folder(pooling.CheckpointModules.read(path)))
     _require_safetensors(str(Path(path, common.get("subfolder", ""))), model_name_or_path)
     config = AutoConfig.from_pretrained(path, **common)
     auto_class = auto_class_for(config)
     if getattr(config, heads.CONFIG_KEY, None):
-        return heads.with_mlp_head(auto_class._model_mapping[type(config)]).from_pretrained(
-            path, config=config, use_safetensors=True, dtype=torch.float32, **common).eval()
-    return auto_class.from_pretrained(path, use_safetensors=True, dtype=torch.float32, **common).eval()
+        auto_class = heads.with_mlp_head(auto_class._model_mapping[type(config)])
+    # float32 whatever the file holds: a model saved by a bf16 engine (DeepSpeed keeps bf16 weights) would otherwise
+    # load in bf16 and refuse the float32 inputs every processor makes
+    model, loading = auto_class.from_pretrained(path, config=config, use_safetensors=True, dtype=torch.float32,
+                                                output_loading_info=True, **common)
+    return model.eval(), not_in_checkpoint(loading)
 
 
 def check_runs(model, inputs, collator, processor, device) -> None:

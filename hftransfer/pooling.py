@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,42 +47,56 @@ MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
          "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 
 
-def checkpoint_pooling(path: str, revision: str = "main", cache_dir: str | None = None) -> str | None:
-    """The pooling a sentence-transformers checkpoint was trained with ("mean", "cls", ...), None for others.
-    `mean_sqrt_len` is mean here: the LayerNorm that follows removes the scale it differs by."""
-    modules = _read_json(path, "modules.json", revision, cache_dir)
-    pooling = next((m for m in modules or [] if str(m.get("type", "")).endswith("Pooling")), None)
-    if pooling is None:
-        return None
-    config = _read_json(path, f"{pooling['path']}/config.json", revision, cache_dir) or {}
-    if isinstance(config.get("pooling_mode"), str):
-        return {"mean_sqrt_len_tokens": "mean"}.get(config["pooling_mode"], config["pooling_mode"])
-    chosen = [mode for key, mode in MODES.items() if config.get(key)]
-    return "+".join(dict.fromkeys(chosen)) or None
-
-
-def modules_after_pooling(path: str, revision: str = "main", cache_dir: str | None = None) -> list[str]:
-    """The modules a sentence-transformers checkpoint runs after its pooling that the classifier does not (LaBSE's
-    and distiluse's `2_Dense`), as "PATH (TYPE)"; Normalize is left out: the LayerNorm the head reads through
-    removes the scale it sets."""
-    modules = _read_json(path, "modules.json", revision, cache_dir) or []
-    kinds = [str(m.get("type", "")) for m in modules]
-    first = next((i for i, kind in enumerate(kinds) if kind.endswith("Pooling")), len(modules))
-    return [f"{m.get('path')} ({kind.rsplit('.', 1)[-1]})" for m, kind in zip(modules[first + 1:], kinds[first + 1:])
-            if not kind.endswith("Normalize")]
-
-
 # sentence-transformers' encoder modules: `Transformer` since 0.3, one class a family before (0.2's `0_BERT/`)
 ENCODER_MODULES = {"Transformer", "BERT", "RoBERTa", "DistilBERT", "XLMRoBERTa", "ALBERT", "CamemBERT", "XLNet", "T5"}
 
 
-def encoder_subfolder(path: str, revision: str = "main", cache_dir: str | None = None) -> str:
-    """Where a sentence-transformers checkpoint keeps its encoder: "" (the top, as every checkpoint saved since
-    sentence-transformers 2 does), or the folder its modules.json names (`0_Transformer/`, as 1.x saved them, `0_BERT/`
-    before, with no config at the top for `from_pretrained` to read)."""
-    modules = _read_json(path, "modules.json", revision, cache_dir) or []
-    encoder = next((m for m in modules if str(m.get("type", "")).rsplit(".", 1)[-1] in ENCODER_MODULES), None)
-    return str(encoder.get("path") or "").strip("/") if encoder else ""
+@dataclass(frozen=True)
+class CheckpointModules:
+    """What a sentence-transformers checkpoint's `modules.json` lists (nothing for other checkpoints), read once per
+    load: from the Hub each file read is a request."""
+
+    modules: tuple[dict, ...] = ()
+    pooling_config: dict = field(default_factory=dict)  # the pooling module's own config.json
+
+    @classmethod
+    def read(cls, path: str, revision: str = "main", cache_dir: str | None = None) -> CheckpointModules:
+        modules = tuple(_read_json(path, "modules.json", revision, cache_dir) or ())
+        pooling = next((m for m in modules if _kind(m).endswith("Pooling")), None)
+        config = _read_json(path, f"{pooling.get('path')}/config.json", revision, cache_dir) if pooling else None
+        return cls(modules, config or {})
+
+    @property
+    def pooling(self) -> str | None:
+        """The pooling the checkpoint was trained with ("mean", "cls", ...), None for other checkpoints.
+        `mean_sqrt_len` is mean here: the LayerNorm that follows removes the scale it differs by."""
+        config = self.pooling_config
+        if isinstance(config.get("pooling_mode"), str):
+            return {"mean_sqrt_len_tokens": "mean"}.get(config["pooling_mode"], config["pooling_mode"])
+        chosen = [mode for key, mode in MODES.items() if config.get(key)]
+        return "+".join(dict.fromkeys(chosen)) or None
+
+    @property
+    def after_pooling(self) -> list[str]:
+        """The modules the checkpoint runs after its pooling that the classifier does not (LaBSE's and distiluse's
+        `2_Dense`), as "PATH (TYPE)"; Normalize is left out: the LayerNorm the head reads through removes the scale
+        it sets."""
+        kinds = [_kind(m) for m in self.modules]
+        first = next((i for i, kind in enumerate(kinds) if kind.endswith("Pooling")), len(kinds))
+        return [f"{m.get('path')} ({kind.rsplit('.', 1)[-1]})"
+                for m, kind in zip(self.modules[first + 1:], kinds[first + 1:]) if not kind.endswith("Normalize")]
+
+    @property
+    def encoder_subfolder(self) -> str:
+        """Where the checkpoint keeps its encoder: "" (the top, as every checkpoint saved since sentence-transformers
+        2 does), or the folder modules.json names (`0_Transformer/`, as 1.x saved them, `0_BERT/` before, with no
+        config at the top for `from_pretrained` to read)."""
+        encoder = next((m for m in self.modules if _kind(m).rsplit(".", 1)[-1] in ENCODER_MODULES), None)
+        return str(encoder.get("path") or "").strip("/") if encoder else ""
+
+
+def _kind(module: dict) -> str:
+    return str(module.get("type", ""))
 
 
 def _read_json(path: str, name: str, revision: str, cache_dir: str | None):
@@ -96,11 +112,14 @@ def _read_json(path: str, name: str, revision: str, cache_dir: str | None):
         return None
 
 
-def adopt(model: nn.Module, mode: str | None) -> str:
+def adopt(model: nn.Module, mode: str | None, untrained: Collection[str] = ()) -> str:
     """Make `model` read its encoder the way `mode` pools; returns a log line saying what was done. A model that
-    already pools so (a trained folder, its config's `hftransfer_pooling`) is left as it is."""
-    if mode is None or getattr(model.config, CONFIG_KEY, None):
+    already pools so (a trained folder, its config's `hftransfer_pooling`) is left as it is. `untrained`: the
+    parameters the checkpoint had no weights for (transformers' load report)."""
+    if getattr(model.config, CONFIG_KEY, None):
         return ""
+    if mode is None:
+        return _untrained_pooler_fixed(model, untrained)
     if is_decoder_classifier(model):  # its `score` head reads the last real token; a causal layer cannot average
         if mode == "lasttoken":
             return f"Pooling: the checkpoint pools its last token, as {type(model).__name__} reads it"
@@ -193,10 +212,27 @@ def _pools_mean(model: nn.Module) -> bool:
     return torch.allclose(hidden[-1][:, 0], expected, atol=TOLERANCE)
 
 
+def _untrained_pooler_fixed(model: nn.Module, untrained: Collection[str]) -> str:
+    """A checkpoint saved without the pooler its classifier reads (a BERT saved as a masked LM): the pooler would
+    start random and, as the top of a frozen base, stay random, the head reading a random projection of the first
+    token. It is made the fixed pass-through a sentence-transformers CLS checkpoint gets instead."""
+    prefix = f"{model.base_model_prefix}.pooler."
+    if not any(name.startswith(prefix) for name in untrained):
+        return ""
+    pooler = _pooler_to_scale(model)
+    if pooler is None:
+        return ""
+    model.config.update({CONFIG_KEY: {"mode": "cls", "layer": None, "pooler_untrained": True, **_pooler_spec(pooler)}})
+    return (f"Pooling: the checkpoint has no weights for {pooler} (saved without it, as masked-LM checkpoints are): "
+            f"set to {POOLER_SCALE:g} x the identity, frozen, so the head reads the first token rather than a random "
+            "projection of it")
+
+
 def _pooler_to_scale(model: nn.Module) -> str | None:
-    """BERT-style poolers (dense + tanh on the first token) were not trained by sentence-transformers: a fixed,
-    nearly linear pass-through (POOLER_SCALE)."""
-    dense = getattr(getattr(model.base_model, "pooler", None), "dense", None)
+    """BERT-style poolers (dense + tanh on the first token; ALBERT's dense is the pooler itself) were not trained by
+    sentence-transformers: a fixed, nearly linear pass-through (POOLER_SCALE)."""
+    pooler = getattr(model.base_model, "pooler", None)
+    dense = pooler if isinstance(pooler, nn.Linear) else getattr(pooler, "dense", None)
     if not isinstance(dense, nn.Linear) or dense.in_features != dense.out_features:
         return None
     with torch.no_grad():

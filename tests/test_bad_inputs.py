@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_image_folder, save_tiny_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
 from PIL import Image
+from support.hub_server import local_hub  # noqa: F401 - a fixture
 
 from hftransfer.args import DataArguments
 from hftransfer.data import DataError, prepare_splits
@@ -159,6 +160,18 @@ def test_config_errors_come_before_training(tmp_path, image_folders, capsys):
         message, out = recipe(capsys, *case)
         assert expected in message, message  # an exit with a message, no traceback,
         assert "{'loss'" not in out  # and before any training step
+
+
+@pytest.mark.usefixtures("local_hub")
+def test_a_checkpoint_the_hub_or_the_disk_does_not_have_is_one_line_that_names_it(tmp_path, capsys):
+    """transformers' own message, without the traceback it came with before."""
+    reviews = write_reviews_csv(tmp_path / "reviews.csv")
+    for name, expected in [("alice/no-such-model", "is not a local folder and is not a valid model identifier"),
+                           (str(tmp_path / "no-such-folder"), "no such folder")]:
+        message, out = recipe(capsys, "text.py", "--model_name_or_path", name, "--train_file", str(reviews),
+                              "--output_dir", str(tmp_path / "out"))
+        assert message.startswith(f"error: --model_name_or_path {name}: ") and expected in message, message
+        assert "Traceback" not in out and "{'loss'" not in out
 
 
 def test_a_model_that_cannot_run_on_the_runs_inputs_is_an_error_before_training(tmp_path, image_folders, capsys):

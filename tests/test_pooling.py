@@ -9,12 +9,14 @@ import pytest
 import torch
 from conftest import write_reviews_csv
 from safetensors.torch import load_file
-from support.families import save_text_checkpoint
+from support.families import masked_lm_checkpoint, save_text_checkpoint
+from support.family_runs import check_reload
 from support.hub_server import local_hub, upload  # noqa: F401 - a fixture
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hftransfer import cli, freezing, lora, pooling, zoo
-from hftransfer.args import parse_args
+from hftransfer.args import ModelArguments, parse_args
+from hftransfer.modeling import load_model
 from hftransfer.tasks import TextTask
 from hftransfer.training import TransferRun
 
@@ -27,14 +29,18 @@ def _pooling_config(folder, **modes):
     return folder
 
 
+def _pooling_of(folder) -> str | None:
+    return pooling.CheckpointModules.read(str(folder)).pooling
+
+
 def test_the_pooling_is_read_from_modules_json(tmp_path):
-    assert pooling.checkpoint_pooling(str(tmp_path)) is None  # a plain encoder
-    assert pooling.checkpoint_pooling(str(_pooling_config(tmp_path, pooling_mode_mean_tokens=True))) == "mean"
-    assert pooling.checkpoint_pooling(str(_pooling_config(tmp_path, pooling_mode_cls_token=True))) == "cls"
+    assert _pooling_of(tmp_path) is None  # a plain encoder
+    assert _pooling_of(_pooling_config(tmp_path, pooling_mode_mean_tokens=True)) == "mean"
+    assert _pooling_of(_pooling_config(tmp_path, pooling_mode_cls_token=True)) == "cls"
     # the LayerNorm after the pooling layer removes the scale by which mean_sqrt_len differs from mean
-    assert pooling.checkpoint_pooling(str(_pooling_config(tmp_path, pooling_mode_mean_sqrt_len_tokens=True))) == "mean"
-    assert pooling.checkpoint_pooling(str(_pooling_config(tmp_path, pooling_mode_max_tokens=True))) == "max"
-    assert pooling.checkpoint_pooling(str(zoo.prepare("all-MiniLM-L6-v2"))) == "mean"
+    assert _pooling_of(_pooling_config(tmp_path, pooling_mode_mean_sqrt_len_tokens=True)) == "mean"
+    assert _pooling_of(_pooling_config(tmp_path, pooling_mode_max_tokens=True)) == "max"
+    assert _pooling_of(zoo.prepare("all-MiniLM-L6-v2")) == "mean"
 
 
 def test_a_dense_layer_after_the_pooling_is_named_as_not_reproduced(tmp_path, caplog):
@@ -48,11 +54,12 @@ def test_a_dense_layer_after_the_pooling_is_named_as_not_reproduced(tmp_path, ca
     modules += [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
                 {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]
     (checkpoint / "modules.json").write_text(json.dumps(modules))
-    assert pooling.modules_after_pooling(str(checkpoint)) == ["2_Dense (Dense)"]
+    assert pooling.CheckpointModules.read(str(checkpoint)).after_pooling == ["2_Dense (Dense)"]
     with caplog.at_level("INFO"):
         load_model(TextTask(), ModelArguments(model_name_or_path=str(checkpoint)), ["bad", "good"])
     assert "The checkpoint's 2_Dense (Dense) after its pooling is not part of the classifier" in caplog.text
-    assert pooling.modules_after_pooling(str(zoo.prepare("all-MiniLM-L6-v2"))) == []  # its Normalize only
+    minilm = pooling.CheckpointModules.read(str(zoo.prepare("all-MiniLM-L6-v2")))
+    assert minilm.after_pooling == []  # its Normalize only
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +158,7 @@ def test_a_layer_kind_that_cannot_mean_pool_keeps_the_classifier_reading(tmp_pat
     checkpoint = _pooling_config(save_text_checkpoint(tmp_path / "ckpt", "mpnet"), pooling_mode_mean_tokens=True)
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
     layers = model.config.num_hidden_layers
-    message = pooling.adopt(model, pooling.checkpoint_pooling(str(checkpoint)))
+    message = pooling.adopt(model, _pooling_of(checkpoint))
     assert "cannot be made into a mean-pooling layer" in message
     assert model.config.num_hidden_layers == layers and len(model.mpnet.encoder.layer) == layers
     assert getattr(model.config, pooling.CONFIG_KEY, None) is None
@@ -166,6 +173,66 @@ def test_checkpoint_pooling_false_keeps_the_classifier_reading(tmp_path):
     TransferRun(run, TextTask(run.data)).execute()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["num_hidden_layers"] == 3 and "hftransfer_pooling" not in config
+
+
+def test_a_masked_lm_checkpoint_reads_the_first_token_through_a_fixed_pooler_not_a_random_one(tmp_path, caplog,
+                                                                                             capsys):
+    """Before, its pooler started random and, as the top of the frozen base, stayed random in the head stage (the
+    load report saying so was hidden). Now it is the fixed pass-through, in the run and in the freeze report."""
+    checkpoint = masked_lm_checkpoint(tmp_path / "mlm")
+    assert not any("pooler" in k for k in load_file(checkpoint / "model.safetensors"))
+    with caplog.at_level("INFO"):
+        model, _, _ = load_model(TextTask(), ModelArguments(model_name_or_path=str(checkpoint)), ["bad", "good"])
+    assert "the checkpoint has no weights for bert.pooler" in caplog.text
+    assert "initialised at random" not in caplog.text  # the pooler was the only weight missing from the base
+    dense = model.bert.pooler.dense
+    assert torch.equal(dense.weight, pooling.POOLER_SCALE * torch.eye(32)) and not dense.bias.any()
+    assert model.config.hftransfer_pooling["pooler_untrained"]
+    assert "bert.pooler.dense.weight" not in freezing.resolve(model, freezing.FreezePlan("full"))  # never trains
+    cli.main(["freeze-report", str(checkpoint)])
+    assert "the checkpoint has no weights for bert.pooler" in capsys.readouterr().out
+    reviews = write_reviews_csv(tmp_path / "reviews.csv", repeat=1)
+    run = parse_args(["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
+                      str(tmp_path / "out"), "--strategy", "feature_extraction", "--head_epochs", "1",
+                      "--disable_tqdm", "true"])
+    transfer = TransferRun(run, TextTask(run.data))
+    transfer.execute()
+    assert "the checkpoint had no weights for the pooler" in (tmp_path / "out" / "README.md").read_text()
+    check_reload(transfer, tmp_path / "out", AutoModelForSequenceClassification, "text-classification")
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        model, _, _ = load_model(TextTask(), ModelArguments(model_name_or_path=str(checkpoint),
+                                                            checkpoint_pooling=False), ["bad", "good"])
+    assert "Not in the checkpoint, so initialised at random by this run: bert.pooler.dense." in caplog.text
+    assert not torch.equal(model.bert.pooler.dense.weight, pooling.POOLER_SCALE * torch.eye(32))
+
+
+def test_albert_s_pooler_a_single_linear_layer_is_fixed_the_same_way(tmp_path):
+    """ALBERT's pooler is the dense layer itself (BERT's holds one); a masked-LM ALBERT has no weights for it."""
+    import transformers as tf
+
+    sizes = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 37, "embedding_size": 16}
+    tf.AlbertForMaskedLM(tf.AlbertConfig(**sizes)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2")).save_pretrained(tmp_path)
+    model, _, _ = load_model(TextTask(), ModelArguments(model_name_or_path=str(tmp_path)), ["bad", "good"])
+    assert torch.equal(model.albert.pooler.weight, pooling.POOLER_SCALE * torch.eye(32))
+    assert model.config.hftransfer_pooling["pooler"] == "albert.pooler"
+
+
+def test_weights_a_checkpoint_lacks_inside_the_base_are_named(tmp_path, caplog):
+    """transformers' load report is replaced by the new head's line; what it says of the base is said still."""
+    checkpoint = masked_lm_checkpoint(tmp_path / "mlm", drop="encoder.layer.")
+    with caplog.at_level("INFO"):
+        load_model(TextTask(), ModelArguments(model_name_or_path=str(checkpoint)), ["bad", "good"])
+    assert "initialised at random by this run: bert.encoder.layer.0.attention.output.LayerNorm" in caplog.text
+    assert " and 16 more. They train only in the stages that train the base" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        load_model(TextTask(), ModelArguments(model_name_or_path=str(save_text_checkpoint(tmp_path / "bert", "bert"))),
+                   ["bad", "good"])
+    assert "initialised at random" not in caplog.text and "New head: classifier" in caplog.text
 
 
 @pytest.mark.usefixtures("local_hub")
@@ -228,7 +295,7 @@ def test_a_checkpoint_in_the_sentence_transformers_1_layout_trains_as_its_flat_c
     assert classify("a fine film")[0]["label"] in {"good", "bad"}
     modules[0].update(path="0_BERT", type="sentence_transformers.models.BERT")  # as 0.2 named it
     (old / "modules.json").write_text(json.dumps(modules))
-    assert pooling.encoder_subfolder(str(old)) == "0_BERT"
+    assert pooling.CheckpointModules.read(str(old)).encoder_subfolder == "0_BERT"
 
 
 @pytest.mark.parametrize("mode, expected", [
@@ -243,7 +310,7 @@ def test_a_decoder_embedding_checkpoint_is_told_apart_by_its_last_token_reading(
     checkpoint = _pooling_config(save_decoder_checkpoint(tmp_path / "ckpt", "qwen2"), **{mode: True})
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
     layers = model.config.num_hidden_layers
-    assert expected in pooling.adopt(model, pooling.checkpoint_pooling(str(checkpoint)))
+    assert expected in pooling.adopt(model, _pooling_of(checkpoint))
     assert model.config.num_hidden_layers == layers and getattr(model.config, pooling.CONFIG_KEY, None) is None
 
 
@@ -264,7 +331,7 @@ def test_the_lora_adapter_gives_the_merged_models_logits_on_the_base_with_its_po
         base = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2,
                                                                   ignore_mismatched_sizes=True)
         if adopted:
-            pooling.adopt(base, pooling.checkpoint_pooling(str(checkpoint)))
+            pooling.adopt(base, _pooling_of(checkpoint))
         model = PeftModel.from_pretrained(base, str(tmp_path / "out" / "lora_adapter")).eval()
         with torch.no_grad():
             logits[adopted] = model(**batch).logits

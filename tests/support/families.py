@@ -165,6 +165,21 @@ def save_text_checkpoint(folder: Path, family: str) -> Path:
     return folder
 
 
+def masked_lm_checkpoint(folder, drop: str = "") -> Path:
+    """A BERT saved as a masked LM, as domain-adapted checkpoints are: no pooler weights (nor those named `drop`)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    config = tf.BertConfig(**{k: v for k, v in TEXT_SIZES.items() if k != "num_labels"})
+    tf.BertForMaskedLM(config).save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not (drop and drop in k)}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    minilm_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def save_spm_tokenizer(folder: Path) -> int:
     """The tokenizer files of `microsoft/deberta-v3-*` as the Hub ships them: a SentencePiece `spm.model` (trained
     here on the test texts, with v3's ids: [PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3) and a `tokenizer_config.json`, no
