@@ -30,7 +30,9 @@ class ModelArguments:
                                          "repositories you trust."})
     checkpoint_pooling: bool = field(
         default=True, metadata={"help": "Classify with the pooling a sentence-transformers checkpoint was trained "
-                                        "with (its modules.json: mean or first token). false: the classifier's own."})
+                                        "with (its modules.json: mean or first token), and read the first token "
+                                        "through a fixed pooler where the checkpoint has no pooler weights (a "
+                                        "masked-LM BERT). false: the classifier's own reading, its pooler as loaded."})
 
 
 @dataclass

@@ -101,8 +101,10 @@ class FeatureStore:
             found = [path.is_file()]
             stored = None
             if all(gather_object(found) if self.args.world_size > 1 else found):
-                stored = features.load(path, f"Features ({split})")
-            if stored is not None and self._on_main_process(lambda: self._still_holds(model, split, stored[0])):
+                stored = features.load(path)
+            if stored is not None and self._on_main_process(
+                    lambda: self._still_holds(model, split, stored[0], layout, precision)):
+                logger.info("Features (%s): reusing cached features %s", split, path)
                 matrix, labels = stored
             else:
                 matrix, labels = self._extract(model, split, layout, precision)
@@ -113,21 +115,26 @@ class FeatureStore:
                                                            model.main_input_name)
         return self._features[memo]
 
-    def _still_holds(self, model, split: str, matrix: torch.Tensor) -> bool:
+    def _still_holds(self, model, split: str, matrix: torch.Tensor, layout, precision) -> bool:
         """Whether stored features are what the base computes now, on the first rows: the key cannot see all that
         changes the base (weights the checkpoint lacked, initialised by each run's seed; a Hub revision that moved)."""
         rows = self.row_order(split)[:CHECKED_ROWS]
         batch = self.collator([self.inputs[split][i] for i in rows])
         model.eval()
-        with torch.inference_mode(), features.Precision.of(self.args).autocast():
+        with torch.inference_mode(), precision.autocast():
             now = features.base_features(model, {k: v.to(self.args.device) for k, v in batch.items()
-                                                 if k != "labels"}, self.layout(model)).cpu()
+                                                 if k != "labels"}, layout).cpu()
         stored = matrix[:len(rows)]
-        error = ((now - stored).norm(dim=1) / stored.norm(dim=1).clamp_min(1e-6)).max().item()
-        if error > STALE_ERROR:
-            logger.warning("The cached features of %s differ from what the base computes now (relative error %.2g "
-                           "on its first rows): extracting them again", split, error)
-        return error <= STALE_ERROR
+        if now.shape != stored.shape:
+            difference = f"{stored.shape[1]} numbers an example stored, {now.shape[1]} computed"
+        else:
+            error = ((now - stored).norm(dim=1) / stored.norm(dim=1).clamp_min(1e-6)).max().item()
+            if error <= STALE_ERROR:
+                return True
+            difference = f"relative error {error:.2g} on its first rows"
+        logger.warning("The cached features of %s differ from what the base computes now (%s): extracting them "
+                       "again", split, difference)
+        return False
 
     def row_order(self, split: str) -> list[int]:
         """The dataset row of each feature row: extraction runs shortest inputs first where lengths vary."""

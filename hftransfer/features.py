@@ -363,9 +363,8 @@ def cache_path(key: str) -> Path:
     return cache_root() / "features" / f"{key}.safetensors"
 
 
-def load(path: Path, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     stored = load_file(path)
-    logger.info("%s: reusing cached features %s", desc, path)
     return stored["features"], stored["labels"]
 
 

@@ -55,17 +55,20 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
                head_hidden_sizes: list[int] = (), head_dropout: float = 0.0):
     """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one.
     What transformers or the Hub cannot find (no such folder, repo, revision or file; no network) is transformers'
-    own message on one line that names the checkpoint, not a traceback."""
+    own message, naming the checkpoint, without a traceback. Those errors carry no errno; the system's (a full disk,
+    no permission on the cache) do, and are not the checkpoint's: they are raised as they are."""
     try:
         return _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout)
     except OSError as err:
+        if err.errno is not None:
+            raise
         raise ModelError(f"--model_name_or_path {model_args.model_name_or_path}: {err}") from err
 
 
 def _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout):
     path = zoo.resolve(model_args.model_name_or_path)
-    if path.startswith(("/", ".")) and not Path(path).is_dir():  # transformers would read it as a malformed Hub id
-        raise ModelError(f"--model_name_or_path {path}: no such folder")
+    if path.startswith(("/", ".", "~")) and not Path(path).is_dir():  # transformers: "a malformed Hub id"
+        raise ModelError(f"--model_name_or_path {path}: not a folder")
     modules = pooling.CheckpointModules.read(path, model_args.model_revision, model_args.cache_dir)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
               "trust_remote_code": model_args.trust_remote_code, **_encoder_folder(modules)}
@@ -132,14 +135,18 @@ def _encoder_folder(modules: pooling.CheckpointModules) -> dict:
 
 
 def not_in_checkpoint(loading: dict) -> set[str]:
-    """The parameters `from_pretrained` initialised itself (its load report): missing from the checkpoint, or of
-    another shape there (`ignore_mismatched_sizes`)."""
-    return set(loading["missing_keys"]) | {key[0] for key in loading["mismatched_keys"]}
+    """The weights `from_pretrained` initialised itself (its load report): missing from the checkpoint, or of
+    another shape there (`ignore_mismatched_sizes`). BatchNorm's batch counters are left out: checkpoints converted
+    from older code lack them, and they change no output."""
+    found = set(loading["missing_keys"]) | {key[0] for key in loading["mismatched_keys"]}
+    return {name for name in found if not name.endswith("num_batches_tracked")}
 
 
 def _warn_untrained(model, untrained: set[str]) -> None:
     """The load report transformers would print, for what it says beyond the new head (whose own line replaces it)
     and the fixed pooling: weights the run starts at random inside the base, which a frozen base keeps random."""
+    if not untrained:
+        return
     fixed_or_head = {n for g in param_groups(model) if g.name in ("head", POOLING_GROUP) for n in g.params}
     modules = sorted({name.rsplit(".", 1)[0] for name in untrained - fixed_or_head})
     if modules:

@@ -163,15 +163,24 @@ def test_config_errors_come_before_training(tmp_path, image_folders, capsys):
 
 
 @pytest.mark.usefixtures("local_hub")
-def test_a_checkpoint_the_hub_or_the_disk_does_not_have_is_one_line_that_names_it(tmp_path, capsys):
-    """transformers' own message, without the traceback it came with before."""
+def test_a_checkpoint_the_hub_or_the_disk_does_not_have_is_an_error_that_names_it(tmp_path, capsys):
+    """transformers' own message, without the traceback it came with before; a system error (here a cache folder
+    that is a file) is not the checkpoint's fault and keeps its own type."""
+    from support.hub_server import upload
+
     reviews = write_reviews_csv(tmp_path / "reviews.csv")
     for name, expected in [("alice/no-such-model", "is not a local folder and is not a valid model identifier"),
-                           (str(tmp_path / "no-such-folder"), "no such folder")]:
+                           (str(tmp_path / "no-such-folder"), "not a folder")]:
         message, out = recipe(capsys, "text.py", "--model_name_or_path", name, "--train_file", str(reviews),
                               "--output_dir", str(tmp_path / "out"))
         assert message.startswith(f"error: --model_name_or_path {name}: ") and expected in message, message
         assert "Traceback" not in out and "{'loss'" not in out
+    repo = upload(save_tiny_text_checkpoint(tmp_path / "ckpt", "bert"), "tiny-bert")
+    (tmp_path / "cache-file").write_text("")
+    with pytest.raises(OSError) as raised:
+        recipe(capsys, "text.py", "--model_name_or_path", repo, "--train_file", str(reviews), "--cache_dir",
+               str(tmp_path / "cache-file"), "--output_dir", str(tmp_path / "out"))
+    assert raised.value.errno is not None
 
 
 def test_a_model_that_cannot_run_on_the_runs_inputs_is_an_error_before_training(tmp_path, image_folders, capsys):

@@ -2,6 +2,8 @@
 
 import copy
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +162,7 @@ def test_stored_features_the_base_no_longer_computes_are_extracted_again(tmp_pat
     with caplog.at_level(logging.INFO, logger="hftransfer"):
         second = run(2, "b")
     assert "The cached features of train differ from what the base computes now" in caplog.text
+    assert "reusing cached features" not in caplog.text
     store, model = second.store, second.model
     rows = store.row_order("train")[:8]
     batch = store.collator([store.inputs["train"][i] for i in rows])
@@ -171,3 +174,9 @@ def test_stored_features_the_base_no_longer_computes_are_extracted_again(tmp_pat
     with caplog.at_level(logging.INFO, logger="hftransfer"):
         run(2, "c")  # the same seed: what the second run stored is reused
     assert caplog.text.count("reusing cached features") == 2 and "differ from" not in caplog.text
+    stored = re.search(r"Features \(train\): reusing cached features (\S+)", caplog.text).group(1)
+    features.store(Path(stored), torch.zeros(len(store.inputs["train"]), 5), store.features(model, "train").labels)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        run(2, "d")  # a file of another width under the same key (a Hub model re-pushed with another hidden size)
+    assert "differ from what the base computes now (5 numbers an example stored, 32 computed)" in caplog.text

@@ -138,3 +138,23 @@ def test_the_forward_check_changes_no_batchnorm_statistics_and_draws_no_random_n
     assert torch.equal(model.norm.running_mean, torch.zeros(2)) and int(model.norm.num_batches_tracked) == 0
     assert torch.equal(torch.random.get_rng_state(), state)
     assert model.training and model.norm.training and model.drop.training
+
+
+def test_batch_counters_a_checkpoint_lacks_are_no_warning_its_running_statistics_are(tmp_path, caplog):
+    """Checkpoints converted from older code lack BatchNorm's `num_batches_tracked` (which changes no output); a
+    missing running mean leaves the layer at fresh statistics, which does."""
+    from safetensors.torch import load_file, save_file
+
+    path = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2", num_labels=3)
+    weights = load_file(path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")},
+              path / "model.safetensors", metadata={"format": "pt"})
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        load(path, ["cat", "dog"])
+    assert "initialised at random" not in caplog.text
+    first_mean = next(k for k in weights if k.endswith("running_mean"))
+    save_file({k: v for k, v in weights.items() if k != first_mean}, path / "model.safetensors",
+              metadata={"format": "pt"})
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        load(path, ["cat", "dog"])
+    assert f"initialised at random by this run: {first_mean.rsplit('.', 1)[0]}." in caplog.text
