@@ -118,17 +118,20 @@ class Staging:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
         for name in written_in_place:
-            written += [p.relative_to(self.output_dir).as_posix() for p in (self.output_dir / name).rglob("*")
-                        if p.is_file()]
+            written += self._files_in(name)
         try:
             listed = set(read_json(self.output_dir / MANIFEST) or [])
         except ValueError:  # cut short: nothing can be told from it
             listed = set()
-        listed |= {p.relative_to(self.output_dir).as_posix() for name in set(owned) - set(written_in_place)
-                   for p in (self.output_dir / name).rglob("*") if p.is_file()}
+        for name in set(owned) - set(written_in_place):
+            listed.update(self._files_in(name))
         self._remove_stale(listed - set(written))
         write_json_atomic(self.output_dir / MANIFEST, sorted(written))
         shutil.rmtree(self.folder)
+
+    def _files_in(self, name: str) -> list[str]:
+        """The files under the output folder's `name`, as the list names them."""
+        return [p.relative_to(self.output_dir).as_posix() for p in (self.output_dir / name).rglob("*") if p.is_file()]
 
     def _remove_stale(self, names: set[str]) -> None:
         root = self.output_dir.resolve()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_image_folder, save_tiny_checkpoint, save_tiny_text_checkpoint, write_reviews_csv
 from PIL import Image
-from support.hub_server import local_hub  # noqa: F401 - a fixture
+from support.hub_server import local_hub, upload  # noqa: F401 - a fixture
 
 from hftransfer.args import DataArguments
 from hftransfer.data import DataError, prepare_splits
@@ -166,8 +166,6 @@ def test_config_errors_come_before_training(tmp_path, image_folders, capsys):
 def test_a_checkpoint_the_hub_or_the_disk_does_not_have_is_an_error_that_names_it(tmp_path, capsys):
     """transformers' own message, without the traceback it came with before; a system error (here a cache folder
     that is a file) is not the checkpoint's fault and keeps its own type."""
-    from support.hub_server import upload
-
     reviews = write_reviews_csv(tmp_path / "reviews.csv")
     for name, expected in [("alice/no-such-model", "is not a local folder and is not a valid model identifier"),
                            (str(tmp_path / "no-such-folder"), "not a folder")]:
