@@ -28,17 +28,6 @@ from . import zoo
 from .strategies import ONE_STAGE
 
 
-def _load_for_report(model_name_or_path: str, trust_remote_code: bool):
-    """Any sequence or image classifier and the parameters its checkpoint lacked; its task is read from the config,
-    so no flag is needed."""
-    from .modeling import load_classifier
-
-    try:
-        return load_classifier(model_name_or_path, trust_remote_code=trust_remote_code)
-    except ValueError as err:
-        raise SystemExit(f"{model_name_or_path}: {err}") from None
-
-
 def _yes_no(value: str) -> bool:
     """A boolean flag's value as the recipes' parser reads it (`true`/`false`, `yes`/`no`, `1`/`0`)."""
     answers = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -49,8 +38,9 @@ def _yes_no(value: str) -> bool:
 
 def freeze_report(args) -> None:
     from . import freezing, pooling
+    from .modeling import load_classifier
 
-    model, untrained = _load_for_report(args.model, args.trust_remote_code)
+    model, untrained = load_classifier(args.model, trust_remote_code=args.trust_remote_code)  # its task from config
     if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
         adopted = pooling.adopt(model, pooling.CheckpointModules.read(zoo.resolve(args.model)).pooling, untrained)
         if adopted:
@@ -227,7 +217,14 @@ def main(argv: list[str] | None = None) -> None:
     space.add_argument("--hub_token", help="default: HF_TOKEN or the stored login")
     space.set_defaults(func=publish_space_command)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ValueError as err:
+        from .anatomy import ModelError  # here, not at the top: `hftransfer zoo list` starts without torch
+
+        if not isinstance(err, ModelError):  # a model that is not there, or not one hftransfer can use
+            raise
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -14,23 +14,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import hardware, zoo
+from . import hardware
 from .args import DataArguments
 from .outputs import EXAMPLES_FOLDER, ONNX_FILE, REPORT_DIR, OutputFolder
-from .tasks import task_for_config
 
 TOP_K = 5
 
 
 def model_folder(model: str) -> Path:
-    """A local folder with the model's files: the folder itself, a zoo entry, or a Hub snapshot (weights too)."""
-    local = Path(zoo.resolve(model))
+    """A local folder with the model's files: the folder itself, a zoo entry, or a Hub snapshot (weights too). What
+    is not there is an error naming the model (`modeling.checkpoint_path`, `modeling.checkpoint_errors`)."""
+    from .modeling import checkpoint_errors, checkpoint_path
+
+    with checkpoint_errors(model):
+        local = Path(checkpoint_path(model))
     if local.is_dir():
         return local
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(model, allow_patterns=["*.json", "*.md", "*.txt", "*.safetensors", "*.model",
-                                                         "*.onnx", f"{REPORT_DIR}/*", f"{EXAMPLES_FOLDER}/*"]))
+    with checkpoint_errors(f"{model} (no such folder here, so read as a Hub id)"):
+        return Path(snapshot_download(model, allow_patterns=["*.json", "*.md", "*.txt", "*.safetensors", "*.model",
+                                                             "*.onnx", f"{REPORT_DIR}/*", f"{EXAMPLES_FOLDER}/*"]))
 
 
 def is_exported(folder: Path) -> bool:
@@ -86,10 +90,13 @@ class Predictor:
     def __init__(self, model: str | Path, engine: str | None = None, device: str | None = None):
         from transformers import AutoConfig
 
+        from .modeling import checkpoint_errors, classifier_task
+
         self.folder = model_folder(str(model))
-        config = AutoConfig.from_pretrained(self.folder)
+        with checkpoint_errors(str(model)):  # a Hub repository without a config
+            config = AutoConfig.from_pretrained(self.folder)
         settings = (OutputFolder(self.folder).run or {}).get("settings") or {}
-        self.task = task_for_config(config)().with_data(DataArguments.from_settings(settings))  # the run's columns
+        self.task = classifier_task(config, str(model))().with_data(DataArguments.from_settings(settings))
         self.processor = self.task.load_processor(str(self.folder))
         self.labels = [config.id2label[i] for i in sorted(config.id2label)]
         self.multi_label = config.problem_type == "multi_label_classification"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HFValidationError
 from torch import nn
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
@@ -51,24 +53,48 @@ def _require_safetensors(path: str, name: str) -> None:
                      + (f", path being {folder}." if str(folder) != name else "."))
 
 
-def load_model(task, model_args, labels: list[str], multi_label: bool = False,
-               head_hidden_sizes: list[int] = (), head_dropout: float = 0.0):
-    """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one.
-    What transformers or the Hub cannot find (no such folder, repo, revision or file; no network) is transformers'
-    own message, naming the checkpoint, without a traceback. Those errors carry no errno; the system's (a full disk,
-    no permission on the cache) do, and are not the checkpoint's: they are raised as they are."""
+def checkpoint_path(name: str, label: str | None = None) -> str:
+    """Where to load the model `name` from: a zoo entry's folder, a local folder, or the Hub id as given. A path
+    that is no folder, or a folder with nothing saved in it, is an error naming it (`label`, default the name), where
+    transformers would call the first a malformed Hub id and the second a config without a `model_type`."""
+    label = label or name
+    path = zoo.resolve(name)
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        if path.startswith(("/", ".", "~")) or folder.exists():
+            raise ModelError(f"{label}: not a folder")
+        return path
+    if not any((folder / file).is_file() for file in ("config.json", "modules.json")):  # modules.json: ST 1.x
+        raise ModelError(f"{label}: no config.json in this folder, so no model saved there (a run's output_dir, "
+                         "or a folder written by `save_pretrained`)")
+    return str(folder)
+
+
+@contextmanager
+def checkpoint_errors(label: str):
+    """What transformers or the Hub cannot find (no such repo, revision or file; no network; a malformed Hub id) as
+    a ModelError naming the model (`label`), reported without a traceback. Those errors carry no errno; the
+    system's (a full disk, no permission on the cache) do, are not the model's, and are raised as they are."""
     try:
-        return _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout)
+        yield
+    except HFValidationError as err:
+        raise ModelError(f"{label}: {err}") from err
     except OSError as err:
         if err.errno is not None:
             raise
-        raise ModelError(f"--model_name_or_path {model_args.model_name_or_path}: {err}") from err
+        raise ModelError(f"{label}: {err}") from err
+
+
+def load_model(task, model_args, labels: list[str], multi_label: bool = False,
+               head_hidden_sizes: list[int] = (), head_dropout: float = 0.0):
+    """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one.
+    What is missing is an error naming the checkpoint (`checkpoint_path`, `checkpoint_errors`)."""
+    with checkpoint_errors(f"--model_name_or_path {model_args.model_name_or_path}"):
+        return _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout)
 
 
 def _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout):
-    path = zoo.resolve(model_args.model_name_or_path)
-    if path.startswith(("/", ".", "~")) and not Path(path).is_dir():  # transformers: "a malformed Hub id"
-        raise ModelError(f"--model_name_or_path {path}: not a folder")
+    path = checkpoint_path(model_args.model_name_or_path, f"--model_name_or_path {model_args.model_name_or_path}")
     modules = pooling.CheckpointModules.read(path, model_args.model_revision, model_args.cache_dir)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
               "trust_remote_code": model_args.trust_remote_code, **_encoder_folder(modules)}
@@ -179,11 +205,19 @@ def _reinitialise(model, module: nn.Module) -> None:
         model._init_weights(module)
 
 
-def auto_class_for(config):
+def auto_class_for(config, name: str):
     """The `AutoModelFor...Classification` class that maps this config: no task flag is needed to load a model."""
+    return classifier_task(config, name)().auto_model_class
+
+
+def classifier_task(config, name: str):
+    """The task adapter of a saved classifier's config; a config no task classifies is an error naming the model."""
     from .tasks import task_for_config
 
-    return task_for_config(config)().auto_model_class
+    try:
+        return task_for_config(config)
+    except ValueError as err:
+        raise ModelError(f"{name}: {err}") from None
 
 
 def load_trained(model_name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
@@ -199,19 +233,20 @@ def load_classifier(model_name_or_path: str, revision: str = "main", trust_remot
     `__init__`, so `from_pretrained` (and its key conversions between checkpoint layouts) fills it; plain
     `from_pretrained` would drop the head's weights and start a random linear one.
     """
-    path = zoo.resolve(model_name_or_path)
-    common = {"revision": revision, "trust_remote_code": trust_remote_code}
-    if Path(path).is_dir():  # a checkpoint's freeze report; Hub ids are trained models here, never in the 1.x layout
-        common.update(_encoder_folder(pooling.CheckpointModules.read(path)))
-    _require_safetensors(str(Path(path, common.get("subfolder", ""))), model_name_or_path)
-    config = AutoConfig.from_pretrained(path, **common)
-    auto_class = auto_class_for(config)
-    if getattr(config, heads.CONFIG_KEY, None):
-        auto_class = heads.with_mlp_head(auto_class._model_mapping[type(config)])
-    # float32 whatever the file holds: a model saved by a bf16 engine (DeepSpeed keeps bf16 weights) would otherwise
-    # load in bf16 and refuse the float32 inputs every processor makes
-    model, loading = auto_class.from_pretrained(path, config=config, use_safetensors=True, dtype=torch.float32,
-                                                output_loading_info=True, **common)
+    with checkpoint_errors(model_name_or_path):
+        path = checkpoint_path(model_name_or_path)
+        common = {"revision": revision, "trust_remote_code": trust_remote_code}
+        if Path(path).is_dir():  # a checkpoint's freeze report; Hub ids are trained models, never in the 1.x layout
+            common.update(_encoder_folder(pooling.CheckpointModules.read(path)))
+        _require_safetensors(str(Path(path, common.get("subfolder", ""))), model_name_or_path)
+        config = AutoConfig.from_pretrained(path, **common)
+        auto_class = auto_class_for(config, model_name_or_path)
+        if getattr(config, heads.CONFIG_KEY, None):
+            auto_class = heads.with_mlp_head(auto_class._model_mapping[type(config)])
+        # float32 whatever the file holds: a model saved by a bf16 engine (DeepSpeed keeps bf16 weights) would
+        # otherwise load in bf16 and refuse the float32 inputs every processor makes
+        model, loading = auto_class.from_pretrained(path, config=config, use_safetensors=True, dtype=torch.float32,
+                                                    output_loading_info=True, **common)
     return model.eval(), not_in_checkpoint(loading)
 
 

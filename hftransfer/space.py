@@ -24,11 +24,14 @@ NOT_IN_SPACE_PACKAGE = ("__pycache__", "samples", TEMPLATE_DIR.name)
 
 
 def stage_space(model: str, target: Path) -> Path:
-    """Lay out the Space's files in `target`: app, front matter, requirements, package, and the model or its id."""
+    """Lay out the Space's files in `target`: app, front matter, requirements, package, and the model or its id. A
+    path that is not a model's folder is an error (`modeling.checkpoint_path`), not a Hub id in `model_id.txt`."""
+    from .modeling import checkpoint_path
+
+    local = Path(checkpoint_path(model))
     for name in SPACE_FILES:
         shutil.copy2(TEMPLATE_DIR / name, target / name)
     shutil.copytree(PACKAGE_DIR, target / "hftransfer", ignore=shutil.ignore_patterns(*NOT_IN_SPACE_PACKAGE))
-    local = Path(model)
     if local.is_dir():
         found = problems(local)
         if found:
@@ -46,10 +49,13 @@ def publish_space(model: str, space_id: str, token: str | None = None, private: 
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    if "/" not in space_id:
-        space_id = f"{api.whoami()['name']}/{space_id}"
     with tempfile.TemporaryDirectory() as staging:
-        folder = stage_space(model, Path(staging))
+        folder = stage_space(model, Path(staging))  # the model checked before the Hub is asked anything
+        if (folder / "model_id.txt").is_file() and not api.repo_exists(model):
+            raise PushError(f"{model}: no such model on the Hub, or none this token can read: the Space would "
+                            "load nothing")
+        if "/" not in space_id:
+            space_id = f"{api.whoami()['name']}/{space_id}"
         url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
                           commit_message="Demo of a model trained with hftransfer")

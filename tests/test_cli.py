@@ -1,8 +1,10 @@
 import json
+import re
 import types
 
 import pytest
 from conftest import save_tiny_checkpoint
+from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
 
 from hftransfer import cli
 
@@ -49,3 +51,39 @@ def test_zoo_list_and_prepare(mobilenet_zoo, hftransfer):
     assert listed.returncode == 0 and "zoo:mobilenet_v2" in listed.stdout and "built" in listed.stdout
     prepared = hftransfer("zoo", "prepare", "mobilenet_v2")
     assert prepared.stdout.strip() == str(mobilenet_zoo)
+
+
+def test_a_model_that_is_not_there_is_an_error_naming_it_in_every_command(tmp_path, hftransfer, local_hub):  # noqa: F811
+    """A path that is no folder (transformers would call it a malformed Hub id), a file, a folder with nothing saved,
+    a Hub repository that does not exist, and a config no task classifies: an exit message that names what was
+    given, no traceback, and nothing published (`publish-space` wrote a missing path into the Space as a Hub id, and
+    published a Space for a model the Hub does not have)."""
+    from transformers import WhisperConfig
+
+    from hftransfer.anatomy import ModelError
+    from hftransfer.demo import serve
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("")
+    WhisperConfig().save_pretrained(tmp_path / "speech")
+    says = {"missing": "not a folder", "a-file": "not a folder", "empty": "no config.json in this folder",
+            f"{USER}/no-such-model": "no-such-model", "speech": "WhisperConfig is a classifier of none of the tasks"}
+    checked_first = {("freeze-report", "speech"): "no safetensors weights",  # before the config, as a run does
+                     ("publish-space", "speech"): "config.json has no", ("publish-space", "missing"): "not a folder",
+                     ("publish-space", f"{USER}/no-such-model"): "no such model on the Hub"}
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\nfine\n")
+    for name, expected in says.items():
+        model = name if "/" in name else str(tmp_path / name)
+        for command in (["predict", model, str(texts), "--output", str(tmp_path / "out.csv")],
+                        ["export", model, "--output", str(tmp_path / "exported")], ["freeze-report", model],
+                        ["publish-space", "--model", model, "--space_id", "demo", "--hub_token", TOKEN]):
+            done = hftransfer(*command)
+            first_line = done.stderr.splitlines()[0] if done.stderr else ""
+            assert done.returncode == 1 and first_line.startswith("error: ") and model in first_line, (command, done)
+            assert checked_first.get((command[0], name), expected) in done.stderr, (command, done.stderr)
+            assert "Traceback" not in done.stderr + done.stdout
+        with pytest.raises(ModelError, match=re.escape(expected)):  # `hftransfer demo` restarts its process: in
+            serve(model)  # here, what it runs
+    assert not [repo for repo in local_hub.repos if repo.startswith("spaces/")]
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()

@@ -210,7 +210,7 @@ def test_space_folder_runs_as_it_is(text_model, tmp_path):
 
 def test_publish_space_uploads_app_package_and_model(local_hub, text_model, tmp_path):
     from huggingface_hub import SpaceCard
-    from support.hub_server import TOKEN, USER
+    from support.hub_server import TOKEN, USER, upload
 
     from hftransfer import cli
 
@@ -223,6 +223,7 @@ def test_publish_space_uploads_app_package_and_model(local_hub, text_model, tmp_
     card = SpaceCard(files["README.md"].decode())
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.sdk_version
 
+    upload(text_model, "some-model")
     cli.main(["publish-space", "--model", f"{USER}/some-model", "--space_id", "hub-demo", "--hub_token", TOKEN])
     files = local_hub.files(f"{USER}/hub-demo", repo_type="space")
     assert files["model_id.txt"].decode().strip() == f"{USER}/some-model" and "model/config.json" not in files
