@@ -5,9 +5,10 @@ curves, freeze plan, comparison) and Model card tab. Image and text models are t
 the task adapter supplies the input widget and the preprocessing, so the demo preprocesses exactly as training did.
 
 Fast by construction: the model loads once (an output folder in PyTorch, an exported folder in onnxruntime:
-`inference.Predictor`), predictions run on batches Gradio gathers (`batch=True`), and each input is first checked on its own (a cheap header read), so one bad upload is a clear
-message to its sender and never fails the batch it would have joined. Gradio is imported here only: the core
-works without it.
+`inference.Predictor`), predictions run on batches Gradio gathers (`batch=True`), and each browser input is first
+checked on its own (a cheap header read), so one bad upload is a clear message to its sender and never fails the batch
+it would have joined. API callers reach the batch directly: their inputs are checked there (README, the demo). Gradio
+is imported here only: the core works without it.
 """
 
 from __future__ import annotations
