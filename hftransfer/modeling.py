@@ -59,15 +59,16 @@ def checkpoint_path(name: str, label: str | None = None) -> str:
     transformers would call the first a malformed Hub id and the second a config without a `model_type`."""
     label = label or name
     path = zoo.resolve(name)
-    folder = Path(path).expanduser()
+    folder = Path(path)
     if not folder.is_dir():
         if path.startswith(("/", ".", "~")) or folder.exists():
-            raise ModelError(f"{label}: not a folder")
+            home = " (a quoted ~ is not the home folder: write it out)" if path.startswith("~") else ""
+            raise ModelError(f"{label}: not a folder{home}")
         return path
     if not any((folder / file).is_file() for file in ("config.json", "modules.json")):  # modules.json: ST 1.x
         raise ModelError(f"{label}: no config.json in this folder, so no model saved there (a run's output_dir, "
                          "or a folder written by `save_pretrained`)")
-    return str(folder)
+    return path
 
 
 @contextmanager
