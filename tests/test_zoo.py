@@ -51,7 +51,7 @@ def test_zoo_entry_is_a_complete_hf_folder(mobilenet_zoo):
 
 
 def test_unknown_entry_lists_the_known_ones():
-    with pytest.raises(KeyError, match="mobilenet_v2"):
+    with pytest.raises(zoo.ZooError, match="mobilenet_v2"):
         zoo.prepare("zoo:resnet9000")
 
 
