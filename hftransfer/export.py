@@ -47,10 +47,13 @@ class ExportError(ValueError):
 
 def export(model: str, output: str | Path, quantize: str | None = None, max_int8_drop: float = 1.0) -> dict:
     """Export `model` (an output folder or a Hub id) into `output`; returns what export.json records."""
+    if max_int8_drop < 0:
+        raise ExportError(f"--max_int8_drop {max_int8_drop}: a number of accuracy points, 0 or more")
     source = model_folder(model)
     if is_exported(source):
         raise ExportError(f"{source} is an exported folder already; export the output folder it came from")
     output = Path(output)
+    _check_replaceable(output, source)
     staging = output.with_name(output.name + ".exporting")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -64,6 +67,19 @@ def export(model: str, output: str | Path, quantize: str | None = None, max_int8
 
     write_card(output, output.resolve().name)
     return record
+
+
+def _check_replaceable(output: Path, source: Path) -> None:
+    """The export replaces `output` whole, so only a new or empty folder, or an earlier export, may be there: never
+    the model's own folder, a folder holding it or the current one, nor a folder of anything else."""
+    target = output.resolve()
+    for held, what in ((source.resolve(), "the model being exported"), (Path.cwd().resolve(), "the current folder")):
+        if target == held or target in held.parents:
+            raise ExportError(f"--output {output}: it is or holds {what}, and the export replaces it whole; choose a "
+                              "new folder")
+    if output.exists() and not (output.is_dir() and (is_exported(output) or not any(output.iterdir()))):
+        raise ExportError(f"--output {output}: exists and is not an earlier export, and the export replaces it "
+                          "whole; choose a new or empty folder")
 
 
 def _export_into(source: Path, staging: Path, quantize: str | None, max_int8_drop: float) -> dict:

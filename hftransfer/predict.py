@@ -305,9 +305,13 @@ def rows_for(predictor, items: list[Item], scores: np.ndarray, top_k: int, thres
 class Writer:
     """CSV or JSON Lines, by the output's extension; multi-label lists joined by ';' in CSV."""
 
-    def __init__(self, output: Path):
+    def __init__(self, output: Path, inputs: list[str]):
         if output.suffix.lower() not in OUTPUT_FORMATS:
             raise PredictError(f"--output {output}: write .csv or .jsonl")
+        if output.is_dir():
+            raise PredictError(f"--output {output}: a folder; name a file in it")
+        if any(output.resolve() == Path(given).resolve() for given in inputs):
+            raise PredictError(f"--output {output}: it is an input, which the predictions would overwrite")
         self.output, self.csv = output, output.suffix.lower() == ".csv"
         self.handle = self.writer = None
 
@@ -340,7 +344,7 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     from .inference import Predictor, text_length
 
     output = Path(output)
-    writer = Writer(output)  # a wrong extension fails before the model loads
+    writer = Writer(output, inputs)  # a wrong output fails before the model loads
     predictor = Predictor(model, engine=engine)
     items = list(gather(predictor.task, inputs, predictor.labels, text_column))
     if not items:
@@ -374,6 +378,10 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
             csv.writer(handle).writerows([("input", "reason"), *summary.skipped])
         for name, reason in summary.skipped[:10]:
             logger.warning("Skipped %s: %s", name, reason)
+    if not summary.predicted:  # a text model given images, say: an empty file is no result
+        output.unlink(missing_ok=True)
+        raise PredictError(f"none of the {len(summary.skipped):,} input(s) could be read by this {predictor.task.name} "
+                           f"model (reasons in {skipped_file(output)})")
     return summary
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,6 +264,31 @@ def test_export_parity_and_predict_with_the_onnx_model(image_run, tmp_path):
     assert max(abs(float(a["score"]) - float(b["score"])) for a, b in zip(torch_rows, onnx_rows)) < 1e-4
     card = (exported / "README.md").read_text()
     assert "library_name: onnx" in card and "## Export" in card and "onnx" in card.split("---")[1]
+
+
+def test_export_replaces_only_a_new_empty_or_exported_folder(image_run, tmp_path, monkeypatch):
+    """The export replaces --output whole: it deleted a folder of the user's files, the model's own folder (its
+    weights gone) and, from inside it, the current folder's parent. Now those are refused before anything is
+    written; an earlier export is replaced."""
+    root, _ = image_run
+    source = root / "out"
+    mine = tmp_path / "mine"
+    (mine / "deep").mkdir(parents=True)
+    (mine / "deep" / "thesis.tex").write_text("years of work")
+    inner = tmp_path / "work" / "inner"
+    inner.mkdir(parents=True)
+    monkeypatch.chdir(inner)
+    for output, expected in [(mine, "is not an earlier export"), (source, "holds the model being exported"),
+                             (tmp_path / "work", "holds the current folder"), (Path("."), "the current folder")]:
+        with pytest.raises(ExportError, match=expected):
+            export(str(source), output)
+    assert (mine / "deep" / "thesis.tex").read_text() == "years of work" and (source / "model.safetensors").is_file()
+    assert inner.is_dir() and not list(tmp_path.glob("*.exporting"))
+    with pytest.raises(ExportError, match="--max_int8_drop -1"):
+        export(str(source), tmp_path / "int8", quantize="int8", max_int8_drop=-1)
+    export(str(source), tmp_path / "onnx")
+    export(str(source), tmp_path / "onnx")  # an earlier export is replaced
+    assert (tmp_path / "onnx" / ONNX_FILE).is_file()
 
 
 def test_export_refuses_a_graph_beyond_the_tolerance(image_run, tmp_path, monkeypatch):
