@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from .outputs import CARD, CONFIG, ONNX_FILE, STAGE_PREFIX, STAGING
@@ -27,6 +28,24 @@ TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
 
 class PushError(RuntimeError):
     pass
+
+
+@contextmanager
+def hub_errors(doing: str):
+    """What the Hub or the way to it refuses (no network, offline mode, a token it does not accept, a repository
+    it will not create) as a PushError saying what was being done, without a traceback. Errors of this machine
+    (a file that cannot be read: they carry an errno) keep theirs."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    # HfHubHTTPError and offline mode are OSErrors; a failed connection is the HTTP library's own error, the base
+    # class HfHubHTTPError shares with it (whichever library the installed huggingface_hub uses)
+    network = tuple(base for base in HfHubHTTPError.__bases__ if base is not OSError)
+    try:
+        yield
+    except (OSError, *network) as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
+        raise PushError(f"{doing}: {type(err).__name__}: {err}") from None
 
 
 def _uploaded_files(folder: Path) -> list[Path]:
@@ -104,12 +123,14 @@ def push(folder: str | Path, repo_id: str | None = None, token: str | None = Non
     api = HfApi(token=token)
     repo_id = repo_id or folder.resolve().name
     if "/" not in repo_id:
-        repo_id = f"{api.whoami()['name']}/{repo_id}"
+        with hub_errors("asking the Hub whose token this is"):
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
     if not name_card_for_repo(folder, repo_id):
         logger.warning("%s is not the card hftransfer wrote (edited?): left as it is, so its usage may not name %s; "
                        "`hftransfer card %s --model_name %s` rebuilds it", CARD, repo_id, folder, repo_id)
-    url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=commit_message,
-                      ignore_patterns=NOT_UPLOADED)
+    with hub_errors(f"uploading {folder} to {repo_id}"):
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=commit_message,
+                          ignore_patterns=NOT_UPLOADED)
     logger.info("Pushed %s to %s", folder, url)
     return str(url)

@@ -18,6 +18,7 @@ from .args import parse_args
 from .choices import Choices, choose_hardware
 from .data import DataError
 from .freezing import PatternError
+from .hub import PushError
 from .modeling import ModelError
 from .tasks import TASKS
 from .training import TransferRun
@@ -54,7 +55,7 @@ def main(task_name: str, argv: list[str] | None = None) -> dict:
     run = transfer.run
     try:
         metrics = transfer.execute()
-    except (DataError, PatternError, ModelError) as err:
+    except (DataError, PatternError, ModelError, PushError) as err:
         raise SystemExit(f"error: {err}") from None
     if run.training.should_log:
         # the metric that picked the best epochs first: macro-F1 when classes are imbalanced

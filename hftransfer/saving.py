@@ -69,7 +69,12 @@ def push(args) -> str | None:
     """`--push_to_hub`: the main process uploads the finished folder, after `hub.push`'s checks."""
     if not (args.push_to_hub and args.should_save):
         return None
-    return hub.push(args.output_dir, repo_id=args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+    try:
+        return hub.push(args.output_dir, repo_id=args.hub_model_id, token=args.hub_token,
+                        private=args.hub_private_repo)
+    except hub.PushError as err:
+        raise hub.PushError(f"{err}\nThe trained model is saved in {args.output_dir}; `hftransfer push "
+                            f"{args.output_dir}` uploads it later") from None
 
 
 def run_record(run) -> dict:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .hub import NOT_UPLOADED, PushError, problems
+from .hub import NOT_UPLOADED, PushError, hub_errors, problems
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "space_template"
@@ -51,14 +51,15 @@ def publish_space(model: str, space_id: str, token: str | None = None, private: 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as staging:
         folder = stage_space(model, Path(staging))  # the model checked before the Hub is asked anything
-        if (folder / "model_id.txt").is_file() and not _on_the_hub(api, model):
-            raise PushError(f"{model}: no such model on the Hub, or none this token can read: the Space would "
-                            "load nothing")
-        if "/" not in space_id:
-            space_id = f"{api.whoami()['name']}/{space_id}"
-        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
-                          commit_message="Demo of a model trained with hftransfer")
+        with hub_errors(f"publishing the Space {space_id}"):
+            if (folder / "model_id.txt").is_file() and not _on_the_hub(api, model):
+                raise PushError(f"{model}: no such model on the Hub, or none this token can read: the Space would "
+                                "load nothing")
+            if "/" not in space_id:
+                space_id = f"{api.whoami()['name']}/{space_id}"
+            url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+            api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
+                              commit_message="Demo of a model trained with hftransfer")
     return str(url)
 
 

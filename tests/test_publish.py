@@ -144,8 +144,26 @@ def test_hftransfer_push_uses_hf_token_from_the_environment(local_hub, trained, 
     assert local_hub.repos[f"{USER}/cli-model"]["private"] is False
     assert local_hub.files(f"{USER}/cli-model") == local_files(out)
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
-    with pytest.raises(Exception, match="401|Invalid credentials"):
+    with pytest.raises(SystemExit, match=f"^error: uploading {out} to {USER}/other: HfHubHTTPError: .*401"):
         cli.main(["push", str(out), "--repo_id", f"{USER}/other"])
+
+
+def test_what_the_hub_refuses_or_cannot_be_reached_is_an_error_saying_what_was_being_done(local_hub, trained,
+                                                                                          monkeypatch):
+    """A token the Hub does not accept, and no Hub to reach: tracebacks of the HTTP library before."""
+    from support.hub_server import point_hf_hub_at
+    from support.ports import free_port
+
+    out, _, _ = trained
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    for command, doing in [(["push", str(out), "--repo_id", "other"], "asking the Hub whose token this is"),
+                           (["publish-space", "--model", str(out), "--space_id", "demo"], "publishing the Space demo")]:
+        with pytest.raises(SystemExit, match=f"^error: {doing}: HfHubHTTPError: .*(401|token)"):
+            cli.main(command)
+    point_hf_hub_at(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(SystemExit, match=f"^error: uploading {out} to {USER}/x: ConnectError"):
+        cli.main(["push", str(out), "--repo_id", f"{USER}/x"])
+    assert not local_hub.repos
 
 
 def _break_labels(folder):
