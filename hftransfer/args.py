@@ -264,4 +264,25 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
     if rest:
         raise SystemExit(f"Unknown argument(s): {' '.join(rest)}. See --help for the settings.")
     explicit = frozenset((set(config) | _flag_names(argv)) & known)
+    _check_ranges(transfer, training)
     return RunArguments(model, data, transfer, training, explicit)
+
+
+# Rates must not be below 0 (a negative one failed inside torch's optimizer, after the data and the model had loaded;
+# 0 holds a stage still, as tests do) and stage lengths must be above it (0 epochs saved an untrained model)
+RATES = ("head_learning_rate", "learning_rate")
+LENGTHS = ("head_epochs", "num_train_epochs")
+
+
+def _check_ranges(transfer, training) -> None:
+    def value(name):
+        return getattr(transfer if hasattr(transfer, name) else training, name)
+
+    for name in RATES:
+        if value(name) < 0:
+            raise SystemExit(f"error: --{name} {value(name)}: must be 0 or more")
+    for name in LENGTHS:
+        if name == "num_train_epochs" and training.max_steps > 0:
+            continue  # --max_steps sets the length
+        if value(name) is not None and value(name) <= 0:
+            raise SystemExit(f"error: --{name} {value(name)}: must be more than 0")

@@ -36,23 +36,34 @@ def _yes_no(value: str) -> bool:
     return answers[value.lower()]
 
 
+def _positive_int(value: str) -> int:
+    """A count that must be at least 1 (labels shown, inputs per batch)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{value}'")
+    return number
+
+
 def freeze_report(args) -> None:
     from . import freezing, pooling
     from .modeling import load_classifier
 
-    model, untrained = load_classifier(args.model, trust_remote_code=args.trust_remote_code)  # its task from config
-    if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
-        adopted = pooling.adopt(model, pooling.CheckpointModules.read(zoo.resolve(args.model)).pooling, untrained)
-        if adopted:
-            print(adopted)
-    if args.plan:
-        plan = freezing.FreezePlan.load(args.plan)
-        expected = set(plan.trainable)
-    else:
-        plan = freezing.FreezePlan(args.strategy, args.freeze, args.unfreeze, args.unfreeze_last_n,
-                                   args.layer_lr_decay, args.lr_multipliers)
-        expected = None
     try:
+        if args.plan:  # read first: a plan that cannot be read is said before the model loads
+            plan = freezing.FreezePlan.load(args.plan)
+            expected = set(plan.trainable)
+        else:
+            plan = freezing.FreezePlan(args.strategy, args.freeze, args.unfreeze, args.unfreeze_last_n,
+                                       args.layer_lr_decay, args.lr_multipliers)
+            expected = None
+        model, untrained = load_classifier(args.model, trust_remote_code=args.trust_remote_code)  # task from config
+        if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
+            adopted = pooling.adopt(model, pooling.CheckpointModules.read(zoo.resolve(args.model)).pooling, untrained)
+            if adopted:
+                print(adopted)
         freezing.apply(model, plan)
     except freezing.PatternError as err:
         raise SystemExit(f"error: {err}") from None
@@ -191,8 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     predict_parser.add_argument("inputs", nargs="+", metavar="INPUT",
                                 help="image files or folders; CSV/TSV/JSONL/Parquet/.txt files; datasets folders")
     predict_parser.add_argument("--output", required=True, help="FILE.csv or FILE.jsonl")
-    predict_parser.add_argument("--top_k", type=int, default=5, help="labels and scores per input (default 5)")
-    predict_parser.add_argument("--batch_size", type=int, default=64)
+    predict_parser.add_argument("--top_k", type=_positive_int, default=5,
+                                help="labels and scores per input (default 5)")
+    predict_parser.add_argument("--batch_size", type=_positive_int, default=64)
     predict_parser.add_argument("--threshold", type=float, default=0.5,
                                 help="multi-label models: every label scoring above this")
     predict_parser.add_argument("--text_column", help="the column of texts (default: 'text', or the only one); "

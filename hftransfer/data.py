@@ -348,6 +348,15 @@ def _rename_labels(old: list[str], new: list[str]):
 
 # ---------------------------------------------------------------- the whole preparation
 
+def _check_rows_left(splits: DatasetDict, report: DataReport) -> None:
+    """A split whose every row was unusable (all texts empty, no file an image) is an error that says why, before
+    labels are read from nothing."""
+    for split, dataset in splits.items():
+        if len(dataset) == 0:
+            reasons = "; ".join(f"{count} x {reason}" for reason, count in report.skipped.get(split, {}).items())
+            raise DataError(f"{report.where(split)}: no usable rows" + (f" (skipped: {reasons})" if reasons else ""))
+
+
 def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozenset = frozenset(),
                    choices: Choices | None = None) -> tuple[DatasetDict, DataReport, DataArguments]:
     """Load, check, label-encode, split and truncate: everything that can fail does so here, before training.
@@ -365,6 +374,7 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
     if args.label_column_name != "label":
         splits = splits.rename_column(args.label_column_name, "label")
     splits = DatasetDict({s: task.drop_unusable(d, s, report) for s, d in splits.items()})
+    _check_rows_left(splits, report)
     splits = encode_labels(splits, "label", report.where)
     held_out = "validation" not in splits
     if held_out:

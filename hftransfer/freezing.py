@@ -54,10 +54,15 @@ class FreezePlan:
 
     @classmethod
     def load(cls, path: str | Path) -> FreezePlan:
+        """A saved plan (a file, or the output folder holding one); one that cannot be read is a PatternError
+        naming the file."""
         path = Path(path)
         if path.is_dir():
             path = path / PLAN_FILE
-        return cls(**json.loads(path.read_text()))
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as err:  # missing, not JSON, not an object of the plan's keys
+            raise PatternError(f"{path}: not a freeze plan that can be read ({type(err).__name__}: {err})") from None
 
 
 FINE_TUNE_BLOCKS = 2  # fine_tune's blocks when --unfreeze_last_n names none

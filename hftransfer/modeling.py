@@ -41,7 +41,8 @@ def _require_safetensors(path: str, name: str) -> None:
     folder = Path(path)
     if not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
-    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    pickled = sorted(p.name for p in folder.iterdir()  # training_args.bin: the Trainer's settings, not weights
+                     if p.suffix in (".bin", ".pt", ".pth", ".ckpt") and p.name != "training_args.bin")
     found = f" (found {', '.join(pickled)})" if pickled else ""
     try:  # the config's own class keeps the checkpoint's head; AutoModel would save the base alone
         saved_as = f"transformers.{json.loads((folder / 'config.json').read_text())['architectures'][0]}"

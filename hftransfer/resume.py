@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_model
 
 from .anatomy import ModelError
-from .outputs import (COMPLETED_RECORD, COMPLETED_WEIGHTS, RUN_IDENTITY, read_json, stage_dir, stage_dirs,
-                      write_json_atomic)
+from .outputs import (COMPLETED_RECORD, COMPLETED_WEIGHTS, RUN_IDENTITY, STAGE_PREFIX, read_json, stage_dir,
+                      stage_dirs, write_json_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class StageCheckpoints:
         of an interrupted run cleared with --restart, another command's removed (`keep_only`). The main process
         first: the others then find the folder as it leaves it."""
         checkpoints = cls(args, run.transfer.restart)
+        checkpoints.check_given()
         with args.main_process_first(desc="stage checkpoints"):
             checkpoints.clear()
             if args.save_strategy != "no":
@@ -122,6 +123,29 @@ class StageCheckpoints:
 
     def folder(self, stage_name: str) -> Path:
         return stage_dir(self.args.output_dir, stage_name)
+
+    def check_given(self) -> None:
+        """`--resume_from_checkpoint PATH` must be a complete checkpoint in a stage folder of this output folder, with
+        checkpoints on: any other is an error before training, not a run started over in silence."""
+        given = self.args.resume_from_checkpoint
+        problem = given and self._problem_with(Path(given))
+        if problem:
+            raise ModelError(f"--resume_from_checkpoint {given}: {problem}")
+
+    def _problem_with(self, given: Path) -> str | None:
+        output_dir = self.args.output_dir
+        if self.args.save_strategy == "no":
+            return "checkpoints are off; resume with the --save_strategy the interrupted run had"
+        if self.restart:
+            return "--restart starts over"
+        if not given.is_dir():
+            return "not a folder"
+        if given.resolve().parent.parent != Path(output_dir).resolve() or not given.parent.name.startswith(
+                STAGE_PREFIX):
+            return f"not a stage's checkpoint in {output_dir} (expected {output_dir}/{STAGE_PREFIX}NAME/checkpoint-N)"
+        if given.resolve() not in [found.resolve() for found in complete_checkpoints(given.parent)]:
+            return "not a complete checkpoint (its weights and trainer state)"
+        return None
 
     def trainer_output_dir(self, stage_name: str) -> str:
         """Where a stage's `Trainer` writes checkpoints: its own folder when there are any."""

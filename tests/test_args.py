@@ -47,3 +47,22 @@ def test_a_training_arguments_check_is_a_flag_error_not_a_traceback():
     with pytest.raises(SystemExit, match="error: Your setup doesn't support bf16.*use_cpu"):
         parse_args(["--bf16", "true"])
     assert parse_args(["--bf16", "true", "--use_cpu", "true"]).training.bf16  # the way the message names
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--learning_rate", "-1"], "--learning_rate -1.0: must be 0 or more"),
+    (["--head_learning_rate", "-0.1"], "--head_learning_rate -0.1: must be 0 or more"),
+    (["--num_train_epochs", "0"], "--num_train_epochs 0.0: must be more than 0"),
+    (["--head_epochs", "-2"], "--head_epochs -2.0: must be more than 0"),
+])
+def test_a_rate_below_0_or_a_stage_of_no_length_is_a_flag_error(flags, message):
+    """A negative rate failed inside torch's optimizer once the data and model had loaded; 0 epochs saved an
+    untrained model."""
+    with pytest.raises(SystemExit, match=f"^error: {message}$"):
+        parse_args(["--output_dir", "out", *flags])
+
+
+def test_max_steps_sets_the_length_whatever_the_epochs_and_a_rate_of_0_holds_a_stage_still():
+    run = parse_args(["--output_dir", "out", "--num_train_epochs", "0", "--max_steps", "5",
+                      "--head_learning_rate", "0"])
+    assert run.training.max_steps == 5 and run.transfer.head_learning_rate == 0

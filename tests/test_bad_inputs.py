@@ -247,3 +247,30 @@ def test_an_image_checkpoint_without_its_processor_is_an_error_that_says_what_to
                           str(image_folders[0]), "--output_dir", str(tmp_path / "out"))
     assert f"{checkpoint}: no image processor (preprocessor_config.json) beside the model" in message, message
     assert "Stage '" not in out and "{'loss'" not in out
+
+
+def test_a_split_with_no_usable_row_is_an_error_that_says_why(tmp_path):
+    """Every text empty: the labels were read from no rows (an IndexError) before; now the reasons are named."""
+    with pytest.raises(DataError, match=r"data\.csv \(train\): no usable rows \(skipped: 3 x empty text"):
+        text_splits(tmp_path, 'text,label\n"",pos\n"",neg\n,pos\n')
+
+
+def test_a_checkpoint_to_resume_from_that_is_not_one_is_an_error_before_training(tmp_path, capsys):
+    """--resume_from_checkpoint was ignored in silence (the run started over) when it named a missing folder, a
+    folder outside this output folder's stages, an incomplete checkpoint, or checkpoints were off."""
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    reviews = write_reviews_csv(tmp_path / "reviews.csv")
+    out = tmp_path / "out"
+    half_written = out / "stage-head" / "checkpoint-4"
+    half_written.mkdir(parents=True)
+    (tmp_path / "elsewhere" / "checkpoint-4").mkdir(parents=True)
+    save = ["--save_strategy", "epoch"]
+    for given, flags, expected in [(tmp_path / "missing", save, "not a folder"),
+                                   (tmp_path / "elsewhere" / "checkpoint-4", save, "not a stage's checkpoint in"),
+                                   (half_written, save, "not a complete checkpoint"),
+                                   (half_written, [], "checkpoints are off")]:
+        message, out_text = recipe(capsys, "text.py", "--model_name_or_path", str(checkpoint), "--train_file",
+                                   str(reviews), "--output_dir", str(out), "--strategy", "feature_extraction",
+                                   "--resume_from_checkpoint", str(given), *flags)
+        assert message.startswith(f"error: --resume_from_checkpoint {given}: ") and expected in message, message
+        assert "{'loss'" not in out_text

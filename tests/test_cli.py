@@ -40,6 +40,19 @@ def test_freeze_report_without_training(tmp_path, hftransfer):
     assert again.returncode == 0 and again.stdout.splitlines()[-1] == done.stdout.split("\n{")[0].splitlines()[-1]
 
 
+def test_a_plan_that_cannot_be_read_is_an_error_naming_the_file(tmp_path, hftransfer):
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    for content, reason in [(None, "FileNotFoundError"), ("{bad", "JSONDecodeError"), ("[]", "TypeError"),
+                            ('{"strategy": "fine_tune", "unknown_key": 1}', "TypeError")]:
+        plan = tmp_path / "plan.json"
+        plan.unlink(missing_ok=True)
+        if content is not None:
+            plan.write_text(content)
+        done = hftransfer("freeze-report", str(checkpoint), "--plan", str(plan))
+        assert done.returncode == 1 and f"error: {plan}: not a freeze plan" in done.stderr and \
+            reason in done.stderr, done.stderr
+
+
 def test_freeze_report_names_the_nearest_parameters(tmp_path, hftransfer):
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
     done = hftransfer("freeze-report", str(checkpoint), "--unfreeze", "mobilenet_v2.layers.*")
@@ -56,8 +69,9 @@ def test_zoo_list_and_prepare(mobilenet_zoo, hftransfer):
 def test_a_model_that_is_not_there_is_an_error_naming_it_in_every_command(tmp_path, hftransfer, local_hub):  # noqa: F811
     """A path that is no folder (transformers would call it a malformed Hub id), a file, a folder with nothing saved,
     a config without a model type, an unknown zoo name, a malformed Hub id, a Hub repository that does not exist, and
-    a config no task classifies: an exit message that names what was given, no traceback, and nothing published (`publish-space` wrote a missing path into the Space as a Hub id, and
-    published a Space for a model the Hub does not have)."""
+    a config no task classifies: an exit message that names what was given, no traceback, and nothing published
+    (`publish-space` wrote a missing path into the Space as a Hub id, and published a Space for a model the Hub does
+    not have)."""
     from transformers import WhisperConfig
 
     from hftransfer.anatomy import ModelError
@@ -91,3 +105,24 @@ def test_a_model_that_is_not_there_is_an_error_naming_it_in_every_command(tmp_pa
             serve(model)  # here, what it runs
     assert not [repo for repo in local_hub.repos if repo.startswith("spaces/")]
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()
+
+
+def test_predict_refuses_an_output_it_cannot_write_and_counts_below_1(tmp_path, hftransfer):
+    """The predictions overwrote the input they were read from, and a folder named .csv was a traceback; a top_k or
+    batch size below 1 was quietly read as 1 or as everything."""
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\nfine\n")
+    (tmp_path / "folder.csv").mkdir()
+    model = str(save_tiny_checkpoint(tmp_path / "ckpt", "vit"))
+    for flags, says in [(["--output", str(texts)], "it is an input, which the predictions would overwrite"),
+                        (["--output", str(tmp_path / "folder.csv")], "a folder; name a file in it"),
+                        (["--output", str(tmp_path / "out.csv"), "--top_k", "0"], "--top_k: expected a whole number"),
+                        (["--output", str(tmp_path / "out.csv"), "--batch_size", "-3"], "--batch_size: expected")]:
+        done = hftransfer("predict", model, str(texts), *flags)
+        assert done.returncode != 0 and says in done.stderr, (flags, done.stderr)
+    assert texts.read_text() == "text\nfine\n" and not (tmp_path / "out.csv").exists()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    done = hftransfer("predict", model, str(notes), "--output", str(tmp_path / "out.csv"))  # rc 0 and an empty file
+    assert done.returncode == 1 and "none of the 1 input(s) could be read by this image model" in done.stderr
+    assert not (tmp_path / "out.csv").exists() and (tmp_path / "out.csv.skipped.csv").is_file()
