@@ -350,11 +350,10 @@ def _rename_labels(old: list[str], new: list[str]):
 
 def _check_rows_left(splits: DatasetDict, report: DataReport) -> None:
     """A split whose every row was unusable (all texts empty, no file an image) is an error that says why, before
-    labels are read from nothing."""
+    labels are read from nothing (an IndexError before)."""
     for split, dataset in splits.items():
         if len(dataset) == 0:
-            reasons = "; ".join(f"{count} x {reason}" for reason, count in report.skipped.get(split, {}).items())
-            raise DataError(f"{report.where(split)}: no usable rows" + (f" (skipped: {reasons})" if reasons else ""))
+            raise DataError(_empty_split_message(split, report.source, report, held_out=False))
 
 
 def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozenset = frozenset(),

@@ -251,7 +251,7 @@ def test_an_image_checkpoint_without_its_processor_is_an_error_that_says_what_to
 
 def test_a_split_with_no_usable_row_is_an_error_that_says_why(tmp_path):
     """Every text empty: the labels were read from no rows (an IndexError) before; now the reasons are named."""
-    with pytest.raises(DataError, match=r"data\.csv \(train\): no usable rows \(skipped: 3 x empty text"):
+    with pytest.raises(DataError, match=r"(?s)data\.csv \(train\): no usable examples, 3 skipped:\n.*3 x empty text"):
         text_splits(tmp_path, 'text,label\n"",pos\n"",neg\n,pos\n')
 
 
