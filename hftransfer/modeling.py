@@ -104,16 +104,17 @@ def load_model(task, model_args, labels: list[str], multi_label: bool = False,
                head_hidden_sizes: list[int] = (), head_dropout: float = 0.0):
     """Returns (model, processor, head_replaced). `head_hidden_sizes` puts an MLP head in place of the linear one.
     What is missing is an error naming the checkpoint (`checkpoint_path`, `checkpoint_errors`)."""
-    with checkpoint_errors(f"--model_name_or_path {model_args.model_name_or_path}"):
-        return _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout)
+    label = f"--model_name_or_path {model_args.model_name_or_path}"
+    with checkpoint_errors(label):
+        return _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout, label)
 
 
-def _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout):
-    path = checkpoint_path(model_args.model_name_or_path, f"--model_name_or_path {model_args.model_name_or_path}")
+def _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_dropout, label):
+    path = checkpoint_path(model_args.model_name_or_path, label)
     modules = pooling.CheckpointModules.read(path, model_args.model_revision, model_args.cache_dir)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir,
               "trust_remote_code": model_args.trust_remote_code, **_encoder_folder(modules)}
-    config = read_config(path, f"--model_name_or_path {model_args.model_name_or_path}", **common)
+    config = read_config(path, label, **common)
     if type(config) not in task.auto_model_class._model_mapping:
         raise ModelError(_wrong_task(model_args.model_name_or_path, config, task))
     if "num_classes" in (getattr(config, "model_args", None) or {}):
@@ -220,11 +221,6 @@ def _reinitialise(model, module: nn.Module) -> None:
         model._init_weights(module)
 
 
-def auto_class_for(config, name: str):
-    """The `AutoModelFor...Classification` class that maps this config: no task flag is needed to load a model."""
-    return classifier_task(config, name)().auto_model_class
-
-
 def classifier_task(config, name: str):
     """The task adapter of a saved classifier's config; a config no task classifies is an error naming the model."""
     from .tasks import task_for_config
@@ -255,7 +251,7 @@ def load_classifier(model_name_or_path: str, revision: str = "main", trust_remot
             common.update(_encoder_folder(pooling.CheckpointModules.read(path)))
         _require_safetensors(str(Path(path, common.get("subfolder", ""))), model_name_or_path)
         config = read_config(path, model_name_or_path, **common)
-        auto_class = auto_class_for(config, model_name_or_path)
+        auto_class = classifier_task(config, model_name_or_path)().auto_model_class  # no task flag needed
         if getattr(config, heads.CONFIG_KEY, None):
             auto_class = heads.with_mlp_head(auto_class._model_mapping[type(config)])
         # float32 whatever the file holds: a model saved by a bf16 engine (DeepSpeed keeps bf16 weights) would
