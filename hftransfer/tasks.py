@@ -596,7 +596,9 @@ class TextTask(TaskAdapter):
     def load_processor(self, path, **kwargs):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        _check_has_vocabulary(tokenizer)
+        return tokenizer
 
     def adapt_processor(self, tokenizer, model, splits, choices):
         """The token limit: --max_seq_length, else the model's, capped at 512 and at the position table (XLNet's
@@ -734,26 +736,36 @@ UNKNOWN_SHARE_ERROR = 0.5
 UNKNOWN_SHARE_WARNING = 0.05
 
 
-def _check_known_words(tokenizer, texts: list[str]) -> None:
+MISSING_TOKENIZER = ("A checkpoint without its tokenizer files (tokenizer.json, vocab.txt, spm.model...) loads an "
+                     "empty one: save the tokenizer the model was trained with beside it")
+
+
+def _check_has_vocabulary(tokenizer) -> None:
     """A checkpoint that ships no tokenizer files (a model pushed without its tokenizer) still loads one: transformers
-    builds its family's tokenizer with the special tokens alone, and every word of every text becomes the unknown
-    token, so a run would train on nothing and say nothing. Measured on the training texts themselves."""
+    builds its family's tokenizer with the special tokens alone, every word becomes the unknown token (or nothing),
+    and a run would train on nothing, a trained model give every text the same answer, and neither say so."""
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise ModelError(f"The tokenizer of {tokenizer.name_or_path} has no tokens but its {len(tokenizer)} special "
+                         f"ones. {MISSING_TOKENIZER}")
+
+
+def _check_known_words(tokenizer, texts: list[str]) -> None:
+    """A tokenizer of another vocabulary (another language's, a tokenizer saved with the wrong model) reads the
+    training texts as unknown tokens, or as no tokens at all. Measured on the training texts themselves."""
     if not texts:
         return
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     total = sum(map(len, ids))
     where = f"The tokenizer of {tokenizer.name_or_path} ({len(tokenizer):,} tokens)"
-    missing = ("A checkpoint without its tokenizer files (tokenizer.json, vocab.txt, spm.model...) loads an empty one: "
-               "save the tokenizer the model was trained with beside it")
-    if total == 0:  # an empty byte-level or BPE tokenizer drops what it cannot read instead of marking it unknown
-        raise ModelError(f"{where} turns the training texts into no tokens at all. {missing}")
+    if total == 0:  # a byte-level or BPE tokenizer drops what it cannot read instead of marking it unknown
+        raise ModelError(f"{where} turns the training texts into no tokens at all. {MISSING_TOKENIZER}")
     unknown = tokenizer.unk_token_id
     if unknown is None:  # byte-level tokenizers know every string
         return
     share = sum(row.count(unknown) for row in ids) / total
     if share > UNKNOWN_SHARE_ERROR:
         raise ModelError(f"{where} reads {share:.0%} of the training texts' tokens as {tokenizer.unk_token}: it knows "
-                         f"almost none of their words. {missing}")
+                         f"almost none of their words. {MISSING_TOKENIZER}")
     if share > UNKNOWN_SHARE_WARNING:
         logger.warning("%s reads %.0f%% of the training texts' tokens as %s: the model cannot see those words",
                        where, 100 * share, tokenizer.unk_token)

@@ -3,7 +3,7 @@ import re
 import types
 
 import pytest
-from conftest import save_tiny_checkpoint
+from conftest import save_tiny_checkpoint, save_tiny_text_checkpoint
 from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - a fixture
 
 from hftransfer import cli
@@ -105,6 +105,27 @@ def test_a_model_that_is_not_there_is_an_error_naming_it_in_every_command(tmp_pa
             serve(model)  # here, what it runs
     assert not [repo for repo in local_hub.repos if repo.startswith("spaces/")]
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()
+
+
+def test_a_text_model_without_its_tokenizer_files_is_an_error_not_one_answer_for_every_text(tmp_path, hftransfer):
+    """transformers loads the folder's tokenizer anyway, with the special tokens alone: `predict` read every text as
+    [UNK] and wrote the same scores for each, and `export` checked its graph on those."""
+    from hftransfer.anatomy import ModelError
+    from hftransfer.demo import serve
+
+    model = save_tiny_text_checkpoint(tmp_path / "model", "bert")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model / name).unlink()
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\na wonderful film\na dull mess\n")
+    says = f"The tokenizer of {model} has no tokens but its 5 special ones"
+    for command in (["predict", str(model), str(texts), "--output", str(tmp_path / "out.csv")],
+                    ["export", str(model), "--output", str(tmp_path / "exported")]):
+        done = hftransfer(*command)
+        assert done.returncode == 1 and says in done.stderr and "Traceback" not in done.stderr, (command, done)
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()
+    with pytest.raises(ModelError, match=re.escape(says)):
+        serve(str(model))
 
 
 def test_predict_refuses_an_output_it_cannot_write_and_counts_below_1(tmp_path, hftransfer):
