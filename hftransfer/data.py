@@ -19,6 +19,7 @@ import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, List, Sequence, Value, concatenate_datasets, load_dataset
 
 from .choices import Choices, choose_columns
+from .errors import InputError
 
 if TYPE_CHECKING:
     from .args import DataArguments
@@ -44,7 +45,7 @@ class TaskData(Protocol):
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """Input data that cannot be trained on; the message names the file, row, column or parameter."""
 
 

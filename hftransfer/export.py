@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
 from .inference import OnnxEngine, Predictor, is_exported, model_folder, text_length
 from .outputs import (ALL_RESULTS, CONFIG, DATA_QUALITY, EXAMPLES_FOLDER, EXPORT_RECORD, ONNX_FILE, PLAN_FILE,
                       REPORT_DIR, RUN_RECORD, OutputFolder, write_json)
@@ -41,8 +42,8 @@ COPIED = (ALL_RESULTS, "eval_results.json", "train_results.json", RUN_RECORD, PL
           EXAMPLES_FOLDER)
 
 
-class ExportError(ValueError):
-    pass
+class ExportError(InputError, ValueError):
+    """An export that cannot be made or trusted (its output, its checks)."""
 
 
 def export(model: str, output: str | Path, quantize: str | None = None, max_int8_drop: float = 1.0) -> dict:

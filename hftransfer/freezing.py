@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .anatomy import (POOLING_GROUP, ParamGroup, base_prefix, block_list_name, describe,  # noqa: F401
                       head_rate_factor, param_groups)
+from .errors import InputError
 from .outputs import PLAN_FILE
 
 BN_MOMENTUM = 0.1
@@ -68,8 +69,8 @@ class FreezePlan:
 FINE_TUNE_BLOCKS = 2  # fine_tune's blocks when --unfreeze_last_n names none
 
 
-class PatternError(ValueError):
-    pass
+class PatternError(InputError, ValueError):
+    """A freeze pattern or plan that names nothing this model has, or cannot be read."""
 
 
 # ---------------------------------------------------------------- patterns

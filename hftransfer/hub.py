@@ -15,6 +15,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import InputError
 from .outputs import CARD, CONFIG, ONNX_FILE, STAGE_PREFIX, STAGING
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", f"{STAGE_PREFIX}*", f"{STAGE_
 TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
 
 
-class PushError(RuntimeError):
-    pass
+class PushError(InputError, RuntimeError):
+    """A push the Hub refused, or one this folder cannot make."""
 
 
 @contextmanager

@@ -36,6 +36,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
+
 CONFIG = "config.json"  # transformers' name: the model's config, with id2label and hftransfer's entries
 ALL_RESULTS = "all_results.json"
 RUN_RECORD = "hftransfer_run.json"
@@ -148,8 +150,20 @@ class Staging:
 
 # ---------------------------------------------------------------- reading
 
+class OutputFolderError(InputError, ValueError):
+    """An output folder that is not hftransfer's, or a record in it that is not what hftransfer wrote."""
+
+
 def read_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A record of an output folder; None where there is none. One that is not JSON (cut short by a full disk, a
+    killed copy, an edit) is an error that names it."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise OutputFolderError(f"{path}: not a JSON record hftransfer can read ({err}); it was cut short or "
+                                "edited: restore it, or train again into this folder") from None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from .choices import LABEL_COLUMNS
 from .data import DataError, is_metadata, is_saved_dataset, is_unlabelled, load_file
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ TABLE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet"}
 OUTPUT_FORMATS = (".csv", ".jsonl")
 
 
-class PredictError(ValueError):
-    pass
+class PredictError(InputError, ValueError):
+    """Inputs or an output that predictions cannot be made from or written to."""
 
 
 @dataclass

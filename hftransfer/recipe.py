@@ -16,10 +16,7 @@ import transformers
 
 from .args import parse_args
 from .choices import Choices, choose_hardware
-from .data import DataError
-from .freezing import PatternError
-from .hub import PushError
-from .modeling import ModelError
+from .errors import InputError
 from .tasks import TASKS
 from .training import TransferRun
 
@@ -55,7 +52,7 @@ def main(task_name: str, argv: list[str] | None = None) -> dict:
     run = transfer.run
     try:
         metrics = transfer.execute()
-    except (DataError, PatternError, ModelError, PushError) as err:
+    except InputError as err:
         raise SystemExit(f"error: {err}") from None
     if run.training.should_log:
         # the metric that picked the best epochs first: macro-F1 when classes are imbalanced
@@ -80,7 +77,7 @@ def check(task_name: str, argv: list[str] | None = None) -> dict:
     transfer = _start(task_name, argv)
     try:
         transfer.setup()
-    except (DataError, ModelError) as err:
+    except InputError as err:
         raise SystemExit(f"error: {err}") from None
     found = data_quality.check(transfer)
     data_quality.announce(found)

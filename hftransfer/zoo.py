@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .errors import InputError
+
 logger = logging.getLogger(__name__)
 
 ZOO_PREFIX = "zoo:"
@@ -36,7 +38,7 @@ class ZooEntry:
     version: int = 1  # raised when the build changes: folders built before are rebuilt
 
 
-class ZooError(ValueError):
+class ZooError(InputError, ValueError):
     """A zoo entry that does not exist, or whose weights package is not installed."""
 
 

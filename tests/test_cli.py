@@ -128,6 +128,27 @@ def test_a_text_model_without_its_tokenizer_files_is_an_error_not_one_answer_for
         serve(str(model))
 
 
+def test_a_record_cut_short_in_an_output_folder_is_an_error_naming_it(tmp_path, hftransfer):
+    """hftransfer_run.json cut short (a full disk, a killed copy): `card`, `predict` and `export` ended in a
+    JSONDecodeError traceback."""
+    from hftransfer.demo import serve
+    from hftransfer.outputs import RUN_RECORD, OutputFolderError
+
+    model = save_tiny_checkpoint(tmp_path / "model", "vit")
+    record = model / RUN_RECORD
+    record.write_text('{"settings": {"model_name_or_pa')
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\nfine\n")
+    says = f"{record}: not a JSON record hftransfer can read"
+    for command in (["card", str(model)], ["predict", str(model), str(texts), "--output", str(tmp_path / "out.csv")],
+                    ["export", str(model), "--output", str(tmp_path / "exported")]):
+        done = hftransfer(*command)
+        assert done.returncode == 1 and f"error: {says}" in done.stderr, (command, done)
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()
+    with pytest.raises(OutputFolderError, match=re.escape(says)):
+        serve(str(model))
+
+
 def test_predict_refuses_an_output_it_cannot_write_and_counts_below_1(tmp_path, hftransfer):
     """The predictions overwrote the input they were read from, and a folder named .csv was a traceback; a top_k or
     batch size below 1 was quietly read as 1 or as everything."""
