@@ -264,25 +264,32 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
     if rest:
         raise SystemExit(f"Unknown argument(s): {' '.join(rest)}. See --help for the settings.")
     explicit = frozenset((set(config) | _flag_names(argv)) & known)
-    _check_ranges(transfer, training)
+    _check_ranges(data, transfer, training)
     return RunArguments(model, data, transfer, training, explicit)
 
 
 # Rates must not be below 0 (a negative one failed inside torch's optimizer, after the data and the model had loaded;
-# 0 holds a stage still, as tests do) and stage lengths must be above it (0 epochs saved an untrained model)
+# 0 holds a stage still, as tests do) and stage lengths must be above it (0 epochs saved an untrained model). Counts
+# must be at least 1: 0 was read as no limit (--max_train_samples, --max_seq_length) or failed inside peft or torch
+# once the model had loaded (--lora_r, a batch size).
 RATES = ("head_learning_rate", "learning_rate")
 LENGTHS = ("head_epochs", "num_train_epochs")
+COUNTS = ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size", "lora_r",
+          "per_device_train_batch_size", "per_device_eval_batch_size")
 
 
-def _check_ranges(transfer, training) -> None:
+def _check_ranges(*settings) -> None:
     def value(name):
-        return getattr(transfer if hasattr(transfer, name) else training, name)
+        return next(getattr(group, name) for group in settings if hasattr(group, name))
 
     for name in RATES:
         if value(name) < 0:
             raise SystemExit(f"error: --{name} {value(name)}: must be 0 or more")
     for name in LENGTHS:
-        if name == "num_train_epochs" and training.max_steps > 0:
+        if name == "num_train_epochs" and value("max_steps") > 0:
             continue  # --max_steps sets the length
         if value(name) is not None and value(name) <= 0:
             raise SystemExit(f"error: --{name} {value(name)}: must be more than 0")
+    for name in COUNTS:
+        if value(name) is not None and value(name) < 1:
+            raise SystemExit(f"error: --{name} {value(name)}: must be at least 1")

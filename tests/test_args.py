@@ -54,10 +54,18 @@ def test_a_training_arguments_check_is_a_flag_error_not_a_traceback():
     (["--head_learning_rate", "-0.1"], "--head_learning_rate -0.1: must be 0 or more"),
     (["--num_train_epochs", "0"], "--num_train_epochs 0.0: must be more than 0"),
     (["--head_epochs", "-2"], "--head_epochs -2.0: must be more than 0"),
+    (["--max_train_samples", "0"], "--max_train_samples 0: must be at least 1"),
+    (["--max_eval_samples", "-5"], "--max_eval_samples -5: must be at least 1"),
+    (["--max_seq_length", "0"], "--max_seq_length 0: must be at least 1"),
+    (["--image_size", "0"], "--image_size 0: must be at least 1"),
+    (["--lora_r", "0"], "--lora_r 0: must be at least 1"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be at least 1"),
+    (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size 0: must be at least 1"),
 ])
-def test_a_rate_below_0_or_a_stage_of_no_length_is_a_flag_error(flags, message):
+def test_a_rate_below_0_a_stage_of_no_length_or_a_count_below_1_is_a_flag_error(flags, message):
     """A negative rate failed inside torch's optimizer once the data and model had loaded; 0 epochs saved an
-    untrained model."""
+    untrained model; --max_train_samples 0 (and --max_seq_length 0) were read as no limit, --lora_r 0 and a batch
+    size of 0 failed inside peft and torch."""
     with pytest.raises(SystemExit, match=f"^error: {message}$"):
         parse_args(["--output_dir", "out", *flags])
 
