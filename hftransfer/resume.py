@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 
 from .anatomy import ModelError
@@ -68,12 +69,26 @@ def _differences(old: dict, new: dict) -> str:
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints in `folder`, newest first, that were written to the end (weights and trainer state)."""
+    """Checkpoints in `folder`, newest first, that were written to the end (weights and trainer state) and whose
+    weights can still be read."""
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)
-            if (p / "trainer_state.json").is_file() and any((p / w).is_file() for w in WEIGHTS)]
+            if (p / "trainer_state.json").is_file() and any((p / w).is_file() for w in WEIGHTS) and _readable(p)]
+
+
+def _readable(checkpoint: Path) -> bool:
+    """Whether every weights file of a checkpoint opens (its header and its length agree: a file cut short or damaged
+    since it was written fails). One that does not is passed over with a warning, not resumed from."""
+    for weights in checkpoint.glob("*.safetensors"):
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            logger.warning("%s cannot be read (%s): not resumed from", weights, err)
+            return False
+    return True
 
 
 def mark_completed(model: torch.nn.Module, folder: Path, record: dict) -> None:
@@ -91,14 +106,19 @@ def restore_completed(model: torch.nn.Module, folder: Path) -> dict | None:
     if not record.is_file():
         return None
     try:
-        missing, unexpected = model.load_state_dict(load_file(folder / COMPLETED_WEIGHTS), strict=False)
+        weights = load_file(folder / COMPLETED_WEIGHTS)
+    except (SafetensorError, OSError) as err:  # cut short or damaged since it was written
+        raise ModelError(f"{folder / COMPLETED_WEIGHTS}: the saved stage cannot be read ({err}); "
+                         "run with --restart") from None
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as err:  # a tensor of another shape
         raise ModelError(f"{folder}: the saved stage does not fit this model ({str(err).splitlines()[-1].strip()}); "
                          "run with --restart") from None
     if unexpected or [k for k in missing if not k.endswith(("position_ids", "num_batches_tracked"))]:
         raise ModelError(f"{folder}: the saved stage does not fit this model (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}); run with --restart")
-    return json.loads(record.read_text())
+    return read_json(record)
 
 
 class StageCheckpoints:
@@ -144,7 +164,7 @@ class StageCheckpoints:
                 STAGE_PREFIX):
             return f"not a stage's checkpoint in {output_dir} (expected {output_dir}/{STAGE_PREFIX}NAME/checkpoint-N)"
         if given.resolve() not in [found.resolve() for found in complete_checkpoints(given.parent)]:
-            return "not a complete checkpoint (its weights and trainer state)"
+            return "not a complete checkpoint (weights that can be read, and its trainer state)"
         return None
 
     def trainer_output_dir(self, stage_name: str) -> str:

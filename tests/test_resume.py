@@ -174,3 +174,33 @@ def test_a_failed_save_leaves_no_half_written_output(tmp_path, image_folders, mo
     with pytest.raises(KeyboardInterrupt):
         TransferRun(run_args, ImageTask(run_args.data)).execute()
     assert not any(p.is_file() for p in out.iterdir()) if out.exists() else True  # only the staging folder
+
+
+def test_a_checkpoint_whose_weights_were_damaged_since_is_passed_over_and_a_damaged_stage_is_an_error(tmp_path,
+                                                                                                      caplog):
+    """Weights cut short after they were written (a full disk while copying, a damaged file): the newest checkpoint
+    was resumed from anyway and the run ended in a SafetensorError traceback, as did a finished stage's weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from hftransfer.anatomy import ModelError
+
+    stage = tmp_path / "stage-staged"
+    for step in (10, 20):
+        (stage / f"checkpoint-{step}").mkdir(parents=True)
+        save_file({"weight": torch.ones(64)}, stage / f"checkpoint-{step}" / "model.safetensors")
+        (stage / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert resume.complete_checkpoints(stage) == [stage / "checkpoint-20", stage / "checkpoint-10"]
+    damaged = stage / "checkpoint-20" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-40])
+    with caplog.at_level(logging.WARNING):
+        assert resume.complete_checkpoints(stage) == [stage / "checkpoint-10"]
+    assert f"{damaged} cannot be read" in caplog.text
+
+    model = torch.nn.Linear(8, 8)
+    resume.mark_completed(model, stage, {"stage": "staged"})
+    assert resume.restore_completed(model, stage) == {"stage": "staged"}
+    weights = stage / outputs.COMPLETED_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-40])
+    with pytest.raises(ModelError, match=f"{weights}: the saved stage cannot be read .*run with --restart"):
+        resume.restore_completed(model, stage)
