@@ -8,7 +8,6 @@ login, as in `transformers`; it is never written anywhere.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -16,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
-from .outputs import CARD, CONFIG, ONNX_FILE, STAGE_PREFIX, STAGING
+from .outputs import (CARD, CONFIG, ONNX_FILE, RUN_RECORD, STAGE_PREFIX, STAGING, OutputFolderError,
+                      read_json)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,10 @@ def problems(folder: str | Path, token: str | None = None) -> list[str]:
     config_path = folder / CONFIG
     if not config_path.is_file():
         return [f"{folder}: no {CONFIG}: not a saved model folder"]
-    config = json.loads(config_path.read_text())
+    try:
+        config = read_json(config_path)
+    except OutputFolderError as err:
+        return [str(err)]
     names = list((config.get("id2label") or {}).values()) or config.get("label_names") or []  # timm's: label_names
     if not names or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in names):
         found.append("config.json has no real label names (id2label is LABEL_0, LABEL_1, ...): the Hub widget and "
@@ -89,7 +92,10 @@ def _card_problems(folder: Path) -> list[str]:
 
     card_path = folder / CARD
     if not card_path.is_file():
-        return ["no model card (README.md): run `hftransfer card OUTPUT_DIR` to write one"]
+        writer = (f"run `hftransfer card {folder}`" if (folder / RUN_RECORD).is_file() else
+                  "write one (huggingface_hub.ModelCard); this is no hftransfer output folder, which `hftransfer card` "
+                  "writes one for")
+        return [f"no model card (README.md): {writer}"]
     try:
         results = ModelCard.load(card_path).data.eval_results
     except Exception as err:  # huggingface_hub raises several types for malformed metadata

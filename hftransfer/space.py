@@ -27,8 +27,12 @@ def stage_space(model: str, target: Path) -> Path:
     """Lay out the Space's files in `target`: app, front matter, requirements, package, and the model or its id. A
     path that is not a model's folder is an error (`modeling.checkpoint_path`), not a Hub id in `model_id.txt`."""
     from .modeling import checkpoint_path
+    from .zoo import is_zoo_name
 
     local = Path(checkpoint_path(model))
+    if is_zoo_name(model):
+        raise PushError(f"{model}: a pretrained checkpoint of the zoo, not a model trained on your data: train from it "
+                        "(`hftransfer train`) and publish the output folder")
     for name in SPACE_FILES:
         shutil.copy2(TEMPLATE_DIR / name, target / name)
     shutil.copytree(PACKAGE_DIR, target / "hftransfer", ignore=shutil.ignore_patterns(*NOT_IN_SPACE_PACKAGE))

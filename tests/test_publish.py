@@ -180,7 +180,12 @@ BROKEN = {
     "real id2label": (_break_labels, "LABEL_0"),
     "processor saved": (lambda f: (f / "preprocessor_config.json").unlink(), "no image processor or tokenizer"),
     "metrics in the card": (_break_card, "no results in its metadata"),
-    "no model card": (lambda f: (f / "README.md").unlink(), "no model card"),
+    "no model card": (lambda f: (f / "README.md").unlink(),
+                      r"no model card \(README.md\): run `hftransfer card .*broken`"),
+    "no card, no hftransfer record": (lambda f: [(f / n).unlink() for n in ("README.md", "hftransfer_run.json")],
+                                      "no model card .*write one .*this is no hftransfer output folder"),
+    "config.json cut short": (lambda f: (f / "config.json").write_text('{"id2label": {"0": "squ'),
+                              "config.json: not a JSON record hftransfer can read"),
     "token in a file": (lambda f: (f / "notes.txt").write_text(f"token={TOKEN}\n"), "token is written in notes.txt"),
     "hf_ token pattern": (lambda f: (f / "log.txt").write_text("hf_" + "a" * 34), "token is written in log.txt"),
     "pickled weights": (lambda f: (f / "pytorch_model.bin").write_bytes(b"\x80\x04"), "pickled weights"),
@@ -230,3 +235,12 @@ def test_space_stages_from_an_installed_wheel(trained, tmp_path):
     assert {"app.py", "README.md", "requirements.txt"} <= {p.name for p in space.iterdir()}
     assert (space / "hftransfer" / "demo.py").is_file() and (space / "model" / "config.json").is_file()
     assert not (space / "hftransfer" / "space_template").exists()  # the template is the Space's root, not a copy
+
+
+def test_a_zoo_checkpoint_is_not_published_as_a_trained_model(local_hub, mobilenet_zoo, capsys):  # noqa: F811
+    """`publish-space --model zoo:mobilenet_v2` was refused with the hint to write a card, which `hftransfer card`
+    cannot do for a pretrained base; it says what to publish instead."""
+    with pytest.raises(SystemExit, match="zoo:mobilenet_v2: a pretrained checkpoint of the zoo, not a model trained"):
+        cli.main(["publish-space", "--model", "zoo:mobilenet_v2", "--space_id", "demo", "--hub_token", TOKEN])
+    assert not local_hub.repos
+
