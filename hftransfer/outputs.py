@@ -161,7 +161,7 @@ def read_json(path: Path):
         return None
     try:
         return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise OutputFolderError(f"{path}: not a JSON record hftransfer can read ({err}); it was cut short or "
                                 "edited: restore it, or train again into this folder") from None
 
