@@ -8,6 +8,7 @@ Only settings the user did not give are chosen automatically, so `explicit` reme
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from .freezing import PatternError, multiplier_rules
 from .strategies import STRATEGIES
 
 
@@ -228,11 +230,31 @@ def _config_file(argv: list[str]) -> tuple[Path | None, list[str]]:
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise SystemExit(f"Config file not found: {path}")
-    text = path.read_text()
-    config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = path.read_text()
+        config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:  # not JSON, not YAML, not UTF-8
+        raise SystemExit(f"error: {path}: cannot be read as {'JSON' if path.suffix == '.json' else 'YAML'} "
+                         f"({' '.join(str(err).split())})") from None
     if not isinstance(config, dict):
         raise SystemExit(f"{path}: expected a mapping of setting -> value at the top level")
     return config
+
+
+def _as_flags_give(config: dict, path: Path) -> dict:
+    """A config file's values as the flags give them: one value for a setting that takes several is a list of one
+    (`freeze: "bert.*"` was read as one pattern a character), and null only where a setting may be unset (it failed
+    inside training)."""
+    own = {f.name: f for cls in ARGUMENT_CLASSES[:-1] for f in fields(cls)}
+    training = {f.name: f for f in fields(TransferTrainingArguments)}
+    values = {}
+    for name, value in config.items():
+        setting = own.get(name) or training[name]
+        if value is None and setting.default is not None:
+            raise SystemExit(f"error: {path}: {name} is null; give it a value, or leave it out for the default")
+        several = name in own and str(setting.type).startswith("list")
+        values[name] = [value] if several and not isinstance(value, list) else value
+    return values
 
 
 def _flag_names(argv: list[str]) -> set[str]:
@@ -255,6 +277,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
     unknown = sorted(set(config) - known)
     if unknown:
         raise SystemExit(f"{config_path}: unknown setting(s) {', '.join(unknown)}")
+    config = _as_flags_give(config, config_path)
     parser.set_defaults(**{**TRAINING_DEFAULTS, **(defaults or {}), **config})
     try:
         model, data, transfer, training, rest = parser.parse_args_into_dataclasses(
@@ -268,28 +291,40 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
     return RunArguments(model, data, transfer, training, explicit)
 
 
-# Rates must not be below 0 (a negative one failed inside torch's optimizer, after the data and the model had loaded;
-# 0 holds a stage still, as tests do) and stage lengths must be above it (0 epochs saved an untrained model). Counts
-# must be at least 1: 0 was read as no limit (--max_train_samples, --max_seq_length) or failed inside peft or torch
-# once the model had loaded (--lora_r, a batch size).
-RATES = ("head_learning_rate", "learning_rate")
-LENGTHS = ("head_epochs", "num_train_epochs")
-COUNTS = ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size", "lora_r",
-          "per_device_train_batch_size", "per_device_eval_batch_size")
+# Ranges, checked once, where the settings are parsed. Outside them a run failed inside torch or peft once the data
+# and the model had loaded, or trained something else in silence: a NaN or infinite rate or factor saved a model of
+# NaN weights, 0 epochs an untrained one, --max_train_samples 0 was read as no limit, a negative --unfreeze_last_n as
+# "all blocks but the first", --layer_lr_decay 0 as 1 and --lora_alpha 0 scaled every adapter to nothing. A rate of 0
+# holds a stage still, as tests do. NaN and infinity are outside every range.
+AT_LEAST_0 = ("head_learning_rate", "learning_rate", "weight_decay", "rdrop_weight", "adversarial_epsilon",
+              "unfreeze_last_n")
+MORE_THAN_0 = ("head_epochs", "num_train_epochs", "layer_lr_decay", "lora_alpha")
+AT_LEAST_1 = ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size", "lora_r",
+              "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+BELOW_1 = ("head_dropout", "lora_dropout")  # probabilities, from 0
 
 
 def _check_ranges(*settings) -> None:
     def value(name):
         return next(getattr(group, name) for group in settings if hasattr(group, name))
 
-    for name in RATES:
-        if value(name) < 0:
-            raise SystemExit(f"error: --{name} {value(name)}: must be 0 or more")
-    for name in LENGTHS:
-        if name == "num_train_epochs" and value("max_steps") > 0:
-            continue  # --max_steps sets the length
-        if value(name) is not None and value(name) <= 0:
-            raise SystemExit(f"error: --{name} {value(name)}: must be more than 0")
-    for name in COUNTS:
-        if value(name) is not None and value(name) < 1:
-            raise SystemExit(f"error: --{name} {value(name)}: must be at least 1")
+    def refuse(name, shown, expected):
+        raise SystemExit(f"error: --{name} {shown}: must be {expected}")
+
+    for names, inside, expected in ((AT_LEAST_0, lambda v: v >= 0, "0 or more"),
+                                    (MORE_THAN_0, lambda v: v > 0, "more than 0"),
+                                    (AT_LEAST_1, lambda v: v >= 1, "at least 1"),
+                                    (BELOW_1, lambda v: 0 <= v < 1, "from 0 to less than 1")):
+        for name in names:
+            if name == "num_train_epochs" and value("max_steps") > 0:
+                continue  # --max_steps sets the length
+            number = value(name)
+            if number is not None and not (math.isfinite(number) and inside(number)):
+                refuse(name, number, expected)
+    sizes = value("head_hidden_sizes")
+    if any(size < 1 for size in sizes):
+        refuse("head_hidden_sizes", " ".join(map(str, sizes)), "at least 1 each")
+    try:
+        multiplier_rules(value("lr_multipliers"))
+    except PatternError as err:
+        raise SystemExit(f"error: {err}") from None

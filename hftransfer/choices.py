@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import hardware
-from .anatomy import architecture, has_dropout, input_embeddings
+from .anatomy import ModelError, architecture, has_dropout, input_embeddings
 from .selection import imbalance_ratio
 from .strategies import ADAPTERS, BASE, HEAD, STRATEGIES, Stage, plan_stages
 
@@ -224,9 +224,7 @@ def _adapters_under_fsdp(run, choices: Choices) -> bool:
 def _base_stage_setting(run, flag: str, trains_base: bool) -> float | None:
     """The user's value of a loss setting of the stages that train the base, checked; where no stage trains the
     base, a value given is said to have no effect."""
-    given = getattr(run.transfer, flag)
-    if given is not None and given < 0:
-        raise ValueError(f"--{flag} must be 0 (off) or more, not {given:g}")
+    given = getattr(run.transfer, flag)  # at least 0 (`args`)
     if given and not trains_base:
         logger.warning("--%s %g has no effect: strategy %s has no stage that trains the base outside adapters",
                        flag, given, run.transfer.strategy)
@@ -265,7 +263,7 @@ def _adversarial_epsilon(run, model, train_size: int, trains_base: bool, choices
     blocker = _adversarial_blocker(run, model)
     if given is not None:
         if given and blocker:
-            raise ValueError(f"--adversarial_epsilon {given:g}: {blocker}; 0 turns it off")
+            raise ModelError(f"--adversarial_epsilon {given:g}: {blocker}; 0 turns it off")
         return given
     kind = architecture(model)
     epsilon = ADVERSARIAL_EPSILON if not blocker and kind == "attention" and train_size <= RDROP_MAX_EXAMPLES else 0.0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -45,6 +46,17 @@ def _positive_int(value: str) -> int:
         number = 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{value}'")
+    return number
+
+
+def _probability(value: str) -> float:
+    """A probability, from 0 to 1 (a multi-label threshold of 1.5 gave every row no label, and -1 every label)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability from 0 to 1, got '{value}'")
     return number
 
 
@@ -184,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     predict_parser.add_argument("--top_k", type=_positive_int, default=5,
                                 help="labels and scores per input (default 5)")
     predict_parser.add_argument("--batch_size", type=_positive_int, default=64)
-    predict_parser.add_argument("--threshold", type=float, default=0.5,
+    predict_parser.add_argument("--threshold", type=_probability, default=0.5,
                                 help="multi-label models: every label scoring above this")
     predict_parser.add_argument("--text_column", help="the column of texts (default: 'text', or the only one); "
                                 "a sentence-pair model's two, a,b (default: the run's)")

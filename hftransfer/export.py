@@ -48,7 +48,7 @@ class ExportError(InputError, ValueError):
 
 def export(model: str, output: str | Path, quantize: str | None = None, max_int8_drop: float = 1.0) -> dict:
     """Export `model` (an output folder or a Hub id) into `output`; returns what export.json records."""
-    if max_int8_drop < 0:
+    if not max_int8_drop >= 0:  # NaN too: it turned the check off
         raise ExportError(f"--max_int8_drop {max_int8_drop}: a number of accuracy points, 0 or more")
     source = model_folder(model)
     if is_exported(source):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -283,15 +284,27 @@ def lr_factors(model: nn.Module, plan: FreezePlan) -> dict[str, float]:
         rate = head_rate_factor(model) if group.name == "head" else 1.0
         factors.update({name: rate * decay ** exponent for name in group.params})
     names = list(factors)
-    for rule in plan.lr_multipliers:
+    for pattern, factor in multiplier_rules(plan.lr_multipliers):
+        for name in match(pattern, names):
+            factors[name] *= factor
+    return factors
+
+
+def multiplier_rules(rules: list[str]) -> list[tuple[str, float]]:
+    """`--lr_multipliers` as (pattern, factor); a rule that is not PATTERN=FACTOR with a factor of 0 or more is an
+    error (a NaN or negative factor trained the model into NaN weights, or against its gradient)."""
+    parsed = []
+    for rule in rules:
         pattern, _, value = rule.rpartition("=")
         try:
             factor = float(value)
         except ValueError:
-            raise PatternError(f"--lr_multipliers '{rule}': expected PATTERN=FACTOR, e.g. 'bert.embeddings.*=0.1'")
-        for name in match(pattern, names):
-            factors[name] *= factor
-    return factors
+            factor = math.nan
+        if not (pattern and math.isfinite(factor) and factor >= 0):
+            raise PatternError(f"--lr_multipliers '{rule}': expected PATTERN=FACTOR with a factor of 0 or more, e.g. "
+                               "'bert.embeddings.*=0.1'")
+        parsed.append((pattern, factor))
+    return parsed
 
 
 # ---------------------------------------------------------------- reporting

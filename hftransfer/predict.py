@@ -313,6 +313,11 @@ class Writer:
             raise PredictError(f"--output {output}: a folder; name a file in it")
         if any(output.resolve() == Path(given).resolve() for given in inputs):
             raise PredictError(f"--output {output}: it is an input, which the predictions would overwrite")
+        folder = next((given for given in inputs if Path(given).is_dir()
+                       and output.resolve().is_relative_to(Path(given).resolve())), None)
+        if folder:  # a file of the folder would be overwritten, a new one read as an input the next time
+            raise PredictError(f"--output {output}: inside the input folder {folder}, whose files are inputs; write "
+                               "the predictions outside it")
         self.output, self.csv = output, output.suffix.lower() == ".csv"
         self.handle = self.writer = None
 

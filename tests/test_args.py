@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from hftransfer.args import parse_args
@@ -61,11 +63,26 @@ def test_a_training_arguments_check_is_a_flag_error_not_a_traceback():
     (["--lora_r", "0"], "--lora_r 0: must be at least 1"),
     (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be at least 1"),
     (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size 0: must be at least 1"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0: must be at least 1"),
+    (["--learning_rate", "nan"], "--learning_rate nan: must be 0 or more"),
+    (["--learning_rate", "inf"], "--learning_rate inf: must be 0 or more"),
+    (["--adversarial_epsilon", "nan"], "--adversarial_epsilon nan: must be 0 or more"),
+    (["--head_epochs", "nan"], "--head_epochs nan: must be more than 0"),
+    (["--num_train_epochs", "inf"], "--num_train_epochs inf: must be more than 0"),
+    (["--unfreeze_last_n", "-1"], "--unfreeze_last_n -1: must be 0 or more"),
+    (["--layer_lr_decay", "0"], "--layer_lr_decay 0.0: must be more than 0"),
+    (["--lora_alpha", "0"], "--lora_alpha 0.0: must be more than 0"),
+    (["--head_dropout", "1.5"], "--head_dropout 1.5: must be from 0 to less than 1"),
+    (["--lora_dropout", "1"], "--lora_dropout 1.0: must be from 0 to less than 1"),
+    (["--head_hidden_sizes", "8", "0"], "--head_hidden_sizes 8 0: must be at least 1 each"),
+    (["--lr_multipliers", "vit.*=nan"], r"--lr_multipliers 'vit.\*=nan': expected PATTERN=FACTOR with a factor .*"),
+    (["--lr_multipliers", "vit.*=-1"], r"--lr_multipliers 'vit.\*=-1': expected PATTERN=FACTOR with a factor .*"),
 ])
-def test_a_rate_below_0_a_stage_of_no_length_or_a_count_below_1_is_a_flag_error(flags, message):
+def test_a_setting_out_of_its_range_is_a_flag_error(flags, message):
     """A negative rate failed inside torch's optimizer once the data and model had loaded; 0 epochs saved an
     untrained model; --max_train_samples 0 (and --max_seq_length 0) were read as no limit, --lora_r 0 and a batch
-    size of 0 failed inside peft and torch."""
+    size of 0 failed inside peft and torch; a NaN rate, factor or epsilon saved a model of NaN weights and exit 0;
+    --unfreeze_last_n -1 trained every block but the first; --lora_alpha 0 scaled the adapters to nothing."""
     with pytest.raises(SystemExit, match=f"^error: {message}$"):
         parse_args(["--output_dir", "out", *flags])
 
@@ -74,3 +91,27 @@ def test_max_steps_sets_the_length_whatever_the_epochs_and_a_rate_of_0_holds_a_s
     run = parse_args(["--output_dir", "out", "--num_train_epochs", "0", "--max_steps", "5",
                       "--head_learning_rate", "0"])
     assert run.training.max_steps == 5 and run.transfer.head_learning_rate == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train_file: [a.csv\n", "cannot be read as YAML"),
+    ("head_epochs: null\n", "head_epochs is null; give it a value, or leave it out for the default"),
+])
+def test_a_config_file_that_cannot_be_read_or_leaves_a_setting_null_is_an_error_naming_it(tmp_path, text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(str(config))}: {message}"):
+        parse_args([str(config)])
+    broken = tmp_path / "run.json"
+    broken.write_bytes(b'{"strategy": "full"')
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(str(broken))}: cannot be read as JSON"):
+        parse_args([str(broken)])
+
+
+def test_one_value_in_a_config_file_for_a_setting_of_several_is_a_list_of_one(tmp_path):
+    """`freeze: "bert.embeddings.*"` was read as one pattern a character ('b', 'e', ...)."""
+    config = tmp_path / "run.yaml"
+    config.write_text('freeze: "bert.embeddings.*"\nhead_hidden_sizes: 16\n')
+    run = parse_args([str(config), "--output_dir", str(tmp_path / "out")])
+    assert run.transfer.freeze == ["bert.embeddings.*"] and run.transfer.head_hidden_sizes == [16]
+

@@ -5,6 +5,7 @@ import torch
 from conftest import tiny_image_model, tiny_text_model
 from datasets import Dataset
 
+from hftransfer.anatomy import ModelError
 from hftransfer.args import DataArguments, parse_args
 from hftransfer.choices import (ADVERSARIAL_EPSILON, ADVERSARIAL_MIN_STEPS, BASE_DEFAULTS, EARLY_STOPPING_PATIENCE,
                                 HEAD_ONLY_WEIGHT_DECAY, RDROP_MAX_EXAMPLES, RDROP_WEIGHT, Choices, choose_columns,
@@ -89,7 +90,7 @@ def test_r_drop_is_chosen_for_attention_models_on_small_data_in_the_stages_that_
     (_, without), chosen = stages([], bert)
     assert without.rdrop_weight == 0.0 and "without dropout" in chosen["rdrop_weight"]["reason"]
     for strategy in ("staged", "feature_extraction"):
-        with pytest.raises(ValueError, match="--rdrop_weight must be 0"):
+        with pytest.raises(SystemExit, match="--rdrop_weight -1.0: must be 0 or more"):
             stages(["--rdrop_weight", "-1", "--strategy", strategy], bert)
 
 
@@ -108,13 +109,13 @@ def test_adversarial_training_is_chosen_for_models_that_read_tokens_on_small_dat
     for image_model in (tiny_image_model("vit"), tiny_image_model("mobilenet_v2")):  # patches and pixels: no tokens
         (_, base), chosen = stages([], image_model)
         assert base.adversarial_epsilon == 0.0 and "no token embedding table" in chosen["adversarial_epsilon"]["reason"]
-        with pytest.raises(ValueError, match=f"--adversarial_epsilon 0.2: {type(image_model).__name__} has no token"):
+        with pytest.raises(ModelError, match=f"--adversarial_epsilon 0.2: {type(image_model).__name__} has no token"):
             stages(["--adversarial_epsilon", "0.2"], image_model)
     (_, given), chosen = stages(["--adversarial_epsilon", "0.2"], bert)
     assert given.adversarial_epsilon == 0.2 and "adversarial_epsilon" not in chosen
     (only_head,), chosen = stages(["--strategy", "feature_extraction", "--adversarial_epsilon", "0.2"], bert)
     assert only_head.adversarial_epsilon == 0.0 and "--adversarial_epsilon 0.2 has no effect" in caplog.text
-    with pytest.raises(ValueError, match="--adversarial_epsilon must be 0"):
+    with pytest.raises(SystemExit, match="--adversarial_epsilon -0.1: must be 0 or more"):
         stages(["--adversarial_epsilon", "-0.1"], bert)
 
 

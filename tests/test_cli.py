@@ -159,10 +159,16 @@ def test_predict_refuses_an_output_it_cannot_write_and_counts_below_1(tmp_path, 
     for flags, says in [(["--output", str(texts)], "it is an input, which the predictions would overwrite"),
                         (["--output", str(tmp_path / "folder.csv")], "a folder; name a file in it"),
                         (["--output", str(tmp_path / "out.csv"), "--top_k", "0"], "--top_k: expected a whole number"),
-                        (["--output", str(tmp_path / "out.csv"), "--batch_size", "-3"], "--batch_size: expected")]:
+                        (["--output", str(tmp_path / "out.csv"), "--batch_size", "-3"], "--batch_size: expected"),
+                        (["--output", str(tmp_path / "out.csv"), "--threshold", "1.5"], "--threshold: expected a"),
+                        (["--output", str(tmp_path / "out.csv"), "--threshold", "nan"], "--threshold: expected a")]:
         done = hftransfer("predict", model, str(texts), *flags)
         assert done.returncode != 0 and says in done.stderr, (flags, done.stderr)
     assert texts.read_text() == "text\nfine\n" and not (tmp_path / "out.csv").exists()
+    # a file of an input folder: it was overwritten with the predictions (the user's data lost, exit 0)
+    done = hftransfer("predict", model, str(tmp_path), "--output", str(texts))
+    assert done.returncode == 1 and f"inside the input folder {tmp_path}, whose files are inputs" in done.stderr
+    assert texts.read_text() == "text\nfine\n"
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
     done = hftransfer("predict", model, str(notes), "--output", str(tmp_path / "out.csv"))  # rc 0 and an empty file
