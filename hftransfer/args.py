@@ -288,6 +288,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
         raise SystemExit(f"Unknown argument(s): {' '.join(rest)}. See --help for the settings.")
     explicit = frozenset((set(config) | _flag_names(argv)) & known)
     _check_ranges(data, transfer, training)
+    _check_output_dir(training.output_dir, model.model_name_or_path, data)
     return RunArguments(model, data, transfer, training, explicit)
 
 
@@ -328,3 +329,20 @@ def _check_ranges(*settings) -> None:
         multiplier_rules(value("lr_multipliers"))
     except PatternError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments) -> None:
+    """The output folder is neither the checkpoint the run starts from (its weights were overwritten) nor inside an
+    image folder it reads (the report and examples written there became classes of the next run)."""
+    if not output_dir:
+        return
+    out = Path(output_dir).resolve()
+    if checkpoint and Path(checkpoint).is_dir() and Path(checkpoint).resolve() == out:
+        raise SystemExit(f"error: --output_dir {output_dir}: it is the checkpoint the run starts from "
+                         "(--model_name_or_path), which the trained model would overwrite; name another folder")
+    for flag in ("train_dir", "validation_dir"):
+        folder = getattr(data, flag)
+        if folder and out.is_relative_to(Path(folder).resolve()):
+            raise SystemExit(f"error: --output_dir {output_dir}: inside --{flag} {folder}, where what the run writes "
+                             "would be read as data; name a folder outside it")
+

@@ -183,8 +183,15 @@ def is_saved_dataset(folder: Path) -> bool:
 def _load_named(name: str, config_name: str | None) -> DatasetDict:
     """A Hub dataset or a local folder of data files; a `save_to_disk` folder through `load_from_disk` (a lone
     Dataset is the training split)."""
+    if Path(name).is_file():
+        raise DataError(f"--dataset_name {name}: a file; give it as --train_file (or --validation_file)")
     if not is_saved_dataset(Path(name)):
-        return load_dataset(name, config_name)
+        try:
+            return load_dataset(name, config_name)
+        except (OSError, ValueError) as err:  # not found, no data files, no network, no such configuration
+            if getattr(err, "errno", None) is not None:  # the machine's (a full disk), not the name's
+                raise
+            raise DataError(f"--dataset_name {name}: {' '.join(str(err).split())}") from None
     from datasets import load_from_disk
 
     loaded = load_from_disk(name)
@@ -227,6 +234,12 @@ def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> Dataset
 # ---------------------------------------------------------------- labels
 
 def _check_columns(splits: DatasetDict, needed: list[str], where: Callable[[str], str]) -> None:
+    """The input columns and then the label column: each named once (one column read as two failed inside pyarrow),
+    and each in every split."""
+    repeated = sorted({c for c in needed if needed.count(c) > 1})
+    if repeated:
+        raise DataError(f"column {', '.join(map(repr, repeated))} is named twice among the inputs and the label "
+                        "(--text_column_names / --image_column_name, --label_column_name): name different columns")
     for split, dataset in splits.items():
         missing = [c for c in needed if c not in dataset.column_names]
         if missing:
@@ -243,6 +256,7 @@ def is_multi_label(dataset: Dataset, column: str = "label") -> bool:
 def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str]) -> DatasetDict:
     """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training.
     `where(split)` names a split's origin in errors."""
+    _check_label_kind(splits, column, where)
     _check_labelled(splits, column, where)
     if is_multi_label(splits["train"], column):
         return _encode_multi_labels(splits, column, where)
@@ -278,6 +292,25 @@ def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str])
 def is_unlabelled(value, feature) -> bool:
     """A label value that says "no label": a null, or a ClassLabel's -1 (as unlabelled test splits have)."""
     return value is None or (isinstance(feature, ClassLabel) and value < 0)
+
+
+def _check_label_kind(splits: DatasetDict, column: str, where: Callable[[str], str]) -> None:
+    """A label is one value a row (single-label) or a list of values (multi-label), of the same kind in every split:
+    an object, a list of lists, or lists in one file and values in the other failed inside pyarrow."""
+    def kind(feature) -> str | None:
+        inner = feature.feature if isinstance(feature, (List, Sequence)) else feature
+        if not isinstance(inner, (Value, ClassLabel)):
+            return None
+        return "a list of labels" if inner is not feature else "one label"
+
+    kinds = {split: kind(dataset.features[column]) for split, dataset in splits.items()}
+    for split, found in kinds.items():
+        if found is None:
+            raise DataError(f"{where(split)}: column '{column}' holds {splits[split].features[column]}; a label is "
+                            "one value a row, or a list of values for multi-label data")
+    if len(set(kinds.values())) > 1:
+        raise DataError(f"column '{column}': each row holds " + " but ".join(
+            f"{found} in {where(split)}" for split, found in kinds.items()) + "; every split must be labelled alike")
 
 
 def _check_labelled(splits: DatasetDict, column: str, where: Callable[[str], str]) -> None:

@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 
 from .anatomy import ModelError, architecture, input_embeddings, is_decoder_classifier
-from .data import DataReport
+from .data import DataError, DataReport
 from .outputs import EXAMPLES_FILE
 from .pixels import FastPixels, size_entries
 
@@ -547,7 +547,7 @@ class TextTask(TaskAdapter):
         names = args.text_column_names if args else "text"
         columns = [c.strip() for c in names.split(",") if c.strip()]
         if not 1 <= len(columns) <= 2:
-            raise ValueError(f"--text_column_names takes one column, or two for sentence pairs, not '{names}'")
+            raise DataError(f"--text_column_names takes one column, or two for sentence pairs, not '{names}'")
         return columns
 
     @property

@@ -115,3 +115,18 @@ def test_one_value_in_a_config_file_for_a_setting_of_several_is_a_list_of_one(tm
     run = parse_args([str(config), "--output_dir", str(tmp_path / "out")])
     assert run.transfer.freeze == ["bert.embeddings.*"] and run.transfer.head_hidden_sizes == [16]
 
+
+
+def test_an_output_dir_that_is_the_checkpoint_or_inside_an_image_folder_it_reads_is_a_flag_error(tmp_path):
+    """The pretrained weights were overwritten by the trained model; the report and examples written into the training
+    folder became two more classes of the next run (which then scored 0)."""
+    checkpoint, images = tmp_path / "ckpt", tmp_path / "images"
+    checkpoint.mkdir()
+    (images / "cat").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="it is the checkpoint the run starts from"):
+        parse_args(["--model_name_or_path", str(checkpoint), "--output_dir", str(checkpoint)])
+    for flag in ("--train_dir", "--validation_dir"):
+        with pytest.raises(SystemExit, match=f"inside {flag} {re.escape(str(images))}, where what the run writes"):
+            parse_args([flag, str(images), "--output_dir", str(images / "out")])
+    assert parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(images), "--output_dir",
+                       str(tmp_path / "out")]).training.output_dir == str(tmp_path / "out")

@@ -204,3 +204,48 @@ def test_a_save_to_disk_folder_is_read_as_dataset_name(tmp_path, saved):
     DatasetDict(test=train).save_to_disk(str(tmp_path / "no_train"))
     with pytest.raises(DataError, match=r"no_train: no 'train' split \(splits: test\)"):
         prepare_splits(DataArguments(dataset_name=str(tmp_path / "no_train")), TextTask(DataArguments()), seed=0)
+
+
+@pytest.mark.parametrize("train, validation, says", [
+    ([{"a": "good"}, {"a": "bad"}], None,
+     r"data \(train\): column 'label' holds \{'a': Value\('string'\)\}; a label is one value a row"),
+    ([[["good"]], [["bad"]]], None, r"data \(train\): column 'label' holds List\(List"),
+    ([["good"], ["bad", "good"]], ["good", "bad"], r"column 'label': each row holds a list of labels in data \(train\) "
+                                                   r"but one label in data \(validation\); every split must be "),
+    (["good", "bad"], [["good"]], r"each row holds one label in data \(train\) but a list of labels in data \(valid"),
+])
+def test_labels_of_another_shape_or_of_two_shapes_are_an_error_naming_the_split(train, validation, says):
+    """An object, a list of lists, or lists in one file and values in the other crashed inside pyarrow."""
+    splits = {"train": Dataset.from_dict({"label": train})}
+    if validation is not None:
+        splits["validation"] = Dataset.from_dict({"label": validation})
+    with pytest.raises(DataError, match=says):
+        encode_labels(DatasetDict(splits), "label", named)
+
+
+def test_a_dataset_name_that_cannot_be_loaded_is_an_error_naming_it(tmp_path):
+    """A file, an empty folder and a configuration the folder lacks were tracebacks of `datasets`."""
+    (tmp_path / "data.csv").write_text("text,label\na,b\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "csvs").mkdir()
+    (tmp_path / "csvs" / "train.csv").write_text("text,label\na,b\nc,d\n")
+    for name, config, says in [(tmp_path / "data.csv", None, "a file; give it as --train_file"),
+                               (tmp_path / "empty", None, "--dataset_name .*empty: "),
+                               (tmp_path / "csvs", "nope", "--dataset_name .*csvs: .*nope")]:
+        with pytest.raises(DataError, match=says):
+            prepare_splits(DataArguments(dataset_name=str(name), dataset_config_name=config), TextTask(None), seed=0)
+
+
+@pytest.mark.parametrize("flags, says", [
+    ({"text_column_names": "text,text"}, "column 'text' is named twice among the inputs and the label"),
+    ({"label_column_name": "text"}, "column 'text' is named twice among the inputs and the label"),
+    ({"text_column_names": "a,b,c"}, "--text_column_names takes one column, or two for sentence pairs, not 'a,b,c'"),
+])
+def test_columns_named_twice_or_too_many_are_an_error_before_loading_rows(tmp_path, flags, says):
+    """One column read as two was a pyarrow KeyError ('Field "text" exists 2 times'); three text columns a
+    ValueError with its traceback."""
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\ngood film,pos\nbad film,neg\n")
+    args = DataArguments(train_file=str(data), **flags)
+    with pytest.raises(DataError, match=says):
+        prepare_splits(args, TextTask(args), seed=0, given=frozenset(flags))
