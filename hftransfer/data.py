@@ -450,20 +450,25 @@ def _held_out_count(rest: Dataset, fraction: float) -> int:
 
 
 def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) -> DatasetDict:
-    """A stratified validation split. A class with a single example stays in training (held out, it would be a
-    validation class the model never saw); that is said in the data report."""
-    if is_multi_label(train):
-        parts = train.train_test_split(test_size=fraction, seed=seed)
-        return DatasetDict(train=parts["train"], validation=parts["test"])
-    labels = train["label"]
-    single = {label for label, count in Counter(labels).items() if count < 2}
-    rest = train.select([i for i, label in enumerate(labels) if label not in single]) if single else train
-    parts = rest.train_test_split(test_size=_held_out_count(rest, fraction), seed=seed, stratify_by_column="label")
+    """A validation split, stratified by class for single-label data. An example of a class no other example has
+    (multi-label: one carrying such a label) stays in training (held out, it would be a validation class the model
+    never saw); that is said in the data report."""
+    multi = is_multi_label(train)
+    labels = [set(row) for row in train["label"]] if multi else [{label} for label in train["label"]]
+    single = {label for label, count in Counter(v for row in labels for v in row).items() if count < 2}
+    rest = train.select([i for i, row in enumerate(labels) if not row & single]) if single else train
+    if not multi:
+        parts = rest.train_test_split(test_size=_held_out_count(rest, fraction), seed=seed, stratify_by_column="label")
+    elif len(rest) < 2:  # nothing to split: the empty validation split is said after
+        parts = {"train": rest, "test": rest.select([])}
+    else:
+        parts = rest.train_test_split(test_size=min(max(1, math.ceil(fraction * len(rest))), len(rest) - 1), seed=seed)
     if single:
-        names = [train.features["label"].int2str(label) for label in sorted(single)]
-        report.notes.append(f"class(es) {', '.join(names)} have a single example: kept in training, not validated")
+        names = [label_feature(train).int2str(label) for label in sorted(single)]
+        what = "label(s)" if multi else "class(es)"
+        report.notes.append(f"{what} {', '.join(names)} have a single example: kept in training, not validated")
         logger.warning(report.notes[-1])
-        kept = train.select([i for i, label in enumerate(labels) if label in single])
+        kept = train.select([i for i, row in enumerate(labels) if row & single])
         parts["train"] = concatenate_datasets([parts["train"], kept])
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
@@ -474,7 +479,12 @@ def class_counts(dataset: Dataset, num_labels: int) -> list[int]:
     return [counts.get(label, 0) for label in range(num_labels)]
 
 
+def label_feature(dataset: Dataset) -> ClassLabel:
+    """The `ClassLabel` of an encoded split's labels (multi-label: of each list's items)."""
+    feature = dataset.features["label"]
+    return feature.feature if isinstance(feature, (List, Sequence)) else feature
+
+
 def label_names(splits: DatasetDict) -> list[str]:
-    feature = splits["train"].features["label"]
-    return (feature.feature if isinstance(feature, (List, Sequence)) else feature).names
+    return label_feature(splits["train"]).names
 

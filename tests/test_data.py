@@ -249,3 +249,23 @@ def test_columns_named_twice_or_too_many_are_an_error_before_loading_rows(tmp_pa
     args = DataArguments(train_file=str(data), **flags)
     with pytest.raises(DataError, match=says):
         prepare_splits(args, TextTask(args), seed=0, given=frozenset(flags))
+
+
+def test_a_multi_label_hold_out_keeps_a_label_seen_once_in_training_and_a_single_row_is_said(tmp_path):
+    """A label carried by one example could land wholly in the held-out part (the model never saw it; its F1 was 0,
+    with no note), and a single-row file was a scikit-learn ValueError."""
+    import json
+
+    rows = [{"text": f"text {i}", "label": ["x"] if i % 2 else ["x", "z"]} for i in range(12)]
+    rows.append({"text": "the only y", "label": ["y", "x"]})
+    data = tmp_path / "tags.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    for seed in range(5):
+        args = DataArguments(train_file=str(data))
+        splits, report = prepare_splits(args, TextTask(args), seed=seed)[:2]
+        assert "the only y" in splits["train"]["text"] and "the only y" not in splits["validation"]["text"]
+        assert len(splits["train"]) + len(splits["validation"]) == 13 and len(splits["validation"]) >= 1
+    assert "label(s) y have a single example: kept in training, not validated" in report.notes
+    data.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"text": "b", "label": ["q"]}))
+    with pytest.raises(DataError, match="nothing to validate on"):
+        prepare_splits(DataArguments(train_file=str(data)), TextTask(DataArguments(train_file=str(data))), seed=0)
