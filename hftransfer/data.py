@@ -119,6 +119,10 @@ def _load_folder(folder: str, task: TaskData, split: str, report: DataReport) ->
             labels.append(inside.parts[0])
     if not paths:
         raise DataError(f"{root}: no readable files in {len(classes)} class folder(s)")
+    empty = sorted(set(classes) - set(labels))
+    if empty:  # no example, so no class: said, not dropped quietly
+        report.notes.append(f"{split} class folder(s) {', '.join(empty)} in {root} hold no readable file: not a class")
+        logger.warning(report.notes[-1])
     return task.dataset_from_files(paths, labels)
 
 

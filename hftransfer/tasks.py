@@ -586,9 +586,9 @@ class TextTask(TaskAdapter):
         good = []
         columns = self.columns
         for index, row in enumerate(dataset.select_columns(columns)):
-            empty = [c for c in columns if not isinstance(row[c], str) or not row[c].strip()]
-            if empty:
-                report.skip(split, f"empty text in '{empty[0]}'", f"row {index}")
+            problem = next((_text_problem(row[c], c) for c in columns if _text_problem(row[c], c)), None)
+            if problem:
+                report.skip(split, problem, f"row {index}")
             else:
                 good.append(index)
         return dataset if len(good) == len(dataset) else dataset.select(good)
@@ -734,6 +734,13 @@ def _check_vocabulary(tokenizer, model) -> None:
 # second it warns (the words it loses are the ones the model cannot read).
 UNKNOWN_SHARE_ERROR = 0.5
 UNKNOWN_SHARE_WARNING = 0.05
+
+
+def _text_problem(value, column: str) -> str | None:
+    """Why a table cell is no text to train on (a column of numbers or lists read as "empty text" before)."""
+    if value is None or isinstance(value, str) and not value.strip():
+        return f"empty text in '{column}'"
+    return None if isinstance(value, str) else f"not a text in '{column}' ({type(value).__name__})"
 
 
 MISSING_TOKENIZER = ("A checkpoint without its tokenizer files (tokenizer.json, vocab.txt, spm.model...) loads an "

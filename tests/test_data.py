@@ -269,3 +269,18 @@ def test_a_multi_label_hold_out_keeps_a_label_seen_once_in_training_and_a_single
     data.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"text": "b", "label": ["q"]}))
     with pytest.raises(DataError, match="nothing to validate on"):
         prepare_splits(DataArguments(train_file=str(data)), TextTask(DataArguments(train_file=str(data))), seed=0)
+
+
+def test_an_empty_class_folder_is_said_and_a_number_where_a_text_should_be_is_not_called_empty(tmp_path):
+    """An empty class folder vanished without a word; a column of numbers was skipped as "empty text"."""
+    train = make_image_folder(tmp_path / "train", 4, classes=("a", "b"))
+    (train / "zzz").mkdir()
+    splits, report = prepare(train_dir=str(train))
+    assert splits["train"].features["label"].names == ["a", "b"]
+    assert f"train class folder(s) zzz in {train} hold no readable file: not a class" in report.notes
+    data = tmp_path / "mixed.csv"
+    data.write_text("text,label\n12,pos\n7,pos\n3,neg\n")
+    args = DataArguments(train_file=str(data), validation_file=str(data))
+    with pytest.raises(DataError, match=r"no usable examples, 3 skipped:[\s\S]*not a text in 'text' \(int\)") as err:
+        prepare_splits(args, TextTask(args), seed=0)
+    assert "empty text" not in str(err.value)
