@@ -3,8 +3,8 @@
 Each strategy runs as its own `accelerate launch` (so the user's Accelerate config applies, and each run's peak
 memory is its own) into `OUTPUT_DIR/<strategy>/`, one after another. The table (accuracy, macro-F1, time,
 trainable parameters, peak memory) is written to `OUTPUT_DIR/comparison.json` and `comparison.md`; the model card
-and the demo show it. The shared flags are parsed once before the first launch, so a misspelt flag is one error,
-not three. A strategy whose run fails does not stop the others: its row says so, and `compare` exits with an error
+and the demo show it. The shared flags are parsed and the data read once before the first launch, so a misspelt
+flag or a data error is one error, not three. A strategy whose run fails does not stop the others: its row says so, and `compare` exits with an error
 naming it once the table is written.
 """
 
@@ -59,18 +59,33 @@ def write_table(rows: list[dict], output_dir: Path) -> Path:
 
 
 def check_flags(task_cls, flags: list[str], strategy: str, output_dir: Path) -> None:
-    """Parse the flags every strategy's run shares as the runs will parse them: an unknown setting or a bad value
-    stops `compare` here, before any launch, with the recipe parser's own message. In a process of its own, with no
-    GPU visible: `TrainingArguments` sets up the device as it parses, and this process, waiting on the runs, must not
-    hold a CUDA context."""
-    code = "import sys; sys.argv[0] = 'hftransfer'; from hftransfer.args import parse_args; parse_args(sys.argv[1:])"
+    """Parse the flags every strategy's run shares and read the data as the runs will: an unknown setting, a bad
+    value or data no run can train on stops `compare` here, before any launch, with the recipe's own message (each
+    run would have failed with it). In a process of its own, with no GPU visible: `TrainingArguments` sets up the
+    device as it parses, and this process, waiting on the runs, must not hold a CUDA context."""
+    code = ("import sys; sys.argv[0] = 'hftransfer'; from hftransfer.compare import check_in_this_process; "
+            "check_in_this_process(sys.argv[1], sys.argv[2:])")
     argv = ["--model_name_or_path", task_cls.default_model, *flags, "--strategy", strategy,  # later flags win
             "--output_dir", str(output_dir / strategy)]
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code, task_cls.name, *argv], capture_output=True, text=True,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     if done.returncode:
         message = (done.stderr or done.stdout).strip().splitlines()
         raise SystemExit(f"compare: {message[-1] if message else f'the flags were refused (exit {done.returncode})'}")
+
+
+def check_in_this_process(task_name: str, argv: list[str]) -> None:
+    """`check_flags`' process: the flags parsed, the data loaded and checked (`data.prepare_splits`)."""
+    from .args import parse_args
+    from .data import prepare_splits
+    from .errors import InputError
+    from .tasks import TASKS
+
+    run = parse_args(argv)
+    try:
+        prepare_splits(run.data, TASKS[task_name](run.data), run.training.seed, run.explicit)
+    except InputError as err:
+        raise SystemExit(f"error: {' '.join(str(err).split())}") from None
 
 
 def compare(task: str, flags: list[str], strategies=COMPARED) -> list[dict]:

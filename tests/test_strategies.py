@@ -235,6 +235,21 @@ def test_compare_stops_on_a_misspelt_flag_before_launching_any_strategy(tmp_path
     assert not (tmp_path / "c").exists()
 
 
+def test_compare_stops_on_data_no_run_can_train_on_before_launching_any_strategy(tmp_path, monkeypatch):
+    """A column the data lacks failed each of the three runs in turn, each with accelerate's traceback."""
+    from hftransfer import compare
+
+    def launched(*args, **kwargs):
+        raise AssertionError(f"a strategy was launched: {args}")
+
+    monkeypatch.setattr(compare, "run_strategy", launched)
+    reviews = write_reviews_csv(tmp_path / "reviews.csv")
+    with pytest.raises(SystemExit, match=r"^compare: error: .*reviews.csv.*no column 'review'"):
+        compare.compare("text", ["--train_file", str(reviews), "--text_column_names", "review",
+                                 "--output_dir", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()
+
+
 def test_compare_reads_its_output_folder_in_every_spelling_the_recipes_take():
     from hftransfer.compare import _pop_flag
 
