@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from . import heads, pooling, zoo
 from .anatomy import POOLING_GROUP, ModelError, head_modules, param_groups
+from .outputs import ONNX_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ def _require_safetensors(path: str, name: str) -> None:
     folder = Path(path)
     if not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
+    if (folder / ONNX_FILE).is_file():
+        raise ModelError(f"{name}: an exported model ({ONNX_FILE}), which `predict`, `demo` and `push` read; train or "
+                         "report from the output folder it was exported from")
     pickled = sorted(p.name for p in folder.iterdir()  # training_args.bin: the Trainer's settings, not weights
                      if p.suffix in (".bin", ".pt", ".pth", ".ckpt") and p.name != "training_args.bin")
     found = f" (found {', '.join(pickled)})" if pickled else ""

@@ -264,6 +264,8 @@ def test_export_parity_and_predict_with_the_onnx_model(image_run, tmp_path):
     assert max(abs(float(a["score"]) - float(b["score"])) for a, b in zip(torch_rows, onnx_rows)) < 1e-4
     card = (exported / "README.md").read_text()
     assert "library_name: onnx" in card and "## Export" in card and "onnx" in card.split("---")[1]
+    with pytest.raises(SystemExit, match=f"{exported}: an exported model .*output folder it was exported from"):
+        cli(["freeze-report", str(exported)])  # it spoke of converting pickled weights
 
 
 def test_export_replaces_only_a_new_empty_or_exported_folder(image_run, tmp_path, monkeypatch):
