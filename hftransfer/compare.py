@@ -4,8 +4,8 @@ Each strategy runs as its own `accelerate launch` (so the user's Accelerate conf
 memory is its own) into `OUTPUT_DIR/<strategy>/`, one after another. The table (accuracy, macro-F1, time,
 trainable parameters, peak memory) is written to `OUTPUT_DIR/comparison.json` and `comparison.md`; the model card
 and the demo show it. The shared flags are parsed and the data read once before the first launch, so a misspelt
-flag or a data error is one error, not three. A strategy whose run fails does not stop the others: its row says so, and `compare` exits with an error
-naming it once the table is written.
+flag or a data error is one error, not three. A strategy whose run fails does not stop the others: its row says so,
+and `compare` exits with an error naming it once the table is written.
 """
 
 from __future__ import annotations
