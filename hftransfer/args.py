@@ -17,6 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .freezing import PatternError, multiplier_rules
+from .outputs import ONNX_FILE
 from .strategies import STRATEGIES
 
 
@@ -322,6 +323,8 @@ def _check_ranges(*settings) -> None:
             number = value(name)
             if number is not None and not (math.isfinite(number) and inside(number)):
                 refuse(name, number, expected)
+    if not 0 <= value("seed") < 2**32:  # torch's and numpy's range; set_seed failed once the data had loaded
+        refuse("seed", value("seed"), "from 0 to 2**32 - 1")
     sizes = value("head_hidden_sizes")
     if any(size < 1 for size in sizes):
         refuse("head_hidden_sizes", " ".join(map(str, sizes)), "at least 1 each")
@@ -332,14 +335,18 @@ def _check_ranges(*settings) -> None:
 
 
 def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments) -> None:
-    """The output folder is neither the checkpoint the run starts from (its weights were overwritten) nor inside an
-    image folder it reads (the report and examples written there became classes of the next run)."""
+    """The output folder neither holds the checkpoint the run starts from (its weights were overwritten, a checkpoint
+    of an earlier run removed) or an export, nor is inside an image folder the run reads (the report and examples
+    written there became classes of the next run)."""
     if not output_dir:
         return
     out = Path(output_dir).resolve()
-    if checkpoint and Path(checkpoint).is_dir() and Path(checkpoint).resolve() == out:
-        raise SystemExit(f"error: --output_dir {output_dir}: it is the checkpoint the run starts from "
-                         "(--model_name_or_path), which the trained model would overwrite; name another folder")
+    if checkpoint and Path(checkpoint).is_dir() and Path(checkpoint).resolve().is_relative_to(out):
+        raise SystemExit(f"error: --output_dir {output_dir}: it holds the checkpoint the run starts from "
+                         "(--model_name_or_path), which the run would overwrite or remove; name another folder")
+    if (out / ONNX_FILE).is_file():  # the old graph would stay beside the new weights, and be what predict runs
+        raise SystemExit(f"error: --output_dir {output_dir}: it holds an exported model ({ONNX_FILE}); name another "
+                         "folder")
     for flag in ("train_dir", "validation_dir"):
         folder = getattr(data, flag)
         if folder and out.is_relative_to(Path(folder).resolve()):

@@ -202,7 +202,23 @@ def _load_named(name: str, config_name: str | None) -> DatasetDict:
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
 
 
+# Each training source and the validation it reads: a validation set of another form was ignored in silence (part
+# of the training data held out in its place), as was a second training source.
+SOURCES = {"dataset_name": (), "train_dir": ("validation_dir",), "train_file": ("validation_file",)}
+
+
+def _check_sources(args: DataArguments) -> None:
+    given = [flag for flag in SOURCES if getattr(args, flag)]
+    if len(given) > 1:
+        raise DataError(f"--{given[0]} and --{given[1]}: give one training source")
+    validation = [flag for flag in ("validation_dir", "validation_file") if getattr(args, flag)]
+    if given and validation and validation[0] not in SOURCES[given[0]]:
+        fits = f"; with it give --{SOURCES[given[0]][0]}" if SOURCES[given[0]] else " (its own validation split)"
+        raise DataError(f"--{validation[0]} is not read with --{given[0]}{fits}")
+
+
 def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> DatasetDict:
+    _check_sources(args)
     if args.dataset_name:
         report.source = args.dataset_name
         loaded = _load_named(args.dataset_name, args.dataset_config_name)
@@ -422,9 +438,9 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
     if args.max_train_samples:
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples,
                                                                             len(splits["train"]))))
-    if args.max_eval_samples:
-        splits["validation"] = splits["validation"].select(range(min(args.max_eval_samples,
-                                                                     len(splits["validation"]))))
+    if args.max_eval_samples:  # drawn at random, as the training rows: files come sorted by class
+        splits["validation"] = splits["validation"].shuffle(seed=seed).select(range(min(args.max_eval_samples,
+                                                                                        len(splits["validation"]))))
     for split in ("train", "validation"):
         if len(splits[split]) == 0:
             raise DataError(_empty_split_message(split, where, report, held_out))

@@ -65,7 +65,24 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     for pattern in patterns:
         by_suffix = [n for n in adaptable if n == pattern or n.endswith("." + pattern)]
         found.update(by_suffix or match(pattern, adaptable))
-    return [n for n in adaptable if n in found]
+    targets = [n for n in adaptable if n in found]
+    _check_given_targets(model, targets)
+    return targets
+
+
+def _check_given_targets(model: nn.Module, targets: list[str]) -> None:
+    """What the default targets leave out, refused when named, before anything trains: PEFT cannot merge adapters
+    into a grouped (depthwise) convolution (the run failed at the merge, after the LoRA stage), and the head trains
+    in full beside the adapters (PEFT then found no module to adapt)."""
+    grouped = [n for n in targets if isinstance(module := model.get_submodule(n), nn.Conv2d) and module.groups != 1]
+    if grouped:
+        raise PatternError(f"--lora_target_modules: {', '.join(grouped[:3])} are grouped (depthwise) convolutions, "
+                           "whose adapters PEFT cannot merge into the saved model; name ungrouped ones")
+    head = {n.rsplit(".", 1)[0] for g in param_groups(model) if g.name == "head" for n in g.params}
+    in_head = [n for n in targets if n in head]
+    if in_head:
+        raise PatternError(f"--lora_target_modules: {', '.join(in_head[:3])} are the head, which trains in full beside "
+                           "the adapters; name modules of the base")
 
 
 def wrap(model: nn.Module, transfer, targets: list[str], sharded: bool = False):

@@ -610,6 +610,11 @@ class TextTask(TaskAdapter):
         limits = [tokenizer.model_max_length, _position_limit(model), self.max_length_cap]
         natural = min(int(v) for v in limits if v and v > 0)
         wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else None
+        special = tokenizer.num_special_tokens_to_add(pair=self.pairs)
+        least = special + (2 if self.pairs else 1)
+        if wanted is not None and wanted < least:  # every text would be its special tokens alone, one answer for all
+            raise ModelError(f"--max_seq_length {wanted}: {type(tokenizer).__name__} adds {special} special tokens to "
+                             f"each input; at least {least} leaves room for a word of each text")
         if wanted is None:
             choices.add("max_seq_length", natural, f"the model's limit, at most {self.max_length_cap}; padded per "
                         "batch")

@@ -8,6 +8,7 @@ adds the regularising losses a stage asks for: R-Drop's and adversarial training
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .freezing import FreezePlan
 from .metrics import classification_metrics, epoch_metrics, load_metrics, multi_label_metrics
 from .selection import ClassLoss
 
+logger = logging.getLogger(__name__)
 
 # What wrappers insert in parameter names: FSDP version 1 (FSDP2 keeps the names), its activation checkpointing, and
 # torch.compile. DDP and DeepSpeed wrap after the optimizer is made.
@@ -314,7 +316,11 @@ def make_compute_metrics(num_labels: int, multi_label: bool, extra_names=(), eve
         logits, references = prediction.predictions, prediction.label_ids
         result = classification_metrics(logits, references, num_labels)
         for metric in extra:
-            result.update(metric.compute(predictions=logits.argmax(-1), references=references))
+            try:
+                result.update(metric.compute(predictions=logits.argmax(-1), references=references))
+            except Exception as err:  # its own checks (f1's average="binary" on 3 classes): after training, a word
+                logger.warning("--metric_names %s cannot be computed on these predictions (%s): left out",
+                               metric.name, " ".join(str(err).split()))
         return result
 
     return compute

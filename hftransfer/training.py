@@ -21,6 +21,7 @@ from . import anatomy, data_quality, features, freezing, hardware, lora, saving
 from .choices import Choices, choose_for_labels, choose_for_model, choose_stages
 from .data import class_counts, is_multi_label, label_names, prepare_splits
 from .feature_store import FeatureStore, Source
+from .metrics import check_best_metric
 from .modeling import check_runs, load_model
 from .outputs import ADAPTER_FOLDER
 from .resume import StageCheckpoints
@@ -94,6 +95,7 @@ class TransferRun:
         self.compute_metrics = make_compute_metrics(len(self.labels), self.multi_label,
                                                     self.run.transfer.metric_names)
         self.epoch_metrics = make_compute_metrics(len(self.labels), self.multi_label, every_epoch=True)
+        check_best_metric(self.args.metric_for_best_model or "accuracy", len(self.labels), self.multi_label)
         self.predictions = above_half if self.multi_label else logits_only  # single-label metrics need the logits
         logger.info("%d training and %d validation examples, %d classes", len(self.splits["train"]),
                     len(self.splits["validation"]), len(self.labels))

@@ -76,6 +76,7 @@ def test_a_training_arguments_check_is_a_flag_error_not_a_traceback():
     (["--lora_dropout", "1"], "--lora_dropout 1.0: must be from 0 to less than 1"),
     (["--head_hidden_sizes", "8", "0"], "--head_hidden_sizes 8 0: must be at least 1 each"),
     (["--lr_multipliers", "vit.*=nan"], r"--lr_multipliers 'vit.\*=nan': expected PATTERN=FACTOR with a factor .*"),
+    (["--seed", "-1"], r"--seed -1: must be from 0 to 2\*\*32 - 1"),
     (["--lr_multipliers", "vit.*=-1"], r"--lr_multipliers 'vit.\*=-1': expected PATTERN=FACTOR with a factor .*"),
 ])
 def test_a_setting_out_of_its_range_is_a_flag_error(flags, message):
@@ -118,13 +119,21 @@ def test_one_value_in_a_config_file_for_a_setting_of_several_is_a_list_of_one(tm
 
 
 def test_an_output_dir_that_is_the_checkpoint_or_inside_an_image_folder_it_reads_is_a_flag_error(tmp_path):
-    """The pretrained weights were overwritten by the trained model; the report and examples written into the training
-    folder became two more classes of the next run (which then scored 0)."""
+    """The pretrained weights were overwritten by the trained model (a checkpoint in the folder was removed as
+    another command's); an export's graph stayed beside the new weights and was what predict ran; the report and
+    examples written into the training folder became two more classes of the next run (which then scored 0)."""
     checkpoint, images = tmp_path / "ckpt", tmp_path / "images"
     checkpoint.mkdir()
     (images / "cat").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="it is the checkpoint the run starts from"):
-        parse_args(["--model_name_or_path", str(checkpoint), "--output_dir", str(checkpoint)])
+    for model in (checkpoint, checkpoint / "stage-staged" / "checkpoint-2"):  # a checkpoint of an earlier run in it
+        model.mkdir(parents=True, exist_ok=True)
+        with pytest.raises(SystemExit, match="it holds the checkpoint the run starts from"):
+            parse_args(["--model_name_or_path", str(model), "--output_dir", str(checkpoint)])
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "model.onnx").write_bytes(b"graph")  # the old graph stayed beside the new weights
+    with pytest.raises(SystemExit, match="it holds an exported model"):
+        parse_args(["--output_dir", str(exported)])
     for flag in ("--train_dir", "--validation_dir"):
         with pytest.raises(SystemExit, match=f"inside {flag} {re.escape(str(images))}, where what the run writes"):
             parse_args([flag, str(images), "--output_dir", str(images / "out")])

@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -143,6 +144,8 @@ def recipe(capsys, script, *args):
 
 
 def test_config_errors_come_before_training(tmp_path, image_folders, capsys):
+    """Each an exit with one message before any training step (--metric_for_best_model by a metric computed only at
+    the end failed after the first epoch, a KeyError)."""
     text_checkpoint = save_tiny_text_checkpoint(tmp_path / "text-ckpt", "bert")
     image_checkpoint = save_tiny_checkpoint(tmp_path / "image-ckpt", "vit")
     reviews = write_reviews_csv(tmp_path / "reviews.csv")
@@ -155,6 +158,12 @@ def test_config_errors_come_before_training(tmp_path, image_folders, capsys):
         (("image.py", "--learning_rat", "1e-3", *common), "Unknown argument(s): --learning_rat"),
         (("image.py", "--model_name_or_path", str(image_checkpoint), "--train_dir", str(image_folders[0]),
           "--strategy", "fine_tune", "--unfreeze", "vit.encoder.layers.*", *common), "matches no parameter"),
+        (("text.py", "--model_name_or_path", str(text_checkpoint), "--train_file", str(reviews), "--metric_names", "",
+          *common), "error: --metric_names: an empty name"),  # an IndexError inside evaluate
+        (("text.py", "--model_name_or_path", str(text_checkpoint), "--train_file", str(reviews), "--metric_names", "f1",
+          "--metric_for_best_model", "f1", *common), "--metric_for_best_model f1: not a metric of every epoch's"),
+        (("text.py", "--model_name_or_path", str(text_checkpoint), "--train_file", str(reviews), "--max_seq_length",
+          "2", *common), "--max_seq_length 2: BertTokenizer"),
     ]
     for case, expected in cases:
         message, out = recipe(capsys, *case)
@@ -274,3 +283,20 @@ def test_a_checkpoint_to_resume_from_that_is_not_one_is_an_error_before_training
                                    "--resume_from_checkpoint", str(given), *flags)
         assert message.startswith(f"error: --resume_from_checkpoint {given}: ") and expected in message, message
         assert "{'loss'" not in out_text
+
+
+def test_a_named_metric_that_cannot_score_these_predictions_is_a_warning_not_a_lost_run(tmp_path, image_folders,
+                                                                                         caplog):
+    """`--metric_names f1` on three classes (evaluate's f1 defaults to average="binary") failed the final evaluation
+    after every stage had trained, and the output folder stayed empty."""
+    from hftransfer.recipe import main
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        metrics = main("image", ["--model_name_or_path", str(save_tiny_checkpoint(tmp_path / "ckpt", "vit")),
+                                 "--train_dir", str(image_folders[0]), "--validation_dir", str(image_folders[1]),
+                                 "--output_dir", str(out), "--head_epochs", "1", "--num_train_epochs", "1",
+                                 "--metric_names", "f1", "--disable_tqdm", "true", "--check_data", "false"])
+    assert "--metric_names f1 cannot be computed on these predictions (Target is multiclass" in caplog.text
+    assert (out / "model.safetensors").is_file() and 0 <= metrics["eval_accuracy"] <= 1
+

@@ -284,3 +284,28 @@ def test_an_empty_class_folder_is_said_and_a_number_where_a_text_should_be_is_no
     with pytest.raises(DataError, match=r"no usable examples, 3 skipped:[\s\S]*not a text in 'text' \(int\)") as err:
         prepare_splits(args, TextTask(args), seed=0)
     assert "empty text" not in str(err.value)
+
+
+def test_a_validation_set_of_another_form_or_a_second_training_source_is_an_error(tmp_path):
+    """--train_file with --validation_dir read no validation images and held out training rows in their place (the run
+    record still named the folder); --train_dir with --train_file ignored the file."""
+    folder = make_image_folder(tmp_path / "images", 2, classes=("a", "b"))
+    table = tmp_path / "images.csv"
+    table.write_text("image,label\n")
+    for flags, says in [({"train_file": table, "validation_dir": folder}, "--validation_dir is not read with "
+                         "--train_file; with it give --validation_file"),
+                        ({"train_dir": folder, "validation_file": table}, "--validation_file is not read with "
+                         "--train_dir; with it give --validation_dir"),
+                        ({"dataset_name": folder, "validation_dir": folder}, "--validation_dir is not read with "
+                         r"--dataset_name \(its own validation split\)"),
+                        ({"train_dir": folder, "train_file": table}, "--train_dir and --train_file: give one")]:
+        with pytest.raises(DataError, match=says):
+            prepare(**{key: str(value) for key, value in flags.items()})
+
+
+def test_max_eval_samples_draws_its_rows_at_random_not_the_first_class(tmp_path):
+    """Folders are read class by class: the first 3 validation rows were all one class (accuracy 1.0 or 0)."""
+    train = make_image_folder(tmp_path / "train", 4, classes=("a", "b", "c"))
+    validation = make_image_folder(tmp_path / "validation", 4, classes=("a", "b", "c"), seed=1)
+    splits, _ = prepare(train_dir=str(train), validation_dir=str(validation), max_eval_samples=4)
+    assert len(splits["validation"]) == 4 and len(set(splits["validation"]["label"])) > 1  # the first 4: all 'a'

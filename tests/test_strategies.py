@@ -87,6 +87,12 @@ def test_lora_default_targets_skip_depthwise_convs_and_stem():
         f"bert.encoder.layer.{i}.attention.self.{p}" for i in range(6) for p in ("query", "value")]
     with pytest.raises(PatternError, match="Nearest"):
         lora.resolve_targets(bert, ["qurey"])
+    # named, what the defaults leave out: the run failed after training (the merge) or after the head's stage (PEFT)
+    with pytest.raises(PatternError, match="classifier are the head, which trains in full"):
+        lora.resolve_targets(bert, ["classifier"])
+    mobilenet = tiny_image_model("mobilenet_v2")
+    with pytest.raises(PatternError, match=r"conv_3x3.convolution .*grouped \(depthwise\) convolutions"):
+        lora.resolve_targets(mobilenet, ["mobilenet_v2.layer.0.conv_3x3.convolution"])
 
 
 def test_lora_targets_that_match_nothing_stop_the_run_before_the_head_trains(tmp_path, caplog):

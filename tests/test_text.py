@@ -212,6 +212,25 @@ def test_a_model_without_a_position_table_keeps_the_tokenizers_limit():
     assert tokenizer.model_max_length == choices.made["max_seq_length"]["value"] == 256
 
 
+def test_a_token_limit_that_leaves_no_room_for_a_word_is_an_error():
+    """--max_seq_length 2 cut every text to [CLS] [SEP]: one answer for every text, exit 0."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hftransfer import zoo
+    from hftransfer.anatomy import ModelError
+    from hftransfer.choices import Choices
+
+    model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=37))
+    tokenizer = AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"))
+    for columns, length, least in (("text", 2, 3), ("premise,hypothesis", 4, 5)):
+        task = TextTask(DataArguments(max_seq_length=length, text_column_names=columns))
+        with pytest.raises(ModelError, match=f"--max_seq_length {length}: BertTokenizer.* at least {least} "):
+            task.adapt_processor(tokenizer, model, {}, Choices())
+    TextTask(DataArguments(max_seq_length=3)).adapt_processor(tokenizer, model, {}, Choices())
+    assert tokenizer.model_max_length == 3
+
+
 @pytest.mark.parametrize("pad_id", [0, 1])
 def test_a_roberta_position_table_holds_its_offset_fewer_tokens(pad_id):
     """RoBERTa numbers positions after the padding index: 64 rows hold 63 tokens with padding id 0, 62 with id 1.

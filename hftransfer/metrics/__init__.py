@@ -6,7 +6,13 @@ from pathlib import Path
 
 import evaluate
 
+from ..errors import InputError
+
 SHIPPED = Path(__file__).parent
+
+
+class MetricError(InputError, ValueError):
+    """A metric named by a flag that cannot be loaded, or one a stage cannot select its best epoch by."""
 
 _CACHE: dict[str, evaluate.EvaluationModule] = {}  # the shipped modules `classification_metrics` reuses
 
@@ -18,12 +24,14 @@ def shipped_names() -> list[str]:
 
 def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
     """A shipped module by path, else `evaluate.load(name)`; a Hub miss says which names need no Hub."""
+    if not name.strip():
+        raise MetricError(f"--metric_names: an empty name (shipped: {', '.join(shipped_names())})")
     if (SHIPPED / name / f"{name}.py").is_file():
         return evaluate.load(str(SHIPPED / name), **kwargs)
     try:
         return evaluate.load(name, **kwargs)
     except OSError as error:  # evaluate raises FileNotFoundError offline and for unknown names alike
-        raise ValueError(f"Metric '{name}' is not shipped with hftransfer (shipped: {', '.join(shipped_names())}) "
+        raise MetricError(f"Metric '{name}' is not shipped with hftransfer (shipped: {', '.join(shipped_names())}) "
                          f"and could not be loaded from the Hugging Face Hub (offline, unreachable, or no such "
                          f"module): {error}") from error
 
@@ -116,3 +124,18 @@ def multi_label_metrics(predictions, references) -> dict:
     return {"accuracy": float((predictions == references).all(axis=1).mean()),
             "f1_micro": float(f1_score(references, predictions, average="micro", zero_division=0)),
             "f1_macro": float(f1_score(references, predictions, average="macro", zero_division=0))}
+
+
+def check_best_metric(name: str, num_labels: int, multi_label: bool) -> None:
+    """`--metric_for_best_model` must be a number every epoch's evaluation gives (`epoch_metrics`, or the
+    multi-label ones, and the loss): `--metric_names` are computed at the end only, so a stage selecting by one of
+    them failed after its first epoch."""
+    import numpy as np
+
+    found = (multi_label_metrics(np.zeros((1, num_labels)), np.zeros((1, num_labels))) if multi_label
+             else epoch_metrics(np.eye(num_labels), np.arange(num_labels), num_labels))
+    names = sorted({*found, "loss"})
+    if name.removeprefix("eval_") not in names:
+        raise MetricError(f"--metric_for_best_model {name}: not a metric of every epoch's evaluation "
+                          f"({', '.join(names)}); --metric_names are computed once, at the end")
+
