@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .freezing import PatternError, multiplier_rules
-from .outputs import ONNX_FILE
+from .outputs import ONNX_FILE, STAGE_PREFIX
 from .strategies import STRATEGIES
 
 
@@ -341,7 +341,9 @@ def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments) -> 
     if not output_dir:
         return
     out = Path(output_dir).resolve()
-    if checkpoint and Path(checkpoint).is_dir() and Path(checkpoint).resolve().is_relative_to(out):
+    source = Path(checkpoint).resolve() if checkpoint and Path(checkpoint).is_dir() else None
+    if source and (source == out or source.is_relative_to(out)  # an earlier run's stage: removed as another's
+                   and source.relative_to(out).parts[0].startswith(STAGE_PREFIX)):
         raise SystemExit(f"error: --output_dir {output_dir}: it holds the checkpoint the run starts from "
                          "(--model_name_or_path), which the run would overwrite or remove; name another folder")
     if (out / ONNX_FILE).is_file():  # the old graph would stay beside the new weights, and be what predict runs

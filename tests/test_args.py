@@ -139,3 +139,4 @@ def test_an_output_dir_that_is_the_checkpoint_or_inside_an_image_folder_it_reads
             parse_args([flag, str(images), "--output_dir", str(images / "out")])
     assert parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(images), "--output_dir",
                        str(tmp_path / "out")]).training.output_dir == str(tmp_path / "out")
+    assert parse_args(["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path)])  # a folder beside
