@@ -7,7 +7,9 @@ so `write_card(folder)` can rebuild the card of any output folder. The YAML head
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -73,13 +75,14 @@ def card_data(folder: Path, run: dict, results: dict, task: str, model_name: str
 
 
 def _usage(adapter, folder_name: str, mlp_head: bool) -> str:
+    name = json.dumps(folder_name)  # a Python string literal whatever the name holds (a quote broke the snippet)
     if mlp_head:
         return (f"This model has an MLP head (`{HEAD_KEY}` in its config), which plain `transformers` cannot "
                 f"rebuild; load it with hftransfer:\n\n```python\nfrom hftransfer.modeling import load_trained\n\n"
-                f"model = load_trained(\"{folder_name}\")  # a folder or a Hub id\n```\n")
+                f"model = load_trained({name})  # a folder or a Hub id\n```\n")
     return (f"```python\nfrom transformers import pipeline\n\nclassifier = pipeline(\"{adapter.pipeline_tag}\", "
-            f"model=\"{folder_name}\")\nprint(classifier({adapter.usage_example}))\n```\n\nOr open the demo: "
-            f"`hftransfer demo {folder_name}`.\n")
+            f"model={name})\nprint(classifier({adapter.usage_example}))\n```\n\nOr open the demo: "
+            f"`hftransfer demo {shlex.quote(folder_name)}`.\n")
 
 
 def _export_usage(adapter, folder_name: str) -> str:

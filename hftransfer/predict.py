@@ -379,6 +379,7 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
             writer.write([held[i] for i in sorted(held)])
         finally:
             writer.close()
+    skipped_file(output).unlink(missing_ok=True)  # an earlier call's list would read as this one's
     if summary.skipped:
         with skipped_file(output).open("w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows([("input", "reason"), *summary.skipped])

@@ -78,6 +78,9 @@ def test_predict_over_a_validation_folder_reproduces_eval_accuracy_and_lists_the
     assert summary.correct / summary.referenced == pytest.approx(metrics["eval_accuracy"])
     assert set(rows[0]) == {"input", "label", "score", "label_1", "score_1", "label_2", "score_2"}
     assert all(float(r["score_1"]) >= float(r["score_2"]) and r["label"] == r["label_1"] for r in rows)
+    # the same output again, over inputs with nothing to skip: the earlier list of skips no longer stands beside it
+    predict(str(root / "out"), [str(root / "validation" / "hstripes")], output, progress=False)
+    assert not skipped_file(output).exists()
 
 
 def test_predict_csv_skips_an_empty_text_and_writes_json_lines(text_run, tmp_path):

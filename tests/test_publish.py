@@ -76,6 +76,20 @@ def test_run_leaves_report_and_card_with_the_right_numbers(trained):
     assert data.base_model is None  # a local checkpoint is not a Hub id: no false `base_model`
 
 
+def test_a_model_name_with_a_quote_still_gives_a_card_snippet_that_is_python(trained, tmp_path):
+    """`card --model_name 'a"b'` wrote `pipeline(..., model="a"b")`."""
+    import ast
+
+    from hftransfer.card import write_card
+
+    folder = tmp_path / "copy"
+    shutil.copytree(trained[0], folder)
+    text = write_card(folder, 'team/a"b').read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    call = ast.parse(snippet).body[1].value  # classifier = pipeline(..., model=...)
+    assert [k.value.value for k in call.keywords if k.arg == "model"] == ['team/a"b']
+
+
 def test_push_from_a_recipe_run_is_byte_identical(local_hub, trained, tmp_path):
     out, transfer, _ = trained
     folder = tmp_path / "image-model"
