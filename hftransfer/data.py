@@ -19,7 +19,7 @@ import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, List, Sequence, Value, concatenate_datasets, load_dataset
 
 from .choices import Choices, choose_columns
-from .errors import InputError
+from .errors import InputError, is_the_machines
 
 if TYPE_CHECKING:
     from .args import DataArguments
@@ -193,7 +193,7 @@ def _load_named(name: str, config_name: str | None) -> DatasetDict:
         try:
             return load_dataset(name, config_name)
         except (OSError, ValueError) as err:  # not found, no data files, no network, no such configuration
-            if getattr(err, "errno", None) is not None:  # the machine's (a full disk), not the name's
+            if is_the_machines(err):
                 raise
             raise DataError(f"--dataset_name {name}: {' '.join(str(err).split())}") from None
     from datasets import load_from_disk

@@ -14,7 +14,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, is_the_machines
 from .outputs import (CARD, CONFIG, ONNX_FILE, RUN_RECORD, STAGE_PREFIX, STAGING, OutputFolderError,
                       read_json)
 
@@ -44,7 +44,7 @@ def hub_errors(doing: str):
     try:
         yield
     except (OSError, *network) as err:
-        if isinstance(err, OSError) and err.errno is not None:
+        if is_the_machines(err):
             raise
         raise PushError(f"{doing}: {type(err).__name__}: {err}") from None
 

@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from . import heads, pooling, zoo
 from .anatomy import POOLING_GROUP, ModelError, head_modules, param_groups
+from .errors import is_the_machines
 from .outputs import ONNX_FILE
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def checkpoint_errors(label: str):
     except HFValidationError as err:
         raise ModelError(f"{label}: {err}") from err
     except OSError as err:
-        if err.errno is not None:
+        if is_the_machines(err):
             raise
         raise ModelError(f"{label}: {err}") from err
 
