@@ -53,13 +53,18 @@ class DataError(InputError, ValueError):
 class DataReport:
     source: str = ""
     origins: dict[str, str] = field(default_factory=dict)  # split -> the file, folder or dataset split it came from
+    tables: dict[str, str] = field(default_factory=dict)  # split -> its table file, where relative paths start
     skipped: dict[str, Counter] = field(default_factory=dict)  # split -> reason -> count
     examples: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # split -> reason -> a few items
     notes: list[str] = field(default_factory=list)  # what was kept but deserves a word (e.g. unvalidated classes)
 
+    def origin(self, split: str) -> str:
+        """A split's own file, folder or dataset split, not the training set's."""
+        return self.origins.get(split, self.source)
+
     def where(self, split: str) -> str:
-        """A split's origin for messages: its own file or folder, not the training set's."""
-        return f"{self.origins.get(split, self.source)} ({split})"
+        """A split's origin for messages."""
+        return f"{self.origin(split)} ({split})"
 
     def skip(self, split: str, reason: str, item: str) -> None:
         self.skipped.setdefault(split, Counter())[reason] += 1
@@ -240,10 +245,11 @@ def load_raw(args: DataArguments, task: TaskData, report: DataReport) -> Dataset
         return DatasetDict(splits)
     if args.train_file:
         report.source = args.train_file
+        report.tables["train"] = args.train_file
         splits = {"train": load_file(args.train_file, "train")}
         if args.validation_file:
             splits["validation"] = load_file(args.validation_file, "validation")
-            report.origins["validation"] = args.validation_file
+            report.origins["validation"] = report.tables["validation"] = args.validation_file
         return DatasetDict(splits)
     if args.validation_dir or args.validation_file:
         raise DataError("A validation set was given without a training set (--train_dir / --train_file)")
@@ -407,7 +413,7 @@ def _check_rows_left(splits: DatasetDict, report: DataReport) -> None:
     labels are read from nothing (an IndexError before)."""
     for split, dataset in splits.items():
         if len(dataset) == 0:
-            raise DataError(_empty_split_message(split, report.source, report, held_out=False))
+            raise DataError(_empty_split_message(split, report.origin(split), report, held_out=False))
 
 
 def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozenset = frozenset(),
@@ -416,7 +422,6 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
     Returns the splits, what was skipped, and the data arguments with the columns read (`choices.choose_columns`)."""
     report = DataReport()
     splits = load_raw(args, task, report)
-    where = report.source
     train = splits["train"]
     args = choose_columns(train.column_names, train.features, args, task, given, choices or Choices())
     task = task.with_data(args)
@@ -443,7 +448,7 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
                                                                                         len(splits["validation"]))))
     for split in ("train", "validation"):
         if len(splits[split]) == 0:
-            raise DataError(_empty_split_message(split, where, report, held_out))
+            raise DataError(_empty_split_message(split, report.origin(split), report, held_out))
     logger.info(report.summary())
     return splits, report, args
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from conftest import make_image_folder
 from datasets import ClassLabel, Dataset, DatasetDict
@@ -309,3 +311,60 @@ def test_max_eval_samples_draws_its_rows_at_random_not_the_first_class(tmp_path)
     validation = make_image_folder(tmp_path / "validation", 4, classes=("a", "b", "c"), seed=1)
     splits, _ = prepare(train_dir=str(train), validation_dir=str(validation), max_eval_samples=4)
     assert len(splits["validation"]) == 4 and len(set(splits["validation"]["label"])) > 1  # the first 4: all 'a'
+
+
+def _image_table(folder, root, name):
+    """A CSV of (path relative to `root`, label) for every image under `folder`."""
+    rows = [f"{f.relative_to(root).as_posix()},{f.parent.name}\n" for f in sorted(folder.rglob("*.png"))]
+    (root / name).write_text("image,label\n" + "".join(rows))
+    return root / name
+
+
+def test_relative_image_paths_in_a_table_are_read_from_its_folder(tmp_path, monkeypatch):
+    """They were opened from the working directory: every row of a table beside its images was skipped as a
+    'corrupt image (FileNotFoundError)' when the run started anywhere else."""
+    data = tmp_path / "data"
+    table = _image_table(make_image_folder(data / "images", 3, classes=("a", "b")), data, "train.csv")
+    with table.open("a") as handle:
+        handle.write("images/a/missing.png,a\n")
+    monkeypatch.chdir(tmp_path)  # beside the data folder: "images/a/0.png" is not a file from here
+    splits, report = prepare(train_file=str(table.relative_to(tmp_path)), train_val_split=0.3)
+    assert len(splits["train"]) + len(splits["validation"]) == 6
+    assert splits["train"][0]["image"].size == (32, 32)  # decoded, as from a folder
+    assert report.skipped["train"] == {"file not found": 1}
+    assert report.examples["train"]["file not found"] == [str(Path("data") / "images/a/missing.png")]
+
+
+def test_a_path_relative_to_the_working_directory_still_reads(tmp_path, monkeypatch):
+    folder = make_image_folder(tmp_path / "images", 2, classes=("a", "b"))
+    (tmp_path / "tables").mkdir()
+    table = _image_table(folder, tmp_path, "tables/train.csv")  # paths from tmp_path, the table one folder down
+    monkeypatch.chdir(tmp_path)
+    splits, report = prepare(train_file=str(table), train_val_split=0.5)
+    assert report.total_skipped == 0 and len(splits["train"]) + len(splits["validation"]) == 4
+
+
+def test_image_bytes_in_a_parquet_column_become_images(tmp_path):
+    """A pandas-written Parquet of encoded image bytes kept its binary column: training handed the bytes to PIL as
+    a file name."""
+    import pandas as pd
+
+    folder = make_image_folder(tmp_path / "images", 3, classes=("a", "b"))
+    files = sorted(folder.rglob("*.png"))
+    pd.DataFrame({"image": [f.read_bytes() for f in files], "label": [f.parent.name for f in files]}).to_parquet(
+        tmp_path / "train.parquet")
+    splits, report = prepare(train_file=str(tmp_path / "train.parquet"), train_val_split=0.3)
+    assert splits["train"][0]["image"].size == (32, 32) and report.total_skipped == 0
+
+
+def test_an_image_column_of_numbers_is_an_error_naming_it(tmp_path):
+    (tmp_path / "t.csv").write_text("image,label\n1,a\n2,b\n")
+    with pytest.raises(DataError, match=r"t.csv: column 'image' holds Value\('int64'\), not images"):
+        prepare(train_file=str(tmp_path / "t.csv"), train_val_split=0.5)
+
+
+def test_a_validation_table_with_no_usable_row_is_named_not_the_training_one(tmp_path):
+    train = _image_table(make_image_folder(tmp_path / "images", 2, classes=("a", "b")), tmp_path, "train.csv")
+    (tmp_path / "validation.csv").write_text("image,label\nnowhere/0.png,a\n")
+    with pytest.raises(DataError, match=r"validation.csv \(validation\): no usable examples, 1 skipped"):
+        prepare(train_file=str(train), validation_file=str(tmp_path / "validation.csv"))

@@ -103,3 +103,21 @@ def test_no_file_in_the_output_holds_the_hub_token(tmp_path, image_folders):
     written = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.name == "training_args.bin" for p in written)
     assert not [p.name for p in written if b"hf_SECRET42" in p.read_bytes()]
+
+
+def test_tables_of_image_bytes_and_of_relative_paths_train(tmp_path, image_folders):
+    """Training decodes a Parquet column of image bytes (it handed them to PIL as a file name) and a CSV's paths
+    relative to its own folder (the run starts in the repository, not there)."""
+    import pandas as pd
+
+    train, validation = image_folders
+    files = sorted(train.rglob("*.png"))
+    pd.DataFrame({"image": [f.read_bytes() for f in files], "label": [f.parent.name for f in files]}).to_parquet(
+        tmp_path / "train.parquet")
+    rows = [f"{f.relative_to(tmp_path).as_posix()},{f.parent.name}\n" for f in sorted(validation.rglob("*.png"))]
+    (tmp_path / "validation.csv").write_text("image,label\n" + "".join(rows))
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    _, metrics = _run(["--model_name_or_path", str(checkpoint), "--train_file", str(tmp_path / "train.parquet"),
+                       "--validation_file", str(tmp_path / "validation.csv"), "--output_dir", str(tmp_path / "out"),
+                       "--num_train_epochs", "1", "--disable_tqdm", "true"])
+    assert metrics["skipped_examples"] == 0 and metrics["eval_samples"] == 12
