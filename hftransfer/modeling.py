@@ -168,7 +168,7 @@ def _load_model(task, model_args, labels, multi_label, head_hidden_sizes, head_d
         name = heads.install(model, head_hidden_sizes, head_dropout)
         logger.info("MLP head in place of %s: hidden sizes %s, dropout %g", name, head_hidden_sizes, head_dropout)
     processor = task.load_processor(path, **common)
-    return model, processor, not keep_head
+    return model, processor, not keep_head or bool(head_hidden_sizes)
 
 
 def _encoder_folder(modules: pooling.CheckpointModules) -> dict:

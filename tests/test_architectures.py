@@ -173,6 +173,33 @@ def test_a_plan_that_trains_nothing_is_an_error_before_any_training(text_data, t
     assert not (tmp_path / "out" / "hftransfer_run.json").exists()
 
 
+@pytest.mark.parametrize("strategy", ["full", "fine_tune"])
+def test_a_new_head_left_frozen_while_the_base_trains_is_an_error(strategy, text_data, tmp_path):
+    """`--strategy full --freeze classifier` trained the base under a head that stayed at its random start: exit 0,
+    a model that answers at random. (Where the head trains alone first, that stage trains nothing: an error too.)"""
+    checkpoint = save_text_checkpoint(tmp_path / "ckpt", "distilbert")
+    train, validation = text_data
+    data = ["--train_file", str(train), "--validation_file", str(validation)]
+    with pytest.raises(freezing.PatternError) as error:
+        train_quick(TextTask, checkpoint, data, tmp_path / "out", "--strategy", strategy,
+                    "--freeze", "classifier", "re:.*pre_classifier.*", "distilbert.embeddings.*")
+    message = str(error.value)
+    assert f"Stage '{strategy}' ({strategy}) would leave the new head (classifier, pre_classifier) frozen" in message
+    assert "--freeze 'classifier' 're:.*pre_classifier.*' names it" in message  # not the embeddings' pattern
+    assert not (tmp_path / "out" / "hftransfer_run.json").exists()
+
+
+def test_a_kept_head_may_stay_frozen(text_data, tmp_path):
+    """The checkpoint's own head, for the same labels, is trained weights: freezing it is a choice, not an error."""
+    checkpoint = save_text_checkpoint(tmp_path / "ckpt", "distilbert")
+    train, validation = text_data
+    data = ["--train_file", str(train), "--validation_file", str(validation)]
+    first = train_quick(TextTask, checkpoint, data, tmp_path / "first", "--strategy", "full")
+    again = train_quick(TextTask, tmp_path / "first", data, tmp_path / "again", "--strategy", "full",
+                        "--freeze", "classifier", "pre_classifier")
+    assert again.model.classifier.weight.equal(first.model.classifier.weight)
+
+
 @pytest.mark.parametrize("family", IMAGE_FAMILIES + SWEPT_IMAGE + ["bert", "sentence-transformers", "qwen2"])
 def test_a_new_label_set_replaces_the_head_and_keeps_every_pretrained_weight(family, tmp_path):
     """The head is what comes after the base, and a new label set re-initialises it alone: every other weight is
