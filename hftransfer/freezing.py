@@ -143,23 +143,28 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
     return trainable - fixed
 
 
-def check_trains(model: nn.Module, plan: FreezePlan, stage: str, new_head: bool = False) -> None:
-    """Refuse, before any training, a plan under which nothing would train (a structure `anatomy` cannot read; LoRA
-    adds its own parameters, its targets checked when they are resolved), or under which a new head, which starts
-    random, would never train while the base learns to feed it."""
-    trainable = resolve(model, plan)
-    if not trainable and plan.strategy != "lora":
-        raise PatternError(f"Stage '{stage}' ({plan.strategy}) would train 0 parameters of {type(model).__name__}: "
-                           f"found {describe(model)}. Name what trains with --unfreeze PATTERN (and --freeze PATTERN), "
-                           f"e.g. --unfreeze '{_example_pattern(model)}'; `hftransfer freeze-report` lists the names")
+def check_trains(model: nn.Module, plan: FreezePlan, stage: str) -> None:
+    """Refuse, before any training, a plan under which nothing would train (a structure `anatomy` cannot read).
+    LoRA adds its own parameters; its targets are checked when they are resolved."""
+    if plan.strategy == "lora" or resolve(model, plan):
+        return
+    raise PatternError(f"Stage '{stage}' ({plan.strategy}) would train 0 parameters of {type(model).__name__}: found "
+                       f"{describe(model)}. Name what trains with --unfreeze PATTERN (and --freeze PATTERN), e.g. "
+                       f"--unfreeze '{_example_pattern(model)}'; `hftransfer freeze-report` lists the names")
+
+
+def check_new_head_trains(model: nn.Module, plans: list[FreezePlan]) -> None:
+    """A new head starts random: refuse, before any training, stages none of which trains it (`--strategy full
+    --freeze classifier` trained the base under a random head, exit 0). A later stage may freeze a trained head."""
     head = {n for g in param_groups(model) if g.name == "head" for n in g.params}
-    if new_head and head and not head & trainable:
-        names = [n for n, _ in model.named_parameters()]
-        frozen_by = " ".join(repr(p) for p in plan.freeze if head & set(match(p, names)))
-        modules = ", ".join(sorted(head_modules(model)))
-        raise PatternError(f"Stage '{stage}' ({plan.strategy}) would leave the new head ({modules}) frozen at its "
-                           f"random start: --freeze {frozen_by} names it. "
-                           "Freeze the base's parameters only (`hftransfer freeze-report` lists the names)")
+    if not head or any(head & resolve(model, plan) for plan in plans):
+        return
+    names = [n for n, _ in model.named_parameters()]
+    frozen_by = " ".join(repr(p) for p in dict.fromkeys(p for plan in plans for p in plan.freeze)
+                         if head & set(match(p, names)))
+    raise PatternError(f"No stage would train the new head ({', '.join(sorted(head_modules(model)))}), which starts "
+                       f"random: --freeze {frozen_by} names it. Freeze the base's parameters only "
+                       "(`hftransfer freeze-report` lists the names)")
 
 
 def _example_pattern(model: nn.Module) -> str:

@@ -59,9 +59,11 @@ class TransferRun:
         self.data_quality = data_quality.before_training(self)
         stages = choose_stages(self.run, self.model, len(self.splits["train"]), not self.decoder, self.choices)
         for stage in stages:
-            freezing.check_trains(self.model, stage.plan, stage.name, new_head=self.head_replaced)
+            freezing.check_trains(self.model, stage.plan, stage.name)
             if stage.kind == ADAPTERS:  # no adapter targets: an error now, not after the head's stage
                 stage.lora_targets = lora.resolve_targets(self.model, list(self.run.transfer.lora_target_modules))
+        if self.head_replaced:
+            freezing.check_new_head_trains(self.model, [stage.plan for stage in stages])
         for stage, following in zip(stages, stages[1:] + [None]):
             if not self._restore_finished(stage):
                 if following is not None and stage.kind == HEAD:
