@@ -443,6 +443,7 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
     if args.max_train_samples:
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples,
                                                                             len(splits["train"]))))
+        _note_classes_left_out(splits["train"], f"--max_train_samples {args.max_train_samples}", report)
     if args.max_eval_samples:  # drawn at random, as the training rows: files come sorted by class
         splits["validation"] = splits["validation"].shuffle(seed=seed).select(range(min(args.max_eval_samples,
                                                                                         len(splits["validation"]))))
@@ -496,6 +497,19 @@ def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) ->
         kept = train.select([i for i, row in enumerate(labels) if row & single])
         parts["train"] = concatenate_datasets([parts["train"], kept])
     return DatasetDict(train=parts["train"], validation=parts["test"])
+
+
+def _note_classes_left_out(train: Dataset, draw: str, report: DataReport) -> None:
+    """A draw of the training rows can miss a class the data has: the model keeps an output it never learns."""
+    names = label_feature(train).names
+    rows = train["label"] if is_multi_label(train) else [[label] for label in train["label"]]
+    drawn = {label for row in rows for label in row}
+    missing = [name for i, name in enumerate(names) if i not in drawn]
+    if missing:
+        report.notes.append(f"{draw} drew no training example of {len(missing)} of {len(names)} classes "
+                            f"({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}): the model cannot "
+                            "learn them")
+        logger.warning(report.notes[-1])
 
 
 def class_counts(dataset: Dataset, num_labels: int) -> list[int]:

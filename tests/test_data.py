@@ -368,3 +368,15 @@ def test_a_validation_table_with_no_usable_row_is_named_not_the_training_one(tmp
     (tmp_path / "validation.csv").write_text("image,label\nnowhere/0.png,a\n")
     with pytest.raises(DataError, match=r"validation.csv \(validation\): no usable examples, 1 skipped"):
         prepare(train_file=str(train), validation_file=str(tmp_path / "validation.csv"))
+
+
+def test_a_training_draw_that_misses_a_class_is_said(tmp_path):
+    """--max_train_samples drew 2 rows of 3 classes: one class kept an output it never learned, in silence."""
+    train = make_image_folder(tmp_path / "train", 4, classes=("a", "b", "c"))
+    validation = make_image_folder(tmp_path / "validation", 2, classes=("a", "b", "c"), seed=1)
+    splits, report = prepare(train_dir=str(train), validation_dir=str(validation), max_train_samples=2)
+    missing = [name for i, name in enumerate(("a", "b", "c")) if i not in splits["train"]["label"]]
+    assert len(missing) == 1
+    assert report.notes == [f"--max_train_samples 2 drew no training example of 1 of 3 classes ({missing[0]}): the "
+                            "model cannot learn them"]
+    assert prepare(train_dir=str(train), validation_dir=str(validation), max_train_samples=12)[1].notes == []
