@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .freezing import PatternError, multiplier_rules
-from .outputs import ONNX_FILE, STAGE_PREFIX
+from .outputs import ONNX_FILE, STAGE_PREFIX, others_files
 from .strategies import STRATEGIES
 
 
@@ -336,8 +336,8 @@ def _check_ranges(*settings) -> None:
 
 def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments) -> None:
     """The output folder neither holds the checkpoint the run starts from (its weights were overwritten, a checkpoint
-    of an earlier run removed) or an export, nor is inside an image folder the run reads (the report and examples
-    written there became classes of the next run)."""
+    of an earlier run removed), an export, or files of another's that the run would overwrite, nor is inside an image
+    folder the run reads (the report and examples written there became classes of the next run)."""
     if not output_dir:
         return
     out = Path(output_dir).resolve()
@@ -349,6 +349,10 @@ def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments) -> 
     if (out / ONNX_FILE).is_file():  # the old graph would stay beside the new weights, and be what predict runs
         raise SystemExit(f"error: --output_dir {output_dir}: it holds an exported model ({ONNX_FILE}); name another "
                          "folder")
+    theirs = others_files(out)
+    if theirs:  # a model downloaded there, a project's own README.md: no hftransfer run's, and overwritten
+        raise SystemExit(f"error: --output_dir {output_dir}: it holds {', '.join(theirs[:6])}, which no hftransfer run "
+                         "wrote and this one would overwrite; name a new folder, or move them out")
     for flag in ("train_dir", "validation_dir"):
         folder = getattr(data, flag)
         if folder and out.is_relative_to(Path(folder).resolve()):

@@ -24,7 +24,8 @@ report/ and examples/ of the folder it came from, and its own card.
 Written through `Staging`: every file goes into `.saving/` first and is then moved into place with `os.replace`, so a
 kill leaves the old file or the new one, never half of one; then what the previous run left and this one did not (an
 earlier LoRA run's adapter, a text model's tokenizer beside an image model's processor) is removed, so that a reused
-folder holds one run's files. Files no run wrote there (a user's own, `hftransfer check`'s) are left alone. Read
+folder holds one run's files. Files no run wrote there (a user's own, `hftransfer check`'s) are left alone; a
+folder no run wrote that holds a name a run writes (`others_files`) is refused before training. Read
 through `OutputFolder` (card, report, demo, push, compare, the Space).
 """
 
@@ -64,6 +65,24 @@ STAGE_PREFIX = "stage-"
 COMPLETED_WEIGHTS = "completed.safetensors"  # inside a stage's folder: the model after the finished stage
 COMPLETED_RECORD = "completed.json"  # and its record, written last
 RUN_IDENTITY = ".hftransfer_run_identity.json"  # which command wrote the stage folders (`resume.run_identity`)
+
+
+# What a run writes under names a folder of someone else's may hold: transformers' model, processor and tokenizer
+# files, the Trainer's results, the card.
+REPLACED_NAMES = {CONFIG, CARD, ALL_RESULTS, "train_results.json", "eval_results.json", "model.safetensors",
+                  "model.safetensors.index.json", "generation_config.json", "preprocessor_config.json",
+                  "processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                  "training_args.bin", ADAPTER_FOLDER, REPORT_DIR, EXAMPLES_FOLDER}
+
+
+def others_files(folder: Path) -> list[str]:
+    """Names in `folder` a run would overwrite, where no hftransfer run wrote it (a model downloaded there, a
+    user's project folder): it leaves no list of its files, record or stage folders."""
+    if not folder.is_dir() or any((folder / name).exists() for name in (MANIFEST, RUN_RECORD, RUN_IDENTITY)) \
+            or stage_dirs(folder):
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name in REPLACED_NAMES)
 
 
 def results_file(split: str) -> str:

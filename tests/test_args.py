@@ -140,3 +140,28 @@ def test_an_output_dir_that_is_the_checkpoint_or_inside_an_image_folder_it_reads
     assert parse_args(["--model_name_or_path", str(checkpoint), "--train_dir", str(images), "--output_dir",
                        str(tmp_path / "out")]).training.output_dir == str(tmp_path / "out")
     assert parse_args(["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path)])  # a folder beside
+
+
+def test_an_output_dir_holding_files_no_run_wrote_that_a_run_would_replace_is_a_flag_error(tmp_path):
+    """A model downloaded into the folder had its config and weights replaced, a project's README.md became the
+    card, with exit 0. An earlier run's folder (record, file list or stage folders) and other files are fine."""
+    downloaded, project = tmp_path / "bert-base", tmp_path / "project"
+    for folder, names in [(downloaded, ("config.json", "model.safetensors", "vocab.txt")),
+                          (project, ("README.md", "notes.txt"))]:
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("theirs")
+    with pytest.raises(SystemExit, match=r"bert-base: it holds config.json, model.safetensors, vocab.txt, which no "
+                       "hftransfer run wrote and this one would overwrite"):
+        parse_args(["--output_dir", str(downloaded)])
+    with pytest.raises(SystemExit, match=r"project: it holds README.md, which no hftransfer run wrote"):
+        parse_args(["--output_dir", str(project)])
+    for mark in ("hftransfer_run.json", ".hftransfer_files.json", "stage-staged/checkpoint-2/x"):
+        earlier = tmp_path / f"earlier-{len(mark)}"
+        (earlier / mark).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / mark).write_text("{}")
+        (earlier / "config.json").write_text("{}")
+        assert parse_args(["--output_dir", str(earlier)]).training.output_dir == str(earlier)
+    (project / "README.md").unlink()
+    (project / "data_quality.json").write_text("{}")  # `hftransfer check`'s, rewritten by the run as its own
+    assert parse_args(["--output_dir", str(project)]).training.output_dir == str(project)
