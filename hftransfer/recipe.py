@@ -17,6 +17,7 @@ import transformers
 from .args import parse_args
 from .choices import Choices, choose_hardware
 from .errors import InputError
+from .outputs import DATA_QUALITY, RUN_RECORD
 from .tasks import TASKS
 from .training import TransferRun
 
@@ -75,6 +76,9 @@ def check(task_name: str, argv: list[str] | None = None) -> dict:
     from . import data_quality
 
     transfer = _start(task_name, argv)
+    if (Path(transfer.args.output_dir) / RUN_RECORD).is_file():  # its card and report read the run's own findings
+        raise SystemExit(f"error: --output_dir {transfer.args.output_dir}: a trained model's folder, whose "
+                         f"{DATA_QUALITY} is its run's; give the check a folder of its own")
     try:
         transfer.setup()
     except InputError as err:

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import make_image_folder, save_tiny_checkpoint
 from PIL import Image
 
@@ -119,3 +120,14 @@ def test_a_training_run_reports_leaks_everywhere_and_changes_nothing(tmp_path, c
     for text in ((out / "report" / "report.md").read_text(), (out / "README.md").read_text(),
                  results_markdown(out)):
         assert "Data quality" in text and "1 validation examples" in text
+
+
+def test_check_into_a_trained_models_folder_is_refused_before_any_pass(tmp_path):
+    """It replaced the run's data_quality.json, which that folder's card and report read, with another data's."""
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "hftransfer_run.json").write_text("{}")
+    (trained / "data_quality.json").write_text('{"the run": "own"}')
+    with pytest.raises(SystemExit, match="a trained model's folder, whose data_quality.json is its run's"):
+        recipe.check("text", ["--model_name_or_path", "zoo:all-MiniLM-L6-v2", "--output_dir", str(trained)])
+    assert (trained / "data_quality.json").read_text() == '{"the run": "own"}'
