@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     predict_parser.add_argument("--threshold", type=_probability, default=0.5,
                                 help="multi-label models: every label scoring above this")
     predict_parser.add_argument("--text_column", help="the column of texts (default: 'text', or the only one); "
-                                "a sentence-pair model's two, a,b (default: the run's)")
+                                "a sentence-pair model's two, a,b (default: the run's); an image model's column in "
+                                "a datasets folder")
     predict_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     predict_parser.set_defaults(func=predict_command)
     export_parser = commands.add_parser("export", help="export a trained model to ONNX, optionally int8")

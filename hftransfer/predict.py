@@ -79,6 +79,9 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
     """Every input named, in order; what cannot even be listed (a missing path) is an error before any work.
     `text_column`: a column name, or a sentence-pair model's two ("a,b")."""
     columns = _text_columns(task, text_column) if task.name == "text" else [text_column] if text_column else None
+    if task.name == "image" and text_column and not any(is_saved_dataset(Path(given)) for given in inputs):
+        raise PredictError(f"--text_column {text_column}: image files and folders have no columns (for an image model "
+                           "it names the image column of a `datasets` folder)")
     for given in inputs:
         path = Path(given)
         if not path.exists():

@@ -83,6 +83,23 @@ def test_predict_over_a_validation_folder_reproduces_eval_accuracy_and_lists_the
     assert not skipped_file(output).exists()
 
 
+def test_an_image_models_column_names_a_datasets_image_column_and_nothing_else(image_run, tmp_path):
+    """--text_column was ignored, in silence, over image files and folders."""
+    from datasets import Dataset, Image
+
+    root, _ = image_run
+    with pytest.raises(PredictError, match="--text_column picture: image files and folders have no columns"):
+        predict(str(root / "out"), [str(root / "validation" / "hstripes")], tmp_path / "out.csv", text_column="picture")
+    files = [str(p) for p in sorted((root / "validation" / "vstripes").glob("*.png"))]
+    Dataset.from_dict({"picture": files, "thumb": files}).cast_column("picture", Image()).cast_column(
+        "thumb", Image()).save_to_disk(tmp_path / "ds")
+    with pytest.raises(PredictError, match="cannot tell which column holds the inputs"):  # two: not guessed
+        predict(str(root / "out"), [str(tmp_path / "ds")], tmp_path / "out.csv")
+    summary = predict(str(root / "out"), [str(tmp_path / "ds")], tmp_path / "out.csv", text_column="picture",
+                      progress=False)
+    assert summary.predicted == len(files)
+
+
 def test_predict_csv_skips_an_empty_text_and_writes_json_lines(text_run, tmp_path):
     root, _ = text_run
     table = tmp_path / "new.csv"
