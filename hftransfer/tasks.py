@@ -168,6 +168,23 @@ def _read_image(value):
     raise ValueError(reason)
 
 
+def _as_image_column(dataset: Dataset, column: str, table: str | None) -> Dataset:
+    """A table's column of file paths or encoded image bytes as an Image column, which training decodes (bytes
+    reached PIL as a file name). A relative path is read from the table's folder, as the Hub's imagefolder reads its
+    metadata files, else from the working directory."""
+    feature = dataset.features[column]
+    if isinstance(feature, ImageFeature):
+        return dataset
+    if not isinstance(feature, Value) or feature.dtype not in ("string", "large_string", "binary", "large_binary"):
+        raise DataError(f"{table or 'the data'}: column '{column}' holds {feature}, not images, image files' paths "
+                        "or their bytes")
+    if table and feature.dtype in ("string", "large_string"):
+        folder = Path(table).parent
+        dataset = dataset.map(lambda batch: {column: [_locate(p, folder) for p in batch[column]]}, batched=True,
+                              desc="Locating image files")
+    return dataset.cast_column(column, ImageFeature())
+
+
 def _locate(path: str | None, folder: Path) -> str | None:
     """A table's image path: relative ones from the table's folder first, then the working directory (shown as
     looked for in the first when in neither)."""
@@ -233,7 +250,7 @@ class ImageTask(TaskAdapter):
         return True
 
     def drop_unusable(self, dataset, split, report):
-        dataset = self._as_images(dataset, report.tables.get(split))
+        dataset = _as_image_column(dataset, self.column, report.tables.get(split))
         raw = dataset.cast_column(self.column, ImageFeature(decode=False))
         good = []
         for index, cell in enumerate(raw[self.column]):
@@ -243,22 +260,6 @@ class ImageTask(TaskAdapter):
             else:
                 good.append(index)
         return dataset if len(good) == len(dataset) else dataset.select(good)
-
-    def _as_images(self, dataset: Dataset, table: str | None) -> Dataset:
-        """A table's column of file paths or encoded image bytes as an Image column, which training decodes (bytes
-        reached PIL as a file name). A relative path is read from the table's folder, as the Hub's imagefolder reads
-        its metadata files, else from the working directory."""
-        feature = dataset.features[self.column]
-        if isinstance(feature, ImageFeature):
-            return dataset
-        if not isinstance(feature, Value) or feature.dtype not in ("string", "large_string", "binary", "large_binary"):
-            raise DataError(f"{table or 'the data'}: column '{self.column}' holds {feature}, not images, image "
-                            "files' paths or their bytes")
-        if table and feature.dtype in ("string", "large_string"):
-            folder = Path(table).parent
-            dataset = dataset.map(lambda batch: {self.column: [_locate(p, folder) for p in batch[self.column]]},
-                                  batched=True, desc="Locating image files")
-        return dataset.cast_column(self.column, ImageFeature())
 
     def load_processor(self, path, **kwargs):
         return _load_image_processor(path, kwargs)

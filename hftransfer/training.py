@@ -58,12 +58,7 @@ class TransferRun:
         self.checkpoints = StageCheckpoints.of(self.args, self.run, self.splits)  # not in setup: `check` trains nothing
         self.data_quality = data_quality.before_training(self)
         stages = choose_stages(self.run, self.model, len(self.splits["train"]), not self.decoder, self.choices)
-        for stage in stages:
-            freezing.check_trains(self.model, stage.plan, stage.name)
-            if stage.kind == ADAPTERS:  # no adapter targets: an error now, not after the head's stage
-                stage.lora_targets = lora.resolve_targets(self.model, list(self.run.transfer.lora_target_modules))
-        if self.head_replaced:
-            freezing.check_new_head_trains(self.model, [stage.plan for stage in stages])
+        check_stages(self, stages)
         for stage, following in zip(stages, stages[1:] + [None]):
             if not self._restore_finished(stage):
                 if following is not None and stage.kind == HEAD:
@@ -235,6 +230,17 @@ class TransferRun:
             self.final_trainer = TransferTrainer(model=self.model, args=args, data_collator=self.collator,
                                                  lengths=self.lengths)
             self._evaluate_with(self.final_trainer, self.eval_raw)
+
+
+def check_stages(run: TransferRun, stages: list[Stage]) -> None:
+    """What the stages' plans would fail on, as errors before the first stage trains: a stage that trains nothing,
+    LoRA without targets, a new head no stage trains."""
+    for stage in stages:
+        freezing.check_trains(run.model, stage.plan, stage.name)
+        if stage.kind == ADAPTERS:  # no adapter targets: an error now, not after the head's stage
+            stage.lora_targets = lora.resolve_targets(run.model, list(run.run.transfer.lora_target_modules))
+    if run.head_replaced:
+        freezing.check_new_head_trains(run.model, [stage.plan for stage in stages])
 
 
 def calibrate_batchnorm_for(run: TransferRun, stage: Stage) -> int:
