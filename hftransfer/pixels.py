@@ -129,3 +129,23 @@ def _level_table(processor) -> torch.Tensor:
 
 def _per_channel(value) -> list[float]:
     return list(value) if isinstance(value, (list, tuple)) else [value] * 3
+
+
+# ---------------------------------------------------------------- decoding
+
+def to_rgb(image):
+    """The image in 8-bit RGB. PIL's own conversion clips 16-bit and 32-bit integer pixels at 255 (a 16-bit scan
+    became almost white) and rounds 0..1 float pixels to 0 or 1; those are scaled to 0..255 first."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):  # I;16: 16-bit PNG and TIFF; I: 32-bit integers, by their largest value
+        pixels = np.asarray(image, dtype=np.float64)
+        largest = pixels.max(initial=0)
+        depth = 65535.0 if image.mode.startswith("I;16") else next(d for d in (255.0, 65535.0, largest) if largest <= d)
+        image = Image.fromarray(np.clip(pixels / depth * 255 + 0.5, 0, 255).astype(np.uint8))
+    elif image.mode == "F":  # 0..1 floats where the largest is at most 1, else 0..255
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if pixels.max(initial=0) <= 1 else 1.0
+        image = Image.fromarray(np.clip(pixels * scale + 0.5, 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+

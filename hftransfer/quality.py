@@ -42,6 +42,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .pixels import to_rgb
+
 # Measured in benchmarks/results/data_quality.json (Fashion-MNIST at zoo:mobilenet_v2, Rotten Tomatoes and the 2016
 # debates at zoo:all-MiniLM-L6-v2; chosen on seed 0, checked on seeds 1-3).
 LABEL_ISSUE_DIMS = 128  # principal components for the fold heads: 64, 128, 256 and all 1,280 within 0.02 of
@@ -236,7 +238,7 @@ def image_fingerprint(value) -> torch.Tensor:
     from PIL import Image, ImageFilter
 
     image = value if hasattr(value, "convert") else Image.open(io.BytesIO(_image_bytes(value)))
-    small = image.convert("L").resize((FINGERPRINT_SIZE, FINGERPRINT_SIZE), Image.LANCZOS)
+    small = to_rgb(image).convert("L").resize((FINGERPRINT_SIZE, FINGERPRINT_SIZE), Image.LANCZOS)
     pixels = torch.from_numpy(np.asarray(small.filter(ImageFilter.GaussianBlur(FINGERPRINT_BLUR)), np.float32))
     pixels = pixels.flatten() - pixels.mean()  # brightness and contrast changes leave the direction alone
     return torch.nn.functional.normalize(pixels, dim=0)

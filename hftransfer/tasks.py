@@ -20,7 +20,7 @@ from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_da
 from .anatomy import ModelError, architecture, input_embeddings, is_decoder_classifier
 from .data import DataError, DataReport
 from .outputs import EXAMPLES_FILE
-from .pixels import FastPixels, size_entries
+from .pixels import FastPixels, size_entries, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ class TaskAdapter:
 # ---------------------------------------------------------------- images
 
 def _open_image(value) -> "PIL.Image.Image":
+    """The image as stored (its size read; `_open_rgb` for its pixels)."""
     from PIL import Image, ImageOps
 
     if isinstance(value, dict):  # a datasets Image() cell that was not decoded
@@ -151,12 +152,16 @@ def _open_image(value) -> "PIL.Image.Image":
     return ImageOps.exif_transpose(image)
 
 
+def _open_rgb(value):
+    return to_rgb(_open_image(value))
+
+
 def _read_image(value):
     """The image decoded in RGB; ValueError saying why it cannot be."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        return _open_image(value).convert("RGB")
+        return _open_rgb(value)
     except UnidentifiedImageError:
         reason = "not an image"
     except FileNotFoundError:
@@ -244,7 +249,7 @@ class ImageTask(TaskAdapter):
         return path if path and Path(path).is_file() else index
 
     def thumbnail(self, raw, path):
-        image = _open_image(raw).convert("RGB")
+        image = _open_rgb(raw)
         image.thumbnail((64, 64))
         image.save(path)
         return True
@@ -327,7 +332,7 @@ class ImageTask(TaskAdapter):
         size = _processor_size(processor)
 
         def apply(batch):
-            images = [_open_image(v).convert("RGB") for v in batch[column]]
+            images = [_open_rgb(v) for v in batch[column]]
             if augment:
                 images = [_augment(image, size) for image in images]
             inputs = {"pixel_values": self.pixel_values(processor, images)}
@@ -376,7 +381,7 @@ class ImageTask(TaskAdapter):
         return _read_image(value)
 
     def model_inputs(self, processor, values, fast=False):
-        images = [v if getattr(v, "mode", None) == "RGB" else _open_image(v).convert("RGB") for v in values]
+        images = [v if getattr(v, "mode", None) == "RGB" else _open_rgb(v) for v in values]
         if fast:
             return {"pixel_values": self.pixel_values(processor, images)}
         # The demo uses the processor itself, not `pixel_values`' fast path (which gives the same values): a few
@@ -396,7 +401,7 @@ class ImageTask(TaskAdapter):
         folder.mkdir(parents=True, exist_ok=True)
         for index, (value, label) in enumerate(rows):
             safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)
-            _open_image(value).convert("RGB").save(folder / f"{index:02d}_{safe}.png")
+            _open_rgb(value).save(folder / f"{index:02d}_{safe}.png")
 
     def load_examples(self, folder):
         return [str(p) for p in sorted(folder.glob("*.png"))]

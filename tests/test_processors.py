@@ -183,3 +183,25 @@ def test_an_older_fine_tune_and_an_image_folder_by_hub_repo_id(tmp_path, caplog)
     saved = AutoImageProcessor.from_pretrained(tmp_path / "out")
     image = Image.open(data / "test" / "square" / "0.png")
     assert saved(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (size, size)
+
+
+def test_deep_and_float_images_keep_their_contrast_in_training_and_prediction(tmp_path):
+    """PIL clips 16-bit and 32-bit integer pixels at 255 and rounds 0..1 floats to 0 or 1: a 16-bit scan reached
+    the model almost white (99% of its pixels at the top), a float TIFF in two values."""
+    folder = make_image_folder(tmp_path / "eight", 1, classes=("a",), size=48)
+    Image.open(folder / "a" / "0.png").convert("L").save(tmp_path / "grey.png")
+    eight = np.asarray(Image.open(tmp_path / "grey.png"), dtype=np.float64)
+    deep = {"sixteen.png": Image.fromarray((eight * 257).astype(np.uint16)),  # read back as I;16
+            "thirty-two.tiff": Image.fromarray((eight * 257).astype(np.int32)),  # I, 16-bit values
+            "byte-values.tiff": Image.fromarray(eight.astype(np.int32)),  # I, 8-bit values
+            "float.tiff": Image.fromarray((eight / 255).astype(np.float32))}  # F, 0..1
+    task = ImageTask()
+    processor = AutoImageProcessor.from_pretrained(save_tiny_checkpoint(tmp_path / "ckpt", "vit"), backend="pil")
+    expected = task.model_inputs(processor, [str(tmp_path / "grey.png")])["pixel_values"]
+    for name, image in deep.items():
+        image.save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode != "L"
+        rgb = np.asarray(task.read_input(str(tmp_path / name)), dtype=np.float64)
+        assert np.abs(rgb[..., 0] - eight).max() <= 1, name
+        pixels = task.model_inputs(processor, [str(tmp_path / name)])["pixel_values"]
+        assert (pixels - expected).abs().max() < 0.02, name
