@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,21 @@ def is_metadata(inside: Path) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in inside.parts)
 
 
+def files_under(root: Path) -> list[Path]:
+    """Every file below `root`, sorted, through linked folders too (`rglob` passes over a class folder that is a
+    symbolic link), each folder once (a link back up is not a loop); a broken link is listed, to be skipped by
+    name."""
+    found, seen = [], set()
+    for folder, children, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            children[:] = []
+            continue
+        seen.add(real)
+        found += [Path(folder, name) for name in names]
+    return sorted(found)
+
+
 def _load_folder(folder: str, task: TaskData, split: str, report: DataReport) -> Dataset:
     """One sub-folder per class. Files the task cannot read into a row are counted here, not dropped quietly;
     the rows' content (does the image decode?) is checked later by `drop_unusable`, as for every other source."""
@@ -113,10 +129,10 @@ def _load_folder(folder: str, task: TaskData, split: str, report: DataReport) ->
     if not classes:
         raise DataError(f"{root}: no class sub-folders (expected {root}/<label>/<file>)")
     paths, labels = [], []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in files_under(root):
         inside = path.relative_to(root)
         problem = (METADATA if is_metadata(inside) else "file outside any class folder" if len(inside.parts) == 1
-                   else task.check_file(path))
+                   else "broken link" if not path.exists() else task.check_file(path))
         if problem:
             report.skip(split, problem, str(path))
         else:

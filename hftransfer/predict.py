@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .choices import LABEL_COLUMNS
-from .data import DataError, is_metadata, is_saved_dataset, is_unlabelled, load_file
+from .data import DataError, files_under, is_metadata, is_saved_dataset, is_unlabelled, load_file
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def _pairs_need_tables(columns: list[str]) -> str:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not is_metadata(p.relative_to(folder)))
+    return [p for p in files_under(folder) if not is_metadata(p.relative_to(folder))]
 
 
 def _folder_label(file: Path, root: Path, labels: list[str]) -> str | None:

@@ -5,7 +5,7 @@ from conftest import make_image_folder
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from hftransfer.args import DataArguments
-from hftransfer.data import METADATA, DataError, encode_labels, prepare_splits
+from hftransfer.data import METADATA, DataError, encode_labels, label_names, prepare_splits
 from hftransfer.tasks import ImageTask, TextTask
 
 
@@ -380,3 +380,17 @@ def test_a_training_draw_that_misses_a_class_is_said(tmp_path):
     assert report.notes == [f"--max_train_samples 2 drew no training example of 1 of 3 classes ({missing[0]}): the "
                             "model cannot learn them"]
     assert prepare(train_dir=str(train), validation_dir=str(validation), max_train_samples=12)[1].notes == []
+
+
+def test_a_linked_class_folder_is_read_and_a_broken_link_counted(tmp_path):
+    """`rglob` passed over a class folder that is a symbolic link: the class vanished, its folder reported as
+    holding "no readable file", and "every row usable"; a broken link vanished without a count."""
+    elsewhere = make_image_folder(tmp_path / "elsewhere", 3, classes=("c",))
+    train = make_image_folder(tmp_path / "train", 3, classes=("a", "b"))
+    (train / "c").symlink_to(elsewhere / "c", target_is_directory=True)
+    (train / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (train / "b" / "up").symlink_to(train, target_is_directory=True)  # a loop: each folder read once
+    splits, report = prepare(train_dir=str(train), train_val_split=0.34)
+    assert label_names(splits) == ["a", "b", "c"]
+    assert len(splits["train"]) + len(splits["validation"]) == 9
+    assert report.skipped["train"] == {"broken link": 1} and report.notes == []

@@ -100,6 +100,18 @@ def test_an_image_models_column_names_a_datasets_image_column_and_nothing_else(i
     assert summary.predicted == len(files)
 
 
+def test_predict_reads_linked_folders_and_counts_a_broken_link(image_run, tmp_path):
+    """Images in a linked folder were left out of the predictions, with no count."""
+    root, _ = image_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "vstripes").symlink_to(root / "validation" / "vstripes", target_is_directory=True)
+    (photos / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    summary = predict(str(root / "out"), [str(photos)], tmp_path / "out.csv", progress=False)
+    assert summary.predicted == len(list((root / "validation" / "vstripes").iterdir()))
+    assert summary.skipped == [(str(photos / "gone.png"), "file not found")]
+
+
 def test_predict_csv_skips_an_empty_text_and_writes_json_lines(text_run, tmp_path):
     root, _ = text_run
     table = tmp_path / "new.csv"
