@@ -8,6 +8,7 @@ crash after minutes of training, never silent loss.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -157,8 +158,13 @@ def load_file(path: str, split: str) -> Dataset:
     if fmt is None:
         raise DataError(f"{file}: unknown format '{file.suffix}' (use {', '.join(sorted(FILE_FORMATS))})")
     tsv = file.suffix.lower() == ".tsv"
+    # pandas reads "NA", "None", "null", "nan", "N/A" as missing: a review "None" was an empty text, a class "None"
+    # no label. Only an empty cell is missing here.
+    options = {"keep_default_na": False, "na_values": [""], **({"delimiter": "\t"} if tsv else {})}
+    if fmt == "csv":  # codes written with leading zeros (007, 010) were read as numbers: 007 and 7 one class
+        options["converters"] = {name: str for name in _code_columns(file, options.get("delimiter", ","))}
     try:
-        dataset = load_dataset(fmt, data_files={split: str(file)}, split=split, **({"delimiter": "\t"} if tsv else {}))
+        dataset = load_dataset(fmt, data_files={split: str(file)}, split=split, **(options if fmt == "csv" else {}))
     except Exception as err:  # the parser's own error (with its line) sits at the root of the chain; add the file
         root = err
         while root.__cause__ or root.__context__:
@@ -167,6 +173,26 @@ def load_file(path: str, split: str) -> Dataset:
     if tsv:
         _check_no_merged_rows(dataset, file)
     return dataset
+
+
+def _code_columns(file: Path, delimiter: str) -> list[str]:
+    """The columns holding a whole number written with a leading zero (a code, read as text); first, a column name
+    twice in the header is an error (pandas renamed the second `text.1`, and the run read the first alone)."""
+    import csv
+    import re
+
+    zero_padded = re.compile(r"[+-]?0\d+")
+    with file.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        rows = csv.reader(handle, delimiter=delimiter)
+        header = next(rows, [])
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataError(f"{file}: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
+                            "give each column its own name")
+        codes = set()
+        for row in rows:
+            codes.update(i for i, cell in enumerate(row[:len(header)]) if zero_padded.fullmatch(cell.strip()))
+    return [header[i] for i in sorted(codes)]
 
 
 def _check_no_merged_rows(dataset: Dataset, file: Path) -> None:
@@ -298,8 +324,10 @@ def is_multi_label(dataset: Dataset, column: str = "label") -> bool:
 def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str]) -> DatasetDict:
     """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training.
     `where(split)` names a split's origin in errors."""
+    splits = DatasetDict({split: _tidy_labels(dataset, column, where(split)) for split, dataset in splits.items()})
     _check_label_kind(splits, column, where)
     _check_labelled(splits, column, where)
+    _warn_case_variants(splits["train"], column)
     if is_multi_label(splits["train"], column):
         return _encode_multi_labels(splits, column, where)
     train = splits["train"]
@@ -329,6 +357,72 @@ def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str])
     if rare:
         raise DataError(f"{where('train')}: class(es) {', '.join(rare)} have no training example")
     return DatasetDict(encoded)
+
+
+def _tidy_labels(dataset: Dataset, column: str, where: str) -> Dataset:
+    """Label text as a person means it: without surrounding spaces ("pos " was a class beside "pos"; a blank label
+    is no label), and a column of list literals (how pandas writes a list column to CSV: ["drama", "comedy"]) as the
+    lists of a multi-label column (it was a single-label class a distinct list). A null or blank label inside a
+    list is an error naming its row."""
+    feature = dataset.features[column]
+    inner = feature.feature if isinstance(feature, (List, Sequence)) else feature
+    if not isinstance(inner, Value) or inner.dtype not in ("string", "large_string"):
+        return dataset
+    values = dataset[column]
+    lists = _list_literals(values) if inner is feature else values
+    if lists is not None:
+        for row, labels in enumerate(lists):
+            if labels is not None and any(label is None or not str(label).strip() for label in labels):
+                raise DataError(f"{where}: row {row} (from 0) of column '{column}' holds an empty or null label in "
+                                f"its list {labels!r}; remove it (a row with none of the labels is [])")
+        tidy = [None if labels is None else [str(label).strip() for label in labels] for labels in lists]
+        features = dataset.features.copy()
+        features[column] = List(Value("string"))
+    else:
+        tidy = [value.strip() or None if isinstance(value, str) else value for value in values]
+        features = None
+    if tidy == values:
+        return dataset
+    if features is None:
+        logger.info("%s: %d label(s) read without surrounding spaces", where,
+                    sum(a != b for a, b in zip(tidy, values)))
+    return dataset.map(lambda _, rows: {column: [tidy[i] for i in rows]}, with_indices=True, batched=True,
+                       features=features)
+
+
+def _list_literals(values: list) -> list | None:
+    """Every non-null value of a string column read as a list literal (JSON's, or Python's as pandas writes it), or
+    None where any is not one."""
+    import ast
+
+    if not any(values) or not all(v is None or v.strip()[:1] == "[" and v.strip()[-1:] == "]" for v in values):
+        return None
+    lists = []
+    for value in values:
+        try:
+            parsed = None if value is None else json.loads(value)
+        except ValueError:
+            try:
+                parsed = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                return None
+        if parsed is not None and (not isinstance(parsed, list) or
+                                   not all(isinstance(v, (str, type(None))) for v in parsed)):
+            return None
+        lists.append(parsed)
+    return lists
+
+
+def _warn_case_variants(train: Dataset, column: str) -> None:
+    """Labels that differ only in case are two classes, as given; likely a typo, so said."""
+    rows = train[column] if is_multi_label(train, column) else [[value] for value in train[column]]
+    by_fold = {}
+    for name in {str(v) for row in rows for v in (row or [])}:
+        by_fold.setdefault(name.casefold(), []).append(name)
+    variants = [sorted(names) for names in by_fold.values() if len(names) > 1]
+    if variants:
+        logger.warning("Labels that differ only in case are separate classes: %s",
+                       "; ".join(" / ".join(map(repr, names)) for names in sorted(variants)))
 
 
 def is_unlabelled(value, feature) -> bool:

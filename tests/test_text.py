@@ -280,3 +280,51 @@ def test_a_special_token_past_the_vocabulary_that_encoding_never_adds_is_a_warni
     with caplog.at_level("WARNING"):
         TextTask(DataArguments()).adapt_processor(tokenizer, model, {}, Choices())
     assert "Special tokens '<extra>' lie past BertForSequenceClassification's embedding table" in caplog.text
+
+
+def _labels_of(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    splits, _ = prepare(train_file=str(tmp_path / name), train_val_split=0.25)
+    feature = splits["train"].features["label"]
+    return (feature.feature if hasattr(feature, "feature") else feature).names
+
+
+def test_labels_are_read_as_written(tmp_path, caplog):
+    """Each was misread with exit 0: "pos " a class beside "pos"; "NA" and "None" no label (pandas' missing values);
+    "007" and "7" one class "7"; pandas' CSV form of a list column a single-label class a distinct list."""
+    def rows(labels):
+        return "text,label\n" + "".join(f"text {i},{label}\n" for i, label in enumerate(labels * 4))
+
+    assert _labels_of(tmp_path, "spaces.csv", rows(["pos", "pos ", " neg", "neg"])) == ["neg", "pos"]
+    assert _labels_of(tmp_path, "na.csv", rows(["NA", "None", "null"])) == ["NA", "None", "null"]
+    assert _labels_of(tmp_path, "codes.csv", rows(["007", "7", "010"])) == ["007", "010", "7"]
+    assert _labels_of(tmp_path, "numbers.csv", rows(["2", "10", "2"])) == ["2", "10"]  # numbers in numeric order
+    lists = ['"[""drama"", ""comedy""]"', "\"['drama']\"", "[]", '"[""comedy""]"']
+    assert _labels_of(tmp_path, "lists.csv", rows(lists)) == ["comedy", "drama"]
+    with caplog.at_level("WARNING"):
+        assert _labels_of(tmp_path, "case.csv", rows(["bad", "Bad", "good"])) == ["Bad", "bad", "good"]
+    assert "differ only in case are separate classes: 'Bad' / 'bad'" in caplog.text
+
+
+def test_a_blank_label_or_a_null_in_a_label_list_is_an_error(tmp_path):
+    (tmp_path / "blank.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": v}) + "\n"
+                                                  for i, v in enumerate(["pos", "neg", " ", "pos"])))
+    with pytest.raises(DataError, match=r"1 of 4 rows have an empty label, e.g. row\(s\) 2"):
+        prepare(train_file=str(tmp_path / "blank.jsonl"), train_val_split=0.25)
+    for bad in (None, ""):
+        (tmp_path / "lists.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": v}) + "\n" for i, v in
+                                                      enumerate([["a"], ["b", bad], ["a", "b"], []])))
+        with pytest.raises(DataError, match=r"row 1 \(from 0\) of column 'label' holds an empty or null label"):
+            prepare(train_file=str(tmp_path / "lists.jsonl"), train_val_split=0.25)
+
+
+def test_pandas_missing_value_words_are_texts_and_a_repeated_header_an_error(tmp_path):
+    (tmp_path / "na.csv").write_text("text,label\n" + "".join(f"{t},{i % 2}\n" for i, t in
+                                                              enumerate(["NA", "None", "null", "nan", "N/A", "ok"])))
+    splits, report = prepare(train_file=str(tmp_path / "na.csv"), train_val_split=0.34)
+    assert report.total_skipped == 0
+    texts = [*splits["train"]["text"], *splits["validation"]["text"]]
+    assert sorted(texts) == ["N/A", "NA", "None", "nan", "null", "ok"]
+    (tmp_path / "twice.csv").write_text("text,text,label\na,b,x\nc,d,y\n")
+    with pytest.raises(DataError, match="twice.csv: the header names column.s. 'text' more than once"):
+        prepare(train_file=str(tmp_path / "twice.csv"), train_val_split=0.5)
