@@ -223,14 +223,14 @@ def _config_file(argv: list[str]) -> tuple[Path | None, list[str]]:
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            raise SystemExit("--config needs a file")
+            raise SystemExit("error: --config needs a file")
         return Path(argv[i + 1]), argv[:i] + argv[i + 2:]
     return None, argv
 
 
 def _read_config(path: Path) -> dict:
     if not path.is_file():
-        raise SystemExit(f"Config file not found: {path}")
+        raise SystemExit(f"error: config file not found: {path}")
     try:
         text = path.read_text()
         config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -238,24 +238,44 @@ def _read_config(path: Path) -> dict:
         raise SystemExit(f"error: {path}: cannot be read as {'JSON' if path.suffix == '.json' else 'YAML'} "
                          f"({' '.join(str(err).split())})") from None
     if not isinstance(config, dict):
-        raise SystemExit(f"{path}: expected a mapping of setting -> value at the top level")
+        raise SystemExit(f"error: {path}: expected a mapping of setting -> value at the top level")
     return config
 
 
-def _as_flags_give(config: dict, path: Path) -> dict:
-    """A config file's values as the flags give them: one value for a setting that takes several is a list of one
-    (`freeze: "bert.*"` was read as one pattern a character), and null only where a setting may be unset (it failed
-    inside training)."""
-    own = {f.name: f for cls in ARGUMENT_CLASSES[:-1] for f in fields(cls)}
-    training = {f.name: f for f in fields(TransferTrainingArguments)}
-    values = {}
+def _as_flags(config: dict, path: Path, parser: HfArgumentParser) -> list[str]:
+    """A config file's settings as the flags that give them, read before the command line's (which override them),
+    so each value meets the flag's own type and choices (as defaults they were taken as they were: `seed: 1.5` failed
+    in training, `max_train_samples: true` trained on one example). One value for a setting that takes several is a
+    list of one (`freeze: "bert.*"` was read as one pattern a character); null only where a setting may be unset."""
+    flags = []
     for name, value in config.items():
-        setting = own.get(name) or training[name]
-        if value is None and setting.default is not None:
-            raise SystemExit(f"error: {path}: {name} is null; give it a value, or leave it out for the default")
-        several = name in own and str(setting.type).startswith("list")
-        values[name] = [value] if several and not isinstance(value, list) else value
-    return values
+        action = parser._option_string_actions[f"--{name}"]
+        several = action.nargs in ("+", "*")
+        if value is None:
+            if action.default is not None:
+                raise SystemExit(f"error: {path}: {name} is null; give it a value, or leave it out for the default")
+            continue
+        if isinstance(value, dict) or isinstance(value, list) and not several:
+            shape = "a mapping" if isinstance(value, dict) else "a list"
+            raise SystemExit(f"error: {path}: {name} takes {'values' if several else 'one value'}, not {shape}")
+        values = value if isinstance(value, list) else [value]
+        if not values or any(isinstance(v, (dict, list)) or v is None for v in values):
+            raise SystemExit(f"error: {path}: {name} takes a list of values, not {value!r}")
+        flags += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    _parse_alone(parser, flags, path)
+    return flags
+
+
+def _parse_alone(parser: HfArgumentParser, flags: list[str], path: Path) -> None:
+    """A config value the flag's type or choices refuse is an error that names the file as well as the setting."""
+    def refuse(message: str):
+        raise SystemExit(f"error: {path}: {message}")
+
+    shown, parser.error = parser.error, refuse
+    try:
+        parser.parse_known_args(flags)
+    finally:
+        parser.error = shown
 
 
 def _flag_names(argv: list[str]) -> set[str]:
@@ -277,16 +297,16 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
     config = _read_config(config_path) if config_path else {}
     unknown = sorted(set(config) - known)
     if unknown:
-        raise SystemExit(f"{config_path}: unknown setting(s) {', '.join(unknown)}")
-    config = _as_flags_give(config, config_path)
-    parser.set_defaults(**{**TRAINING_DEFAULTS, **(defaults or {}), **config})
+        raise SystemExit(f"error: {config_path}: unknown setting(s) {', '.join(unknown)}")
+    parser.set_defaults(**{**TRAINING_DEFAULTS, **(defaults or {})})
     try:
         model, data, transfer, training, rest = parser.parse_args_into_dataclasses(
-            args=argv, return_remaining_strings=True, look_for_args_file=False)
+            args=_as_flags(config, config_path, parser) + argv, return_remaining_strings=True,
+            look_for_args_file=False)
     except ValueError as err:  # TrainingArguments' own checks (--bf16 on a CPU without --use_cpu ...): a flag error
         raise SystemExit(f"error: {err}") from None
     if rest:
-        raise SystemExit(f"Unknown argument(s): {' '.join(rest)}. See --help for the settings.")
+        raise SystemExit(f"error: unknown argument(s): {' '.join(rest)}. See --help for the settings.")
     explicit = frozenset((set(config) | _flag_names(argv)) & known)
     _check_ranges(data, transfer, training)
     _check_output_dir(training.output_dir, model.model_name_or_path, data)

@@ -94,7 +94,7 @@ def compare(task: str, flags: list[str], strategies=COMPARED) -> list[dict]:
     if task not in TASKS:
         raise SystemExit(f"compare: the task is one of {', '.join(TASKS)}, not '{task}'")
     if any(f == "--strategy" or f.startswith("--strategy=") for f in flags):
-        raise SystemExit("compare runs each strategy itself: leave out --strategy")
+        raise SystemExit("error: compare runs each strategy itself: leave out --strategy")
     output_dir, flags = _pop_flag(flags, "--output_dir")
     output_dir = Path(output_dir or f"outputs/{task}-compare")
     check_flags(TASKS[task], flags, strategies[0], output_dir)

@@ -97,6 +97,16 @@ def test_max_steps_sets_the_length_whatever_the_epochs_and_a_rate_of_0_holds_a_s
 @pytest.mark.parametrize("text, message", [
     ("train_file: [a.csv\n", "cannot be read as YAML"),
     ("head_epochs: null\n", "head_epochs is null; give it a value, or leave it out for the default"),
+    # values the flag's type or choices refuse: as defaults they were taken as they were (a traceback in training,
+    # or, for max_train_samples: true, a run on one example)
+    ("seed: 1.5\n", "argument --seed: invalid int value: '1.5'"),
+    ("max_train_samples: true\n", "argument --max_train_samples.*: invalid int value: 'true'"),
+    ("strategy: Staged\n", "argument --strategy: invalid choice: 'Staged'"),
+    ("class_weights: 5\n", "argument --class_weights.*: invalid choice: '5'"),
+    ("learning_rate: [0.1]\n", "learning_rate takes one value, not a list"),
+    ("lr_multipliers: {a: 1}\n", "lr_multipliers takes values, not a mapping"),
+    ("freeze: [a, {b: 1}]\n", r"freeze takes a list of values, not \['a', \{'b': 1\}\]"),
+    ("[1, 2]\n", "expected a mapping of setting -> value"),
 ])
 def test_a_config_file_that_cannot_be_read_or_leaves_a_setting_null_is_an_error_naming_it(tmp_path, text, message):
     config = tmp_path / "run.yaml"

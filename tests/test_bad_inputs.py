@@ -155,7 +155,7 @@ def test_config_errors_come_before_training(tmp_path, image_folders, capsys):
          "is not an image classifier: it is a text model; use recipes/text.py"),
         (("text.py", "--model_name_or_path", str(image_checkpoint), "--train_file", str(reviews), *common),
          "is not a text classifier: it is an image model; use recipes/image.py"),
-        (("image.py", "--learning_rat", "1e-3", *common), "Unknown argument(s): --learning_rat"),
+        (("image.py", "--learning_rat", "1e-3", *common), "error: unknown argument(s): --learning_rat"),
         (("image.py", "--model_name_or_path", str(image_checkpoint), "--train_dir", str(image_folders[0]),
           "--strategy", "fine_tune", "--unfreeze", "vit.encoder.layers.*", *common), "matches no parameter"),
         (("text.py", "--model_name_or_path", str(text_checkpoint), "--train_file", str(reviews), "--metric_names", "",
