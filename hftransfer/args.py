@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .freezing import PatternError, multiplier_rules
-from .outputs import ONNX_FILE, STAGE_PREFIX, others_files
+from .outputs import ONNX_FILE, STAGE_PREFIX, file_in_the_way, others_files
 from .strategies import STRATEGIES
 
 
@@ -319,7 +319,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
 # "all blocks but the first", --layer_lr_decay 0 as 1 and --lora_alpha 0 scaled every adapter to nothing. A rate of 0
 # holds a stage still, as tests do. NaN and infinity are outside every range.
 AT_LEAST_0 = ("head_learning_rate", "learning_rate", "weight_decay", "rdrop_weight", "adversarial_epsilon",
-              "unfreeze_last_n")
+              "unfreeze_last_n", "early_stopping_patience")
 MORE_THAN_0 = ("head_epochs", "num_train_epochs", "layer_lr_decay", "lora_alpha")
 AT_LEAST_1 = ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size", "lora_r",
               "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
@@ -361,6 +361,9 @@ def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments) -> 
     if not output_dir:
         return
     out = Path(output_dir).resolve()
+    blocking = file_in_the_way(out)
+    if blocking:
+        raise SystemExit(f"error: --output_dir {output_dir}: {blocking} is a file, not a folder; name a folder")
     source = Path(checkpoint).resolve() if checkpoint and Path(checkpoint).is_dir() else None
     if source and (source == out or source.is_relative_to(out)  # an earlier run's stage: removed as another's
                    and source.relative_to(out).parts[0].startswith(STAGE_PREFIX)):

@@ -72,12 +72,15 @@ def export(model: str, output: str | Path, quantize: str | None = None, max_int8
 
 def _check_replaceable(output: Path, source: Path) -> None:
     """The export replaces `output` whole, so only a new or empty folder, or an earlier export, may be there: never
-    the model's own folder, a folder holding it or the current one, nor a folder of anything else."""
+    the model's own folder, a folder inside it or holding it, the current one, nor a folder of anything else."""
     target = output.resolve()
     for held, what in ((source.resolve(), "the model being exported"), (Path.cwd().resolve(), "the current folder")):
         if target == held or target in held.parents:
             raise ExportError(f"--output {output}: it is or holds {what}, and the export replaces it whole; choose a "
                               "new folder")
+    if target.is_relative_to(source.resolve()):  # a push of the model would upload it; a rerun leave it stale
+        raise ExportError(f"--output {output}: inside the model's folder {source}, whose files are the model's; "
+                          "choose a folder outside it")
     if output.exists() and not (output.is_dir() and (is_exported(output) or not any(output.iterdir()))):
         raise ExportError(f"--output {output}: exists and is not an earlier export, and the export replaces it "
                           "whole; choose a new or empty folder")

@@ -76,6 +76,12 @@ REPLACED_NAMES = {CONFIG, CARD, ALL_RESULTS, "train_results.json", "eval_results
                   "training_args.bin", ADAPTER_FOLDER, REPORT_DIR, EXAMPLES_FOLDER}
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file at `folder`, or at the first of its parents that exists, that stops it being made a folder (an
+    output folder named like a data file failed once training had started, with FileExistsError)."""
+    return next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), None)
+
+
 def others_files(folder: Path) -> list[str]:
     """Names in `folder` a run would overwrite, where no hftransfer run wrote it (a model downloaded there, a
     user's project folder): it leaves no list of its files, record or stage folders."""

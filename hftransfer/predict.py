@@ -30,6 +30,7 @@ import numpy as np
 from .choices import LABEL_COLUMNS
 from .data import DataError, files_under, is_metadata, is_saved_dataset, is_unlabelled, load_file
 from .errors import InputError
+from .outputs import file_in_the_way
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,9 @@ class Writer:
             raise PredictError(f"--output {output}: write .csv or .jsonl")
         if output.is_dir():
             raise PredictError(f"--output {output}: a folder; name a file in it")
+        blocking = file_in_the_way(output.parent)
+        if blocking:
+            raise PredictError(f"--output {output}: {blocking} is a file, not a folder")
         if any(output.resolve() == Path(given).resolve() for given in inputs):
             raise PredictError(f"--output {output}: it is an input, which the predictions would overwrite")
         folder = next((given for given in inputs if Path(given).is_dir()

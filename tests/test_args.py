@@ -175,3 +175,14 @@ def test_an_output_dir_holding_files_no_run_wrote_that_a_run_would_replace_is_a_
     (project / "README.md").unlink()
     (project / "data_quality.json").write_text("{}")  # `hftransfer check`'s, rewritten by the run as its own
     assert parse_args(["--output_dir", str(project)]).training.output_dir == str(project)
+
+
+def test_an_output_dir_that_is_a_file_or_under_one_and_a_negative_patience_are_flag_errors(tmp_path):
+    """A data file named as --output_dir failed with FileExistsError once training had started; a negative patience
+    stopped every stage after its second epoch ("stale >= -1")."""
+    (tmp_path / "reviews.csv").write_text("text,label\n")
+    for output in (tmp_path / "reviews.csv", tmp_path / "reviews.csv" / "run"):
+        with pytest.raises(SystemExit, match=f"{re.escape(str(tmp_path / 'reviews.csv'))} is a file, not a folder"):
+            parse_args(["--output_dir", str(output)])
+    with pytest.raises(SystemExit, match="--early_stopping_patience -1: must be 0 or more"):
+        parse_args(["--output_dir", str(tmp_path / "out"), "--early_stopping_patience", "-1"])

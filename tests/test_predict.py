@@ -313,11 +313,15 @@ def test_export_replaces_only_a_new_empty_or_exported_folder(image_run, tmp_path
     inner.mkdir(parents=True)
     monkeypatch.chdir(inner)
     for output, expected in [(mine, "is not an earlier export"), (source, "holds the model being exported"),
+                             (source / "onnx", "inside the model's folder"),  # a push uploaded it, stale after a rerun
                              (tmp_path / "work", "holds the current folder"), (Path("."), "the current folder")]:
         with pytest.raises(ExportError, match=expected):
             export(str(source), output)
     assert (mine / "deep" / "thesis.tex").read_text() == "years of work" and (source / "model.safetensors").is_file()
-    assert inner.is_dir() and not list(tmp_path.glob("*.exporting"))
+    assert inner.is_dir() and not list(tmp_path.glob("*.exporting")) and not (source / "onnx").exists()
+    (tmp_path / "a-file.csv").write_text("x")
+    with pytest.raises(PredictError, match=r"a-file.csv is a file, not a folder"):  # a FileExistsError traceback
+        predict(str(source), [str(root / "validation")], tmp_path / "a-file.csv" / "out.csv")
     for drop in (-1, float("nan")):  # NaN turned the int8 check off
         with pytest.raises(ExportError, match=f"--max_int8_drop {drop}"):
             export(str(source), tmp_path / "int8", quantize="int8", max_int8_drop=drop)
