@@ -540,6 +540,9 @@ def prepare_splits(args: DataArguments, task: TaskData, seed: int, given: frozen
     keep = [*columns, args.label_column_name]
     splits = DatasetDict({s: d.select_columns(keep) for s, d in splits.items()})
     if args.label_column_name != "label":
+        if "label" in columns:  # the labels are kept under that name: a traceback inside datasets' rename
+            raise DataError(f"{report.where('train')}: column 'label' is an input (--{task.column_setting}) while the "
+                            f"labels come from '{args.label_column_name}'; rename the input column in the data")
         splits = splits.rename_column(args.label_column_name, "label")
     splits = DatasetDict({s: task.drop_unusable(d, s, report) for s, d in splits.items()})
     _check_rows_left(splits, report)

@@ -328,3 +328,12 @@ def test_pandas_missing_value_words_are_texts_and_a_repeated_header_an_error(tmp
     (tmp_path / "twice.csv").write_text("text,text,label\na,b,x\nc,d,y\n")
     with pytest.raises(DataError, match="twice.csv: the header names column.s. 'text' more than once"):
         prepare(train_file=str(tmp_path / "twice.csv"), train_val_split=0.5)
+
+
+def test_an_input_column_named_label_beside_another_label_column_is_an_error(tmp_path):
+    """A traceback inside datasets: "New column name label already in the dataset"."""
+    (tmp_path / "swap.csv").write_text("label,sentiment\n" + "".join(f"text {i},{i % 2}\n" for i in range(8)))
+    with pytest.raises(DataError, match=r"swap.csv \(train\): column 'label' is an input \(--text_column_names\) "
+                                        "while the labels come from 'sentiment'"):
+        prepare(train_file=str(tmp_path / "swap.csv"), text_column_names="label", label_column_name="sentiment",
+                train_val_split=0.25)
