@@ -80,6 +80,7 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
     """Every input named, in order; what cannot even be listed (a missing path) is an error before any work.
     `text_column`: a column name, or a sentence-pair model's two ("a,b")."""
     columns = _text_columns(task, text_column) if task.name == "text" else [text_column] if text_column else None
+    usual = task.input_columns(task.data_args)[0]  # the run's own column, read first where a table has it
     if task.name == "image" and text_column and not any(is_saved_dataset(Path(given)) for given in inputs):
         raise PredictError(f"--text_column {text_column}: image files and folders have no columns (for an image model "
                            "it names the image column of a `datasets` folder)")
@@ -88,16 +89,16 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
         if not path.exists():
             raise PredictError(f"input not found: {path}")
         if path.is_dir() and is_saved_dataset(path):
-            yield from _datasets_items(path, task.name, labels, columns)
+            yield from _datasets_items(path, task.name, labels, columns, usual)
         elif task.name == "image":
             yield from _image_items(path, labels)
         elif path.is_dir():
             for file in _files_under(path):
-                yield from _text_file_items(file, path, labels, columns)
+                yield from _text_file_items(file, path, labels, columns, usual)
         else:
             if path.suffix.lower() == ".txt" and task.pairs:
                 raise PredictError(f"{path}: {_pairs_need_tables(columns)}")
-            yield from _text_file_items(path, path.parent, labels, columns)
+            yield from _text_file_items(path, path.parent, labels, columns, usual)
 
 
 def _text_columns(task, named: str | None) -> list[str] | None:
@@ -145,7 +146,7 @@ def _image_items(path: Path, labels: list[str]) -> Iterator[Item]:
         yield Item(str(file), file, _folder_label(file, root, labels))
 
 
-def _text_file_items(file: Path, root: Path, labels, columns: list[str] | None) -> Iterator[Item]:
+def _text_file_items(file: Path, root: Path, labels, columns: list[str] | None, usual: str) -> Iterator[Item]:
     suffix = file.suffix.lower()
     pairs = columns is not None and len(columns) == 2
     if suffix == ".txt" and pairs:  # one text: in a folder a counted skip, as any file of another kind
@@ -158,7 +159,7 @@ def _text_file_items(file: Path, root: Path, labels, columns: list[str] | None) 
             table = load_file(str(file), "predict")
         except DataError as err:
             raise PredictError(str(err)) from None
-        yield from _table_items(table, str(file), labels, columns)
+        yield from _table_items(table, str(file), labels, columns, usual)
     else:
         readable = TABLE_SUFFIXES if pairs else {".txt", *TABLE_SUFFIXES}
         yield Item(str(file), None, problem=f"not a text file ({', '.join(sorted(readable))})")
@@ -171,7 +172,7 @@ def _read_text_file(file: Path) -> str | None:
         return None
 
 
-def _datasets_items(folder: Path, task_name: str, labels, columns: list[str] | None) -> Iterator[Item]:
+def _datasets_items(folder: Path, task_name: str, labels, columns: list[str] | None, usual: str) -> Iterator[Item]:
     from datasets import DatasetDict, load_from_disk
 
     loaded = load_from_disk(str(folder))
@@ -182,14 +183,14 @@ def _datasets_items(folder: Path, task_name: str, labels, columns: list[str] | N
             from datasets import Image as ImageFeature
 
             named = columns[0] if columns else None
-            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), named, where, "images")
+            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), named, where, "images", usual)
             yield from _table_items(dataset.cast_column(column, ImageFeature(decode=False)), where, labels,
                                     [column])
         else:
-            yield from _table_items(dataset, where, labels, columns)
+            yield from _table_items(dataset, where, labels, columns, usual)
 
 
-def _table_items(table, where: str, labels, columns: list[str] | None) -> Iterator[Item]:
+def _table_items(table, where: str, labels, columns: list[str] | None, usual: str | None = None) -> Iterator[Item]:
     """A row an input: the value of its one input column (None: the table's text column, inferred), or a sentence
     pair's two texts as a tuple."""
     from datasets import Value
@@ -205,7 +206,7 @@ def _table_items(table, where: str, labels, columns: list[str] | None) -> Iterat
         column = columns[0] if columns else None
         if column is None or column not in table.column_names:
             column = _input_column(table, lambda f: isinstance(f, Value) and f.dtype in ("string", "large_string"),
-                                   column, where, "text")
+                                   column, where, "text", usual)
         values = table[column]
     label_column = next((c for c in table.column_names if c.lower() in LABEL_COLUMNS), None)
     references = _references(table, label_column, labels) if label_column else None
@@ -235,13 +236,15 @@ def _references(table, column: str, labels: list[str]) -> list:
     return references
 
 
-def _input_column(table, is_input, named: str | None, where: str, kind: str) -> str:
-    """The column named, else 'text' / 'image', else the only column of the input's type (as the recipes infer)."""
+def _input_column(table, is_input, named: str | None, where: str, kind: str, usual: str | None = None) -> str:
+    """The column named, else the run's own (`usual`: a validation file's 'review' beside an 'id' column called
+    'text' was read by its ids), else 'text' / 'image', else the only column of the input's type (as the recipes
+    infer)."""
     if named:
         if named not in table.column_names:
             raise PredictError(f"{where}: no column '{named}' (columns: {', '.join(table.column_names)})")
         return named
-    for default in ("text", "image"):
+    for default in (usual, "text", "image"):
         if default in table.column_names and is_input(table.features[default]):
             return default
     candidates = [c for c in table.column_names if c.lower() not in LABEL_COLUMNS and is_input(table.features[c])]

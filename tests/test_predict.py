@@ -126,6 +126,22 @@ def test_predict_csv_skips_an_empty_text_and_writes_json_lines(text_run, tmp_pat
     assert rows[0]["score_1"] == pytest.approx(max(direct[0].values()), abs=1e-5)
 
 
+def test_predict_reads_the_runs_own_text_column_before_one_called_text(tmp_path):
+    """A table with the run's 'review' and an id column called 'text' was scored on the ids: one score for all."""
+    texts = POSITIVE + NEGATIVE
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_text("review,label\n" + "".join(f'"{t}",{"good" if t in POSITIVE else "bad"}\n' for t in texts * 3))
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--text_column_names",
+                     "review", "--output_dir", str(tmp_path / "out"), "--head_epochs", "2", "--num_train_epochs", "1"])
+    table = tmp_path / "new.csv"
+    table.write_text("text,review\n" + "".join(f'id-{i},"{t}"\n' for i, t in enumerate(texts)))
+    predict(str(tmp_path / "out"), [str(table)], tmp_path / "out.csv", progress=False)
+    direct = Predictor(tmp_path / "out").predict(texts)
+    assert [float(r["score"]) for r in read_rows(tmp_path / "out.csv")] == pytest.approx(
+        [max(d.values()) for d in direct], abs=1e-5)
+
+
 def test_the_cards_pipeline_snippet_cuts_a_long_text_as_the_run_did(text_run):
     """transformers' text pipeline cuts no text unless asked: past the position table an encoder fails. The card's
     snippet asks, so a text of thousands of tokens gets the prediction hftransfer's own loader gives."""
