@@ -332,7 +332,7 @@ def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str])
         return _encode_multi_labels(splits, column, where)
     train = splits["train"]
     feature = train.features[column]
-    names = feature.names if isinstance(feature, ClassLabel) else _label_names(sorted(train.unique(column)), feature)
+    names = feature.names if isinstance(feature, ClassLabel) else label_texts(sorted(train.unique(column)), feature)
     if len(names) < 2:
         raise DataError(f"{where('train')}: column '{column}' has a single class ({names[0]!r}); a classifier "
                         "needs two")
@@ -344,7 +344,7 @@ def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str])
                 dataset = dataset.map(_rename_labels(current.names, names), input_columns=column, batched=True)
                 dataset = dataset.cast_column(column, ClassLabel(names=names))
         else:
-            values = set(_label_names(dataset.unique(column), current))
+            values = set(label_texts(dataset.unique(column), current))
             unseen = sorted(values - set(names))
             if unseen:
                 raise DataError(f"{where(split)}: label(s) {', '.join(map(repr, unseen[:10]))} do not occur in "
@@ -467,9 +467,10 @@ def _check_labelled(splits: DatasetDict, column: str, where: Callable[[str], str
                         f"{', '.join(map(str, missing[:5]))} (from 0) of column '{column}'; {fix}")
 
 
-def _label_names(values: list, feature) -> list[str]:
-    """Labels as the cast to strings below writes them (Arrow's: True -> "true", 10.0 -> "10"), so that every name
-    is found again in the cast column; Python's str() gives "True" and "10.0"."""
+def label_texts(values: list, feature) -> list[str]:
+    """Labels as the cast to strings in `encode_labels` writes them (Arrow's: True -> "true", 10.0 -> "10"), so that
+    every name is found again in the cast column, and `predict` finds a table's labels among the model's; Python's
+    str() gives "True" and "10.0"."""
     if not isinstance(feature, Value):
         return [str(v) for v in values]
     return [str(v) for v in pa.array(values, type=feature.pa_type).cast(pa.string()).to_pylist()]

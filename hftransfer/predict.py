@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .choices import LABEL_COLUMNS
-from .data import DataError, files_under, is_metadata, is_saved_dataset, is_unlabelled, load_file
+from .data import DataError, files_under, is_metadata, is_saved_dataset, is_unlabelled, label_texts, load_file
 from .errors import InputError
 from .outputs import file_in_the_way
 
@@ -222,10 +222,16 @@ def _references(table, column: str, labels: list[str]) -> list:
     inner = getattr(feature, "feature", None)  # a column of lists
     names = inner if inner is not None else feature
 
+    written = {}  # value -> its label text, as training reads it (True -> "true", 1.0 -> "1", "pos " -> "pos")
+
     def name(value) -> str | None:  # None for no label (an unlabelled test split's)
         if is_unlabelled(value, names):
             return None
-        return names.int2str(value) if isinstance(names, ClassLabel) else str(value)
+        if isinstance(names, ClassLabel):
+            return names.int2str(value)
+        if value not in written:
+            written[value] = label_texts([value], names)[0].strip()
+        return written[value]
 
     references = []
     for value in table[column]:

@@ -142,6 +142,21 @@ def test_predict_reads_the_runs_own_text_column_before_one_called_text(tmp_path)
         [max(d.values()) for d in direct], abs=1e-5)
 
 
+@pytest.mark.parametrize("trained, given", [(("True", "False"), (True, False)), (("1", "2"), (1.0, 2.0))])
+def test_predict_scores_a_tables_labels_written_as_training_reads_them(trained, given, tmp_path):
+    """Boolean and number labels (true, 1 in the model) were looked for as "True" and "1.0": no accuracy line."""
+    texts = POSITIVE + NEGATIVE
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_text("text,label\n" + "".join(f'"{t}",{trained[t not in POSITIVE]}\n' for t in texts * 3))
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(reviews), "--output_dir",
+                     str(tmp_path / "out"), "--head_epochs", "1", "--num_train_epochs", "1"])
+    table = tmp_path / "new.jsonl"
+    table.write_text("".join(json.dumps({"text": t, "label": given[t not in POSITIVE]}) + "\n" for t in texts))
+    summary = predict(str(tmp_path / "out"), [str(table)], tmp_path / "out.csv", progress=False)
+    assert summary.referenced == len(texts)
+
+
 def test_the_cards_pipeline_snippet_cuts_a_long_text_as_the_run_did(text_run):
     """transformers' text pipeline cuts no text unless asked: past the position table an encoder fails. The card's
     snippet asks, so a text of thousands of tokens gets the prediction hftransfer's own loader gives."""
