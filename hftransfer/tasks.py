@@ -600,7 +600,7 @@ class TextTask(TaskAdapter):
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             return "not UTF-8 text"
-        return None if text.strip() else "empty text"
+        return None if not _is_blank(text) else "empty text"
 
     def dataset_from_files(self, paths, labels) -> Dataset:
         texts = [Path(p).read_text(encoding="utf-8").strip() for p in paths]
@@ -691,7 +691,7 @@ class TextTask(TaskAdapter):
         return [gr.Textbox(label="Text", lines=4, elem_id="text-input", placeholder="Type a text to classify")]
 
     def demo_problem(self, *values):
-        empty = [c for c, v in zip(self.columns, values) if not (isinstance(v, str) and v.strip())]
+        empty = [c for c, v in zip(self.columns, values) if not isinstance(v, str) or _is_blank(v)]
         if not empty:
             return None
         return f"Empty {empty[0]}: type both texts" if self.pairs else "Empty text: type something to classify"
@@ -701,7 +701,7 @@ class TextTask(TaskAdapter):
         if self.pairs and not _is_pair(value):
             raise ValueError(f"not a pair of texts ({', '.join(self.columns)})")
         for column, text in zip(self.columns, value if self.pairs else [value]):
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str) or _is_blank(text):
                 problem = "empty text" if isinstance(text, str) or text is None else \
                     f"not a text ({type(text).__name__})"
                 raise ValueError(f"{problem} in '{column}'" if self.pairs else problem)
@@ -775,9 +775,18 @@ UNKNOWN_SHARE_ERROR = 0.5
 UNKNOWN_SHARE_WARNING = 0.05
 
 
+# Characters that show nothing and that str.strip() keeps: a text of them alone tokenizes to nothing.
+INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+
+
+def _is_blank(text: str) -> bool:
+    """No visible character: whitespace, zero-width spaces and joiners, a byte-order mark, soft hyphens."""
+    return not text.translate(INVISIBLE).strip()
+
+
 def _text_problem(value, column: str) -> str | None:
     """Why a table cell is no text to train on (a column of numbers or lists read as "empty text" before)."""
-    if value is None or isinstance(value, str) and not value.strip():
+    if value is None or isinstance(value, str) and _is_blank(value):
         return f"empty text in '{column}'"
     return None if isinstance(value, str) else f"not a text in '{column}' ({type(value).__name__})"
 

@@ -88,9 +88,11 @@ def test_multi_label_trains_with_the_right_problem_type_and_metrics(tmp_path):
 
 
 def test_empty_and_whitespace_texts_are_counted_skips(tmp_path):
-    data = write_reviews_csv(tmp_path / "train.csv", extra_rows=['"",good', '"   ",bad', ',good'])
+    """Zero-width spaces alone (which str.strip() keeps, and a tokenizer reads as nothing) trained as texts."""
+    data = write_reviews_csv(tmp_path / "train.csv", extra_rows=['"",good', '"   ",bad', ',good', '"\u200b\u200b",bad',
+                                                                  '"\ufeff \u200d",good'])
     splits, report = prepare(train_file=str(data))
-    assert report.total_skipped == 3
+    assert report.total_skipped == 5
     assert "empty text in 'text'" in report.summary()
     assert len(splits["train"]) + len(splits["validation"]) == 48
 
