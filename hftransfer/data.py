@@ -214,16 +214,27 @@ def _check_no_merged_rows(dataset: Dataset, file: Path) -> None:
 
 
 def _first_bad_line(file: Path) -> str | None:
-    """For text formats: the first line that is not UTF-8, which parsers report only by byte offset."""
-    if file.suffix.lower() not in (".csv", ".tsv", ".json", ".jsonl"):
+    """For text formats: the first line that is not UTF-8, or in JSON Lines not a JSON object, which parsers report
+    only by byte offset ("Trailing data at position 25"); a file of nothing, or a table's header alone."""
+    suffix = file.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".json", ".jsonl"):
         return None
+    lines = 0
     with file.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                line.decode("utf-8")
+                text = line.decode("utf-8")
             except UnicodeDecodeError as err:
                 return f"line {number} is not UTF-8 ({err.reason} at byte {err.start}); save the file as UTF-8"
-    return None
+            lines += bool(text.strip())
+            if suffix == ".jsonl" and text.strip():
+                try:
+                    json.loads(text)
+                except ValueError as err:
+                    return f"line {number} is not a JSON object ({err.msg} at column {err.colno})"
+    if lines == 0:
+        return "the file is empty"
+    return "no rows, only a header" if lines == 1 and suffix in (".csv", ".tsv") else None
 
 
 def is_saved_dataset(folder: Path) -> bool:

@@ -115,6 +115,18 @@ def test_csv_with_a_broken_row_names_the_file_and_line(tmp_path):
     assert "train.csv" in str(err.value) and "line" in str(err.value).lower()
 
 
+@pytest.mark.parametrize("name, content, says", [
+    ("empty.jsonl", "", "the file is empty"),  # the reason was blank
+    ("header.csv", "text,label\n", "no rows, only a header"),  # 'Instruction "train" corresponds to no data!'
+    ("broken.jsonl", '{"text": "a", "label": 1}\n{"text": "b" "label": 2}\n',
+     "line 2 is not a JSON object .Expecting ',' delimiter at column 14."),  # "Trailing data at position 25"
+])
+def test_a_file_of_no_rows_or_a_broken_json_line_says_so(tmp_path, name, content, says):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=f"{name}: cannot be read as (csv|json): {says}"):
+        prepare(train_file=str(tmp_path / name))
+
+
 def test_minilm_zoo_transfers_through_accelerate_and_reloads(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
