@@ -151,11 +151,22 @@ def evaluation_inputs(source: Path, reference: Predictor) -> tuple[list, list, s
         splits = None
     if splits is not None:
         validation, train = splits
-        return validation, train, "the run's validation split"
+        return validation, train, _validation_source(len(validation), OutputFolder(source).results)
     examples = [(value, None) for value in reference.examples()]
     if not examples:
         raise ExportError(f"{source}: neither the run's data nor examples/ to check the export on")
     return examples, [value for value, _ in examples], f"{len(examples)} example(s) of {EXAMPLES_FOLDER}/"
+
+
+def _validation_source(rows: int, results: dict) -> str:
+    """Where the check's inputs came from, for the record: the run's validation split, or its files as they read
+    now where they no longer hold the rows the run validated on (the record said "the run's split" regardless)."""
+    validated = results.get("eval_samples")
+    if validated is None or validated == rows:
+        return "the run's validation split"
+    logger.warning("The run's validation data now holds %d rows, not the %d it validated on: checking on the rows "
+                   "as they read now", rows, validated)
+    return f"the run's validation files as they read now ({rows} rows; the run validated on {validated})"
 
 
 def _run_splits(run: dict, reference: Predictor):

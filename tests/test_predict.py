@@ -331,6 +331,17 @@ def test_export_parity_and_predict_with_the_onnx_model(image_run, tmp_path):
         cli(["freeze-report", str(exported)])  # it spoke of converting pickled weights
 
 
+def test_an_export_checked_on_data_that_changed_since_the_run_says_so(image_run, tmp_path, caplog):
+    """Its record said "the run's validation split" of files that had since lost rows."""
+    root, _ = image_run
+    copy = shutil.copytree(root / "out", tmp_path / "out")
+    results = json.loads((copy / "all_results.json").read_text())
+    (copy / "all_results.json").write_text(json.dumps({**results, "eval_samples": 40}))  # as if 9 rows were removed
+    record = export(str(copy), tmp_path / "onnx")
+    assert record["checked_on"] == "the run's validation files as they read now (31 rows; the run validated on 40)"
+    assert "now holds 31 rows, not the 40 it validated on" in caplog.text
+
+
 def test_export_replaces_only_a_new_empty_or_exported_folder(image_run, tmp_path, monkeypatch):
     """The export replaces --output whole: it deleted a folder of the user's files, the model's own folder (its
     weights gone) and, from inside it, the current folder's parent. Now those are refused before anything is
