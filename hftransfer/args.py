@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -242,28 +243,38 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _as_flags(config: dict, path: Path, parser: HfArgumentParser) -> list[str]:
+def _as_flags(config: dict, path: Path, parser: HfArgumentParser) -> tuple[list[str], dict]:
     """A config file's settings as the flags that give them, read before the command line's (which override them),
     so each value meets the flag's own type and choices (as defaults they were taken as they were: `seed: 1.5` failed
     in training, `max_train_samples: true` trained on one example). One value for a setting that takes several is a
-    list of one (`freeze: "bert.*"` was read as one pattern a character); null only where a setting may be unset."""
-    flags = []
+    list of one (`freeze: "bert.*"` was read as one pattern a character); null only where a setting may be unset.
+    Returned beside the flags: what no flag can say (a mapping or a list where the setting's type takes one, an empty
+    list, a value that starts with '-'), kept as a default."""
+    kinds = {name: str(kind) for cls in ARGUMENT_CLASSES  # the annotations: the parser rewrites the fields' types
+             for name, kind in typing.get_type_hints(cls).items()}
+    flags, defaults = [], {}
     for name, value in config.items():
         action = parser._option_string_actions[f"--{name}"]
         several = action.nargs in ("+", "*")
+        values = value if isinstance(value, list) else [value]
         if value is None:
             if action.default is not None:
                 raise SystemExit(f"error: {path}: {name} is null; give it a value, or leave it out for the default")
-            continue
-        if isinstance(value, dict) or isinstance(value, list) and not several:
-            shape = "a mapping" if isinstance(value, dict) else "a list"
-            raise SystemExit(f"error: {path}: {name} takes {'values' if several else 'one value'}, not {shape}")
-        values = value if isinstance(value, list) else [value]
-        if not values or any(isinstance(v, (dict, list)) or v is None for v in values):
+        elif isinstance(value, dict) or isinstance(value, list) and not several:
+            shape = "dict" if isinstance(value, dict) else "list"
+            if shape not in kinds[name]:  # report_to: [a, b], lr_scheduler_kwargs: {power: 2}
+                raise SystemExit(f"error: {path}: {name} takes {'values' if several else 'one value'}, not a "
+                                 f"{'mapping' if shape == 'dict' else 'list'}")
+            defaults[name] = value
+        elif any(isinstance(v, (dict, list)) or v is None for v in values):
             raise SystemExit(f"error: {path}: {name} takes a list of values, not {value!r}")
-        flags += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+        elif not values or several and any(str(v).startswith("-") for v in values):
+            defaults[name] = values
+        else:
+            text = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+            flags += [f"--{name}", *text] if several else [f"--{name}={text[0]}"]
     _parse_alone(parser, flags, path)
-    return flags
+    return flags, defaults
 
 
 def _parse_alone(parser: HfArgumentParser, flags: list[str], path: Path) -> None:
@@ -298,11 +309,11 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
     unknown = sorted(set(config) - known)
     if unknown:
         raise SystemExit(f"error: {config_path}: unknown setting(s) {', '.join(unknown)}")
-    parser.set_defaults(**{**TRAINING_DEFAULTS, **(defaults or {})})
+    flags, unflagged = _as_flags(config, config_path, parser)
+    parser.set_defaults(**{**TRAINING_DEFAULTS, **(defaults or {}), **unflagged})
     try:
         model, data, transfer, training, rest = parser.parse_args_into_dataclasses(
-            args=_as_flags(config, config_path, parser) + argv, return_remaining_strings=True,
-            look_for_args_file=False)
+            args=flags + argv, return_remaining_strings=True, look_for_args_file=False)
     except ValueError as err:  # TrainingArguments' own checks (--bf16 on a CPU without --use_cpu ...): a flag error
         raise SystemExit(f"error: {err}") from None
     if rest:

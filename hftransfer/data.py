@@ -182,17 +182,21 @@ def _code_columns(file: Path, delimiter: str) -> list[str]:
     import re
 
     zero_padded = re.compile(r"[+-]?0\d+")
+    csv.field_size_limit(2**31 - 1)  # a long document in a cell (the default stops at 128 KiB)
     with file.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
         rows = csv.reader(handle, delimiter=delimiter)
-        header = next(rows, [])
-        repeated = sorted({name for name in header if header.count(name) > 1})
-        if repeated:
-            raise DataError(f"{file}: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
-                            "give each column its own name")
-        codes = set()
-        for row in rows:
-            codes.update(i for i, cell in enumerate(row[:len(header)]) if zero_padded.fullmatch(cell.strip()))
-    return [header[i] for i in sorted(codes)]
+        try:
+            header = next(rows, [])
+            repeated = sorted({name for name in header if name and header.count(name) > 1})  # blank ones: Excel's
+            if repeated:
+                raise DataError(f"{file}: the header names column(s) {', '.join(map(repr, repeated))} more than "
+                                "once; give each column its own name")
+            codes = set()
+            for row in rows:
+                codes.update(i for i, cell in enumerate(row[:len(header)]) if zero_padded.fullmatch(cell.strip()))
+        except csv.Error as err:
+            raise DataError(f"{file}: cannot be read as csv: line {rows.line_num}: {err}") from None
+    return [header[i] for i in sorted(codes) if header[i]]
 
 
 def _check_no_merged_rows(dataset: Dataset, file: Path) -> None:

@@ -180,13 +180,15 @@ def _as_image_column(dataset: Dataset, column: str, table: str | None) -> Datase
     feature = dataset.features[column]
     if isinstance(feature, ImageFeature):
         return dataset
+    if isinstance(feature, dict) and set(feature) <= {"bytes", "path"}:  # Image's own layout, its type name lost
+        return dataset.cast_column(column, ImageFeature())                # (pandas, pyarrow and polars write it so)
     if not isinstance(feature, Value) or feature.dtype not in ("string", "large_string", "binary", "large_binary"):
         raise DataError(f"{table or 'the data'}: column '{column}' holds {feature}, not images, image files' paths "
                         "or their bytes")
     if table and feature.dtype in ("string", "large_string"):
         folder = Path(table).parent
         dataset = dataset.map(lambda batch: {column: [_locate(p, folder) for p in batch[column]]}, batched=True,
-                              desc="Locating image files")
+                              desc="Locating image files", load_from_cache_file=False)  # files move; the cache not
     return dataset.cast_column(column, ImageFeature())
 
 

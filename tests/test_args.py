@@ -186,3 +186,15 @@ def test_an_output_dir_that_is_a_file_or_under_one_and_a_negative_patience_are_f
             parse_args(["--output_dir", str(output)])
     with pytest.raises(SystemExit, match="--early_stopping_patience -1: must be 0 or more"):
         parse_args(["--output_dir", str(tmp_path / "out"), "--early_stopping_patience", "-1"])
+
+
+def test_config_values_no_flag_can_say_are_kept_as_given(tmp_path):
+    """A mapping or a list where the setting's type takes one, an empty list, a value starting with '-': read before
+    as defaults, and still (the flags' path refused them at first)."""
+    config = tmp_path / "run.yaml"
+    config.write_text('lr_scheduler_kwargs: {power: 2}\nreport_to: [tensorboard]\nfreeze: []\nrun_name: "-x"\n'
+                      'unfreeze: ["-odd", "b"]\nremove_unused_columns: false\n')
+    run = parse_args([str(config), "--output_dir", str(tmp_path / "out")])
+    assert run.training.lr_scheduler_kwargs == {"power": 2} and run.training.report_to == ["tensorboard"]
+    assert run.transfer.freeze == [] and run.training.run_name == "-x" and run.transfer.unfreeze == ["-odd", "b"]
+    assert run.training.remove_unused_columns is False

@@ -357,6 +357,19 @@ def test_image_bytes_in_a_parquet_column_become_images(tmp_path):
     assert splits["train"][0]["image"].size == (32, 32) and report.total_skipped == 0
 
 
+def test_image_structs_written_without_datasets_metadata_become_images(tmp_path):
+    """A {bytes, path} column as pandas, pyarrow or polars write it loads as a dict feature, not an Image."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = make_image_folder(tmp_path / "images", 2, classes=("a", "b"))
+    files = sorted(folder.rglob("*.png"))
+    pq.write_table(pa.table({"image": [{"bytes": f.read_bytes(), "path": None} for f in files],
+                             "label": [f.parent.name for f in files]}), tmp_path / "t.parquet")
+    splits, report = prepare(train_file=str(tmp_path / "t.parquet"), train_val_split=0.5)
+    assert splits["train"][0]["image"].size == (32, 32) and report.total_skipped == 0
+
+
 def test_an_image_column_of_numbers_is_an_error_naming_it(tmp_path):
     (tmp_path / "t.csv").write_text("image,label\n1,a\n2,b\n")
     with pytest.raises(DataError, match=r"t.csv: column 'image' holds Value\('int64'\), not images"):

@@ -351,3 +351,11 @@ def test_an_input_column_named_label_beside_another_label_column_is_an_error(tmp
                                         "while the labels come from 'sentiment'"):
         prepare(train_file=str(tmp_path / "swap.csv"), text_column_names="label", label_column_name="sentiment",
                 train_val_split=0.25)
+
+
+def test_a_long_document_in_a_cell_and_excels_blank_header_names_load(tmp_path):
+    """The header and code scan (csv module) stopped at 128 KiB a cell, and read Excel's trailing blank column
+    names as one name twice."""
+    (tmp_path / "long.csv").write_text("text,label,,\n" + "word " * 40_000 + ",a,,\nshort,b,,\nother,a,,\nmore,b,,\n")
+    splits, _ = prepare(train_file=str(tmp_path / "long.csv"), train_val_split=0.5)
+    assert max(len(t) for t in [*splits["train"]["text"], *splits["validation"]["text"]]) > 131072
