@@ -394,15 +394,27 @@ def _tidy_labels(dataset: Dataset, column: str, where: str) -> Dataset:
         features = dataset.features.copy()
         features[column] = List(Value("string"))
     else:
-        tidy = [value.strip() or None if isinstance(value, str) else value for value in values]
+        tidy = [_label_text(value) for value in values]
         features = None
     if tidy == values:
         return dataset
     if features is None:
-        logger.info("%s: %d label(s) read without surrounding spaces", where,
+        logger.info("%s: %d label(s) read without surrounding spaces, or as missing", where,
                     sum(a != b for a, b in zip(tidy, values)))
     return dataset.map(lambda _, rows: {column: [tidy[i] for i in rows]}, with_indices=True, batched=True,
                        features=features)
+
+
+# How R and spreadsheets write a missing value, read in a label column as one (an error naming the rows, as an empty
+# cell is), not as a class; elsewhere they are text ("NA" is a review). "None" stays a class name: intent sets have one.
+MISSING_LABELS = {"NA", "N/A", "n/a", "#N/A", "NaN", "nan", "null", "NULL", "<NA>"}
+
+
+def _label_text(value):
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    return text if text and text not in MISSING_LABELS else None
 
 
 def _list_literals(values: list) -> list | None:
@@ -476,7 +488,8 @@ def _check_labelled(splits: DatasetDict, column: str, where: Callable[[str], str
             kind, fix = "no label list (null)", "write [] for an example that has none of the labels"
         else:
             is_class = isinstance(feature, ClassLabel)
-            kind = "no label (-1, as unlabelled test splits have)" if is_class else "an empty label"
+            kind = ("no label (-1, as unlabelled test splits have)" if is_class
+                    else "an empty label (blank, or a missing value's mark: NA, N/A, nan, null)")
             fix = "remove or fill them" + (", or give a labelled validation split" if split != "train" else "")
         raise DataError(f"{where(split)}: {len(missing)} of {len(values)} rows have {kind}, e.g. row(s) "
                         f"{', '.join(map(str, missing[:5]))} (from 0) of column '{column}'; {fix}")

@@ -152,7 +152,7 @@ def test_rows_without_a_label_are_an_error_naming_their_split_and_rows():
     with pytest.raises(DataError, match=r"data \(validation\): 2 of 2 rows have no label \(-1.*row\(s\) 0, 1.*"
                                         r"labelled validation split"):
         encode_labels(DatasetDict(train=labelled, validation=unlabelled), "label", named)
-    with pytest.raises(DataError, match=r"data \(validation\): 1 of 2 rows have an empty label, e.g. row\(s\) 1"):
+    with pytest.raises(DataError, match=r"data \(validation\): 1 of 2 rows have an empty label .*, e.g. row\(s\) 1"):
         encode_labels(DatasetDict(train=Dataset.from_dict({"label": ["a", "b"]}),
                                   validation=Dataset.from_dict({"label": ["a", None]})), "label", named)
 

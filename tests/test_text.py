@@ -304,13 +304,16 @@ def _labels_of(tmp_path, name, content):
 
 
 def test_labels_are_read_as_written(tmp_path, caplog):
-    """Each was misread with exit 0: "pos " a class beside "pos"; "NA" and "None" no label (pandas' missing values);
+    """Each was misread with exit 0: "pos " a class beside "pos"; "None" no label (pandas' missing values);
     "007" and "7" one class "7"; pandas' CSV form of a list column a single-label class a distinct list."""
     def rows(labels):
         return "text,label\n" + "".join(f"text {i},{label}\n" for i, label in enumerate(labels * 4))
 
     assert _labels_of(tmp_path, "spaces.csv", rows(["pos", "pos ", " neg", "neg"])) == ["neg", "pos"]
-    assert _labels_of(tmp_path, "na.csv", rows(["NA", "None", "null"])) == ["NA", "None", "null"]
+    assert _labels_of(tmp_path, "none.csv", rows(["None", "toxic"])) == ["None", "toxic"]  # intent sets' "None"
+    for marks in (["toxic", "NA", "None"], ["1", "NA", "0"]):  # R's missing label: an error, as an empty cell
+        with pytest.raises(DataError, match=r"4 of 12 rows have an empty label \(blank, or a missing value's mark"):
+            _labels_of(tmp_path, "na.csv", rows(marks))
     assert _labels_of(tmp_path, "codes.csv", rows(["007", "7", "010"])) == ["007", "010", "7"]
     assert _labels_of(tmp_path, "numbers.csv", rows(["2", "10", "2"])) == ["2", "10"]  # numbers in numeric order
     lists = ['"[""drama"", ""comedy""]"', "\"['drama']\"", "[]", '"[""comedy""]"']
@@ -323,7 +326,7 @@ def test_labels_are_read_as_written(tmp_path, caplog):
 def test_a_blank_label_or_a_null_in_a_label_list_is_an_error(tmp_path):
     (tmp_path / "blank.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": v}) + "\n"
                                                   for i, v in enumerate(["pos", "neg", " ", "pos"])))
-    with pytest.raises(DataError, match=r"1 of 4 rows have an empty label, e.g. row\(s\) 2"):
+    with pytest.raises(DataError, match=r"1 of 4 rows have an empty label .*, e.g. row\(s\) 2"):
         prepare(train_file=str(tmp_path / "blank.jsonl"), train_val_split=0.25)
     for bad in (None, ""):
         (tmp_path / "lists.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": v}) + "\n" for i, v in
