@@ -384,7 +384,7 @@ def _tidy_labels(dataset: Dataset, column: str, where: str) -> Dataset:
     if not isinstance(inner, Value) or inner.dtype not in ("string", "large_string"):
         return dataset
     values = dataset[column]
-    lists = _list_literals(values) if inner is feature else values
+    lists = list_literals(values) if inner is feature else values
     if lists is not None:
         for row, labels in enumerate(lists):
             if labels is not None and any(label is None or not str(label).strip() for label in labels):
@@ -417,7 +417,7 @@ def _label_text(value):
     return text if text and text not in MISSING_LABELS else None
 
 
-def _list_literals(values: list) -> list | None:
+def list_literals(values: list) -> list | None:
     """Every non-null value of a string column read as a list literal (JSON's, or Python's as pandas writes it), or
     None where any is not one."""
     import ast

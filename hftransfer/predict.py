@@ -24,11 +24,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .choices import LABEL_COLUMNS
-from .data import DataError, files_under, is_metadata, is_saved_dataset, is_unlabelled, label_texts, load_file
+from .data import (DataError, files_under, is_metadata, is_saved_dataset, is_unlabelled, label_texts, list_literals,
+                   load_file)
 from .errors import InputError
 from .outputs import file_in_the_way
 
@@ -76,11 +78,18 @@ def skipped_file(output: Path) -> Path:
 
 # ---------------------------------------------------------------- inputs
 
+class RunColumns(NamedTuple):
+    """The run's own input and label columns: a table's are read first where it has them."""
+
+    input: str
+    label: str
+
+
 def gather(task, inputs: list[str], labels: list[str], text_column: str | None) -> Iterator[Item]:
     """Every input named, in order; what cannot even be listed (a missing path) is an error before any work.
     `text_column`: a column name, or a sentence-pair model's two ("a,b")."""
     columns = _text_columns(task, text_column) if task.name == "text" else [text_column] if text_column else None
-    usual = task.input_columns(task.data_args)[0]  # the run's own column, read first where a table has it
+    usual = RunColumns(task.input_columns(task.data_args)[0], task.data_args.label_column_name)
     if task.name == "image" and text_column and not any(is_saved_dataset(Path(given)) for given in inputs):
         raise PredictError(f"--text_column {text_column}: image files and folders have no columns (for an image model "
                            "it names the image column of a `datasets` folder)")
@@ -146,7 +155,7 @@ def _image_items(path: Path, labels: list[str]) -> Iterator[Item]:
         yield Item(str(file), file, _folder_label(file, root, labels))
 
 
-def _text_file_items(file: Path, root: Path, labels, columns: list[str] | None, usual: str) -> Iterator[Item]:
+def _text_file_items(file: Path, root: Path, labels, columns: list[str] | None, usual: RunColumns) -> Iterator[Item]:
     suffix = file.suffix.lower()
     pairs = columns is not None and len(columns) == 2
     if suffix == ".txt" and pairs:  # one text: in a folder a counted skip, as any file of another kind
@@ -172,7 +181,8 @@ def _read_text_file(file: Path) -> str | None:
         return None
 
 
-def _datasets_items(folder: Path, task_name: str, labels, columns: list[str] | None, usual: str) -> Iterator[Item]:
+def _datasets_items(folder: Path, task_name: str, labels, columns: list[str] | None,
+                    usual: RunColumns) -> Iterator[Item]:
     from datasets import DatasetDict, load_from_disk
 
     loaded = load_from_disk(str(folder))
@@ -183,14 +193,15 @@ def _datasets_items(folder: Path, task_name: str, labels, columns: list[str] | N
             from datasets import Image as ImageFeature
 
             named = columns[0] if columns else None
-            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), named, where, "images", usual)
+            column = _input_column(dataset, lambda f: isinstance(f, ImageFeature), named, where, "images",
+                                   usual.input)
             yield from _table_items(dataset.cast_column(column, ImageFeature(decode=False)), where, labels,
-                                    [column])
+                                    [column], usual)
         else:
             yield from _table_items(dataset, where, labels, columns, usual)
 
 
-def _table_items(table, where: str, labels, columns: list[str] | None, usual: str | None = None) -> Iterator[Item]:
+def _table_items(table, where: str, labels, columns: list[str] | None, usual: RunColumns) -> Iterator[Item]:
     """A row an input: the value of its one input column (None: the table's text column, inferred), or a sentence
     pair's two texts as a tuple."""
     from datasets import Value
@@ -206,9 +217,10 @@ def _table_items(table, where: str, labels, columns: list[str] | None, usual: st
         column = columns[0] if columns else None
         if column is None or column not in table.column_names:
             column = _input_column(table, lambda f: isinstance(f, Value) and f.dtype in ("string", "large_string"),
-                                   column, where, "text", usual)
+                                   column, where, "text", usual.input)
         values = table[column]
-    label_column = next((c for c in table.column_names if c.lower() in LABEL_COLUMNS), None)
+    label_column = usual.label if usual.label in table.column_names else next(
+        (c for c in table.column_names if c.lower() in LABEL_COLUMNS), None)
     references = _references(table, label_column, labels) if label_column else None
     for index, value in enumerate(values):
         yield Item(f"{where}:{index}", value, references[index] if references else None)
@@ -218,8 +230,11 @@ def _references(table, column: str, labels: list[str]) -> list:
     """Each row's reference label (a list of them in a column of lists), None where one is not the model's."""
     from datasets import ClassLabel
 
-    feature = table.features[column]
+    feature, values = table.features[column], table[column]
     inner = getattr(feature, "feature", None)  # a column of lists
+    lists = list_literals(values) if inner is None and getattr(feature, "dtype", "").endswith("string") else None
+    if lists is not None:  # as pandas writes a list column to CSV, and training reads it
+        values, inner = lists, feature
     names = inner if inner is not None else feature
 
     written = {}  # value -> its label text, as training reads it (True -> "true", 1.0 -> "1", "pos " -> "pos")
@@ -234,7 +249,7 @@ def _references(table, column: str, labels: list[str]) -> list:
         return written[value]
 
     references = []
-    for value in table[column]:
+    for value in values:
         reference = ([name(v) for v in value] if value is not None else None) if inner is not None else name(value)
         given = reference if isinstance(reference, list) else [reference]
         known = reference is not None and set(given) <= set(labels)  # labels holds no None
@@ -242,7 +257,7 @@ def _references(table, column: str, labels: list[str]) -> list:
     return references
 
 
-def _input_column(table, is_input, named: str | None, where: str, kind: str, usual: str | None = None) -> str:
+def _input_column(table, is_input, named: str | None, where: str, kind: str, usual: str | None) -> str:
     """The column named, else the run's own (`usual`: a validation file's 'review' beside an 'id' column called
     'text' was read by its ids), else 'text' / 'image', else the only column of the input's type (as the recipes
     infer)."""

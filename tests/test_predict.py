@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import (NEGATIVE, POSITIVE, make_image_folder, pair_rows, save_tiny_checkpoint,
                       save_tiny_text_checkpoint, train_pair_model, write_reviews_csv)
@@ -220,6 +221,12 @@ def test_multi_label_predictions_are_every_label_above_the_threshold(tmp_path):
     metrics = OutputFolder(tmp_path / "out").results
     assert summary.referenced == len(rows) and summary.correct / len(rows) == pytest.approx(metrics["eval_accuracy"])
     assert "exact-match accuracy against the reference labels" in summary.line(tmp_path / "held_out.csv")
+    # the same lists in a CSV, as pandas writes them, under the run's label column beside another label-like one
+    pd.DataFrame({"text": [r["text"] for r in rows], "class": "x", "label": [r["label"] for r in rows]}).to_csv(
+        tmp_path / "held_out.csv_in.csv", index=False)
+    again = predict(str(tmp_path / "out"), [str(tmp_path / "held_out.csv_in.csv")], tmp_path / "again.csv",
+                    progress=False)
+    assert (again.referenced, again.correct) == (summary.referenced, summary.correct)
     output = tmp_path / "tags.csv"
     predict(str(tmp_path / "out"), [str(path)], output, threshold=0.4, top_k=3, progress=False)
     predictor = Predictor(tmp_path / "out")
