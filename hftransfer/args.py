@@ -18,7 +18,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .freezing import PatternError, multiplier_rules
-from .outputs import ONNX_FILE, STAGE_PREFIX, file_in_the_way, others_files
+from .outputs import DATA_QUALITY, ONNX_FILE, RUN_RECORD, STAGE_PREFIX, file_in_the_way, others_files
 from .strategies import STRATEGIES
 
 
@@ -299,8 +299,9 @@ def _flag_names(argv: list[str]) -> set[str]:
     return names
 
 
-def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> RunArguments:
-    """Parse `[config.yaml] [--flag value ...]`; unknown settings are errors that name them."""
+def parse_args(argv: list[str] | None = None, defaults: dict | None = None, trains: bool = True) -> RunArguments:
+    """Parse `[config.yaml] [--flag value ...]`; unknown settings are errors that name them. `trains`: the command
+    writes a model into --output_dir (`hftransfer check` writes its findings alone)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)  # a typo must not pass for a prefix
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
@@ -320,7 +321,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> R
         raise SystemExit(f"error: unknown argument(s): {' '.join(rest)}. See --help for the settings.")
     explicit = frozenset((set(config) | _flag_names(argv)) & known)
     _check_ranges(data, transfer, training)
-    _check_output_dir(training.output_dir, model.model_name_or_path, data)
+    _check_output_dir(training.output_dir, model.model_name_or_path, data, trains)
     return RunArguments(model, data, transfer, training, explicit)
 
 
@@ -365,7 +366,7 @@ def _check_ranges(*settings) -> None:
         raise SystemExit(f"error: {err}") from None
 
 
-def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments) -> None:
+def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments, trains: bool = True) -> None:
     """The output folder neither holds the checkpoint the run starts from (its weights were overwritten, a checkpoint
     of an earlier run removed), an export, or files of another's that the run would overwrite, nor is inside an image
     folder the run reads (the report and examples written there became classes of the next run)."""
@@ -383,7 +384,10 @@ def _check_output_dir(output_dir: str, checkpoint: str, data: DataArguments) -> 
     if (out / ONNX_FILE).is_file():  # the old graph would stay beside the new weights, and be what predict runs
         raise SystemExit(f"error: --output_dir {output_dir}: it holds an exported model ({ONNX_FILE}); name another "
                          "folder")
-    theirs = others_files(out)
+    if not trains and (out / RUN_RECORD).is_file():  # its card and report read the run's own findings
+        raise SystemExit(f"error: --output_dir {output_dir}: a trained model's folder, whose {DATA_QUALITY} is its "
+                         "run's; give the check a folder of its own")
+    theirs = others_files(out) if trains else []  # the check writes none of a model's names
     if theirs:  # a model downloaded there, a project's own README.md: no hftransfer run's, and overwritten
         raise SystemExit(f"error: --output_dir {output_dir}: it holds {', '.join(theirs[:6])}, which no hftransfer run "
                          "wrote and this one would overwrite; name a new folder, or move them out")

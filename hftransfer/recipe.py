@@ -17,7 +17,6 @@ import transformers
 from .args import parse_args
 from .choices import Choices, choose_hardware
 from .errors import InputError
-from .outputs import DATA_QUALITY, RUN_RECORD
 from .tasks import TASKS
 from .training import TransferRun
 
@@ -34,13 +33,13 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity(max(level, logging.WARNING))
 
 
-def _start(task_name: str, argv: list[str] | None) -> TransferRun:
+def _start(task_name: str, argv: list[str] | None, trains: bool = True) -> TransferRun:
     """Parse, choose the hardware's settings, start logging: the run, not yet set up."""
     if task_name not in TASKS:
-        raise SystemExit(f"The task is one of {', '.join(TASKS)}, not '{task_name}'")
+        raise SystemExit(f"error: the task is one of {', '.join(TASKS)}, not '{task_name}'")
     task_cls = TASKS[task_name]
     run = parse_args(argv, defaults={"model_name_or_path": task_cls.default_model,
-                                     "output_dir": f"outputs/{task_name}"})
+                                     "output_dir": f"outputs/{task_name}"}, trains=trains)
     choices = Choices()
     choose_hardware(run, choices)  # first: the precision and devices settle before anything reads them
     setup_logging(run.training)
@@ -75,10 +74,7 @@ def check(task_name: str, argv: list[str] | None = None) -> dict:
     data_quality.md (with thumbnails of the images it shows) into --output_dir."""
     from . import data_quality
 
-    transfer = _start(task_name, argv)
-    if (Path(transfer.args.output_dir) / RUN_RECORD).is_file():  # its card and report read the run's own findings
-        raise SystemExit(f"error: --output_dir {transfer.args.output_dir}: a trained model's folder, whose "
-                         f"{DATA_QUALITY} is its run's; give the check a folder of its own")
+    transfer = _start(task_name, argv, trains=False)
     try:
         transfer.setup()
     except InputError as err:

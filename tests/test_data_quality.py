@@ -131,3 +131,9 @@ def test_check_into_a_trained_models_folder_is_refused_before_any_pass(tmp_path)
     with pytest.raises(SystemExit, match="a trained model's folder, whose data_quality.json is its run's"):
         recipe.check("text", ["--model_name_or_path", "zoo:all-MiniLM-L6-v2", "--output_dir", str(trained)])
     assert (trained / "data_quality.json").read_text() == '{"the run": "own"}'
+    project = tmp_path / "project"  # a folder with a README.md of its own: the check writes none of a model's names
+    project.mkdir()
+    (project / "README.md").write_text("mine")
+    assert parse_args(["--output_dir", str(project)], trains=False).training.output_dir == str(project)
+    with pytest.raises(SystemExit, match="it holds README.md, which no hftransfer run wrote"):
+        parse_args(["--output_dir", str(project)])
