@@ -116,6 +116,7 @@ def files_under(root: Path) -> list[Path]:
             children[:] = []
             continue
         seen.add(real)
+        children.sort()  # a folder reached twice is read where it comes first in name order, the same every run
         found += [Path(folder, name) for name in names]
     return sorted(found)
 

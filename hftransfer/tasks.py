@@ -778,7 +778,7 @@ UNKNOWN_SHARE_WARNING = 0.05
 
 
 # Characters that show nothing and that str.strip() keeps: a text of them alone tokenizes to nothing.
-INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\u180e\u3164\ufeff\u00ad"))
 
 
 def _is_blank(text: str) -> bool:
