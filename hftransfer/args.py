@@ -191,6 +191,12 @@ class TransferTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns: transforms run lazily."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """A fraction's warm-up leaves a stage at least one step after it: a stage of one optimizer step (data in one
+        batch, --max_steps 1) ran that step at the warm-up's rate of 0 and trained nothing, in silence."""
+        steps = super().get_warmup_steps(num_training_steps)
+        return min(steps, max(num_training_steps - 1, 0)) if self.warmup_steps < 1 else steps
+
 
 # Defaults of parent fields whose types HfArgumentParser cannot redeclare in a subclass.
 TRAINING_DEFAULTS = {"report_to": "none"}  # nothing leaves the machine unless asked
@@ -355,6 +361,8 @@ def _check_ranges(*settings) -> None:
             number = value(name)
             if number is not None and not (math.isfinite(number) and inside(number)):
                 refuse(name, number, expected)
+    if value("max_steps") == 0:  # -1 is "off"; 0 ran one step a stage at a rate of 0, recorded as whole epochs
+        refuse("max_steps", 0, "at least 1, or -1 (off: --num_train_epochs sets the length)")
     if not 0 <= value("seed") < 2**32:  # torch's and numpy's range; set_seed failed once the data had loaded
         refuse("seed", value("seed"), "from 0 to 2**32 - 1")
     sizes = value("head_hidden_sizes")

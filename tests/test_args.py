@@ -186,6 +186,8 @@ def test_an_output_dir_that_is_a_file_or_under_one_and_a_negative_patience_are_f
             parse_args(["--output_dir", str(output)])
     with pytest.raises(SystemExit, match="--early_stopping_patience -1: must be 0 or more"):
         parse_args(["--output_dir", str(tmp_path / "out"), "--early_stopping_patience", "-1"])
+    with pytest.raises(SystemExit, match=r"--max_steps 0: must be at least 1, or -1"):  # a step a stage at rate 0
+        parse_args(["--output_dir", str(tmp_path / "out"), "--max_steps", "0"])
 
 
 def test_config_values_no_flag_can_say_are_kept_as_given(tmp_path):

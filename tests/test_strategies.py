@@ -7,7 +7,7 @@ import torch
 from conftest import (IMAGE_FAMILIES, save_tiny_checkpoint, save_tiny_text_checkpoint, tiny_image_model,
                       tiny_text_model, write_reviews_csv)
 from torch import nn
-from transformers import AutoModelForImageClassification
+from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from hftransfer import heads, lora, outputs
 from hftransfer.args import parse_args
@@ -107,7 +107,6 @@ def test_lora_targets_that_match_nothing_stop_the_run_before_the_head_trains(tmp
 
 def test_lora_run_saves_a_merged_model_equal_to_base_plus_adapter(tmp_path):
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
 
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
     data = write_reviews_csv(tmp_path / "train.csv")
@@ -147,7 +146,6 @@ def test_lora_trains_what_the_users_patterns_name_beside_the_adapters(tmp_path):
     """PEFT freezes all but its adapters and `modules_to_save`: a LayerNorm `--unfreeze` names trains in full and is
     saved with the adapter; a head `--freeze` names stays out (both were PEFT's choice before, silently)."""
     from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification
 
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
     out = tmp_path / "out"
@@ -280,3 +278,17 @@ def test_staged_fine_tuning_starts_where_the_head_stage_ended(tmp_path, mobilene
     (head_end, first), (plain_head_end, plain_first) = ends["true"], ends["false"]
     assert first < head_end + 0.3
     assert plain_first > plain_head_end + 1.0
+
+
+def test_a_stage_of_one_optimizer_step_trains(tmp_path):
+    """Data in one batch: the warm-up (a tenth of the steps, rounded up) took the only step, at a rate of 0, and the
+    base came back byte for byte while the card listed its trainable parameters."""
+    checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")
+    reviews = write_reviews_csv(tmp_path / "reviews.csv", repeat=2)  # 24 rows: one batch of 32
+    transfer, _ = train(TextTask, ["--model_name_or_path", str(checkpoint), "--train_file", str(reviews),
+                                   "--output_dir", str(tmp_path / "out"), "--strategy", "full",
+                                   "--num_train_epochs", "1"])
+    before = AutoModelForSequenceClassification.from_pretrained(checkpoint).bert.encoder.layer[0]
+    after = transfer.model.bert.encoder.layer[0]
+    assert not torch.equal(after.attention.self.query.weight, before.attention.self.query.weight)
+    assert transfer.history[-1]["log"][0]["learning_rate"] > 0
