@@ -49,11 +49,22 @@ def hub_errors(doing: str):
         raise PushError(f"{doing}: {type(err).__name__}: {err}") from None
 
 
-def _uploaded_files(folder: Path) -> list[Path]:
+def uploaded_files(folder: Path) -> list[Path]:
     from huggingface_hub.utils import filter_repo_objects
 
     relative = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     return [folder / p for p in filter_repo_objects(relative, ignore_patterns=NOT_UPLOADED)]
+
+
+def check_repo_id(repo_id: str, flag: str) -> None:
+    """A repo or Space id the Hub would refuse is an error before anything is written or trained (it was a
+    validation traceback after training, and after `push` had renamed the local card for it)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PushError(f"{flag} {repo_id}: not a Hub id ({' '.join(str(err).split())})") from None
 
 
 def problems(folder: str | Path, token: str | None = None) -> list[str]:
@@ -77,7 +88,7 @@ def problems(folder: str | Path, token: str | None = None) -> list[str]:
     if not list(folder.glob("*.safetensors")) and not (folder / ONNX_FILE).is_file():
         found.append(f"no *.safetensors weights (nor an exported {ONNX_FILE}): save with safe_serialization (the "
                      "default)")
-    files = _uploaded_files(folder)
+    files = uploaded_files(folder)
     pickled = [p.name for p in files if any(p.match(g) for g in PICKLED_WEIGHTS) and p.name != "training_args.bin"]
     if pickled:
         found.append(f"pickled weights would be uploaded ({', '.join(pickled)}): only safetensors are pushed; "
@@ -129,6 +140,7 @@ def push(folder: str | Path, repo_id: str | None = None, token: str | None = Non
         raise PushError(f"Not pushing {folder}:\n" + "\n".join(f"  - {p}" for p in found))
     api = HfApi(token=token)
     repo_id = repo_id or folder.resolve().name
+    check_repo_id(repo_id, "--repo_id")
     if "/" not in repo_id:
         with hub_errors("asking the Hub whose token this is"):
             repo_id = f"{api.whoami()['name']}/{repo_id}"

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .hub import NOT_UPLOADED, PushError, hub_errors, problems
+from .hub import PushError, check_repo_id, hub_errors, problems, uploaded_files
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "space_template"
@@ -40,7 +40,11 @@ def stage_space(model: str, target: Path) -> Path:
         found = problems(local)
         if found:
             raise PushError(f"Not publishing {local}:\n" + "\n".join(f"  - {p}" for p in found))
-        shutil.copytree(local, target / "model", ignore=shutil.ignore_patterns(*NOT_UPLOADED, "training_args.bin"))
+        for file in uploaded_files(local):  # what a push uploads, after the same token check (the copy's own
+            if file.name != "training_args.bin":  # patterns missed runs/, TensorBoard's logs)
+                copy = target / "model" / file.relative_to(local)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, copy)
     else:
         (target / "model_id.txt").write_text(model + "\n")
         readme = target / "README.md"
@@ -52,6 +56,7 @@ def publish_space(model: str, space_id: str, token: str | None = None, private: 
     """Create the Space (sdk gradio) if needed and upload it; returns its URL."""
     from huggingface_hub import HfApi
 
+    check_repo_id(space_id, "--space_id")
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as staging:
         folder = stage_space(model, Path(staging))  # the model checked before the Hub is asked anything

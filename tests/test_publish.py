@@ -258,3 +258,31 @@ def test_a_zoo_checkpoint_is_not_published_as_a_trained_model(local_hub, mobilen
         cli.main(["publish-space", "--model", "zoo:mobilenet_v2", "--space_id", "demo", "--hub_token", TOKEN])
     assert not local_hub.repos
 
+
+
+def test_a_malformed_hub_id_is_refused_before_anything_is_written(local_hub, trained, tmp_path):
+    """A validation traceback from create_repo, after push had renamed the local card for the id (and, with
+    --push_to_hub, after the whole training)."""
+    out, _, _ = trained
+    folder = shutil.copytree(out, tmp_path / "copy")
+    card = (folder / "README.md").read_text()
+    for command in (["push", str(folder), "--repo_id", f"{USER}/m 1"],
+                    ["publish-space", "--model", str(folder), "--space_id", f"{USER}/sp 1"]):
+        with pytest.raises(SystemExit, match=r"^error: --(repo|space)_id .* 1: not a Hub id \(Repo id must"):
+            cli.main([*command, "--hub_token", TOKEN])
+    assert (folder / "README.md").read_text() == card and not local_hub.repos
+    with pytest.raises(SystemExit, match=r"^error: --hub_model_id alice/bad id: not a Hub id"):
+        parse_args(["--output_dir", str(tmp_path / "run"), "--push_to_hub", "true", "--hub_model_id", "alice/bad id"])
+
+
+def test_a_space_carries_what_a_push_uploads_and_no_more(local_hub, trained, tmp_path):
+    """The Space's copy used name patterns that never matched runs/ (TensorBoard's logs, outside the token check)."""
+    out, _, _ = trained
+    folder = shutil.copytree(out, tmp_path / "copy")
+    (folder / "runs" / "x").mkdir(parents=True)
+    (folder / "runs" / "x" / "events").write_text("hf_" + "b" * 34)
+    cli.main(["publish-space", "--model", str(folder), "--space_id", f"{USER}/sp", "--hub_token", TOKEN])
+    uploaded = local_hub.files(f"{USER}/sp", repo_type="space")
+    model_files = {name.removeprefix("model/") for name in uploaded if name.startswith("model/")}
+    assert model_files == {p.relative_to(folder).as_posix() for p in hub.uploaded_files(folder)} - {"training_args.bin"}
+    assert not any(name.startswith("runs/") for name in model_files)
