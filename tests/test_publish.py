@@ -260,7 +260,7 @@ def test_a_zoo_checkpoint_is_not_published_as_a_trained_model(local_hub, mobilen
 
 
 
-def test_a_malformed_hub_id_is_refused_before_anything_is_written(local_hub, trained, tmp_path):
+def test_a_malformed_hub_id_is_refused_before_anything_is_written(local_hub, trained, tmp_path):  # noqa: F811
     """A validation traceback from create_repo, after push had renamed the local card for the id (and, with
     --push_to_hub, after the whole training)."""
     out, _, _ = trained
@@ -275,7 +275,7 @@ def test_a_malformed_hub_id_is_refused_before_anything_is_written(local_hub, tra
         parse_args(["--output_dir", str(tmp_path / "run"), "--push_to_hub", "true", "--hub_model_id", "alice/bad id"])
 
 
-def test_a_space_carries_what_a_push_uploads_and_no_more(local_hub, trained, tmp_path):
+def test_a_space_carries_what_a_push_uploads_and_no_more(local_hub, trained, tmp_path):  # noqa: F811
     """The Space's copy used name patterns that never matched runs/ (TensorBoard's logs, outside the token check)."""
     out, _, _ = trained
     folder = shutil.copytree(out, tmp_path / "copy")
