@@ -127,6 +127,7 @@ class StageCheckpoints:
     def __init__(self, args, restart: bool):
         self.args, self.restart = args, restart
         self.enabled = args.save_strategy != "no" and not restart
+        self.past_the_named = False  # at or after the stage of --resume_from_checkpoint: resumed, not restored
 
     @classmethod
     def of(cls, args, run, splits) -> StageCheckpoints:
@@ -202,8 +203,13 @@ class StageCheckpoints:
         write_json_atomic(record, identity)
 
     def finished(self, model: torch.nn.Module, stage_name: str) -> dict | None:
-        """The record of a stage an earlier, interrupted run of this command finished, its model loaded; else None."""
-        if not self.enabled:
+        """The record of a stage an earlier, interrupted run of this command finished, its model loaded; else None.
+        From the stage whose checkpoint --resume_from_checkpoint names on, None: that stage resumes from it as asked
+        (its finished model, and later stages', were restored instead, or another command's, in silence)."""
+        given = self.args.resume_from_checkpoint
+        if given and Path(given).resolve().parent == self.folder(stage_name).resolve():
+            self.past_the_named = True
+        if not self.enabled or self.past_the_named:
             return None
         record = restore_completed(model, self.folder(stage_name))
         if record is not None:

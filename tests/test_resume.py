@@ -204,3 +204,18 @@ def test_a_checkpoint_whose_weights_were_damaged_since_is_passed_over_and_a_dama
     weights.write_bytes(weights.read_bytes()[:-40])
     with pytest.raises(ModelError, match=f"{weights}: the saved stage cannot be read .*run with --restart"):
         resume.restore_completed(model, stage)
+
+
+def test_a_named_checkpoint_of_a_finished_stage_is_resumed_from_not_passed_over(setup, tmp_path, caplog):
+    """Every stage finished: the named checkpoint was ignored in silence, each stage restored (and with a changed
+    command, the finished stage of the other command came back)."""
+    import shutil
+
+    checkpoint, folders, _, _ = setup
+    out = tmp_path / "out"
+    run(command(checkpoint, folders, out))
+    named = resume.complete_checkpoints(out / "stage-staged")[-1]
+    shutil.rmtree(out / "stage-head" / "checkpoint-20", ignore_errors=True)  # the head stage: restored whole
+    log = run(command(checkpoint, folders, out, "--resume_from_checkpoint", str(named)), caplog)
+    assert "Stage 'head' was finished by an earlier run" in log
+    assert f"Resuming stage 'staged' from {named}" in log and "Stage 'staged' was finished" not in log
