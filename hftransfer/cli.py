@@ -38,26 +38,25 @@ def _yes_no(value: str) -> bool:
     return answers[value.lower()]
 
 
-def _positive_int(value: str) -> int:
-    """A count that must be at least 1 (labels shown, inputs per batch)."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{value}'")
-    return number
+def _number(convert, inside, expected: str):
+    """An argparse type: a finite number in a range, else a flag error that says the range (a multi-label threshold
+    of 1.5 gave every row no label; --unfreeze_last_n -1 showed a plan training refuses)."""
+    def parse(value: str):
+        try:
+            number = convert(value)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and inside(number)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{value}'")
+        return number
+
+    return parse
 
 
-def _probability(value: str) -> float:
-    """A probability, from 0 to 1 (a multi-label threshold of 1.5 gave every row no label, and -1 every label)."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not 0 <= number <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability from 0 to 1, got '{value}'")
-    return number
+_positive_int = _number(int, lambda n: n >= 1, "a whole number of at least 1")  # labels shown, inputs per batch
+_probability = _number(float, lambda n: 0 <= n <= 1, "a probability from 0 to 1")
+_block_count = _number(int, lambda n: n >= 0, "a whole number, 0 or more")
+_decay = _number(float, lambda n: n > 0, "a number more than 0")
 
 
 def freeze_report(args) -> None:
@@ -78,6 +77,7 @@ def freeze_report(args) -> None:
             print(adopted)
     freezing.apply(model, plan)
     print(freezing.report(model, plan))
+    freezing.check_trains(model, plan, "freeze-report")  # as training would refuse it
     if expected is not None and set(plan.trainable) != expected:
         raise SystemExit("error: this model's names do not reproduce the plan's trainable parameters")
     if args.json:
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="what one stage trains (a strategy of one stage, `strategies`)")
     report.add_argument("--freeze", nargs="*", default=[])
     report.add_argument("--unfreeze", nargs="*", default=[])
-    report.add_argument("--unfreeze_last_n", type=int)
-    report.add_argument("--layer_lr_decay", type=float)
+    report.add_argument("--unfreeze_last_n", type=_block_count)
+    report.add_argument("--layer_lr_decay", type=_decay)
     report.add_argument("--lr_multipliers", nargs="*", default=[])
     report.add_argument("--plan", help="a saved freeze_plan.json to reproduce")
     report.add_argument("--json", action="store_true", help="also print the resolved plan")

@@ -93,7 +93,7 @@ def match(pattern: str, names: list[str]) -> list[str]:
     """Names matched by `pattern`; a pattern that matches nothing is an error naming the nearest names."""
     try:
         matcher = _compile(pattern)
-    except re.error as err:
+    except (re.error, OverflowError) as err:  # a{99999999999}: an OverflowError
         raise PatternError(f"Pattern '{pattern}' is not a valid regular expression: {err}") from err
     found = [n for n in names if matcher(n)]
     if not found:

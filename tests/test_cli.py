@@ -59,6 +59,20 @@ def test_freeze_report_names_the_nearest_parameters(tmp_path, hftransfer):
     assert done.returncode != 0 and "matches no parameter" in done.stderr and "mobilenet_v2.layer" in done.stderr
 
 
+def test_freeze_report_refuses_what_training_refuses(tmp_path, hftransfer):
+    """It showed plans training refuses: --unfreeze_last_n -1 as blocks 1 to 5 (a Python slice), --layer_lr_decay -1
+    as rates of alternating sign, a freeze of everything as 0 trainable with exit 0; a regex too large for `re`
+    was an OverflowError traceback."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    for flags, says in [(("--strategy", "fine_tune", "--unfreeze_last_n", "-1"), "expected a whole number, 0 or more"),
+                        (("--strategy", "full", "--layer_lr_decay", "-1"), "expected a number more than 0"),
+                        (("--strategy", "full", "--layer_lr_decay", "nan"), "expected a number more than 0"),
+                        (("--freeze", "re:a{99999999999}"), "is not a valid regular expression"),
+                        (("--strategy", "full", "--freeze", "re:.*"), "would train 0 parameters")]:
+        done = hftransfer("freeze-report", str(checkpoint), *flags)
+        assert done.returncode != 0 and says in done.stderr, (flags, done.stderr)
+
+
 def test_zoo_list_and_prepare(mobilenet_zoo, hftransfer):
     listed = hftransfer("zoo", "list")
     assert listed.returncode == 0 and "zoo:mobilenet_v2" in listed.stdout and "built" in listed.stdout
