@@ -191,6 +191,12 @@ def read_json(path: Path):
                                 "edited: restore it, or train again into this folder") from None
 
 
+def _is_run_record(record) -> bool:
+    settings, stages = (record.get("settings"), record.get("stages", [])) if isinstance(record, dict) else (None, None)
+    return (isinstance(settings, dict) and isinstance(settings.get("strategy"), str) and isinstance(stages, list)
+            and all(isinstance(stage, dict) for stage in stages))
+
+
 @dataclass(frozen=True)
 class OutputFolder:
     """What a finished run left in `path`; a missing file reads as None."""
@@ -206,7 +212,11 @@ class OutputFolder:
 
     @property
     def run(self) -> dict | None:
-        return read_json(self.path / RUN_RECORD)
+        record = read_json(self.path / RUN_RECORD)
+        if record is not None and not _is_run_record(record):  # `{}` was a KeyError in the card, the demo
+            raise OutputFolderError(f"{self.path / RUN_RECORD}: JSON, but not the run record hftransfer writes (its "
+                                    "settings and stages); restore it, or train again into this folder")
+        return record
 
     @property
     def results(self) -> dict:

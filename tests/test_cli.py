@@ -150,17 +150,22 @@ def test_a_record_cut_short_in_an_output_folder_is_an_error_naming_it(tmp_path, 
 
     model = save_tiny_checkpoint(tmp_path / "model", "vit")
     record = model / RUN_RECORD
-    record.write_text('{"settings": {"model_name_or_pa')
     texts = tmp_path / "texts.csv"
     texts.write_text("text\nfine\n")
-    says = f"{record}: not a JSON record hftransfer can read"
-    for command in (["card", str(model)], ["predict", str(model), str(texts), "--output", str(tmp_path / "out.csv")],
-                    ["export", str(model), "--output", str(tmp_path / "exported")]):
-        done = hftransfer(*command)
-        assert done.returncode == 1 and f"error: {says}" in done.stderr, (command, done)
-    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()
-    with pytest.raises(OutputFolderError, match=re.escape(says)):
-        serve(str(model))
+    # cut short; then JSON of another shape (a KeyError or AttributeError in the card and the demo)
+    for content, says in [('{"settings": {"model_name_or_pa', "not a JSON record hftransfer can read"),
+                          ("{}", "JSON, but not the run record hftransfer writes"),
+                          ('{"settings": [], "stages": "x"}', "JSON, but not the run record hftransfer writes")]:
+        record.write_text(content)
+        says = f"{record}: {says}"
+        for command in (["card", str(model)],
+                        ["predict", str(model), str(texts), "--output", str(tmp_path / "out.csv")],
+                        ["export", str(model), "--output", str(tmp_path / "exported")]):
+            done = hftransfer(*command)
+            assert done.returncode == 1 and f"error: {says}" in done.stderr, (command, done)
+        assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()
+        with pytest.raises(OutputFolderError, match=re.escape(says)):
+            serve(str(model))
 
 
 def test_predict_refuses_an_output_it_cannot_write_and_counts_below_1(tmp_path, hftransfer):
