@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     demo = commands.add_parser("demo", help="serve the Gradio demo of a trained model")
     demo.add_argument("model", help="an output folder, an exported folder or a Hub id")
     demo.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    demo.add_argument("--port", type=int, help="default: Gradio's (7860, or the next free one)")
+    demo.add_argument("--port", type=_number(int, lambda n: 1 <= n <= 65535, "a port from 1 to 65535"),
+                      help="default: Gradio's (7860, or the next free one)")
     demo.add_argument("--share", action="store_true", help="a temporary public link through Gradio's servers")
     demo.set_defaults(func=demo_command)
     space = commands.add_parser("publish-space", help="upload the Space template and a model as a Hugging Face Space")

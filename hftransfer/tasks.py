@@ -581,8 +581,8 @@ class TextTask(TaskAdapter):
 
     def input_columns(self, args) -> list[str]:
         names = args.text_column_names if args else "text"
-        columns = [c.strip() for c in names.split(",") if c.strip()]
-        if not 1 <= len(columns) <= 2:
+        columns = [c.strip() for c in names.split(",")]
+        if not 1 <= len(columns) <= 2 or not all(columns):  # ",premise" trained on one column, in silence
             raise DataError(f"--text_column_names takes one column, or two for sentence pairs, not '{names}'")
         return columns
 

@@ -71,6 +71,9 @@ def test_freeze_report_refuses_what_training_refuses(tmp_path, hftransfer):
                         (("--strategy", "full", "--freeze", "re:.*"), "would train 0 parameters")]:
         done = hftransfer("freeze-report", str(checkpoint), *flags)
         assert done.returncode != 0 and says in done.stderr, (flags, done.stderr)
+    for port in ("0", "99999"):  # an OverflowError traceback once the model had loaded
+        done = hftransfer("demo", str(checkpoint), "--port", port)
+        assert done.returncode == 2 and "expected a port from 1 to 65535" in done.stderr
 
 
 def test_zoo_list_and_prepare(mobilenet_zoo, hftransfer):

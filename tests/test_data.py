@@ -242,6 +242,7 @@ def test_a_dataset_name_that_cannot_be_loaded_is_an_error_naming_it(tmp_path):
     ({"text_column_names": "text,text"}, "column 'text' is named twice among the inputs and the label"),
     ({"label_column_name": "text"}, "column 'text' is named twice among the inputs and the label"),
     ({"text_column_names": "a,b,c"}, "--text_column_names takes one column, or two for sentence pairs, not 'a,b,c'"),
+    ({"text_column_names": ",text"}, "--text_column_names takes one column, or two .*, not ',text'"),  # one, silently
 ])
 def test_columns_named_twice_or_too_many_are_an_error_before_loading_rows(tmp_path, flags, says):
     """One column read as two was a pyarrow KeyError ('Field "text" exists 2 times'); three text columns a
