@@ -18,7 +18,6 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .freezing import PatternError, multiplier_rules
-from .hub import PushError, check_repo_id
 from .outputs import DATA_QUALITY, ONNX_FILE, RUN_RECORD, STAGE_PREFIX, file_in_the_way, others_files
 from .strategies import STRATEGIES
 
@@ -329,11 +328,6 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None, trai
     explicit = frozenset((set(config) | _flag_names(argv)) & known)
     _check_ranges(data, transfer, training)
     _check_output_dir(training.output_dir, model.model_name_or_path, data, trains)
-    if training.push_to_hub and training.hub_model_id:  # refused by the Hub only once the model was trained
-        try:
-            check_repo_id(training.hub_model_id, "--hub_model_id")
-        except PushError as err:
-            raise SystemExit(f"error: {err}") from None
     return RunArguments(model, data, transfer, training, explicit)
 
 

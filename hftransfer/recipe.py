@@ -17,6 +17,7 @@ import transformers
 from .args import parse_args
 from .choices import Choices, choose_hardware
 from .errors import InputError
+from .hub import check_repo_id
 from .tasks import TASKS
 from .training import TransferRun
 
@@ -40,6 +41,11 @@ def _start(task_name: str, argv: list[str] | None, trains: bool = True) -> Trans
     task_cls = TASKS[task_name]
     run = parse_args(argv, defaults={"model_name_or_path": task_cls.default_model,
                                      "output_dir": f"outputs/{task_name}"}, trains=trains)
+    if run.training.push_to_hub and run.training.hub_model_id:  # the Hub refused it only once the model was trained
+        try:
+            check_repo_id(run.training.hub_model_id, "--hub_model_id")
+        except InputError as err:
+            raise SystemExit(f"error: {err}") from None
     choices = Choices()
     choose_hardware(run, choices)  # first: the precision and devices settle before anything reads them
     setup_logging(run.training)

@@ -270,7 +270,8 @@ def test_a_sentence_pair_model_ships_as_pairs(tmp_path, caplog):
     assert not (tmp_path / "x.csv").exists()  # nothing written before the inputs are known
     summary = predict(str(out), [str(mixed)], tmp_path / "mixed.csv", progress=False)
     assert summary.predicted == len(rows) and [name for name, _ in summary.skipped] == [str(mixed / "one.txt")]
-    for named, message in (("premise,claim", "no column 'claim'"), ("premise,", "name the two columns")):
+    for named, message in (("premise,claim", "no column 'claim'"),
+                           ("premise,", "takes one column, or two for sentence pairs, not 'premise,'")):
         with pytest.raises(PredictError, match=message):
             predict(str(out), [str(held_out)], tmp_path / "x.csv", text_column=named, progress=False)
     with caplog.at_level(logging.WARNING, logger="hftransfer.predict"):

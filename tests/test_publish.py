@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from support.hub_server import TOKEN, USER, local_hub  # noqa: F401 - local_hub is a fixture
 
-from hftransfer import cli, hub, saving
+from hftransfer import cli, hub, recipe, saving
 from hftransfer.args import parse_args
 from hftransfer.tasks import ImageTask
 from hftransfer.training import TransferRun
@@ -272,7 +272,9 @@ def test_a_malformed_hub_id_is_refused_before_anything_is_written(local_hub, tra
             cli.main([*command, "--hub_token", TOKEN])
     assert (folder / "README.md").read_text() == card and not local_hub.repos
     with pytest.raises(SystemExit, match=r"^error: --hub_model_id alice/bad id: not a Hub id"):
-        parse_args(["--output_dir", str(tmp_path / "run"), "--push_to_hub", "true", "--hub_model_id", "alice/bad id"])
+        recipe.main("image", ["--output_dir", str(tmp_path / "run"), "--push_to_hub", "true", "--hub_model_id",
+                              "alice/bad id"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_space_carries_what_a_push_uploads_and_no_more(local_hub, trained, tmp_path):  # noqa: F811
