@@ -337,6 +337,12 @@ def is_multi_label(dataset: Dataset, column: str = "label") -> bool:
     return isinstance(dataset.features[column], (List, Sequence))
 
 
+def label_rows(dataset: Dataset, column: str = "label") -> list[list]:
+    """Each row's labels as a list: its list in multi-label data, a list of one otherwise."""
+    values = dataset[column]
+    return values if is_multi_label(dataset, column) else [[value] for value in values]
+
+
 def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str]) -> DatasetDict:
     """Cast the label column to one `ClassLabel` shared by all splits; validation labels must occur in training.
     `where(split)` names a split's origin in errors."""
@@ -443,7 +449,7 @@ def list_literals(values: list) -> list | None:
 
 def _warn_case_variants(train: Dataset, column: str) -> None:
     """Labels that differ only in case are two classes, as given; likely a typo, so said."""
-    rows = train[column] if is_multi_label(train, column) else [[value] for value in train[column]]
+    rows = label_rows(train, column)
     by_fold = {}
     for name in {str(v) for row in rows for v in (row or [])}:
         by_fold.setdefault(name.casefold(), []).append(name)
@@ -623,7 +629,7 @@ def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) ->
     (multi-label: one carrying such a label) stays in training (held out, it would be a validation class the model
     never saw); that is said in the data report."""
     multi = is_multi_label(train)
-    labels = [set(row) for row in train["label"]] if multi else [{label} for label in train["label"]]
+    labels = [set(row) for row in label_rows(train)]
     single = {label for label, count in Counter(v for row in labels for v in row).items() if count < 2}
     rest = train.select([i for i, row in enumerate(labels) if not row & single]) if single else train
     if not multi:
@@ -645,8 +651,7 @@ def _hold_out(train: Dataset, fraction: float, seed: int, report: DataReport) ->
 def _note_classes_left_out(train: Dataset, draw: str, report: DataReport) -> None:
     """A draw of the training rows can miss a class the data has: the model keeps an output it never learns."""
     names = label_feature(train).names
-    rows = train["label"] if is_multi_label(train) else [[label] for label in train["label"]]
-    drawn = {label for row in rows for label in row}
+    drawn = {label for row in label_rows(train) for label in row}
     missing = [name for i, name in enumerate(names) if i not in drawn]
     if missing:
         report.notes.append(f"{draw} drew no training example of {len(missing)} of {len(names)} classes "
