@@ -53,6 +53,19 @@ def _number(convert, inside, expected: str):
     return parse
 
 
+def _model_name(value: str) -> str:
+    """The card's title and the name its usage loads: one printable line (a newline split the title), a Hub id
+    where it has a namespace (`a/b/c` gave a snippet that loads nothing)."""
+    from .hub import repo_id_problem
+
+    if not value.strip() or not value.isprintable():
+        raise argparse.ArgumentTypeError(f"expected a name on one line, got {value!r}")
+    problem = "/" in value and repo_id_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value}: {problem}")
+    return value
+
+
 _positive_int = _number(int, lambda n: n >= 1, "a whole number of at least 1")  # labels shown, inputs per batch
 _probability = _number(float, lambda n: 0 <= n <= 1, "a probability from 0 to 1")
 _block_count = _number(int, lambda n: n >= 0, "a whole number, 0 or more")
@@ -180,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     zoo_parser.set_defaults(func=zoo_command)
     card = commands.add_parser("card", help="rebuild an output folder's model card (README.md)")
     card.add_argument("folder")
-    card.add_argument("--model_name", help="title and model-index name (default: the folder's name)")
+    card.add_argument("--model_name", type=_model_name,
+                      help="title and model-index name: NAMESPACE/NAME on the Hub, or a name (default: the "
+                           "folder's name)")
     card.set_defaults(func=card_command)
     push_parser = commands.add_parser("push", help="check an output folder and upload it to the Hub")
     push_parser.add_argument("folder")

@@ -9,7 +9,6 @@ login, as in `transformers`; it is never written anywhere.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,12 +58,19 @@ def uploaded_files(folder: Path) -> list[Path]:
 def check_repo_id(repo_id: str, flag: str) -> None:
     """A repo or Space id the Hub would refuse is an error before anything is written or trained (it was a
     validation traceback after training, and after `push` had renamed the local card for it)."""
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise PushError(f"{flag} {repo_id}: {problem}")
+
+
+def repo_id_problem(repo_id: str) -> str | None:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise PushError(f"{flag} {repo_id}: not a Hub id ({' '.join(str(err).split())})") from None
+        return f"not a Hub id ({' '.join(str(err).split())})"
+    return None
 
 
 def problems(folder: str | Path, token: str | None = None) -> list[str]:
@@ -116,7 +122,9 @@ def _card_problems(folder: Path) -> list[str]:
 
 
 def _token_problems(files: list[Path], token: str | None) -> list[str]:
-    secrets = [t.encode() for t in (token, os.environ.get("HF_TOKEN")) if t]
+    from huggingface_hub import get_token
+
+    secrets = [t.encode() for t in (token, get_token()) if t]  # get_token: HF_TOKEN, else the stored login
     leaking = []
     for path in files:
         content = path.read_bytes()
@@ -125,14 +133,40 @@ def _token_problems(files: list[Path], token: str | None) -> list[str]:
     return [f"a Hub token is written in {', '.join(leaking)}: remove it before pushing"] if leaking else []
 
 
+def create_repo(api, repo_id: str, private: bool | None, repo_type: str = "model", **options) -> str:
+    """Create the repository if it is not there. The Hub keeps an existing repository's visibility, so `--private`
+    into an existing public one is an error before anything is uploaded (the upload went public without a word)."""
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **options)
+    if private and not api.repo_info(repo_id, repo_type=repo_type).private:
+        raise PushError(f"{repo_id}: a public {repo_type} repository already; --private only creates private ones, "
+                        "and nothing was uploaded: make it private in its settings on the Hub, or leave out --private")
+    return str(url)
+
+
+@contextmanager
+def _card_named_for(folder: Path, repo_id: str):
+    """The card names the repo while it is uploaded, so its usage loads the pushed model; an upload that fails puts
+    the card back as it was (it stayed named for a repo that never received it)."""
+    from .card import name_card_for_repo
+
+    card = folder / CARD
+    before = card.read_bytes()
+    if not name_card_for_repo(folder, repo_id):
+        logger.warning("%s is not the card hftransfer wrote (edited?): left as it is, so its usage may not name %s; "
+                       "`hftransfer card %s --model_name %s` rebuilds it", CARD, repo_id, folder, repo_id)
+    try:
+        yield
+    except BaseException:
+        card.write_bytes(before)
+        raise
+
+
 def push(folder: str | Path, repo_id: str | None = None, token: str | None = None, private: bool | None = None,
          commit_message: str = "Upload model trained with hftransfer") -> str:
     """Check `folder`, create the repo if needed and upload. `repo_id` without a namespace goes under the token's
     user, as `transformers` does; the default is the folder's name. The card is named for the repo first, so its
-    usage loads the pushed model. Returns the repo URL."""
+    usage loads the pushed model (put back if the upload fails). Returns the repo URL."""
     from huggingface_hub import HfApi
-
-    from .card import name_card_for_repo
 
     folder = Path(folder)
     found = problems(folder, token)
@@ -144,12 +178,10 @@ def push(folder: str | Path, repo_id: str | None = None, token: str | None = Non
     if "/" not in repo_id:
         with hub_errors("asking the Hub whose token this is"):
             repo_id = f"{api.whoami()['name']}/{repo_id}"
-    if not name_card_for_repo(folder, repo_id):
-        logger.warning("%s is not the card hftransfer wrote (edited?): left as it is, so its usage may not name %s; "
-                       "`hftransfer card %s --model_name %s` rebuilds it", CARD, repo_id, folder, repo_id)
     with hub_errors(f"uploading {folder} to {repo_id}"):
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=commit_message,
-                          ignore_patterns=NOT_UPLOADED)
+        url = create_repo(api, repo_id, private)
+        with _card_named_for(folder, repo_id):
+            api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=commit_message,
+                              ignore_patterns=NOT_UPLOADED)
     logger.info("Pushed %s to %s", folder, url)
-    return str(url)
+    return url

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .hub import PushError, check_repo_id, hub_errors, problems, uploaded_files
+from .hub import PushError, check_repo_id, create_repo, hub_errors, problems, uploaded_files
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "space_template"
@@ -66,10 +66,10 @@ def publish_space(model: str, space_id: str, token: str | None = None, private: 
                                 "load nothing")
             if "/" not in space_id:
                 space_id = f"{api.whoami()['name']}/{space_id}"
-            url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+            url = create_repo(api, space_id, private, repo_type="space", space_sdk="gradio")
             api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
                               commit_message="Demo of a model trained with hftransfer")
-    return str(url)
+    return url
 
 
 def _on_the_hub(api, model: str) -> bool:

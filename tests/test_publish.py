@@ -3,6 +3,7 @@ endpoint that speaks the Hub API (`support.hub_server.LocalHub`, through HF_ENDP
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,21 @@ def test_a_model_name_with_a_quote_still_gives_a_card_snippet_that_is_python(tra
     snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
     call = ast.parse(snippet).body[1].value  # classifier = pipeline(..., model=...)
     assert [k.value.value for k in call.keywords if k.arg == "model"] == ['team/a"b']
+
+
+def test_a_card_name_on_two_lines_or_no_hub_id_is_a_flag_error(trained, tmp_path, capsys):
+    """A newline split the card's title; `a/b/c` made a snippet that loads nothing. The card is left as it was."""
+    folder = shutil.copytree(trained[0], tmp_path / "copy")
+    card = (folder / "README.md").read_text()
+    for name, message in [("team\nmodel", r"expected a name on one line, got 'team\\nmodel'"),
+                          ("a/b/c", "a/b/c: not a Hub id"), (" ", "expected a name on one line")]:
+        with pytest.raises(SystemExit):
+            cli.main(["card", str(folder), "--model_name", name])
+        assert re.search(f"argument --model_name: {message}", capsys.readouterr().err)
+    assert (folder / "README.md").read_text() == card
+    cli.main(["card", str(folder), "--model_name", "team/my-model"])  # a Hub id and a bare name are names
+    cli.main(["card", str(folder), "--model_name", "My model, take 2"])
+    assert ModelCard.load(folder / "README.md").data.model_name == "My model, take 2"
 
 
 def test_push_from_a_recipe_run_is_byte_identical(local_hub, trained, tmp_path):
@@ -288,3 +304,56 @@ def test_a_space_carries_what_a_push_uploads_and_no_more(local_hub, trained, tmp
     model_files = {name.removeprefix("model/") for name in uploaded if name.startswith("model/")}
     assert model_files == {p.relative_to(folder).as_posix() for p in hub.uploaded_files(folder)} - {"training_args.bin"}
     assert not any(name.startswith("runs/") for name in model_files)
+
+
+def test_private_into_an_existing_public_repo_is_refused_before_anything_is_uploaded(local_hub, trained, tmp_path):
+    """`--private` only creates private repositories: into an existing public one the upload went public silently."""
+    out, _, _ = trained
+    folder = shutil.copytree(out, tmp_path / "copy")
+    hub.push(folder, repo_id=f"{USER}/shared", token=TOKEN)  # public
+    cli.main(["publish-space", "--model", str(folder), "--space_id", f"{USER}/shared", "--hub_token", TOKEN])
+    before = {kind: local_hub.commits(f"{USER}/shared", repo_type=kind) for kind in ("model", "space")}
+    (folder / "notes.md").write_text("a change to upload\n")
+    for command in (["push", str(folder), "--repo_id", f"{USER}/shared"],
+                    ["publish-space", "--model", str(folder), "--space_id", f"{USER}/shared"]):
+        with pytest.raises(SystemExit, match=f"^error: {USER}/shared: a public (model|space) repository already; "
+                                             "--private only creates private ones, and nothing was uploaded"):
+            cli.main([*command, "--private", "--hub_token", TOKEN])
+    assert {kind: local_hub.commits(f"{USER}/shared", repo_type=kind) for kind in ("model", "space")} == before
+    hub.push(folder, repo_id=f"{USER}/own", token=TOKEN, private=True)  # a new one is created private, and an
+    (folder / "notes.md").write_text("another change\n")  # existing private one takes the next push
+    hub.push(folder, repo_id=f"{USER}/own", token=TOKEN, private=True)
+    assert local_hub.repos[f"{USER}/own"]["private"] is True and len(local_hub.commits(f"{USER}/own")) == 3
+
+
+def test_a_push_the_hub_refuses_leaves_the_local_card_as_it_was(local_hub, trained, tmp_path):
+    """The card was renamed for the repo before the upload, and stayed so when the Hub refused it (403)."""
+    from huggingface_hub import HfApi
+
+    out, _, _ = trained
+    folder = shutil.copytree(out, tmp_path / "copy")
+    local_hub.users.append("someone")  # someone else's public repository, which this token may read, not write
+    HfApi(token=TOKEN).create_repo("someone/theirs")
+    local_hub.users.remove("someone")
+    card = (folder / "README.md").read_bytes()
+    with pytest.raises(SystemExit, match=f"^error: uploading {folder} to someone/theirs: HfHubHTTPError: .*403"):
+        cli.main(["push", str(folder), "--repo_id", "someone/theirs", "--hub_token", TOKEN])
+    assert (folder / "README.md").read_bytes() == card
+    hub.push(folder, repo_id=f"{USER}/mine", token=TOKEN)  # a push that lands keeps the card named for its repo
+    assert ModelCard.load(folder / "README.md").data.model_name == f"{USER}/mine"
+
+
+def test_the_stored_login_token_is_found_in_files_as_written(local_hub, trained, tmp_path, monkeypatch):
+    """Only HF_TOKEN and --hub_token were matched literally; the stored login (`hf auth login`) only by the hf_...
+    pattern, which a token of another shape does not have."""
+    out, _, _ = trained
+    folder = shutil.copytree(out, tmp_path / "copy")
+    login = "stored-login-secret-0123456789"
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "token").write_text(login)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "home" / "token"))
+    (folder / "notes.txt").write_text(f"login: {login}\n")
+    with pytest.raises(hub.PushError, match="token is written in notes.txt"):
+        hub.push(folder, repo_id=f"{USER}/m", token=TOKEN)
+    assert not local_hub.repos
