@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .card import write_card
-from .outputs import COMPARISON_FILE, COMPARISON_MD, OutputFolder, write_json
+from .outputs import COMPARISON_FILE, COMPARISON_MD, RUN_RECORD, OutputFolder, write_json
 from .report import COMPARISON_COLUMNS, add_comparison, comparison_table
 from .strategies import COMPARED
 
@@ -43,11 +43,19 @@ def run_strategy(task: str, strategy: str, flags: list[str], output_dir: Path) -
     start = time.time()
     done = subprocess.run(command)
     if done.returncode:
-        print(f"[compare] the {strategy} run failed (exit {done.returncode}); see its output above", flush=True)
-        return {"strategy": strategy, "failed": f"exit {done.returncode}", "wall_s": round(time.time() - start, 1)}
+        failed = f"exit {done.returncode}"
+        if _holds_a_model(out):  # its card and demo would pass for this comparison's result
+            failed += f"; {out} holds an earlier run's model, not this comparison's"
+        print(f"[compare] the {strategy} run failed ({failed}); see its output above", flush=True)
+        return {"strategy": strategy, "failed": failed, "wall_s": round(time.time() - start, 1)}
     results = OutputFolder(out).results
     row = {key: results.get(key) for key in COMPARISON_COLUMNS if key not in ("strategy", "failed")}
     return {"strategy": strategy, **row, "wall_s": round(time.time() - start, 1), "output_dir": str(out)}
+
+
+def _holds_a_model(folder: Path) -> bool:
+    output = OutputFolder(folder)
+    return output.config is not None and (folder / RUN_RECORD).is_file()
 
 
 def write_table(rows: list[dict], output_dir: Path) -> Path:

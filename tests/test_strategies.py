@@ -1,6 +1,7 @@
 """Custom MLP heads, LoRA, gradient checkpointing over frozen embeddings, and `hftransfer compare`."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -224,6 +225,15 @@ def test_compare_goes_on_past_a_failed_strategy_and_names_it(tmp_path, image_fol
     assert "failed" not in rows["feature_extraction"] and 0 <= rows["feature_extraction"]["eval_accuracy"] <= 1
     assert "| lora " in (out / "feature_extraction" / "README.md").read_text()
     assert "| failed |" in (out / "comparison.md").read_text().splitlines()[0]
+
+    # compared again into the same folder: where lora's folder holds an earlier run's model (its card and demo),
+    # the failure says that model is not this comparison's
+    shutil.copytree(out / "feature_extraction", out / "lora")
+    with pytest.raises(SystemExit, match="lora failed"):
+        compare("image", flags, strategies=("lora",))
+    row, = json.loads((out / "comparison.json").read_text())
+    assert row["failed"] == f"exit 1; {out / 'lora'} holds an earlier run's model, not this comparison's"
+    assert "holds an earlier run's model" in (out / "comparison.md").read_text()
 
 
 def test_compare_stops_on_a_misspelt_flag_before_launching_any_strategy(tmp_path, monkeypatch):
