@@ -14,9 +14,11 @@ is imported here only: the core works without it.
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 from .card import headline_rows
+from .errors import InputError
 from .inference import TOP_K, Predictor
 from .outputs import CONFUSION_PNG, CURVES_PNG, OutputFolder
 from .report import comparison_table, data_quality_section, markdown_table, plan_table, stage_rows
@@ -99,6 +101,22 @@ def build_demo(model: str, title: str | None = None):
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **launch):
+    if port is not None:
+        check_port_free(host, port)  # before the model loads: it was Gradio's OSError traceback after
     demo = build_demo(model)
     demo.queue(default_concurrency_limit=1)  # one model, one batch at a time: requests wait and get batched
     return demo.launch(server_name=host, server_port=port, share=share, **launch)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A port this machine cannot serve on (another program, an earlier demo, listens there; a host it does not
+    have) is an error naming it. Bound as uvicorn binds it (address reuse on), so a port left in TIME_WAIT is free."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as err:
+        raise InputError(f"--host {host} --port {port}: cannot serve there ({err.strerror or err}): another "
+                         "program may listen on it (an earlier demo?); give another --port, or leave it out for the "
+                         "first free one from 7860") from None

@@ -278,3 +278,25 @@ def test_busy_demo_answers_50_concurrent_requests_and_memory_stays_flat(mobilene
     finally:
         demo.close()
         server.close()
+
+
+def test_a_port_in_use_or_a_host_this_machine_lacks_is_an_error_before_the_model_loads(text_model):
+    """Gradio's `OSError: Cannot find empty port` traceback, after the model had loaded."""
+    import subprocess
+    import sys
+
+    from hftransfer.demo import check_port_free
+    from hftransfer.errors import InputError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "hftransfer.cli", "demo", str(text_model), "--port", str(port)],
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"error: --host 127.0.0.1 --port {port}: cannot serve there (Address already in use)")
+    with pytest.raises(InputError, match="--host no-such-host.invalid --port 7860: cannot serve there"):
+        check_port_free("no-such-host.invalid", 7860)
+    check_port_free("127.0.0.1", port)  # free again once its holder closed it
