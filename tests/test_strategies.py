@@ -88,6 +88,12 @@ def test_lora_default_targets_skip_depthwise_convs_and_stem():
         f"bert.encoder.layer.{i}.attention.self.{p}" for i in range(6) for p in ("query", "value")]
     with pytest.raises(PatternError, match="Nearest"):
         lora.resolve_targets(bert, ["qurey"])
+    # modules that exist but LoRA cannot adapt were "matches no parameter"
+    with pytest.raises(PatternError, match=r"LayerNorm: names 13 module\(s\) LoRA cannot adapt \(LayerNorm: "
+                                           r"bert.embeddings.LayerNorm, .*LoRA adapts Linear"):
+        lora.resolve_targets(bert, ["LayerNorm"])
+    with pytest.raises(PatternError, match=r"re:.*\.dropout: names .* \(Dropout: "):
+        lora.resolve_targets(bert, ["re:.*\\.dropout"])
     # named, what the defaults leave out: the run failed after training (the merge) or after the head's stage (PEFT)
     with pytest.raises(PatternError, match="classifier are the head, which trains in full"):
         lora.resolve_targets(bert, ["classifier"])
