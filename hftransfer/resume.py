@@ -128,6 +128,7 @@ class StageCheckpoints:
         self.args, self.restart = args, restart
         self.enabled = args.save_strategy != "no" and not restart
         self.past_the_named = False  # at or after the stage of --resume_from_checkpoint: resumed, not restored
+        self.restored_seconds = 0.0  # the training time of the stages restored, spent by earlier processes
 
     @classmethod
     def of(cls, args, run, splits) -> StageCheckpoints:
@@ -215,6 +216,7 @@ class StageCheckpoints:
         if record is not None:
             logger.info("Stage '%s' was finished by an earlier run: restored from %s", stage_name,
                         self.folder(stage_name))
+            self.restored_seconds += record["metrics"]["train_runtime"]
         return record
 
     def resume_from(self, stage_name: str) -> str | None:

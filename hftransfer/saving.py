@@ -57,8 +57,11 @@ def headline_first(metrics: dict, metric: str | None) -> dict:
 
 
 def train_metrics(run, wall: float) -> dict:
-    """`train_results.json`: the stages' training summed up, the data skipped, peak memory."""
+    """`train_results.json`: the stages' training summed up, the data skipped, peak memory. A resumed run's total
+    counts the stages earlier processes trained, as its training time does (it was this process's wall time alone,
+    under the training time)."""
     stages = [h["metrics"] for h in run.history]
+    wall += run.checkpoints.restored_seconds
     return {"train_samples": len(run.splits["train"]), "train_runtime": sum(m["train_runtime"] for m in stages),
             "train_loss": stages[-1]["train_loss"], "epoch": sum(m.get("epoch", 0) for m in stages),
             "total_runtime": round(wall, 2), "trainable_parameters": stages[-1]["trainable_parameters"],

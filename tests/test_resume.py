@@ -72,6 +72,9 @@ def test_plain_rerun_after_kill_in_stage_two_resumes_and_loses_no_step(setup, tm
     kill_when(command(checkpoint, folders, out), lambda: resume.complete_checkpoints(out / "stage-staged"))
     assert (out / "stage-head" / "completed.json").is_file()  # stage 1 had finished
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()  # nothing half-done
+    finished = json.loads((out / "stage-head" / "completed.json").read_text())
+    finished["metrics"]["train_runtime"] = 1000.0  # what the killed process spent on the head, made unmistakable
+    (out / "stage-head" / "completed.json").write_text(json.dumps(finished))
 
     log = run(command(checkpoint, folders, out), caplog)
     assert "Stage 'head' was finished by an earlier run" in log and "Resuming stage 'staged' from" in log
@@ -88,6 +91,9 @@ def test_plain_rerun_after_kill_in_stage_two_resumes_and_loses_no_step(setup, tm
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_accuracy"] == pytest.approx(reference_results["eval_accuracy"], abs=0.1)
     assert not (out / outputs.STAGING).exists()
+    # both times count the head the killed process trained (the total was this process's alone: "train 1004 s,
+    # total 9 s")
+    assert 1000 < results["train_runtime"] < results["total_runtime"] < 1000 + 600
 
 
 def test_resume_from_a_named_checkpoint_of_the_cached_head_stage(setup, tmp_path, caplog):
