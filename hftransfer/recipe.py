@@ -94,11 +94,14 @@ def check(task_name: str, argv: list[str] | None = None) -> dict:
 
 
 def demo_command(output_dir: str) -> str:
-    """The command that serves the demo, runnable as printed: the venv's `hftransfer` where that is not on PATH."""
+    """The command that serves the demo, runnable as printed: the venv's `hftransfer` where that is not on PATH,
+    relative where the venv is under the working directory, else absolute (not ../../../../work/.venv/...)."""
     import shlex
     import shutil
 
     local = Path(sys.executable).with_name("hftransfer")
-    on_path = shutil.which("hftransfer")
-    program = os.path.relpath(local) if local.exists() and on_path != str(local) else "hftransfer"
-    return f"{program} demo {shlex.quote(output_dir)}"
+    if not local.exists() or shutil.which("hftransfer") == str(local):
+        return f"hftransfer demo {shlex.quote(output_dir)}"
+    relative = os.path.relpath(local)
+    program = str(local) if relative.startswith("..") else relative
+    return f"{shlex.quote(program)} demo {shlex.quote(output_dir)}"

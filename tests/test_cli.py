@@ -196,3 +196,25 @@ def test_predict_refuses_an_output_it_cannot_write_and_counts_below_1(tmp_path, 
     done = hftransfer("predict", model, str(notes), "--output", str(tmp_path / "out.csv"))  # rc 0 and an empty file
     assert done.returncode == 1 and "none of the 1 input(s) could be read by this image model" in done.stderr
     assert not (tmp_path / "out.csv").exists() and (tmp_path / "out.csv.skipped.csv").is_file()
+
+
+def test_the_demo_hint_names_a_program_that_runs_from_where_it_is_printed(tmp_path, monkeypatch):
+    """From a folder outside the project it printed ../../../work/main/.venv/bin/hftransfer."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hftransfer.recipe import demo_command
+
+    local = Path(sys.executable).with_name("hftransfer")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv's hftransfer not on PATH
+    monkeypatch.chdir(tmp_path)
+    hint = demo_command("out dir")
+    assert shlex.split(hint) == [str(local), "demo", "out dir"]
+    done = subprocess.run([*shlex.split(hint)[:2], "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--port" in done.stdout
+    monkeypatch.chdir(local.parent.parent)  # under the venv's folder: short and relative
+    assert shlex.split(demo_command("out"))[0] == "bin/hftransfer"
+    monkeypatch.setenv("PATH", f"{local.parent}:/usr/bin")
+    assert demo_command("out") == "hftransfer demo out"
