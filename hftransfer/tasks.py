@@ -826,6 +826,11 @@ def _check_known_words(tokenizer, texts: list[str]) -> None:
     if share > UNKNOWN_SHARE_WARNING:
         logger.warning("%s reads %.0f%% of the training texts' tokens as %s: the model cannot see those words",
                        where, 100 * share, tokenizer.unk_token)
+    unreadable = [text for text, row in zip(texts, ids) if row and all(token == unknown for token in row)]
+    if unreadable:  # a few emoji-only texts are too few for the share above, and each trains as the unknown token
+        logger.warning("%d training text(s) are nothing but %s to %s (emoji or a script it lacks: %s): each trains as "
+                       "that token alone", len(unreadable), tokenizer.unk_token, tokenizer.name_or_path,
+                       ", ".join(repr(text[:30]) for text in unreadable[:3]))
 
 
 def _give_pad_token(tokenizer, model) -> None:

@@ -247,6 +247,10 @@ def test_a_tokenizer_that_misses_some_words_is_a_warning_that_names_the_share(tm
     assert "[UNK]" not in caplog.text
     _check_known_words(tokenizer, english + ["\U0001F600 \U0001F44D \U0001F3AC \U0001F37F"])  # words MiniLM lacks
     assert "reads 8% of the training texts' tokens as [UNK]" in caplog.text  # 4 of 49
+    caplog.clear()  # one emoji-only review among many: under the share, and said alone
+    _check_known_words(tokenizer, english * 5 + ["\U0001F600\U0001F44D", "great \U0001F600"])
+    assert "tokens as [UNK]" not in caplog.text
+    assert "1 training text(s) are nothing but [UNK]" in caplog.text and "'\U0001F600\U0001F44D'" in caplog.text
 
 
 def test_an_image_checkpoint_without_its_processor_is_an_error_that_says_what_to_save(tmp_path, image_folders, capsys):
