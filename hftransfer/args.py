@@ -342,6 +342,13 @@ MORE_THAN_0 = ("head_epochs", "num_train_epochs", "layer_lr_decay", "lora_alpha"
 AT_LEAST_1 = ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size", "lora_r",
               "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
 BELOW_1 = ("head_dropout", "lora_dropout")  # probabilities, from 0
+RANGES = ((AT_LEAST_0, lambda v: v >= 0, "0 or more"), (MORE_THAN_0, lambda v: v > 0, "more than 0"),
+          (AT_LEAST_1, lambda v: v >= 1, "at least 1"), (BELOW_1, lambda v: 0 <= v < 1, "from 0 to less than 1"))
+
+
+def range_rule(name: str):
+    """A setting's range, as (inside, what it must be): the one rule `hftransfer freeze-report`'s flags use too."""
+    return next((inside, expected) for names, inside, expected in RANGES if name in names)
 
 
 def _check_ranges(*settings) -> None:
@@ -351,10 +358,7 @@ def _check_ranges(*settings) -> None:
     def refuse(name, shown, expected):
         raise SystemExit(f"error: --{name} {shown}: must be {expected}")
 
-    for names, inside, expected in ((AT_LEAST_0, lambda v: v >= 0, "0 or more"),
-                                    (MORE_THAN_0, lambda v: v > 0, "more than 0"),
-                                    (AT_LEAST_1, lambda v: v >= 1, "at least 1"),
-                                    (BELOW_1, lambda v: 0 <= v < 1, "from 0 to less than 1")):
+    for names, inside, expected in RANGES:
         for name in names:
             if name == "num_train_epochs" and value("max_steps") > 0:
                 continue  # --max_steps sets the length

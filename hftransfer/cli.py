@@ -68,8 +68,18 @@ def _model_name(value: str) -> str:
 
 _positive_int = _number(int, lambda n: n >= 1, "a whole number of at least 1")  # labels shown, inputs per batch
 _probability = _number(float, lambda n: 0 <= n <= 1, "a probability from 0 to 1")
-_block_count = _number(int, lambda n: n >= 0, "a whole number, 0 or more")
-_decay = _number(float, lambda n: n > 0, "a number more than 0")
+
+
+def _recipe_range(convert, name: str):
+    """A flag the recipes take too, in their range (`args.range_rule`), read when the flag is given: `args` imports
+    torch, which the demo must start without (`fastpath.fast_start`)."""
+    def parse(value: str):
+        from .args import range_rule
+
+        inside, expected = range_rule(name)
+        return _number(convert, inside, f"{'a whole number' if convert is int else 'a number'}, {expected}")(value)
+
+    return parse
 
 
 def freeze_report(args) -> None:
@@ -175,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="what one stage trains (a strategy of one stage, `strategies`)")
     report.add_argument("--freeze", nargs="*", default=[])
     report.add_argument("--unfreeze", nargs="*", default=[])
-    report.add_argument("--unfreeze_last_n", type=_block_count)
-    report.add_argument("--layer_lr_decay", type=_decay)
+    report.add_argument("--unfreeze_last_n", type=_recipe_range(int, "unfreeze_last_n"))
+    report.add_argument("--layer_lr_decay", type=_recipe_range(float, "layer_lr_decay"))
     report.add_argument("--lr_multipliers", nargs="*", default=[])
     report.add_argument("--plan", help="a saved freeze_plan.json to reproduce")
     report.add_argument("--json", action="store_true", help="also print the resolved plan")

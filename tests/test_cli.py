@@ -65,8 +65,8 @@ def test_freeze_report_refuses_what_training_refuses(tmp_path, hftransfer):
     was an OverflowError traceback."""
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
     for flags, says in [(("--strategy", "fine_tune", "--unfreeze_last_n", "-1"), "expected a whole number, 0 or more"),
-                        (("--strategy", "full", "--layer_lr_decay", "-1"), "expected a number more than 0"),
-                        (("--strategy", "full", "--layer_lr_decay", "nan"), "expected a number more than 0"),
+                        (("--strategy", "full", "--layer_lr_decay", "-1"), "expected a number, more than 0"),
+                        (("--strategy", "full", "--layer_lr_decay", "nan"), "expected a number, more than 0"),
                         (("--freeze", "re:a{99999999999}"), "is not a valid regular expression"),
                         (("--strategy", "full", "--freeze", "re:.*"), "would train 0 parameters")]:
         done = hftransfer("freeze-report", str(checkpoint), *flags)
