@@ -306,7 +306,8 @@ def test_a_space_carries_what_a_push_uploads_and_no_more(local_hub, trained, tmp
     assert not any(name.startswith("runs/") for name in model_files)
 
 
-def test_private_into_an_existing_public_repo_is_refused_before_anything_is_uploaded(local_hub, trained, tmp_path):
+def test_private_into_an_existing_public_repo_is_refused_before_anything_is_uploaded(local_hub, trained,  # noqa: F811
+                                                                                      tmp_path):
     """`--private` only creates private repositories: into an existing public one the upload went public silently."""
     out, _, _ = trained
     folder = shutil.copytree(out, tmp_path / "copy")
@@ -326,7 +327,7 @@ def test_private_into_an_existing_public_repo_is_refused_before_anything_is_uplo
     assert local_hub.repos[f"{USER}/own"]["private"] is True and len(local_hub.commits(f"{USER}/own")) == 3
 
 
-def test_a_push_the_hub_refuses_leaves_the_local_card_as_it_was(local_hub, trained, tmp_path):
+def test_a_push_the_hub_refuses_leaves_the_local_card_as_it_was(local_hub, trained, tmp_path):  # noqa: F811
     """The card was renamed for the repo before the upload, and stayed so when the Hub refused it (403)."""
     from huggingface_hub import HfApi
 
@@ -343,7 +344,8 @@ def test_a_push_the_hub_refuses_leaves_the_local_card_as_it_was(local_hub, train
     assert ModelCard.load(folder / "README.md").data.model_name == f"{USER}/mine"
 
 
-def test_the_stored_login_token_is_found_in_files_as_written(local_hub, trained, tmp_path, monkeypatch):
+def test_the_stored_login_token_is_found_in_files_as_written(local_hub, trained, tmp_path,  # noqa: F811
+                                                             monkeypatch):
     """Only HF_TOKEN and --hub_token were matched literally; the stored login (`hf auth login`) only by the hf_...
     pattern, which a token of another shape does not have."""
     out, _, _ = trained

@@ -215,31 +215,30 @@ def test_compare_runs_three_strategies_and_writes_the_table(tmp_path, image_fold
 
 
 def test_compare_goes_on_past_a_failed_strategy_and_names_it(tmp_path, image_folders, monkeypatch):
-    """LoRA refuses a target module the model lacks; feature extraction still runs, and the table says which failed."""
-    from hftransfer.compare import compare
+    """LoRA refuses a target module the model lacks; feature extraction still runs, and the table says which failed.
+    Compared into a folder where lora's subfolder holds an earlier run's model (its card and demo), the failure says
+    that model is not this comparison's."""
+    from hftransfer.compare import _holds_a_model, compare
 
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")
     out = tmp_path / "compare"
-    flags = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
-             str(image_folders[1]), "--output_dir", str(out), "--head_epochs", "1", "--disable_tqdm", "true",
-             "--lora_target_modules", "no_such_module"]
+    data = ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folders[0]), "--validation_dir",
+            str(image_folders[1]), "--head_epochs", "1"]
+    train(ImageTask, [*data, "--output_dir", str(out / "lora"), "--strategy", "feature_extraction"])  # the earlier
+    flags = [*data, "--output_dir", str(out), "--disable_tqdm", "true", "--lora_target_modules", "no_such_module"]
     with pytest.raises(SystemExit, match="lora failed"):
         compare("image", flags, strategies=("lora", "feature_extraction"))
     rows = {row["strategy"]: row for row in json.loads((out / "comparison.json").read_text())}
-    assert rows["lora"]["failed"].startswith("exit ") and "eval_accuracy" not in rows["lora"]
+    assert rows["lora"]["failed"] == f"exit 1; {out / 'lora'} holds an earlier run's model, not this comparison's"
+    assert "eval_accuracy" not in rows["lora"]
     assert "failed" not in rows["feature_extraction"] and 0 <= rows["feature_extraction"]["eval_accuracy"] <= 1
     assert "| lora " in (out / "feature_extraction" / "README.md").read_text()
-    assert "| failed |" in (out / "comparison.md").read_text().splitlines()[0]
-
-    # compared again into the same folder: where lora's folder holds an earlier run's model (its card and demo),
-    # the failure says that model is not this comparison's
-    shutil.copytree(out / "feature_extraction", out / "lora")
-    with pytest.raises(SystemExit, match="lora failed"):
-        compare("image", flags, strategies=("lora",))
-    row, = json.loads((out / "comparison.json").read_text())
-    assert row["failed"] == f"exit 1; {out / 'lora'} holds an earlier run's model, not this comparison's"
-    assert "holds an earlier run's model" in (out / "comparison.md").read_text()
+    table = (out / "comparison.md").read_text()
+    assert "| failed |" in table.splitlines()[0] and "holds an earlier run's model" in table
+    # only a finished run's folder counts: a checkpoint's (no run record) or none is said as the exit alone
+    assert _holds_a_model(out / "feature_extraction") and not _holds_a_model(checkpoint)
+    assert not _holds_a_model(tmp_path / "none")
 
 
 def test_compare_stops_on_a_misspelt_flag_before_launching_any_strategy(tmp_path, monkeypatch):
