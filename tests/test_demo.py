@@ -240,6 +240,7 @@ WARM_UP, BLOCK, BLOCKS = 425, 25, 20  # 50 + 425 + 21 x 25 = 1,000 requests
 FLAT_MB, MIN_FLAT_BLOCKS = 0.7, 5
 
 
+@pytest.mark.long
 def test_busy_demo_answers_50_concurrent_requests_and_memory_stays_flat(mobilenet_zoo, tmp_path):
     """The demo as users run it (its own process), driven over Gradio's plain HTTP API (`support/demo_load.py`: one
     call, one event stream, so a lost request is the server's and never a client race): 50 requests at once and 950

@@ -114,10 +114,23 @@ def test_adversarial_training_runs_under_ddp_with_gradient_accumulation(tmp_path
     assert all(0.6 < loss < 0.8 for loss in head) and all(1.2 < loss < 1.7 for loss in base), (head, base)
 
 
-def test_only_the_main_process_writes_and_pushes(local_hub, checkpoint, image_folders, tmp_path):
+def test_two_processes_train_with_gloo_and_only_the_main_process_writes_and_pushes(local_hub, image_folders,  # noqa: F811
+                                                                                  tmp_path):
+    """The shipped `multi_gpu.yaml` (DDP, bf16: CPU autocast here) over 2 gloo processes, a BatchNorm model: both
+    stages train, and one process saves and pushes."""
+    from transformers import AutoModelForImageClassification
+
     out = tmp_path / "two"
-    accelerate_launch([*flags(checkpoint, image_folders, out, "feature_extraction", 4), "--push_to_hub",
-                       "--hub_model_id", f"{USER}/ddp-model", "--hub_token", TOKEN], processes=2)
+    accelerate_launch(["--model_name_or_path", str(save_tiny_checkpoint(tmp_path / "ckpt", "mobilenet_v2")),
+                       "--train_dir", str(image_folders[0]), "--validation_dir", str(image_folders[1]),
+                       "--output_dir", str(out), "--num_train_epochs", "2", "--per_device_train_batch_size", "4",
+                       "--push_to_hub", "--hub_model_id", f"{USER}/ddp-model", "--hub_token", TOKEN], processes=2,
+                      config="multi_gpu")
+    record = json.loads((out / "hftransfer_run.json").read_text())
+    assert record["world_size"] == 2
+    assert [s["stage"] for s in record["stages"]] == ["head", "staged"]
+    assert AutoModelForImageClassification.from_pretrained(out).config.id2label[1] == "square"
+    assert 0 <= json.loads((out / "all_results.json").read_text())["eval_accuracy"] <= 1
     uploads = [c for c in local_hub.commits(f"{USER}/ddp-model") if c["title"] != "initial commit"]
     assert len(uploads) == 1  # one upload, from rank 0
     creates = [path for method, path, _ in local_hub.requests if path == "/api/repos/create"]
@@ -129,7 +142,7 @@ def test_only_the_main_process_writes_and_pushes(local_hub, checkpoint, image_fo
 def test_shipped_accelerate_configs_run_here(name, processes, checkpoint, image_folders, tmp_path):
     """Each shipped config that can run on this CPU machine trains both stages and saves a float32 model (their bf16
     is CPU autocast here); DeepSpeed where it is installed. FSDP: Accelerate's one-process path, no cache.
-    (`multi_gpu.yaml` runs in test_recipe.py's two-process test.)"""
+    (`multi_gpu.yaml` runs in the two-process test above.)"""
     if name.startswith("deepspeed"):
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (it needs a GPU machine's toolchain)")
     out = tmp_path / name

@@ -420,6 +420,7 @@ def test_mlp_head_and_lora_models_export_and_predict_as_in_pytorch(tmp_path):
             assert list(e) == list(g) and np.allclose(list(e.values()), list(g.values()), atol=1e-4), name
 
 
+@pytest.mark.long
 def test_int8_export_of_a_real_mobilenet_stays_within_a_point(tmp_path):
     """The real MobileNetV2 on the embedded Fashion-MNIST sample: static int8 keeps validation accuracy."""
     out = tmp_path / "fashion"

@@ -109,6 +109,7 @@ def test_resume_from_a_named_checkpoint_of_the_cached_head_stage(setup, tmp_path
     assert losses(record)[0][-1] == pytest.approx(losses(reference)[0][-1], rel=0.01)
 
 
+@pytest.mark.long
 def test_a_resumed_text_run_draws_its_length_grouped_batches_as_the_uninterrupted_run(tmp_path, caplog):
     """Text batches are grouped by length in an order drawn per epoch; a resumed run must not restart that order."""
     checkpoint = save_tiny_text_checkpoint(tmp_path / "ckpt", "bert")

@@ -183,6 +183,7 @@ def test_gradient_checkpointing_over_frozen_embeddings_still_trains_the_blocks(t
                        original.bert.embeddings.word_embeddings.weight)
 
 
+@pytest.mark.long
 def test_compare_runs_three_strategies_and_writes_the_table(tmp_path, image_folders):
     import os
     import subprocess

@@ -127,6 +127,7 @@ def test_a_file_of_no_rows_or_a_broken_json_line_says_so(tmp_path, name, content
         prepare(train_file=str(tmp_path / name))
 
 
+@pytest.mark.long
 def test_minilm_zoo_transfers_through_accelerate_and_reloads(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",

@@ -11,7 +11,7 @@ from support.ports import free_port
 def accelerate_launch(args, processes=1, timeout=900, config=None, recipe="image", **env_changes):
     """`accelerate launch` of the image (or text) recipe: with explicit flags, or with one of the shipped `config`
     files."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes)), **env_changes}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_each(processes)), **env_changes}
     if config:
         launch = ["--config_file", str(ROOT / "recipes" / "accelerate_configs" / f"{config}.yaml")]
     else:
@@ -24,3 +24,10 @@ def accelerate_launch(args, processes=1, timeout=900, config=None, recipe="image
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
+
+
+def threads_each(processes: int) -> int:
+    """This worker's share of the cores (`pytest -n 2` on two cores: one), split among the launched processes: a
+    launch of two threads beside the other worker's run oversubscribed the cores, and both waited."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 2) // workers // processes)
