@@ -181,9 +181,10 @@ class StageCheckpoints:
 
     def keep_only(self, identity: dict) -> None:
         """Stage folders another command wrote (the output folder's `RUN_IDENTITY` is not `identity`) are removed,
-        with a warning naming what differs, so that neither their finished models nor their checkpoints come back;
-        one holding a checkpoint named by --resume_from_checkpoint is kept, as asked. Then the folder records this
-        command's identity."""
+        with a warning naming what differs, so that neither their finished models nor their checkpoints come back. A
+        checkpoint of theirs named by --resume_from_checkpoint is an error (it was resumed, over the earlier stages
+        retrained on this command's data, and logged as this command's); one an unreadable record cannot tell is kept,
+        as asked. Then the folder records this command's identity."""
         if not self.args.should_save:
             return
         record = Path(self.args.output_dir) / RUN_IDENTITY
@@ -194,6 +195,11 @@ class StageCheckpoints:
         folders = stage_dirs(self.args.output_dir)
         if previous != identity and folders:
             given = self.args.resume_from_checkpoint
+            if given and previous:  # its stage was trained, over the earlier stages, on the other command's terms
+                raise ModelError(f"--resume_from_checkpoint {given}: written by another command (it differs in "
+                                 f"{_differences(previous, identity)}), whose data and settings its model was trained "
+                                 "on: run that command to resume it, or leave the flag out to train this one from "
+                                 "the start")
             named = Path(given).resolve().parent if given else None
             removed = [folder for folder in folders if folder.resolve() != named]
             logger.warning("%s written by another command (it differs in %s): not resumed from, and removed",

@@ -226,3 +226,11 @@ def test_a_named_checkpoint_of_a_finished_stage_is_resumed_from_not_passed_over(
     log = run(command(checkpoint, folders, out, "--resume_from_checkpoint", str(named)), caplog)
     assert "Stage 'head' was finished by an earlier run" in log
     assert f"Resuming stage 'staged' from {named}" in log and "Stage 'staged' was finished" not in log
+
+    # named by a command that differs (other data, other settings): it was resumed, over the head stage retrained
+    # on this command's data, and the log called it "an earlier run of this command"
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(SystemExit, match=rf"^error: --resume_from_checkpoint {named}: written by another command "
+                                         r"\(it differs in learning_rate .*0.05\)"):
+        run(command(checkpoint, folders, out, "--resume_from_checkpoint", str(named), "--learning_rate", "0.05"))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing removed
