@@ -207,7 +207,8 @@ def render_card(output: OutputFolder, model_name: str) -> ModelCard:
     folder = output.path
     config, run, results, plan, comparison = output.config, output.run, output.results, output.plan, output.comparison
     if config is None or run is None:
-        raise OutputFolderError(f"{folder}: no {CONFIG} or {RUN_RECORD} (not an hftransfer output folder)")
+        raise OutputFolderError(f"{folder}: " + (f"no {CONFIG} or {RUN_RECORD} (not an hftransfer output folder)"
+                                                 if folder.is_dir() else "no such folder"))
     task = task_name_for(config.get("model_type"))
     exported = output.export
     data = card_data(folder, run, results, task, model_name, exported)

@@ -162,8 +162,13 @@ def publish_space_command(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["train"], ["compare"], ["check"]):  # recipe flags pass through untouched
+        usage = (f"usage: hftransfer {argv[0]} TASK [recipe flags]  (TASK: image or text; `hftransfer {argv[0]} "
+                 "image --help` lists the flags)")
+        if argv[1:2] in (["-h"], ["--help"]):
+            print(usage)
+            return
         if len(argv) < 2:  # the task's name is checked against the task adapters (`tasks.TASKS`) where they load
-            raise SystemExit(f"usage: hftransfer {argv[0]} TASK [recipe flags]  (TASK: image or text)")
+            raise SystemExit(usage)
         if argv[0] in ("train", "check"):
             from .fastpath import fast_start
 
@@ -221,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     predict_parser.add_argument("--top_k", type=_positive_int, default=5,
                                 help="labels and scores per input (default 5)")
     predict_parser.add_argument("--batch_size", type=_positive_int, default=64)
-    predict_parser.add_argument("--threshold", type=_probability, default=0.5,
-                                help="multi-label models: every label scoring above this")
+    predict_parser.add_argument("--threshold", type=_probability,
+                                help="multi-label models: every label scoring above this (default 0.5)")
     predict_parser.add_argument("--text_column", help="the column of texts (default: 'text', or the only one); "
                                 "a sentence-pair model's two, a,b (default: the run's); an image model's column in "
                                 "a datasets folder")

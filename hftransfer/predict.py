@@ -52,6 +52,7 @@ class Item:
     value: object
     reference: str | list[str] | None = None  # a list for a multi-label table's row
     problem: str | None = None  # why it cannot be read, found while listing
+    foreign: str | None = None  # a reference label the table gives that is none of the model's
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Summary:
     correct: int = 0
     referenced: int = 0
     multi_label: bool = False
+    foreign: list = field(default_factory=list)  # reference labels that are none of the model's
 
     def line(self, output: Path) -> str:
         text = f"{self.predicted:,} predictions written to {output}"
@@ -69,6 +71,10 @@ class Summary:
         if self.referenced and self.referenced == self.predicted:
             kind = "exact-match accuracy" if self.multi_label else "accuracy"
             text += f"; {kind} against the reference labels: {self.correct / self.referenced:.4f}"
+        elif self.foreign:  # the accuracy was left out without a word
+            shown = ", ".join(sorted(set(self.foreign))[:5])
+            text += (f"; no accuracy: {len(self.foreign):,} row(s) give a reference label that is none of the "
+                     f"model's ({shown})")
         return text
 
 
@@ -221,13 +227,15 @@ def _table_items(table, where: str, labels, columns: list[str] | None, usual: Ru
         values = table[column]
     label_column = usual.label if usual.label in table.column_names else next(
         (c for c in table.column_names if c.lower() in LABEL_COLUMNS), None)
-    references = _references(table, label_column, labels) if label_column else None
+    references, foreign = _references(table, label_column, labels) if label_column else (None, None)
     for index, value in enumerate(values):
-        yield Item(f"{where}:{index}", value, references[index] if references else None)
+        yield Item(f"{where}:{index}", value, references[index] if references else None,
+                   foreign=foreign[index] if foreign else None)
 
 
-def _references(table, column: str, labels: list[str]) -> list:
-    """Each row's reference label (a list of them in a column of lists), None where one is not the model's."""
+def _references(table, column: str, labels: list[str]) -> tuple[list, list]:
+    """Each row's reference label (a list of them in a column of lists), None where one is not the model's; and
+    beside it, that one as written (its labels joined by ";"), else None."""
     from datasets import ClassLabel
 
     feature, values = table.features[column], table[column]
@@ -248,13 +256,14 @@ def _references(table, column: str, labels: list[str]) -> list:
             written[value] = label_texts([value], names)[0].strip()
         return written[value]
 
-    references = []
+    references, foreign = [], []
     for value in values:
         reference = ([name(v) for v in value] if value is not None else None) if inner is not None else name(value)
         given = reference if isinstance(reference, list) else [reference]
         known = reference is not None and set(given) <= set(labels)  # labels holds no None
         references.append(reference if known else None)
-    return references
+        foreign.append(None if known or reference is None else ";".join(map(str, given)))
+    return references, foreign
 
 
 def _input_column(table, is_input, named: str | None, where: str, kind: str, usual: str | None) -> str:
@@ -373,9 +382,10 @@ class Writer:
 
 
 def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, batch_size: int = 64,
-            threshold: float = 0.5, text_column: str | None = None, engine: str | None = None,
+            threshold: float | None = None, text_column: str | None = None, engine: str | None = None,
             progress: bool = True) -> Summary:
-    """Predict every input and write the rows to `output`; returns what was predicted and skipped."""
+    """Predict every input and write the rows to `output`; returns what was predicted and skipped. `threshold`
+    (multi-label models only): a label is chosen above it, 0.5 unless given."""
     from tqdm.auto import tqdm
 
     from .inference import Predictor, text_length
@@ -383,6 +393,10 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     output = Path(output)
     writer = Writer(output, inputs)  # a wrong output fails before the model loads
     predictor = Predictor(model, engine=engine)
+    if threshold is not None and not predictor.multi_label:  # it was ignored without a word
+        raise PredictError(f"--threshold {threshold}: for multi-label models; {model} gives each input one label, its "
+                           "top score")
+    threshold = 0.5 if threshold is None else threshold
     items = list(gather(predictor.task, inputs, predictor.labels, text_column))
     if not items:
         raise PredictError(f"no inputs found in {', '.join(inputs)}")
@@ -427,6 +441,8 @@ def _count(summary: Summary, batch: list[Item], rows: list[dict]) -> None:
     """Predictions made, and those checked against a reference of the model's kind (a label list for multi-label)."""
     summary.predicted += len(batch)
     for item, row in zip(batch, rows):
+        if item.foreign is not None:
+            summary.foreign.append(item.foreign)
         if isinstance(item.reference, list if summary.multi_label else str):
             summary.referenced += 1
             predicted = set(row["label"]) if summary.multi_label else row["label"]

@@ -218,3 +218,13 @@ def test_the_demo_hint_names_a_program_that_runs_from_where_it_is_printed(tmp_pa
     assert shlex.split(demo_command("out"))[0] == "bin/hftransfer"
     monkeypatch.setenv("PATH", f"{local.parent}:/usr/bin")
     assert demo_command("out") == "hftransfer demo out"
+
+
+def test_help_after_a_command_that_takes_a_task_and_a_card_for_no_folder(capsys, tmp_path):
+    """`hftransfer train --help` said "the task is one of image, text, not '--help'"; `card` of a folder that does not
+    exist said it was no hftransfer output folder."""
+    for command in ("train", "check", "compare"):
+        cli.main([command, "--help"])
+        assert capsys.readouterr().out.startswith(f"usage: hftransfer {command} TASK [recipe flags]")
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'nowhere'}: no such folder$"):
+        cli.main(["card", str(tmp_path / "nowhere")])

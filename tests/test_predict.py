@@ -458,3 +458,19 @@ def test_demo_and_space_serve_an_exported_folder(text_run, tmp_path):
     stage_space(str(exported), space)
     assert (space / "model" / ONNX_FILE).is_file()
     assert "onnxruntime" in (space / "requirements.txt").read_text()
+
+
+def test_reference_labels_the_model_lacks_are_said_and_a_threshold_for_one_label_models_refused(text_run, tmp_path):
+    """The accuracy line vanished without a word where a row's reference was none of the model's labels; --threshold
+    was ignored by a model that gives each input one label."""
+    root, _ = text_run
+    table = tmp_path / "unseen.csv"
+    table.write_text("text,label\na wonderful film,good\nawful,neutral\nok,GOOD\n")
+    output = tmp_path / "out.csv"
+    line = predict(str(root / "out"), [str(table)], output, progress=False).line(output)
+    assert line.endswith("; no accuracy: 2 row(s) give a reference label that is none of the model's (GOOD, neutral)")
+    table.write_text("text,label\na wonderful film,good\nawful,bad\n")  # every reference the model's: the accuracy
+    assert "; accuracy against the reference labels: " in predict(str(root / "out"), [str(table)], output,
+                                                                  progress=False).line(output)
+    with pytest.raises(PredictError, match=r"--threshold 0.9: for multi-label models; .* gives each input one label"):
+        predict(str(root / "out"), [str(table)], output, threshold=0.9, progress=False)
