@@ -381,11 +381,28 @@ def encode_labels(splits: DatasetDict, column: str, where: Callable[[str], str])
     return DatasetDict(encoded)
 
 
+def _json_labels_as_text(dataset: Dataset, column: str, where: str) -> Dataset:
+    """A JSON column of labels of several kinds (`1` in most rows, `"1"` in one) is what `datasets` stores as JSON
+    text (its `Json` feature: the error said the column "holds Json(decode=True)"); labels of one value each are
+    read as that text, as a CSV's are. Objects and lists are left to the label checks."""
+    if type(dataset.features[column]).__name__ != "Json":
+        return dataset
+    stored = dataset.with_format("arrow")[:][column].to_pylist()  # the stored text, in the dataset's row order
+    if any(value is not None and value.lstrip().startswith(("{", "[")) for value in stored):
+        return dataset
+    logger.info("%s: the labels of column '%s' are of several kinds (numbers and text): read as text", where, column)
+    features = dataset.features.copy()
+    features[column] = Value("string")
+    return dataset.map(lambda _, rows: {column: [stored[i] for i in rows]}, with_indices=True, batched=True,
+                       features=features)
+
+
 def _tidy_labels(dataset: Dataset, column: str, where: str) -> Dataset:
     """Label text as a person means it: without surrounding spaces ("pos " was a class beside "pos"; a blank label
     is no label), and a column of list literals (how pandas writes a list column to CSV: ["drama", "comedy"]) as the
     lists of a multi-label column (it was a single-label class a distinct list). A null or blank label inside a
     list is an error naming its row."""
+    dataset = _json_labels_as_text(dataset, column, where)
     feature = dataset.features[column]
     inner = feature.feature if isinstance(feature, (List, Sequence)) else feature
     if not isinstance(inner, Value) or inner.dtype not in ("string", "large_string"):

@@ -408,3 +408,21 @@ def test_a_linked_class_folder_is_read_and_a_broken_link_counted(tmp_path):
     assert label_names(splits) == ["a", "b", "c"]
     assert len(splits["train"]) + len(splits["validation"]) == 9
     assert report.skipped["train"] == {"broken link": 1} and report.notes == []
+
+
+def test_labels_of_mixed_kinds_in_json_lines_are_read_as_text(tmp_path):
+    """`datasets` reads a JSON column of 1s and one "1" as JSON text (its Json feature): the run stopped, saying the
+    column "holds Json(decode=True)" and that a label is one value a row, which every row was."""
+    import json
+
+    rows = [{"text": f"text number {i}", "label": i % 2} for i in range(40)]
+    rows[3]["label"] = "1"
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(map(json.dumps, rows)))
+    splits, _, _ = prepare_splits(DataArguments(train_file=str(path)), TextTask(DataArguments()), seed=0)
+    assert splits["train"].features["label"].names == ["0", "1"]  # "1" and 1 one class, as in a CSV
+    assert len(splits["train"]) + len(splits["validation"]) == 40
+    rows[5]["label"] = {"a": 1}  # an object among them is still refused
+    path.write_text("\n".join(map(json.dumps, rows)))
+    with pytest.raises(DataError, match="column 'label' holds Json"):
+        prepare_splits(DataArguments(train_file=str(path)), TextTask(DataArguments()), seed=0)
