@@ -278,12 +278,18 @@ def _input_column(table, is_input, named: str | None, where: str, kind: str, usu
         if default in table.column_names and is_input(table.features[default]):
             return default
     candidates = [c for c in table.column_names if c.lower() not in LABEL_COLUMNS and is_input(table.features[c])]
-    if len(candidates) != 1:
-        typed = ", ".join(f"{c}: {getattr(table.features[c], 'dtype', type(table.features[c]).__name__)}"
-                          for c in table.column_names)
-        problem = f"no column holds {kind}" if not candidates else "cannot tell which column holds the inputs"
-        raise PredictError(f"{where}: {problem} ({typed}); name it with --text_column")
-    return candidates[0]
+    if len(candidates) == 1:
+        return candidates[0]
+
+    def typed(column: str) -> str:
+        return f"{column}: {getattr(table.features[column], 'dtype', type(table.features[column]).__name__)}"
+
+    expected = next((c for c in (usual, "text", "image") if c in table.column_names), None)
+    if not candidates and expected:  # "name it with --text_column" named the column already there
+        raise PredictError(f"{where}: column '{expected}' holds no {kind} ({typed(expected)}: numbers, or every "
+                           f"cell empty); this model reads {kind}s")
+    problem = f"no column holds {kind}" if not candidates else "cannot tell which column holds the inputs"
+    raise PredictError(f"{where}: {problem} ({', '.join(map(typed, table.column_names))}); name it with --text_column")
 
 
 # ---------------------------------------------------------------- predicting

@@ -474,3 +474,14 @@ def test_reference_labels_the_model_lacks_are_said_and_a_threshold_for_one_label
                                                                   progress=False).line(output)
     with pytest.raises(PredictError, match=r"--threshold 0.9: for multi-label models; .* gives each input one label"):
         predict(str(root / "out"), [str(table)], output, threshold=0.9, progress=False)
+
+
+def test_a_text_column_of_numbers_or_of_empty_cells_is_said_as_such(text_run, tmp_path):
+    """The error advised naming the column with --text_column, which then skipped every row."""
+    root, _ = text_run
+    for content, dtype in (("text\n5\n10\n", "int64"), ('text\n""\n   \n', "")):
+        table = tmp_path / "numbers.csv"
+        table.write_text(content)
+        with pytest.raises(PredictError, match=rf"numbers.csv: column 'text' holds no text \(text: {dtype}.*: numbers, "
+                                               r"or every cell empty\); this model reads texts"):
+            predict(str(root / "out"), [str(table)], tmp_path / "out.csv", progress=False)
