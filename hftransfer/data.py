@@ -173,7 +173,19 @@ def load_file(path: str, split: str) -> Dataset:
         raise DataError(f"{file}: cannot be read as {fmt}: {_first_bad_line(file) or root}") from err
     if tsv:
         _check_no_merged_rows(dataset, file)
+    if fmt == "json":
+        _check_not_by_columns(dataset, file)
     return dataset
+
+
+def _check_not_by_columns(dataset: Dataset, file: Path) -> None:
+    """pandas' `to_json` writes a table column by column by default (`{"text": {"0": ...}, "label": {...}}`): read,
+    that is one row of objects, and the run skipped it as "not a text (dict)"."""
+    if len(dataset) == 1 and dataset.column_names and all(
+            isinstance(value, dict) for value in dataset[0].values()):
+        raise DataError(f"{file}: one object of columns ({', '.join(dataset.column_names[:5])}), each an object of "
+                        "rows, as pandas' to_json writes a table by default: write one object a row "
+                        "(to_json(orient='records'), or lines=True for JSON Lines)")
 
 
 def _code_columns(file: Path, delimiter: str) -> list[str]:

@@ -426,3 +426,18 @@ def test_labels_of_mixed_kinds_in_json_lines_are_read_as_text(tmp_path):
     path.write_text("\n".join(map(json.dumps, rows)))
     with pytest.raises(DataError, match="column 'label' holds Json"):
         prepare_splits(DataArguments(train_file=str(path)), TextTask(DataArguments()), seed=0)
+
+
+def test_a_json_file_laid_out_by_columns_is_an_error_saying_how_to_write_it(tmp_path):
+    """pandas' default `to_json` layout was read as one row of objects, skipped as "not a text in 'text' (dict)"."""
+    import json
+
+    path = tmp_path / "by_columns.json"
+    path.write_text(json.dumps({"text": {str(i): f"review {i}" for i in range(6)},
+                                "label": {str(i): "good" if i % 2 else "bad" for i in range(6)}}))
+    with pytest.raises(DataError, match=r"by_columns.json: one object of columns \(text, label\), each an object of "
+                                        r"rows, .* \(to_json\(orient='records'\), or lines=True"):
+        prepare_splits(DataArguments(train_file=str(path)), TextTask(DataArguments()), seed=0)
+    path.write_text(json.dumps([{"text": f"review {i}", "label": "good" if i % 2 else "bad"} for i in range(6)]))
+    splits, _, _ = prepare_splits(DataArguments(train_file=str(path)), TextTask(DataArguments()), seed=0)
+    assert len(splits["train"]) + len(splits["validation"]) == 6  # by records: read
