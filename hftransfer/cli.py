@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import zoo
 from .errors import InputError
-from .strategies import ONE_STAGE
+from .strategies import STRATEGIES
 
 
 def _yes_no(value: str) -> bool:
@@ -83,24 +83,35 @@ def _recipe_range(convert, name: str):
 
 
 def freeze_report(args) -> None:
-    from . import freezing, pooling
+    """What each stage of `--strategy` trains, as a run plans it (`strategies.plan_stages`), or a saved plan's."""
+    from . import freezing, lora, pooling
     from .modeling import load_classifier
+    from .strategies import ADAPTERS, Stage, plan_stages
 
     if args.plan:  # read first: a plan that cannot be read is said before the model loads
         plan = freezing.FreezePlan.load(args.plan)
-        expected = set(plan.trainable)
+        stages, expected = [Stage("plan", "", plan)], set(plan.trainable)
     else:
-        plan = freezing.FreezePlan(args.strategy, args.freeze, args.unfreeze, args.unfreeze_last_n,
-                                   args.layer_lr_decay, args.lr_multipliers)
-        expected = None
+        patterns = {"freeze": args.freeze, "unfreeze": args.unfreeze, "unfreeze_last_n": args.unfreeze_last_n,
+                    "layer_lr_decay": args.layer_lr_decay, "lr_multipliers": args.lr_multipliers}
+        stages, expected = plan_stages(args.strategy, patterns), None
     model, untrained = load_classifier(args.model, trust_remote_code=args.trust_remote_code)  # task from config
     if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
         adopted = pooling.adopt(model, pooling.CheckpointModules.read(zoo.resolve(args.model)).pooling, untrained)
         if adopted:
             print(adopted)
-    freezing.apply(model, plan)
-    print(freezing.report(model, plan))
-    freezing.check_trains(model, plan, "freeze-report")  # as training would refuse it
+    for stage in stages:
+        freezing.apply(model, stage.plan)
+        if len(stages) > 1:
+            print(f"Stage '{stage.name}':")
+        print(freezing.report(model, stage.plan))
+        freezing.check_trains(model, stage.plan, stage.name)  # as training would refuse it
+        if stage.kind == ADAPTERS:
+            targets = lora.resolve_targets(model, [])
+            more = ", ..." if len(targets) > 4 else ""
+            print(f"LoRA adapters on {len(targets)} modules ({', '.join(targets[:4])}{more}); --lora_target_modules "
+                  "in a run names others")
+    plan = stages[-1].plan
     if expected is not None and set(plan.trainable) != expected:
         raise SystemExit("error: this model's names do not reproduce the plan's trainable parameters")
     if args.json:
@@ -186,8 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("freeze-report", help="show what would train, without training")
     report.add_argument("model", help="Hub id, folder, or zoo:NAME")
-    report.add_argument("--strategy", default="feature_extraction", choices=ONE_STAGE,
-                        help="what one stage trains (a strategy of one stage, `strategies`)")
+    report.add_argument("--strategy", default="feature_extraction", choices=list(STRATEGIES),
+                        help="what each of its stages trains (`strategies`); --json prints the last stage's plan")
     report.add_argument("--freeze", nargs="*", default=[])
     report.add_argument("--unfreeze", nargs="*", default=[])
     report.add_argument("--unfreeze_last_n", type=_recipe_range(int, "unfreeze_last_n"))

@@ -54,7 +54,6 @@ WITHOUT_LAST_N = {
     "full": "it trains every block",
     "lora": "its adapters go into every block (the last N blocks fine-tuned: --strategy staged)"}
 COMPARED = ("feature_extraction", "staged", "lora")  # `hftransfer compare`: the lesson's three answers
-ONE_STAGE = tuple(name for name, specs in STRATEGIES.items() if len(specs) == 1 and specs[0].kind != ADAPTERS)
 
 
 @dataclass

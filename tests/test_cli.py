@@ -228,3 +228,17 @@ def test_help_after_a_command_that_takes_a_task_and_a_card_for_no_folder(capsys,
         assert capsys.readouterr().out.startswith(f"usage: hftransfer {command} TASK [recipe flags]")
     with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'nowhere'}: no such folder$"):
         cli.main(["card", str(tmp_path / "nowhere")])
+
+
+def test_freeze_report_shows_each_stage_of_the_default_and_of_lora(tmp_path, hftransfer):
+    """`--strategy staged` (the run's default) and `lora` were refused: "invalid choice"."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt", "vit")
+    staged = hftransfer("freeze-report", str(checkpoint), "--strategy", "staged", "--unfreeze_last_n", "1", "--json")
+    assert staged.returncode == 0, staged.stderr
+    head, base = staged.stdout.split("Stage 'staged':")
+    assert "Stage 'head':" in head and "strategy=feature_extraction" in head and "strategy=fine_tune" in base
+    trainable = json.loads(base[base.index("{"):])["plan"]["trainable"]  # the last stage: the head and block 3
+    assert any(".3." in n for n in trainable) and not any(".2." in n for n in trainable)
+    lora_report = hftransfer("freeze-report", str(checkpoint), "--strategy", "lora")
+    assert lora_report.returncode == 0, lora_report.stderr
+    assert "Stage 'lora':" in lora_report.stdout and re.search(r"LoRA adapters on \d+ modules \(vit\.", lora_report.stdout)
