@@ -109,7 +109,7 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
             yield from _image_items(path, labels)
         elif path.is_dir():
             for file in _files_under(path):
-                yield from _text_file_items(file, path, labels, columns, usual)
+                yield from _skipped_if_unreadable(_text_file_items(file, path, labels, columns, usual), file)
         else:
             if path.suffix.lower() == ".txt" and task.pairs:
                 raise PredictError(f"{path}: {_pairs_need_tables(columns)}")
@@ -178,6 +178,15 @@ def _text_file_items(file: Path, root: Path, labels, columns: list[str] | None, 
     else:
         readable = TABLE_SUFFIXES if pairs else {".txt", *TABLE_SUFFIXES}
         yield Item(str(file), None, problem=f"not a text file ({', '.join(sorted(readable))})")
+
+
+def _skipped_if_unreadable(items: Iterator[Item], file: Path) -> Iterator[Item]:
+    """A table met in a folder that holds no inputs this model reads (a metadata file, one not UTF-8) is a counted
+    skip, as an unreadable .txt there is (it stopped the whole prediction); named alone, it is an error."""
+    try:
+        yield from items
+    except PredictError as err:
+        yield Item(str(file), None, problem=" ".join(str(err).removeprefix(f"{file}: ").split()))
 
 
 def _read_text_file(file: Path) -> str | None:

@@ -485,3 +485,21 @@ def test_a_text_column_of_numbers_or_of_empty_cells_is_said_as_such(text_run, tm
         with pytest.raises(PredictError, match=rf"numbers.csv: column 'text' holds no text \(text: {dtype}.*: numbers, "
                                                r"or every cell empty\); this model reads texts"):
             predict(str(root / "out"), [str(table)], tmp_path / "out.csv", progress=False)
+
+
+def test_a_table_in_a_folder_of_texts_that_holds_no_texts_is_a_counted_skip(text_run, tmp_path):
+    """A metadata CSV or a Latin-1 one among the .txt files stopped the whole prediction; named alone, it is an error."""
+    root, _ = text_run
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a wonderful, moving film")
+    (folder / "meta.csv").write_text("file,notes\na.txt,some note\n")
+    (folder / "old.csv").write_bytes("text\ncaf\xe9 cr\xe8me\n".encode("latin-1"))
+    output = tmp_path / "out.csv"
+    summary = predict(str(root / "out"), [str(folder)], output, progress=False)
+    assert summary.predicted == 1 and dict(summary.skipped).keys() == {str(folder / "meta.csv"), str(folder / "old.csv")}
+    reasons = dict(summary.skipped)
+    assert reasons[str(folder / "meta.csv")].startswith("cannot tell which column holds the inputs")
+    assert "not UTF-8" in reasons[str(folder / "old.csv")]
+    with pytest.raises(PredictError, match="meta.csv: cannot tell which column"):
+        predict(str(root / "out"), [str(folder / "meta.csv")], output, progress=False)
