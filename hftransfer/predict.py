@@ -96,15 +96,18 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
     `text_column`: a column name, or a sentence-pair model's two ("a,b")."""
     columns = _text_columns(task, text_column) if task.name == "text" else [text_column] if text_column else None
     usual = RunColumns(task.input_columns(task.data_args)[0], task.data_args.label_column_name)
-    if task.name == "image" and text_column and not any(is_saved_dataset(Path(given)) for given in inputs):
+    if task.name == "image" and text_column and not any(is_saved_dataset(Path(given)) or _is_table(Path(given))
+                                                        for given in inputs):
         raise PredictError(f"--text_column {text_column}: image files and folders have no columns (for an image model "
-                           "it names the image column of a `datasets` folder)")
+                           "it names the image column of a table or a `datasets` folder)")
     for given in inputs:
         path = Path(given)
         if not path.exists():
             raise PredictError(f"input not found: {path}")
         if path.is_dir() and is_saved_dataset(path):
             yield from _datasets_items(path, task.name, labels, columns, usual)
+        elif task.name == "image" and _is_table(path):
+            yield from _image_table_items(path, labels, columns, usual)
         elif task.name == "image":
             yield from _image_items(path, labels)
         elif path.is_dir():
@@ -114,6 +117,30 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
             if path.suffix.lower() == ".txt" and task.pairs:
                 raise PredictError(f"{path}: {_pairs_need_tables(columns)}")
             yield from _text_file_items(path, path.parent, labels, columns, usual)
+
+
+def _is_table(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
+
+
+def _image_table_items(path: Path, labels, columns: list[str] | None, usual: RunColumns) -> Iterator[Item]:
+    """A table of image paths (or their bytes), read as training reads one (`tasks.as_image_column`: relative paths
+    from the table's folder): the table a model was trained from was "not an image"."""
+    from datasets import Image as ImageFeature
+
+    from .tasks import as_image_column
+
+    try:
+        table = load_file(str(path), "predict")
+    except DataError as err:
+        raise PredictError(str(err)) from None
+    named = columns[0] if columns else None
+    column = named or next((c for c in (usual.input, "image", "file_name") if c in table.column_names), None)
+    if column not in table.column_names:
+        raise PredictError(f"{path}: no column '{column or usual.input}' of images (columns: "
+                           f"{', '.join(table.column_names)}); name it with --text_column")
+    table = as_image_column(table, column, str(path))
+    yield from _table_items(table.cast_column(column, ImageFeature(decode=False)), str(path), labels, [column], usual)
 
 
 def _text_columns(task, named: str | None) -> list[str] | None:

@@ -173,10 +173,10 @@ def _read_image(value):
     raise ValueError(reason)
 
 
-def _as_image_column(dataset: Dataset, column: str, table: str | None) -> Dataset:
+def as_image_column(dataset: Dataset, column: str, table: str | None) -> Dataset:
     """A table's column of file paths or encoded image bytes as an Image column, which training decodes (bytes
     reached PIL as a file name). A relative path is read from the table's folder, as the Hub's imagefolder reads its
-    metadata files, else from the working directory."""
+    metadata files, else from the working directory. Training's and `predict`'s."""
     feature = dataset.features[column]
     if isinstance(feature, ImageFeature):
         return dataset
@@ -257,7 +257,7 @@ class ImageTask(TaskAdapter):
         return True
 
     def drop_unusable(self, dataset, split, report):
-        dataset = _as_image_column(dataset, self.column, report.tables.get(split))
+        dataset = as_image_column(dataset, self.column, report.tables.get(split))
         raw = dataset.cast_column(self.column, ImageFeature(decode=False))
         good = []
         for index, cell in enumerate(raw[self.column]):

@@ -503,3 +503,25 @@ def test_a_table_in_a_folder_of_texts_that_holds_no_texts_is_a_counted_skip(text
     assert "not UTF-8" in reasons[str(folder / "old.csv")]
     with pytest.raises(PredictError, match="meta.csv: cannot tell which column"):
         predict(str(root / "out"), [str(folder / "meta.csv")], output, progress=False)
+
+
+def test_an_image_model_predicts_a_table_of_image_paths_as_training_reads_one(image_run, tmp_path):
+    """The table a model was trained from (`--train_file` of image paths) was "not an image" to predict."""
+    root, _ = image_run
+    folder = root / "validation"
+    files = sorted(p for p in folder.rglob("*.png") if p.name != "broken.png")
+    table = folder / "table.csv"  # paths relative to the table's folder, as training reads them
+    table.write_text("image,label\n" + "".join(f"{p.relative_to(folder)},{p.parent.name}\n" for p in files))
+    try:
+        by_table = predict(str(root / "out"), [str(table)], tmp_path / "t.csv", progress=False)
+        by_files = predict(str(root / "out"), [str(p) for p in files], tmp_path / "f.csv", progress=False)
+    finally:
+        table.unlink()
+    assert by_table.predicted == len(files) and by_table.referenced == len(files)
+    assert [r["label"] for r in read_rows(tmp_path / "t.csv")] == [r["label"] for r in read_rows(tmp_path / "f.csv")]
+    other = tmp_path / "other.csv"
+    other.write_text(f"picture\n{files[0]}\n")
+    with pytest.raises(PredictError, match=r"other.csv: no column 'image' of images \(columns: picture\); name it"):
+        predict(str(root / "out"), [str(other)], tmp_path / "o.csv", progress=False)
+    assert predict(str(root / "out"), [str(other)], tmp_path / "o.csv", text_column="picture",
+                   progress=False).predicted == 1
