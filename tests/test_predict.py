@@ -488,7 +488,8 @@ def test_a_text_column_of_numbers_or_of_empty_cells_is_said_as_such(text_run, tm
 
 
 def test_a_table_in_a_folder_of_texts_that_holds_no_texts_is_a_counted_skip(text_run, tmp_path):
-    """A metadata CSV or a Latin-1 one among the .txt files stopped the whole prediction; named alone, it is an error."""
+    """A metadata CSV or a Latin-1 one among the .txt files stopped the whole prediction; named alone, it is an
+    error."""
     root, _ = text_run
     folder = tmp_path / "texts"
     folder.mkdir()
@@ -497,8 +498,8 @@ def test_a_table_in_a_folder_of_texts_that_holds_no_texts_is_a_counted_skip(text
     (folder / "old.csv").write_bytes("text\ncaf\xe9 cr\xe8me\n".encode("latin-1"))
     output = tmp_path / "out.csv"
     summary = predict(str(root / "out"), [str(folder)], output, progress=False)
-    assert summary.predicted == 1 and dict(summary.skipped).keys() == {str(folder / "meta.csv"), str(folder / "old.csv")}
     reasons = dict(summary.skipped)
+    assert summary.predicted == 1 and reasons.keys() == {str(folder / "meta.csv"), str(folder / "old.csv")}
     assert reasons[str(folder / "meta.csv")].startswith("cannot tell which column holds the inputs")
     assert "not UTF-8" in reasons[str(folder / "old.csv")]
     with pytest.raises(PredictError, match="meta.csv: cannot tell which column"):
@@ -514,7 +515,7 @@ def test_an_image_model_predicts_a_table_of_image_paths_as_training_reads_one(im
     table.write_text("image,label\n" + "".join(f"{p.relative_to(folder)},{p.parent.name}\n" for p in files))
     try:
         by_table = predict(str(root / "out"), [str(table)], tmp_path / "t.csv", progress=False)
-        by_files = predict(str(root / "out"), [str(p) for p in files], tmp_path / "f.csv", progress=False)
+        predict(str(root / "out"), [str(p) for p in files], tmp_path / "f.csv", progress=False)
     finally:
         table.unlink()
     assert by_table.predicted == len(files) and by_table.referenced == len(files)

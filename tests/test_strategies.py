@@ -1,7 +1,6 @@
 """Custom MLP heads, LoRA, gradient checkpointing over frozen embeddings, and `hftransfer compare`."""
 
 import json
-import shutil
 
 import pytest
 import torch
