@@ -84,7 +84,7 @@ def _recipe_range(convert, name: str):
 
 def freeze_report(args) -> None:
     """What each stage of `--strategy` trains, as a run plans it (`strategies.plan_stages`), or a saved plan's."""
-    from . import freezing, lora, pooling
+    from . import anatomy, freezing, lora, pooling
     from .modeling import load_classifier
     from .strategies import ADAPTERS, Stage, plan_stages
 
@@ -94,8 +94,10 @@ def freeze_report(args) -> None:
     else:
         patterns = {"freeze": args.freeze, "unfreeze": args.unfreeze, "unfreeze_last_n": args.unfreeze_last_n,
                     "layer_lr_decay": args.layer_lr_decay, "lr_multipliers": args.lr_multipliers}
-        stages, expected = plan_stages(args.strategy, patterns), None
+        stages, expected = plan_stages(args.strategy, patterns), None  # a pattern error before the model loads
     model, untrained = load_classifier(args.model, trust_remote_code=args.trust_remote_code)  # task from config
+    if not args.plan and anatomy.is_decoder_classifier(model):  # as a run plans it (`choices.choose_stages`)
+        stages = plan_stages(args.strategy, patterns, head_stage=False)
     if args.checkpoint_pooling:  # as a run would (`modeling.load_model`)
         adopted = pooling.adopt(model, pooling.CheckpointModules.read(zoo.resolve(args.model)).pooling, untrained)
         if adopted:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .card import write_card
-from .outputs import COMPARISON_FILE, COMPARISON_MD, RUN_RECORD, OutputFolder, write_json
+from .outputs import COMPARISON_FILE, COMPARISON_MD, CONFIG, RUN_RECORD, OutputFolder, write_json
 from .report import COMPARISON_COLUMNS, add_comparison, comparison_table
 from .strategies import COMPARED
 
@@ -54,8 +54,7 @@ def run_strategy(task: str, strategy: str, flags: list[str], output_dir: Path) -
 
 
 def _holds_a_model(folder: Path) -> bool:
-    output = OutputFolder(folder)
-    return output.config is not None and (folder / RUN_RECORD).is_file()
+    return (folder / CONFIG).is_file() and (folder / RUN_RECORD).is_file()  # read nothing: a damaged one is no error
 
 
 def write_table(rows: list[dict], output_dir: Path) -> Path:

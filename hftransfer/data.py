@@ -173,7 +173,7 @@ def load_file(path: str, split: str) -> Dataset:
         raise DataError(f"{file}: cannot be read as {fmt}: {_first_bad_line(file) or root}") from err
     if tsv:
         _check_no_merged_rows(dataset, file)
-    if fmt == "json":
+    if file.suffix.lower() == ".json":
         _check_not_by_columns(dataset, file)
     return dataset
 
@@ -182,7 +182,8 @@ def _check_not_by_columns(dataset: Dataset, file: Path) -> None:
     """pandas' `to_json` writes a table column by column by default (`{"text": {"0": ...}, "label": {...}}`): read,
     that is one row of objects, and the run skipped it as "not a text (dict)"."""
     if len(dataset) == 1 and dataset.column_names and all(
-            isinstance(value, dict) for value in dataset[0].values()):
+            isinstance(value, dict) and value and all(str(key).isdigit() for key in value)
+            for value in dataset[0].values()):
         raise DataError(f"{file}: one object of columns ({', '.join(dataset.column_names[:5])}), each an object of "
                         "rows, as pandas' to_json writes a table by default: write one object a row "
                         "(to_json(orient='records'), or lines=True for JSON Lines)")
@@ -405,8 +406,18 @@ def _json_labels_as_text(dataset: Dataset, column: str, where: str) -> Dataset:
     logger.info("%s: the labels of column '%s' are of several kinds (numbers and text): read as text", where, column)
     features = dataset.features.copy()
     features[column] = Value("string")
-    return dataset.map(lambda _, rows: {column: [stored[i] for i in rows]}, with_indices=True, batched=True,
+    texts = [None if value is None else _json_text(value) for value in stored]
+    return dataset.map(lambda _, rows: {column: [texts[i] for i in rows]}, with_indices=True, batched=True,
                        features=features)
+
+
+def _json_text(stored: str) -> str:
+    """A label's stored JSON as its text: "spam" without its quotes, true as Arrow writes it, 1 as 1."""
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return stored
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _tidy_labels(dataset: Dataset, column: str, where: str) -> Dataset:

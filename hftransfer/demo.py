@@ -111,12 +111,14 @@ def serve(model: str, host: str = "127.0.0.1", port: int | None = None, share: b
 def check_port_free(host: str, port: int) -> None:
     """A port this machine cannot serve on (another program, an earlier demo, listens there; a host it does not
     have) is an error naming it. Bound as uvicorn binds it (address reuse on), so a port left in TIME_WAIT is free."""
+    address = host.strip("[]")  # Gradio takes [::1] as ::1
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET  # uvicorn's choice: localhost is 127.0.0.1
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as err:
-        raise InputError(f"--host {host} --port {port}: cannot serve there ({err.strerror or err}): another "
+            probe.bind((address, port))
+    except (OSError, ValueError) as err:  # a malformed name: a UnicodeError
+        reason = getattr(err, "strerror", None) or err
+        raise InputError(f"--host {host} --port {port}: cannot serve there ({reason}): another "
                          "program may listen on it (an earlier demo?); give another --port, or leave it out for the "
                          "first free one from 7860") from None

@@ -9,6 +9,7 @@ login, as in `transformers`; it is never written anywhere.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,9 +123,7 @@ def _card_problems(folder: Path) -> list[str]:
 
 
 def _token_problems(files: list[Path], token: str | None) -> list[str]:
-    from huggingface_hub import get_token
-
-    secrets = [t.encode() for t in (token, get_token()) if t]  # get_token: HF_TOKEN, else the stored login
+    secrets = [t.encode() for t in (token, os.environ.get("HF_TOKEN"), _stored_login()) if t]
     leaking = []
     for path in files:
         content = path.read_bytes()
@@ -159,6 +158,17 @@ def _card_named_for(folder: Path, repo_id: str):
     except BaseException:
         card.write_bytes(before)
         raise
+
+
+def _stored_login() -> str | None:
+    """The token `hf auth login` stored, read as written (huggingface_hub's get_token stops at HF_TOKEN, and may
+    raise: an OIDC exchange)."""
+    from huggingface_hub import constants
+
+    try:
+        return Path(constants.HF_TOKEN_PATH).read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def push(folder: str | Path, repo_id: str | None = None, token: str | None = None, private: bool | None = None,

@@ -106,8 +106,9 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
             raise PredictError(f"input not found: {path}")
         if path.is_dir() and is_saved_dataset(path):
             yield from _datasets_items(path, task.name, labels, columns, usual)
-        elif task.name == "image" and _is_table(path):
-            yield from _image_table_items(path, labels, columns, usual)
+        elif task.name == "image" and _is_table(path):  # among other inputs (a glob), one of no images is skipped
+            items = _image_table_items(path, labels, columns, usual)
+            yield from _skipped_if_unreadable(items, path) if len(inputs) > 1 else items
         elif task.name == "image":
             yield from _image_items(path, labels)
         elif path.is_dir():
@@ -140,7 +141,11 @@ def _image_table_items(path: Path, labels, columns: list[str] | None, usual: Run
         raise PredictError(f"{path}: no column '{column or usual.input}' of images (columns: "
                            f"{', '.join(table.column_names)}); name it with --text_column")
     table = as_image_column(table, column, str(path))
-    yield from _table_items(table.cast_column(column, ImageFeature(decode=False)), str(path), labels, [column], usual)
+    for item in _table_items(table.cast_column(column, ImageFeature(decode=False)), str(path), labels, [column],
+                             usual):
+        if not (item.value or {}).get("bytes") and not (item.value or {}).get("path"):
+            item.problem = "missing image"  # as training skips it (an empty cell was a traceback)
+        yield item
 
 
 def _text_columns(task, named: str | None) -> list[str] | None:
@@ -321,9 +326,9 @@ def _input_column(table, is_input, named: str | None, where: str, kind: str, usu
         return f"{column}: {getattr(table.features[column], 'dtype', type(table.features[column]).__name__)}"
 
     expected = next((c for c in (usual, "text", "image") if c in table.column_names), None)
-    if not candidates and expected:  # "name it with --text_column" named the column already there
+    if not candidates and expected and kind == "text":  # "name it with --text_column" named the column there
         raise PredictError(f"{where}: column '{expected}' holds no {kind} ({typed(expected)}: numbers, or every "
-                           f"cell empty); this model reads {kind}s")
+                           f"cell empty); this model reads texts")
     problem = f"no column holds {kind}" if not candidates else "cannot tell which column holds the inputs"
     raise PredictError(f"{where}: {problem} ({', '.join(map(typed, table.column_names))}); name it with --text_column")
 

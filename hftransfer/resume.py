@@ -68,6 +68,14 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(parts) or "an earlier hftransfer's record"
 
 
+def _differs_in_common(old: dict, new: dict) -> bool:
+    """Other data, weights, or a setting both identities hold with other values: another command. A setting only one
+    holds (written by an older hftransfer or transformers) is no sign of one."""
+    settings_old, settings_new = old.get("settings", {}), new["settings"]
+    return (old.get("data") != new["data"] or old.get("weights") != new["weights"]
+            or any(settings_old[key] != settings_new[key] for key in set(settings_old) & set(settings_new)))
+
+
 def complete_checkpoints(folder: Path) -> list[Path]:
     """Checkpoints in `folder`, newest first, that were written to the end (weights and trainer state) and whose
     weights can still be read."""
@@ -195,7 +203,7 @@ class StageCheckpoints:
         folders = stage_dirs(self.args.output_dir)
         if previous != identity and folders:
             given = self.args.resume_from_checkpoint
-            if given and previous:  # its stage was trained, over the earlier stages, on the other command's terms
+            if given and _differs_in_common(previous, identity):  # trained on the other command's terms
                 raise ModelError(f"--resume_from_checkpoint {given}: written by another command (it differs in "
                                  f"{_differences(previous, identity)}), whose data and settings its model was trained "
                                  "on: run that command to resume it, or leave the flag out to train this one from "
