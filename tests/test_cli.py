@@ -243,3 +243,13 @@ def test_freeze_report_shows_each_stage_of_the_default_and_of_lora(tmp_path, hft
     assert lora_report.returncode == 0, lora_report.stderr
     assert "Stage 'lora':" in lora_report.stdout
     assert re.search(r"LoRA adapters on \d+ modules \(vit\.", lora_report.stdout)
+
+
+
+def test_freeze_report_plans_a_decoder_classifier_without_a_head_stage_as_a_run_does(tmp_path, hftransfer):
+    from support.families import save_decoder_checkpoint
+
+    checkpoint = save_decoder_checkpoint(tmp_path / "ckpt", "qwen2")
+    done = hftransfer("freeze-report", str(checkpoint), "--strategy", "staged")
+    assert done.returncode == 0, done.stderr
+    assert "Stage 'head'" not in done.stdout and "strategy=full" in done.stdout

@@ -422,6 +422,11 @@ def test_labels_of_mixed_kinds_in_json_lines_are_read_as_text(tmp_path):
     splits, _, _ = prepare_splits(DataArguments(train_file=str(path)), TextTask(DataArguments()), seed=0)
     assert splits["train"].features["label"].names == ["0", "1"]  # "1" and 1 one class, as in a CSV
     assert len(splits["train"]) + len(splits["validation"]) == 40
+    for row, label in zip(rows, ["spam", "ham", 0] * 14):  # text beside numbers: no quotes kept in a class name
+        row["label"] = label
+    path.write_text("\n".join(map(json.dumps, rows)))
+    splits, _, _ = prepare_splits(DataArguments(train_file=str(path)), TextTask(DataArguments()), seed=0)
+    assert splits["train"].features["label"].names == ["0", "ham", "spam"]
     rows[5]["label"] = {"a": 1}  # an object among them is still refused
     path.write_text("\n".join(map(json.dumps, rows)))
     with pytest.raises(DataError, match="column 'label' holds Json"):

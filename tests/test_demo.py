@@ -298,6 +298,8 @@ def test_a_port_in_use_or_a_host_this_machine_lacks_is_an_error_before_the_model
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"error: --host 127.0.0.1 --port {port}: cannot serve there (Address already in use)")
-    with pytest.raises(InputError, match="--host no-such-host.invalid --port 7860: cannot serve there"):
-        check_port_free("no-such-host.invalid", 7860)
+    for host in ("no-such-host.invalid", "a..b"):  # a malformed name was a UnicodeError traceback
+        with pytest.raises(InputError, match=f"--host {host} --port 7860: cannot serve there"):
+            check_port_free(host, 7860)
+    check_port_free("localhost", port)  # as uvicorn binds it: 127.0.0.1
     check_port_free("127.0.0.1", port)  # free again once its holder closed it

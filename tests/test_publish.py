@@ -353,7 +353,8 @@ def test_the_stored_login_token_is_found_in_files_as_written(local_hub, trained,
     login = "stored-login-secret-0123456789"
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "token").write_text(login)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "e" * 34)  # both read: get_token stopped at HF_TOKEN
+    monkeypatch.setenv("HF_OIDC_RESOURCE", "x")  # get_token raised here (an OIDC exchange), a traceback
     monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "home" / "token"))
     (folder / "notes.txt").write_text(f"login: {login}\n")
     with pytest.raises(hub.PushError, match="token is written in notes.txt"):

@@ -234,3 +234,12 @@ def test_a_named_checkpoint_of_a_finished_stage_is_resumed_from_not_passed_over(
                                          r"\(it differs in learning_rate .*0.05\)"):
         run(command(checkpoint, folders, out, "--resume_from_checkpoint", str(named), "--learning_rate", "0.05"))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing removed
+
+
+
+def test_only_data_weights_or_a_setting_both_records_hold_tell_another_command():
+    """A record an older hftransfer wrote (a setting fewer) is the same command: its named checkpoint is resumed."""
+    new = {"settings": {"learning_rate": 1e-4, "new_flag": 1}, "data": {"train": "abc"}, "weights": "w"}
+    assert not resume._differs_in_common({**new, "settings": {"learning_rate": 1e-4}}, new)
+    assert resume._differs_in_common({**new, "settings": {"learning_rate": 5e-2}}, new)
+    assert resume._differs_in_common({**new, "data": {"train": "abd"}}, new)
