@@ -63,35 +63,34 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     adaptable = _adaptable(model)
     found: set[str] = set()
     for pattern in patterns:
-        by_suffix = [n for n in adaptable if n == pattern or n.endswith("." + pattern)]
-        found.update(by_suffix or _match_adaptable(model, pattern, adaptable))
+        found.update(_match_adaptable(model, pattern, adaptable))
     targets = [n for n in adaptable if n in found]
     _check_given_targets(model, targets)
     return targets
 
 
+def _named_by(pattern: str, names: list[str]) -> list[str]:
+    """PEFT's rule: the names equal to `pattern` or ending in '.' + it; else `pattern` as a glob or 're:' pattern,
+    which is an error naming the nearest names where it matches none (`freezing.match`)."""
+    return [n for n in names if n == pattern or n.endswith("." + pattern)] or match(pattern, names)
+
+
 def _match_adaptable(model: nn.Module, pattern: str, adaptable: list[str]) -> list[str]:
-    """A pattern naming only modules LoRA cannot adapt (`LayerNorm`) says which they are; it was "matches no
-    parameter", beside a model that has them."""
+    """The adaptable modules `pattern` names. One naming only modules LoRA cannot adapt (`LayerNorm`) says which
+    they are; it was "matches no parameter", beside a model that has them."""
     try:
-        return match(pattern, adaptable)
-    except PatternError:
+        return _named_by(pattern, adaptable)
+    except PatternError as none_adaptable:
         others = [name for name, _ in model.named_modules() if name and name not in adaptable]
-        named = [n for n in others if n == pattern or n.endswith("." + pattern)] or _quietly(match, pattern, others)
-        if not named:
-            raise
+        try:
+            named = _named_by(pattern, others)
+        except PatternError:
+            raise none_adaptable from None
         kinds = sorted({type(model.get_submodule(n)).__name__ for n in named})
         raise PatternError(f"--lora_target_modules {pattern}: names {len(named)} module(s) LoRA cannot adapt "
                            f"({', '.join(kinds)}: {', '.join(named[:3])}); LoRA adapts Linear, Conv1D and ungrouped "
                            "Conv2d layers (outside the pooling layer); to train other modules in full, use "
                            "--strategy staged with --unfreeze") from None
-
-
-def _quietly(matcher, pattern: str, names: list[str]) -> list[str]:
-    try:
-        return matcher(pattern, names)
-    except PatternError:
-        return []
 
 
 def _check_given_targets(model: nn.Module, targets: list[str]) -> None:
