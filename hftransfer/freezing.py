@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import logging
 import math
 import re
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from .anatomy import (POOLING_GROUP, ParamGroup, base_prefix, block_list_name, d
 from .errors import InputError
 from .outputs import PLAN_FILE
 
+logger = logging.getLogger(__name__)
 BN_MOMENTUM = 0.1
 
 
@@ -89,18 +91,56 @@ def _prefixes(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def match(pattern: str, names: list[str]) -> list[str]:
-    """Names matched by `pattern`; a pattern that matches nothing is an error naming the nearest names."""
+def match(pattern: str, names: list[str], model: nn.Module | None = None) -> list[str]:
+    """Names matched by `pattern`; a pattern that matches nothing is an error naming the nearest names. Given the
+    `model`, a pattern that matches none of its names is tried on the names its checkpoint files use
+    (`saved_names`)."""
     try:
         matcher = _compile(pattern)
     except (re.error, OverflowError) as err:  # a{99999999999}: an OverflowError
         raise PatternError(f"Pattern '{pattern}' is not a valid regular expression: {err}") from err
     found = [n for n in names if matcher(n)]
+    if not found and model is not None:
+        found = by_saved_name(pattern, names, model, matcher)
     if not found:
         candidates = sorted({p for n in names for p in _prefixes(n)})
         bare = pattern.removeprefix("re:").replace("*", "").replace("?", "")
         near = difflib.get_close_matches(bare, candidates, n=5, cutoff=0.4) or candidates[:5]
         raise PatternError(f"Pattern '{pattern}' matches no parameter. Nearest names: {', '.join(near)}")
+    return found
+
+
+def saved_names(model: nn.Module, names: list[str]) -> dict[str, str]:
+    """`names` (of the model's parameters or modules) as its checkpoint files write them, where they differ.
+    transformers 5 renames some families' modules on loading and names them back on saving (ViT's
+    `encoder.layer.3.attention.attention.query` is `layers.3.attention.q_proj` in the model), and guides, configs
+    and PEFT examples written for the files' names (`--lora_target_modules query value`) matched nothing. Read
+    from transformers' own reverse mapping, the one `save_pretrained` uses; a model it does not cover has none."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        params = dict(model.named_parameters())
+        saved_by_tensor = {id(t): k for k, t in revert_weight_conversion(model, dict(params)).items()}
+    except Exception:  # noqa: BLE001 (not a transformers model, or another version's internals: no renaming known)
+        return {}
+    renamed = {}
+    for name, tensor in params.items():
+        saved = saved_by_tensor.get(id(tensor), name)
+        leaf = name.rsplit(".", 1)[-1]
+        if saved != name:  # the parameter's module too, where the renaming left the parameter's own name alone
+            renamed[name] = saved
+            if saved.endswith("." + leaf):
+                renamed.setdefault(name.removesuffix("." + leaf), saved.removesuffix("." + leaf))
+    return {name: renamed[name] for name in names if name in renamed}
+
+
+def by_saved_name(pattern: str, names: list[str], model: nn.Module, matches) -> list[str]:
+    """The `names` whose checkpoint-file name `matches`, said in the log with what the model calls them."""
+    found = [name for name, saved in saved_names(model, names).items() if matches(saved)]
+    if found:
+        logger.info("'%s' names the checkpoint files' layout, which transformers renames on loading: read as %d "
+                    "name(s) of this model (%s%s)", pattern, len(found), ", ".join(found[:3]),
+                    ", ..." if len(found) > 3 else "")
     return found
 
 
@@ -129,12 +169,12 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
         for group in blocks[-last_n:] + [g for g in groups if g.name == "base.top"]:
             trainable.update(group.params)
     for pattern in plan.freeze:
-        trainable.difference_update(match(pattern, names))
+        trainable.difference_update(match(pattern, names, model))
     # The pooling layer and pooler (`pooling`) are fixed computations (uniform attention, identity values, a nearly
     # linear pass-through): training them would unlearn them.
     fixed = {n for g in groups if g.name == POOLING_GROUP for n in g.params}
     for pattern in plan.unfreeze:
-        found = match(pattern, names)
+        found = match(pattern, names, model)
         if fixed.issuperset(found):
             raise PatternError(f"--unfreeze '{pattern}' names only the checkpoint's pooling (the freeze report's "
                                f"{POOLING_GROUP}), a fixed computation that never trains: training it would unlearn "
@@ -161,7 +201,7 @@ def check_new_head_trains(model: nn.Module, plans: list[FreezePlan]) -> None:
         return
     names = [n for n, _ in model.named_parameters()]
     frozen_by = " ".join(repr(p) for p in dict.fromkeys(p for plan in plans for p in plan.freeze)
-                         if head & set(match(p, names)))
+                         if head & set(match(p, names, model)))
     raise PatternError(f"No stage would train the new head ({', '.join(sorted(head_modules(model)))}), which starts "
                        f"random: --freeze {frozen_by} names it. Freeze the base's parameters only "
                        "(`hftransfer freeze-report` lists the names)")
@@ -299,7 +339,7 @@ def lr_factors(model: nn.Module, plan: FreezePlan) -> dict[str, float]:
         factors.update({name: rate * decay ** exponent for name in group.params})
     names = list(factors)
     for pattern, factor in multiplier_rules(plan.lr_multipliers):
-        for name in match(pattern, names):
+        for name in match(pattern, names, model):
             factors[name] *= factor
     return factors
 

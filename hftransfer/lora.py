@@ -26,7 +26,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .anatomy import POOLING_GROUP, head_modules, param_groups
-from .freezing import PatternError, match
+from .freezing import PatternError, by_saved_name, match
 
 logger = logging.getLogger(__name__)
 ADAPTABLE = (nn.Linear, Conv1D, nn.Conv2d)
@@ -69,21 +69,25 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     return targets
 
 
-def _named_by(pattern: str, names: list[str]) -> list[str]:
+def _named_by(pattern: str, names: list[str], model: nn.Module) -> list[str]:
     """PEFT's rule: the names equal to `pattern` or ending in '.' + it; else `pattern` as a glob or 're:' pattern,
-    which is an error naming the nearest names where it matches none (`freezing.match`)."""
-    return [n for n in names if n == pattern or n.endswith("." + pattern)] or match(pattern, names)
+    which is an error naming the nearest names where it matches none (`freezing.match`). Both are tried on the
+    checkpoint files' names where the model's differ (`query` for ViT's `q_proj`)."""
+    def peft_rule(name: str) -> bool:
+        return name == pattern or name.endswith("." + pattern)
+    return ([n for n in names if peft_rule(n)] or by_saved_name(pattern, names, model, peft_rule)
+            or match(pattern, names, model))
 
 
 def _match_adaptable(model: nn.Module, pattern: str, adaptable: list[str]) -> list[str]:
     """The adaptable modules `pattern` names. One naming only modules LoRA cannot adapt (`LayerNorm`) says which
     they are; it was "matches no parameter", beside a model that has them."""
     try:
-        return _named_by(pattern, adaptable)
+        return _named_by(pattern, adaptable, model)
     except PatternError as none_adaptable:
         others = [name for name, _ in model.named_modules() if name and name not in adaptable]
         try:
-            named = _named_by(pattern, others)
+            named = _named_by(pattern, others, model)
         except PatternError:
             raise none_adaptable from None
         kinds = sorted({type(model.get_submodule(n)).__name__ for n in named})

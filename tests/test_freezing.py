@@ -77,6 +77,38 @@ def test_pattern_matching_nothing_names_nearest_parameters():
         freezing.apply(model, FreezePlan("fine_tune", unfreeze_last_n=17))
 
 
+def test_patterns_written_in_the_checkpoint_files_names_match_the_modules_transformers_renamed(tmp_path, caplog):
+    """transformers 5 loads ViT's `encoder.layer.N.attention.attention.query` as `layers.N.attention.q_proj` and
+    saves it back under the file's name: `--freeze` and `--lora_target_modules` in the file's names (PEFT's ViT
+    examples: `query value`) matched nothing."""
+    from safetensors import safe_open
+    from transformers import ViTForImageClassification
+
+    from hftransfer import lora
+
+    tiny_image_model("vit").save_pretrained(tmp_path)
+    model = ViTForImageClassification.from_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as saved:
+        file_names = set(saved.keys())
+    assert "vit.encoder.layer.1.attention.attention.query.weight" in file_names  # the file's layout, as on the Hub
+    assert "vit.layers.1.attention.q_proj.weight" in dict(model.named_parameters())  # the model's
+
+    with caplog.at_level("INFO", logger="hftransfer.freezing"):
+        plan = freezing.apply(model, FreezePlan("full", freeze=["vit.encoder.layer.1.*"]))
+    frozen = {n for n, _ in model.named_parameters()} - set(plan.trainable)
+    assert frozen == {n for n, _ in model.named_parameters() if n.startswith("vit.layers.1.")}
+    assert "names the checkpoint files' layout" in caplog.text and "vit.layers.1." in caplog.text
+    saved = freezing.saved_names(model, sorted(frozen))
+    assert len(saved) == len(frozen) and set(saved.values()) <= file_names  # read as the file names them
+
+    assert lora.resolve_targets(model, ["query", "value"]) == [f"vit.layers.{i}.attention.{p}_proj"
+                                                               for i in range(4) for p in "qv"]
+    assert lora.resolve_targets(model, ["re:.*layer\\.0\\.attention\\.attention\\.key"]) == [
+        "vit.layers.0.attention.k_proj"]
+    with pytest.raises(PatternError, match="matches no parameter"):  # in neither layout
+        freezing.apply(model, FreezePlan("full", freeze=["vit.encoder.layers.1.*"]))
+
+
 def _bn_stats(model):
     return {n: b.clone() for n, b in model.named_buffers() if "running_" in n}
 
