@@ -92,7 +92,8 @@ class RunColumns(NamedTuple):
 
 
 def gather(task, inputs: list[str], labels: list[str], text_column: str | None) -> Iterator[Item]:
-    """Every input named, in order; what cannot even be listed (a missing path) is an error before any work.
+    """Every input named, in order (an image model's tables first: `_images_once`); what cannot even be listed (a
+    missing path) is an error before any work.
     `text_column`: a column name, or a sentence-pair model's two ("a,b")."""
     columns = _text_columns(task, text_column) if task.name == "text" else [text_column] if text_column else None
     usual = RunColumns(task.input_columns(task.data_args)[0], task.data_args.label_column_name)
@@ -101,16 +102,15 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
         raise PredictError(f"--text_column {text_column}: image files and folders have no columns (for an image model "
                            "it names the image column of a table or a `datasets` folder)")
     for given in inputs:
+        if not Path(given).exists():
+            raise PredictError(f"input not found: {given}")
+    if task.name == "image":
+        yield from _images_once(inputs, labels, columns, usual)
+        return
+    for given in inputs:
         path = Path(given)
-        if not path.exists():
-            raise PredictError(f"input not found: {path}")
         if path.is_dir() and is_saved_dataset(path):
             yield from _datasets_items(path, task.name, labels, columns, usual)
-        elif task.name == "image" and _is_table(path):  # among other inputs (a glob), one of no images is skipped
-            items = _image_table_items(path, labels, columns, usual)
-            yield from _skipped_if_unreadable(items, path) if len(inputs) > 1 else items
-        elif task.name == "image":
-            yield from _image_items(path, labels)
         elif path.is_dir():
             for file in _files_under(path):
                 yield from _skipped_if_unreadable(_text_file_items(file, path, labels, columns, usual), file)
@@ -118,6 +118,34 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
             if path.suffix.lower() == ".txt" and task.pairs:
                 raise PredictError(f"{path}: {_pairs_need_tables(columns)}")
             yield from _text_file_items(path, path.parent, labels, columns, usual)
+
+
+def _images_once(inputs: list[str], labels, columns: list[str] | None, usual: RunColumns) -> Iterator[Item]:
+    """Image inputs, tables first, each image file once: a table's row and the file it names (an imagefolder's
+    `metadata.csv` globbed with its images) are one image, predicted from the row, which may hold its label (every
+    image was predicted twice)."""
+    seen, repeated = set(), 0
+    for given in sorted(inputs, key=lambda given: not _is_table(Path(given))):
+        path = Path(given)
+        if path.is_dir() and is_saved_dataset(path):
+            items = _datasets_items(path, "image", labels, columns, usual)
+        elif _is_table(path):  # among other inputs (a glob), one of no images is skipped
+            items = _image_table_items(path, labels, columns, usual)
+            items = _skipped_if_unreadable(items, path) if len(inputs) > 1 else items
+        else:
+            items = _image_items(path, labels)
+        for item in items:
+            file = item.value if isinstance(item.value, Path) else (
+                item.value.get("path") if isinstance(item.value, dict) else None)  # a row's, or a decoded image
+            if file and not item.problem:
+                if (key := Path(file).resolve()) in seen:
+                    repeated += 1
+                    continue
+                seen.add(key)
+            yield item
+    if repeated:
+        logger.info("%d image file(s) given again (named by a table's rows and as files, or twice): each predicted "
+                    "once", repeated)
 
 
 def _is_table(path: Path) -> bool:

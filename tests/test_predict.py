@@ -530,6 +530,27 @@ def test_an_image_model_predicts_a_table_of_image_paths_as_training_reads_one(im
 
 
 
+def test_an_imagefolder_globbed_with_its_metadata_table_predicts_each_image_once(image_run, tmp_path):
+    """`predict out folder/*` over an imagefolder with a `metadata.csv` predicted every image twice: as a file, and
+    as the table's row. Once now, from the row, which gives its label."""
+    import shutil
+
+    root, _ = image_run
+    files = sorted((root / "validation").rglob("*.png"))[:4]
+    folder = tmp_path / "imagefolder"
+    folder.mkdir()
+    for index, file in enumerate(files):
+        shutil.copy(file, folder / f"{index}.png")
+    (folder / "metadata.csv").write_text("file_name,label\n" + "".join(
+        f"{index}.png,{file.parent.name}\n" for index, file in enumerate(files)))
+    globbed = sorted(str(p) for p in folder.iterdir())  # 0.png ... 3.png, metadata.csv
+    summary = predict(str(root / "out"), globbed + [str(folder / "0.png")], tmp_path / "g.csv", progress=False)
+    rows = read_rows(tmp_path / "g.csv")
+    assert summary.predicted == len(rows) == len(files) and not summary.skipped
+    assert summary.referenced == len(files)  # the rows' labels
+    assert all(row["input"].startswith(str(folder / "metadata.csv")) for row in rows)
+
+
 def test_an_image_table_with_an_empty_cell_or_no_image_column_among_other_inputs_is_a_counted_skip(image_run,
                                                                                                    tmp_path):
     """An empty path cell was a traceback (PIL opened None); a notes table caught by a glob stopped the prediction."""
