@@ -121,9 +121,10 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
 
 
 def _images_once(inputs: list[str], labels, columns: list[str] | None, usual: RunColumns) -> Iterator[Item]:
-    """Image inputs, tables first, each image file once: a table's row and the file it names (an imagefolder's
-    `metadata.csv` globbed with its images) are one image, predicted from the row, which may hold its label (every
-    image was predicted twice)."""
+    """Image inputs, tables first, and an image file once: a file that a table's row names (an imagefolder's
+    `metadata.csv` globbed with its images), or that an earlier input listed, is predicted from the first (every
+    image was predicted twice). The rows of a table are kept as it lists them, and images held as bytes are never
+    taken for one another (a saved dataset's split names its images `0.png`, `1.png`, as the next split does)."""
     seen, repeated = set(), 0
     for given in sorted(inputs, key=lambda given: not _is_table(Path(given))):
         path = Path(given)
@@ -135,17 +136,23 @@ def _images_once(inputs: list[str], labels, columns: list[str] | None, usual: Ru
         else:
             items = _image_items(path, labels)
         for item in items:
-            file = item.value if isinstance(item.value, Path) else (
-                item.value.get("path") if isinstance(item.value, dict) else None)  # a row's, or a decoded image
-            if file and not item.problem:
-                if (key := Path(file).resolve()) in seen:
-                    repeated += 1
-                    continue
-                seen.add(key)
+            file = _image_file(item)
+            if file is not None and isinstance(item.value, Path) and file in seen:
+                repeated += 1
+                continue
+            seen.add(file)
             yield item
     if repeated:
-        logger.info("%d image file(s) given again (named by a table's rows and as files, or twice): each predicted "
+        logger.info("%d image file(s) given again (named by a table's rows, or by an earlier input): each predicted "
                     "once", repeated)
+
+
+def _image_file(item: Item) -> Path | None:
+    """The file an image input is read from; None for one held as bytes (or not readable)."""
+    value = item.value
+    if isinstance(value, dict) and value.get("path") and not value.get("bytes"):
+        value = Path(value["path"])
+    return value.resolve() if isinstance(value, Path) and not item.problem else None
 
 
 def _is_table(path: Path) -> bool:

@@ -550,6 +550,15 @@ def test_an_imagefolder_globbed_with_its_metadata_table_predicts_each_image_once
     assert summary.referenced == len(files)  # the rows' labels
     assert all(row["input"].startswith(str(folder / "metadata.csv")) for row in rows)
 
+    twice = tmp_path / "twice.csv"  # a table's own rows are kept as it lists them
+    twice.write_text(f"image\n{folder / '0.png'}\n{folder / '0.png'}\n")
+    assert predict(str(root / "out"), [str(folder / "0.png"), str(twice)], tmp_path / "w.csv",
+                   progress=False).predicted == 2
+    from datasets import Dataset, DatasetDict, Image
+    split = Dataset.from_dict({"image": [str(folder / "0.png"), str(folder / "1.png")]}).cast_column("image", Image())
+    DatasetDict(a=split, b=split).save_to_disk(tmp_path / "ds")  # bytes, each split's named 0.png and 1.png
+    assert predict(str(root / "out"), [str(tmp_path / "ds")], tmp_path / "d.csv", progress=False).predicted == 4
+
 
 def test_an_image_table_with_an_empty_cell_or_no_image_column_among_other_inputs_is_a_counted_skip(image_run,
                                                                                                    tmp_path):
