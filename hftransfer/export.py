@@ -224,21 +224,47 @@ def _dynamic_axes(names: list[str]) -> dict:
 
 
 def write_onnx(model: torch.nn.Module, sample: dict, path: Path) -> list[str]:
-    """Trace the model on `sample` and write the graph; returns its input names."""
+    """Trace the model on `sample` and write the graph; returns its input names. Where the model's attention cannot
+    be traced, its written-out form is (`_traced_with_eager_attention`)."""
     names = list(sample)
-    dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
-    shapes = tuple({axis: dims[label] for axis, label in _dynamic_axes([name])[name].items()} for name in names)
     model = model.to(memory_format=torch.contiguous_format).eval()
     try:
-        program = torch.onnx.export(_Logits(model, names), tuple(sample[n] for n in names), input_names=names,
-                                    output_names=["logits"], dynamic_shapes=(shapes,), opset_version=OPSET,
-                                    dynamo=True, external_data=False, verbose=False)
+        program = _trace(model, sample, names)
     except Exception as error:  # T5's and XLNet's code cannot be traced for any batch and sequence length
-        raise ExportError(f"torch.onnx cannot export {type(model).__name__} for any batch size and input length "
-                          f"({_root_cause(error)}). The saved model itself is unaffected: it runs in transformers "
-                          "and in hftransfer predict") from error
+        program = _traced_with_eager_attention(model, sample, names, error)
     program.save(str(path))
     return names
+
+
+def _trace(model: torch.nn.Module, sample: dict, names: list[str]):
+    dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
+    shapes = tuple({axis: dims[label] for axis, label in _dynamic_axes([name])[name].items()} for name in names)
+    return torch.onnx.export(_Logits(model, names).eval(), tuple(sample[n] for n in names), input_names=names,
+                             output_names=["logits"], dynamic_shapes=(shapes,), opset_version=OPSET, dynamo=True,
+                             external_data=False, verbose=False)
+
+
+def _traced_with_eager_attention(model: torch.nn.Module, sample: dict, names: list[str], error: Exception):
+    """PyTorch's fused attention (SDPA) with a relative-position bias as its mask, Swin's and BEiT's, cannot be
+    traced for a dynamic batch size; transformers' written-out attention (`eager`) computes the same and can. The
+    graph is then checked against the PyTorch model like any other (`export`). Any other failure is an error."""
+    config = getattr(model, "config", None)
+    unexportable = ExportError(f"torch.onnx cannot export {type(model).__name__} for any batch size and input length "
+                               f"({_root_cause(error)}). The saved model itself is unaffected: it runs in "
+                               "transformers and in hftransfer predict")
+    if getattr(config, "_attn_implementation", "eager") == "eager" or not hasattr(model, "set_attn_implementation"):
+        raise unexportable from error
+    fused = config._attn_implementation
+    try:
+        model.set_attn_implementation("eager")
+        program = _trace(model, sample, names)
+    except Exception:
+        raise unexportable from error
+    finally:
+        model.set_attn_implementation(fused)
+    logger.info("Traced with transformers' eager attention: its %s attention cannot be traced (%s)", fused,
+                _root_cause(error))
+    return program
 
 
 def _root_cause(error: BaseException) -> str:
