@@ -84,6 +84,25 @@ IMAGE_FAMILIES = ["vit", "deit", "beit", "dinov2", "swin", "convnext", "convnext
                   "efficientnet", "mobilenet_v1", "mobilenet_v2", "mobilevit", "poolformer", "pvt", "siglip"]
 
 
+# Narrow convnets whose random init lets activations vanish (1e-25 after a few blocks: transformers draws
+# BatchNorm's scale and the convolutions from N(0, 0.02)), so every image gave the same logits and the pipeline check
+# compared constants. Trained networks keep their activations alive; so do these, with BatchNorm at the identity
+# and He-initialised convolutions.
+VANISHING = {"efficientnet", "mobilenet_v1", "mobilenet_v2", "mobilevit", "levit", "mobilevitv2"}
+
+
+def _keep_activations(model):
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight)
+    return model
+
+
 def save_image_checkpoint(folder: Path, family: str) -> Path:
     if family in IMAGE_FAMILIES:
         model, processor = _image(family)
@@ -91,6 +110,7 @@ def save_image_checkpoint(folder: Path, family: str) -> Path:
         from .wider_families import wider_image
 
         model, processor = wider_image(family)
+    model = _keep_activations(model) if family in VANISHING else model
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

@@ -53,11 +53,14 @@ def check_reload(transfer: TransferRun, out, auto_class, task: str) -> None:
     assert type(auto_class.from_pretrained(out)).__name__ == type(transfer.model).__name__
     row = transfer.splits["validation"][0]
     raw = _open_image(row["image"]).convert("RGB") if "image" in row else row["text"]
-    batch = transfer.collator([transfer.eval_raw[0]])
+    batch = transfer.collator([transfer.eval_raw[0], transfer.eval_raw[-1]])
     model = transfer.model.eval()
     with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
-    probabilities = logits.softmax(-1)
+        both = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    # a model that gives every input the same logits (activations that vanish in a random network) would pass the
+    # comparison below whatever the pipeline's preprocessing did
+    assert not torch.allclose(both[0], both[1], atol=1e-6), "the model's logits do not depend on its input"
+    probabilities = both[0].softmax(-1)
     top = model.config.id2label[int(probabilities.argmax())]
     predicted = pipeline(task, model=str(out))(raw, top_k=1)[0]
     assert predicted["label"] == top
