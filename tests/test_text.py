@@ -132,7 +132,7 @@ def test_minilm_zoo_transfers_through_accelerate_and_reloads(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "text.py"),
-               "--output_dir", str(out), "--max_train_samples", "400", "--max_eval_samples", "200",
+               "--output_dir", str(out), "--max_train_samples", "256", "--max_eval_samples", "200",
                "--num_train_epochs", "1", "--disable_tqdm", "true"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -91,7 +91,7 @@ IMAGE_FAMILIES = ["vit", "deit", "beit", "dinov2", "swin", "convnext", "convnext
 VANISHING = {"efficientnet", "mobilenet_v1", "mobilenet_v2", "mobilevit", "levit", "mobilevitv2"}
 
 
-def _keep_activations(model):
+def keep_activations(model):
     from torch import nn
 
     for module in model.modules():
@@ -110,7 +110,7 @@ def save_image_checkpoint(folder: Path, family: str) -> Path:
         from .wider_families import wider_image
 
         model, processor = wider_image(family)
-    model = _keep_activations(model) if family in VANISHING else model
+    model = keep_activations(model) if family in VANISHING else model
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

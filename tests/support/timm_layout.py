@@ -123,9 +123,11 @@ def save_checkpoint(folder: Path, architecture: str, num_classes_in_model_args: 
     `label_names`, `pretrained_cfg`), its weights under `timm_model.`, and a 224 px processor config."""
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, ViTImageProcessor
 
+    from .families import keep_activations
+
     config = TimmWrapperConfig(architecture=architecture, num_labels=len(LABEL_NAMES))
     config.id2label = dict(enumerate(LABEL_NAMES))
-    model = TimmWrapperForImageClassification(config)
+    model = keep_activations(TimmWrapperForImageClassification(config))  # N(0, 0.02) let them vanish
     model.save_pretrained(folder)
     settings = json.loads((folder / "config.json").read_text())
     if REAL_TIMM:  # timm's own pretrained_cfg, which its processor reads from config.json
