@@ -118,7 +118,7 @@ def test_a_resumed_text_run_draws_its_length_grouped_batches_as_the_uninterrupte
     def text_command(out):
         return [sys.executable, str(ROOT / "recipes" / "text.py"), "--model_name_or_path", str(checkpoint),
                 "--train_file", str(reviews), "--output_dir", str(out), "--save_strategy", "epoch", "--head_epochs",
-                "2", "--num_train_epochs", "30", "--early_stopping_patience", "30", "--per_device_train_batch_size",
+                "2", "--num_train_epochs", "10", "--early_stopping_patience", "10", "--per_device_train_batch_size",
                 "4", "--rdrop_weight", "0", "--adversarial_epsilon", "0", "--disable_tqdm", "true"]
 
     run(text_command(tmp_path / "reference"))
