@@ -230,7 +230,7 @@ def write_onnx(model: torch.nn.Module, sample: dict, path: Path) -> list[str]:
     model = model.to(memory_format=torch.contiguous_format).eval()
     try:
         program = _trace(model, sample, names)
-    except Exception as error:  # T5's and XLNet's code cannot be traced for any batch and sequence length
+    except Exception as error:  # XLNet's code cannot be traced for any batch and sequence length; T5's SDPA can't
         program = _traced_with_eager_attention(model, sample, names, error)
     program.save(str(path))
     return names
@@ -245,8 +245,8 @@ def _trace(model: torch.nn.Module, sample: dict, names: list[str]):
 
 
 def _traced_with_eager_attention(model: torch.nn.Module, sample: dict, names: list[str], error: Exception):
-    """PyTorch's fused attention (SDPA) with a relative-position bias as its mask, Swin's and BEiT's, cannot be
-    traced for a dynamic batch size; transformers' written-out attention (`eager`) computes the same and can. The
+    """PyTorch's fused attention (SDPA) with a relative-position bias as its mask, T5's, Swin's and BEiT's, cannot
+    be traced for a dynamic batch size; transformers' written-out attention (`eager`) computes the same and can. The
     graph is then checked against the PyTorch model like any other (`export`). Any other failure is an error."""
     config = getattr(model, "config", None)
     unexportable = ExportError(f"torch.onnx cannot export {type(model).__name__} for any batch size and input length "
