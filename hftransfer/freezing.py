@@ -93,15 +93,15 @@ def _prefixes(name: str) -> list[str]:
 
 def match(pattern: str, names: list[str], model: nn.Module | None = None) -> list[str]:
     """Names matched by `pattern`; a pattern that matches nothing is an error naming the nearest names. Given the
-    `model`, a pattern that matches none of its names is tried on the names its checkpoint files use
-    (`saved_names`)."""
+    `model`, the pattern is also tried on the names its checkpoint files use (`saved_names`), so one written in
+    either naming, or in both, names what it says."""
     try:
         matcher = _compile(pattern)
     except (re.error, OverflowError) as err:  # a{99999999999}: an OverflowError
         raise PatternError(f"Pattern '{pattern}' is not a valid regular expression: {err}") from err
     found = [n for n in names if matcher(n)]
-    if not found and model is not None:
-        found = by_saved_name(pattern, names, model, matcher)
+    if model is not None:
+        found += by_saved_name(pattern, [n for n in names if n not in set(found)], model, matcher)
     if not found:
         candidates = sorted({p for n in names for p in _prefixes(n)})
         bare = pattern.removeprefix("re:").replace("*", "").replace("?", "")
@@ -135,7 +135,8 @@ def saved_names(model: nn.Module, names: list[str]) -> dict[str, str]:
 
 
 def by_saved_name(pattern: str, names: list[str], model: nn.Module, matches) -> list[str]:
-    """The `names` whose checkpoint-file name `matches`, said in the log with what the model calls them."""
+    """The `names` whose checkpoint-file name `matches`, said in the log with what the model calls them (a
+    pattern that mixes both namings matched the model's part alone, in silence)."""
     found = [name for name, saved in saved_names(model, names).items() if matches(saved)]
     if found:
         logger.info("'%s' names the checkpoint files' layout, which transformers renames on loading: read as %d "

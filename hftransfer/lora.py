@@ -75,8 +75,9 @@ def _named_by(pattern: str, names: list[str], model: nn.Module) -> list[str]:
     checkpoint files' names where the model's differ (`query` for ViT's `q_proj`)."""
     def peft_rule(name: str) -> bool:
         return name == pattern or name.endswith("." + pattern)
-    return ([n for n in names if peft_rule(n)] or by_saved_name(pattern, names, model, peft_rule)
-            or match(pattern, names, model))
+    named = [n for n in names if peft_rule(n)]
+    named += by_saved_name(pattern, [n for n in names if n not in set(named)], model, peft_rule)
+    return named or match(pattern, names, model)
 
 
 def _match_adaptable(model: nn.Module, pattern: str, adaptable: list[str]) -> list[str]:

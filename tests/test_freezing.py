@@ -107,6 +107,10 @@ def test_patterns_written_in_the_checkpoint_files_names_match_the_modules_transf
         "vit.layers.0.attention.k_proj"]
     with pytest.raises(PatternError, match="matches no parameter"):  # in neither layout
         freezing.apply(model, FreezePlan("full", freeze=["vit.encoder.layers.1.*"]))
+    # a pattern in both namings names all it says (it froze the embeddings alone, and layer 0 trained)
+    plan = freezing.apply(model, FreezePlan("full", freeze=[r"re:vit\.(embeddings|encoder\.layer\.0)(\..*)?"]))
+    frozen = {n for n, _ in model.named_parameters()} - set(plan.trainable)
+    assert frozen == {n for n, _ in model.named_parameters() if n.startswith(("vit.embeddings.", "vit.layers.0."))}
 
 
 def _bn_stats(model):
