@@ -91,17 +91,17 @@ def _prefixes(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def match(pattern: str, names: list[str], model: nn.Module | None = None) -> list[str]:
+def match(pattern: str, names: list[str], saved: dict[str, str] | None = None) -> list[str]:
     """Names matched by `pattern`; a pattern that matches nothing is an error naming the nearest names. Given the
-    `model`, the pattern is also tried on the names its checkpoint files use (`saved_names`), so one written in
+    checkpoint files' names (`saved`, from `saved_names`), the pattern is tried on them too, so one written in
     either naming, or in both, names what it says."""
     try:
         matcher = _compile(pattern)
     except (re.error, OverflowError) as err:  # a{99999999999}: an OverflowError
         raise PatternError(f"Pattern '{pattern}' is not a valid regular expression: {err}") from err
     found = [n for n in names if matcher(n)]
-    if model is not None:
-        found += by_saved_name(pattern, [n for n in names if n not in set(found)], model, matcher)
+    if saved:
+        found += by_saved_name(pattern, [n for n in names if n not in set(found)], saved, matcher)
     if not found:
         candidates = sorted({p for n in names for p in _prefixes(n)})
         bare = pattern.removeprefix("re:").replace("*", "").replace("?", "")
@@ -110,12 +110,13 @@ def match(pattern: str, names: list[str], model: nn.Module | None = None) -> lis
     return found
 
 
-def saved_names(model: nn.Module, names: list[str]) -> dict[str, str]:
-    """`names` (of the model's parameters or modules) as its checkpoint files write them, where they differ.
-    transformers 5 renames some families' modules on loading and names them back on saving (ViT's
-    `encoder.layer.3.attention.attention.query` is `layers.3.attention.q_proj` in the model), and guides, configs
-    and PEFT examples written for the files' names (`--lora_target_modules query value`) matched nothing. Read
-    from transformers' own reverse mapping, the one `save_pretrained` uses; a model it does not cover has none."""
+def saved_names(model: nn.Module) -> dict[str, str]:
+    """The model's parameter and module names as its checkpoint files write them, where they differ; built once
+    for all the patterns of a resolution (a pass over every parameter). transformers 5 renames some families'
+    modules on loading and names them back on saving (ViT's `encoder.layer.3.attention.attention.query` is
+    `layers.3.attention.q_proj` in the model), and guides, configs and PEFT examples written for the files' names
+    (`--lora_target_modules query value`) matched nothing. Read from transformers' own reverse mapping, the one
+    `save_pretrained` uses; a model it does not cover has none."""
     try:
         from transformers.core_model_loading import revert_weight_conversion
 
@@ -131,13 +132,13 @@ def saved_names(model: nn.Module, names: list[str]) -> dict[str, str]:
             renamed[name] = saved
             if saved.endswith("." + leaf):
                 renamed.setdefault(name.removesuffix("." + leaf), saved.removesuffix("." + leaf))
-    return {name: renamed[name] for name in names if name in renamed}
+    return renamed
 
 
-def by_saved_name(pattern: str, names: list[str], model: nn.Module, matches) -> list[str]:
-    """The `names` whose checkpoint-file name `matches`, said in the log with what the model calls them (a
-    pattern that mixes both namings matched the model's part alone, in silence)."""
-    found = [name for name, saved in saved_names(model, names).items() if matches(saved)]
+def by_saved_name(pattern: str, names: list[str], saved: dict[str, str], matches) -> list[str]:
+    """The `names` whose checkpoint-file name (in `saved`) `matches`, said in the log with what the model calls
+    them (a pattern that mixes both namings matched the model's part alone, in silence)."""
+    found = [name for name in names if name in saved and matches(saved[name])]
     if found:
         logger.info("'%s' names the checkpoint files' layout, which transformers renames on loading: read as %d "
                     "name(s) of this model (%s%s)", pattern, len(found), ", ".join(found[:3]),
@@ -169,13 +170,14 @@ def resolve(model: nn.Module, plan: FreezePlan) -> set[str]:
             raise PatternError(f"{asked}: the base has only {len(blocks)} blocks")
         for group in blocks[-last_n:] + [g for g in groups if g.name == "base.top"]:
             trainable.update(group.params)
+    saved = saved_names(model) if plan.freeze or plan.unfreeze else {}
     for pattern in plan.freeze:
-        trainable.difference_update(match(pattern, names, model))
+        trainable.difference_update(match(pattern, names, saved))
     # The pooling layer and pooler (`pooling`) are fixed computations (uniform attention, identity values, a nearly
     # linear pass-through): training them would unlearn them.
     fixed = {n for g in groups if g.name == POOLING_GROUP for n in g.params}
     for pattern in plan.unfreeze:
-        found = match(pattern, names, model)
+        found = match(pattern, names, saved)
         if fixed.issuperset(found):
             raise PatternError(f"--unfreeze '{pattern}' names only the checkpoint's pooling (the freeze report's "
                                f"{POOLING_GROUP}), a fixed computation that never trains: training it would unlearn "
@@ -200,9 +202,9 @@ def check_new_head_trains(model: nn.Module, plans: list[FreezePlan]) -> None:
     head = {n for g in param_groups(model) if g.name == "head" for n in g.params}
     if not head or any(head & resolve(model, plan) for plan in plans):
         return
-    names = [n for n, _ in model.named_parameters()]
+    names, saved = [n for n, _ in model.named_parameters()], saved_names(model)
     frozen_by = " ".join(repr(p) for p in dict.fromkeys(p for plan in plans for p in plan.freeze)
-                         if head & set(match(p, names, model)))
+                         if head & set(match(p, names, saved)))
     raise PatternError(f"No stage would train the new head ({', '.join(sorted(head_modules(model)))}), which starts "
                        f"random: --freeze {frozen_by} names it. Freeze the base's parameters only "
                        "(`hftransfer freeze-report` lists the names)")
@@ -338,9 +340,10 @@ def lr_factors(model: nn.Module, plan: FreezePlan) -> dict[str, float]:
             exponent = blocks - int(group.name.rsplit(".", 1)[1])
         rate = head_rate_factor(model) if group.name == "head" else 1.0
         factors.update({name: rate * decay ** exponent for name in group.params})
-    names = list(factors)
-    for pattern, factor in multiplier_rules(plan.lr_multipliers):
-        for name in match(pattern, names, model):
+    names, rules = list(factors), multiplier_rules(plan.lr_multipliers)
+    saved = saved_names(model) if rules else {}
+    for pattern, factor in rules:
+        for name in match(pattern, names, saved):
             factors[name] *= factor
     return factors
 

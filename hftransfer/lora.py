@@ -26,7 +26,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .anatomy import POOLING_GROUP, head_modules, param_groups
-from .freezing import PatternError, by_saved_name, match
+from .freezing import PatternError, by_saved_name, match, saved_names
 
 logger = logging.getLogger(__name__)
 ADAPTABLE = (nn.Linear, Conv1D, nn.Conv2d)
@@ -60,35 +60,35 @@ def resolve_targets(model: nn.Module, patterns: list[str]) -> list[str]:
     ones."""
     if not patterns:
         return default_targets(model)
-    adaptable = _adaptable(model)
+    adaptable, saved = _adaptable(model), saved_names(model)
     found: set[str] = set()
     for pattern in patterns:
-        found.update(_match_adaptable(model, pattern, adaptable))
+        found.update(_match_adaptable(model, pattern, adaptable, saved))
     targets = [n for n in adaptable if n in found]
     _check_given_targets(model, targets)
     return targets
 
 
-def _named_by(pattern: str, names: list[str], model: nn.Module) -> list[str]:
+def _named_by(pattern: str, names: list[str], saved: dict[str, str]) -> list[str]:
     """PEFT's rule: the names equal to `pattern` or ending in '.' + it; else `pattern` as a glob or 're:' pattern,
     which is an error naming the nearest names where it matches none (`freezing.match`). Both are tried on the
-    checkpoint files' names where the model's differ (`query` for ViT's `q_proj`)."""
+    checkpoint files' names where the model's differ (`saved`: `query` for ViT's `q_proj`)."""
     def peft_rule(name: str) -> bool:
         return name == pattern or name.endswith("." + pattern)
     named = [n for n in names if peft_rule(n)]
-    named += by_saved_name(pattern, [n for n in names if n not in set(named)], model, peft_rule)
-    return named or match(pattern, names, model)
+    named += by_saved_name(pattern, [n for n in names if n not in set(named)], saved, peft_rule)
+    return named or match(pattern, names, saved)
 
 
-def _match_adaptable(model: nn.Module, pattern: str, adaptable: list[str]) -> list[str]:
+def _match_adaptable(model: nn.Module, pattern: str, adaptable: list[str], saved: dict[str, str]) -> list[str]:
     """The adaptable modules `pattern` names. One naming only modules LoRA cannot adapt (`LayerNorm`) says which
     they are; it was "matches no parameter", beside a model that has them."""
     try:
-        return _named_by(pattern, adaptable, model)
+        return _named_by(pattern, adaptable, saved)
     except PatternError as none_adaptable:
         others = [name for name, _ in model.named_modules() if name and name not in adaptable]
         try:
-            named = _named_by(pattern, others, model)
+            named = _named_by(pattern, others, saved)
         except PatternError:
             raise none_adaptable from None
         kinds = sorted({type(model.get_submodule(n)).__name__ for n in named})

@@ -98,8 +98,8 @@ def test_patterns_written_in_the_checkpoint_files_names_match_the_modules_transf
     frozen = {n for n, _ in model.named_parameters()} - set(plan.trainable)
     assert frozen == {n for n, _ in model.named_parameters() if n.startswith("vit.layers.1.")}
     assert "names the checkpoint files' layout" in caplog.text and "vit.layers.1." in caplog.text
-    saved = freezing.saved_names(model, sorted(frozen))
-    assert len(saved) == len(frozen) and set(saved.values()) <= file_names  # read as the file names them
+    saved = freezing.saved_names(model)
+    assert frozen <= set(saved) and {saved[n] for n in frozen} <= file_names  # read as the file names them
 
     assert lora.resolve_targets(model, ["query", "value"]) == [f"vit.layers.{i}.attention.{p}_proj"
                                                                for i in range(4) for p in "qv"]
@@ -111,6 +111,37 @@ def test_patterns_written_in_the_checkpoint_files_names_match_the_modules_transf
     plan = freezing.apply(model, FreezePlan("full", freeze=[r"re:vit\.(embeddings|encoder\.layer\.0)(\..*)?"]))
     frozen = {n for n, _ in model.named_parameters()} - set(plan.trainable)
     assert frozen == {n for n, _ in model.named_parameters() if n.startswith(("vit.embeddings.", "vit.layers.0."))}
+
+
+def test_the_checkpoint_files_names_are_read_once_per_resolution(tmp_path, monkeypatch):
+    """The names map is a pass over every parameter through transformers' reverse mapping; it was built again for
+    every pattern (up to four times for one LoRA target), not once for all of a resolution's patterns."""
+    from transformers import ViTForImageClassification
+
+    from hftransfer import lora
+
+    tiny_image_model("vit").save_pretrained(tmp_path)
+    model = ViTForImageClassification.from_pretrained(tmp_path)
+    built = []
+    real = freezing.saved_names
+    monkeypatch.setattr(freezing, "saved_names", lambda *args: built.append(1) or real(*args))
+    monkeypatch.setattr(lora, "saved_names", freezing.saved_names, raising=False)
+
+    targets = lora.resolve_targets(model, ["query", "value", "vit.encoder.layer.0.output.dense"])
+    assert len(targets) == 9 and "vit.layers.0.mlp.fc2" in targets
+    assert len(built) == 1
+    built.clear()
+    plan = FreezePlan("full", freeze=["vit.encoder.layer.1.*", "vit.embeddings.*"], unfreeze=["vit.layers.1.mlp.*"],
+                      lr_multipliers=["*.attention.query=2", "*.attention.key=3"])
+    trainable = freezing.resolve(model, plan)
+    assert "vit.layers.1.mlp.fc2.weight" in trainable and "vit.layers.1.attention.q_proj.weight" not in trainable
+    assert len(built) == 1
+    factors = freezing.lr_factors(model, plan)
+    assert factors["vit.layers.2.attention.k_proj.weight"] == 3 * factors["vit.layers.2.attention.v_proj.weight"]
+    assert len(built) == 2
+    freezing.resolve(model, FreezePlan("full"))
+    freezing.lr_factors(model, FreezePlan("full"))
+    assert len(built) == 2  # no pattern: no map
 
 
 def _bn_stats(model):
