@@ -297,7 +297,7 @@ def measure_duplicates(quality, data: dict, values: dict, copies: dict, kinds: d
     # similarity of each validation row to its best training match: fingerprints (used) and the base's features
     import torch
     for name, (query, reference) in {
-            "fingerprint": (quality.fingerprints(values["validation"]), quality.fingerprints(values["train"])),
+            "fingerprint": (quality.fingerprints(values["validation"])[:], quality.fingerprints(values["train"])[:]),
             "features": (data["validation"]["features"], data["train"]["features"])}.items():
         sims = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(reference, dim=1).T
         result[f"{name}_similarity"] = {"copies_to_own": _percentiles([sims[i, j].item() for i, j in copies.items()]),

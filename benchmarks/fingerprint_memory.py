@@ -1,0 +1,111 @@
+"""What the data-quality pass's text fingerprints cost at scale, side by side with the plain way:
+
+    python benchmarks/fingerprint_memory.py [--rows 50000 200000]
+
+- the plain way (hftransfer before this measurement): every training text's fingerprint as a dense row of 4,096
+  floats, stacked into one matrix, normalised as a whole, then each validation text's best match found against it.
+- hftransfer: `quality.fingerprints` (the texts' 4-gram buckets, counted into dense rows a block at a time) and the
+  same `quality.near_duplicates`.
+
+Texts: review-like sentences made by joining halves of two of the embedded Rotten Tomatoes snippets (seed 0); the
+validation set is 1,000 snippets as they are. Each way runs in its own process; its peak resident memory is read
+after the texts are in memory and subtracted. Both must find the same pairs. Writes
+`benchmarks/results/fingerprint_memory.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "benchmarks" / "results" / "fingerprint_memory.json"
+
+
+def texts(rows: int) -> tuple[list[str], list[str]]:
+    import pandas as pd
+
+    sample = pd.concat(pd.read_parquet(p) for p in sorted((ROOT / "hftransfer/samples/rotten_tomatoes").glob("*")))
+    snippets = sample["text"].tolist()
+    rng = random.Random(0)
+    train = []
+    for _ in range(rows):
+        first, second = snippets[rng.randrange(len(snippets))].split(), snippets[rng.randrange(len(snippets))].split()
+        train.append(" ".join(first[:len(first) // 2 + 1] + second[len(second) // 2:]))
+    return train, snippets[:1000]
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plain(train: list[str], validation: list[str]):
+    import torch
+
+    from hftransfer import quality
+
+    def dense(text: str) -> torch.Tensor:
+        counts = torch.bincount(quality._text_buckets(text).long(), minlength=quality.TEXT_BUCKETS).float()
+        return torch.nn.functional.normalize(counts, dim=0)
+
+    stacked = torch.stack([dense(text) for text in train])
+    whole = torch.nn.functional.normalize(stacked.float(), dim=1)
+    queries = torch.stack([dense(text) for text in validation])
+    return quality.near_duplicates(queries, whole, quality.TEXT_NEAR_DUPLICATE_THRESHOLD)
+
+
+def hftransfer(train: list[str], validation: list[str]):
+    from hftransfer import quality
+
+    return quality.near_duplicates(quality.fingerprints(validation), quality.fingerprints(train),
+                                   quality.TEXT_NEAR_DUPLICATE_THRESHOLD)
+
+
+def child(way: str, rows: int) -> None:
+    """One way in this process: prints its peak memory over the texts' and its pairs, as JSON."""
+    import torch  # noqa: F401 (imported before the baseline, as both ways import it)
+
+    from hftransfer import quality  # noqa: F401
+
+    train, validation = texts(rows)
+    before, start = peak_mb(), time.perf_counter()
+    pairs = {"plain": plain, "hftransfer": hftransfer}[way](train, validation)
+    print(json.dumps({"seconds": round(time.perf_counter() - start, 1), "extra_mb": round(peak_mb() - before),
+                      "pairs": [(i, j) for i, j, _ in pairs]}))
+
+
+def measure(rows: int) -> dict:
+    result = {}
+    for way in ("plain", "hftransfer"):
+        out = subprocess.run([sys.executable, __file__, "--child", way, "--rows", str(rows)], check=True,
+                             capture_output=True, text=True).stdout
+        result[way] = json.loads(out.strip().splitlines()[-1])
+    same = result["plain"].pop("pairs") == result["hftransfer"].pop("pairs")
+    return {"rows": rows, "same_pairs": same, **result,
+            "memory_ratio": round(result["plain"]["extra_mb"] / max(1, result["hftransfer"]["extra_mb"]), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, nargs="+", default=[50_000, 200_000])
+    parser.add_argument("--child", choices=["plain", "hftransfer"])
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.rows[0])
+        return
+    results = [measure(rows) for rows in args.rows]
+    for row in results:
+        print(f"{row['rows']:>7} texts: plain {row['plain']['extra_mb']} MB in {row['plain']['seconds']} s, "
+              f"hftransfer {row['hftransfer']['extra_mb']} MB in {row['hftransfer']['seconds']} s "
+              f"({row['memory_ratio']}x less memory), same pairs: {row['same_pairs']}")
+    RESULT.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
