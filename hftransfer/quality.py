@@ -171,15 +171,18 @@ def _low_self_confidence(probs: torch.Tensor, labels: torch.Tensor, num_classes:
 # ---------------------------------------------------------------- duplicates
 
 def near_duplicates(query, reference=None, threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, cosine similarity) at or above `threshold`, most similar first. With `reference` None, the pairs
-    within `query` (i < j); else each query row's best reference match, if close enough. `query` and `reference`
-    are (N, F) tensors or `TextPrints`, read a block of rows at a time, so 100,000 x 100,000 never builds the whole
-    matrix (nor a second copy of the rows). The threshold belongs to the vectors: see the constants."""
+    """Pairs (i, j, cosine similarity) at or above `threshold`, most similar first. With `reference` None, within
+    `query`: each row j with the earlier row i it is most like (ties: the first), so n copies of one row are n - 1
+    pairs, not n(n - 1)/2 (2,000 repeats of "thank you" were two million); else each query row's best reference
+    match, if close enough. `query` and `reference` are (N, F) tensors or `TextPrints`, read a block of rows at a
+    time, so 100,000 x 100,000 never builds the whole matrix. The threshold belongs to the vectors: see the
+    constants."""
     within = reference is None
     r = query if within else reference
     width = query.shape[1]  # a block of rows is densified and normalised: at most _CHUNK values too
     step_q = max(1, min(len(query), 4096, _CHUNK // width))
     step_r = max(1, min(_CHUNK // step_q, _CHUNK // width))
+    earlier, earlier_at = torch.full((len(r),), -2.0), torch.zeros(len(r), dtype=torch.long)  # within: by column
     pairs = []
     for start in range(0, len(query), step_q):
         block = _unit_rows(query, start, start + step_q)
@@ -187,12 +190,14 @@ def near_duplicates(query, reference=None, threshold: float = NEAR_DUPLICATE_THR
         best_at = torch.zeros(len(block), dtype=torch.long)
         for ref_start in range(start if within else 0, len(r), step_r):
             sims = block @ _unit_rows(r, ref_start, ref_start + step_r).T
-            if within:
+            if within:  # each column's best earlier row; an earlier block keeps a tie
                 rows = torch.arange(start, start + len(block))[:, None]
                 cols = torch.arange(ref_start, ref_start + sims.shape[1])[None, :]
-                sims = sims.masked_fill(cols <= rows, -2.0)
-                for i, j in torch.nonzero(sims >= threshold).tolist():
-                    pairs.append((start + i, ref_start + j, float(sims[i, j])))
+                value, at = sims.masked_fill(cols <= rows, -2.0).max(0)
+                end = ref_start + len(value)
+                better = value > earlier[ref_start:end]
+                earlier[ref_start:end] = torch.where(better, value, earlier[ref_start:end])
+                earlier_at[ref_start:end] = torch.where(better, at + start, earlier_at[ref_start:end])
             else:
                 value, at = sims.max(1)
                 better = value > best
@@ -200,6 +205,9 @@ def near_duplicates(query, reference=None, threshold: float = NEAR_DUPLICATE_THR
         if not within:
             pairs += [(start + i, int(best_at[i]), float(best[i]))
                       for i in torch.nonzero(best >= threshold).flatten().tolist()]
+    if within:
+        pairs = [(int(earlier_at[j]), j, float(earlier[j]))
+                 for j in torch.nonzero(earlier >= threshold).flatten().tolist()]
     return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
 
 
@@ -218,18 +226,13 @@ def content_key(value) -> str:
 
 
 def exact_duplicates(query_keys: list[str], reference_keys: list[str] | None = None) -> list[tuple[int, int]]:
-    """Pairs (i, j) of equal keys: within `query_keys` (i < j, every pair) or, with `reference_keys`, each query
-    row with the first reference row of its key."""
-    if reference_keys is None:
-        seen: dict[str, list[int]] = {}
-        pairs = []
-        for i, key in enumerate(query_keys):
-            pairs += [(j, i) for j in seen.get(key, [])]
-            seen.setdefault(key, []).append(i)
-        return sorted(pairs)
+    """Pairs of equal keys: within `query_keys`, each repeat j with the first row i of its key (i, j); with
+    `reference_keys`, each query row i with the first reference row j of its key (i, j)."""
     first: dict[str, int] = {}
-    for j, key in enumerate(reference_keys):
+    for j, key in enumerate(query_keys if reference_keys is None else reference_keys):
         first.setdefault(key, j)
+    if reference_keys is None:
+        return [(first[key], j) for j, key in enumerate(query_keys) if first[key] != j]
     return [(i, first[key]) for i, key in enumerate(query_keys) if key in first]
 
 
@@ -307,17 +310,17 @@ class Signatures(NamedTuple):
 def duplicates(query: Signatures, reference: Signatures | None = None,
                near: bool = True) -> list[tuple[int, int, float]]:
     """Exact and near copies together, as `near_duplicates` returns them (exact copies at similarity 1.0): within
-    `query`, or each query row against `reference` (once). `near` False: exact copies only."""
+    `query` (each row once, with its first exact copy, else the earlier row it is most like), or each query row
+    against `reference` (once). `near` False: exact copies only."""
     if not query.keys or (reference is not None and not reference.keys):
         return []
-    found = {(i, j): 1.0 for i, j in exact_duplicates(query.keys, None if reference is None else reference.keys)}
-    close = near_duplicates(query.prints, None if reference is None else reference.prints, query.threshold) \
-        if near else []
-    exact_rows = {i for i, _ in found}
-    for i, j, similarity in close:
-        if reference is None or i not in exact_rows:
-            found.setdefault((i, j), similarity)
-    return sorted(((i, j, s) for (i, j), s in found.items()), key=lambda p: (-p[2], p[0], p[1]))
+    within = reference is None
+    exact = exact_duplicates(query.keys, None if within else reference.keys)
+    found = {(j if within else i): (i, j, 1.0) for i, j in exact}  # by the row reported once
+    if near:
+        for i, j, similarity in near_duplicates(query.prints, None if within else reference.prints, query.threshold):
+            found.setdefault(j if within else i, (i, j, similarity))
+    return sorted(found.values(), key=lambda p: (-p[2], p[0], p[1]))
 
 
 def _image_bytes(value) -> bytes:
