@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from . import quality
+from .data import column_values
 from .outputs import DATA_QUALITY, DATA_QUALITY_MD, THUMBNAILS_DIR, write_json
 from .report import QUALITY_ROWS_SHOWN, data_quality_section
 
@@ -57,7 +58,7 @@ def check(run) -> dict:
     elif run.store.layout(run.model) is None:
         skipped.append(f"label issues: the base's output cannot be cached for this model ({run.store.unavailable})")
     else:
-        labels = torch.tensor(run.splits["train"]["label"])
+        labels = torch.tensor(column_values(run.splits["train"], "label"))
         issues = quality.label_issues(_training_features(run), labels, len(run.labels), seed=run.args.seed)
     return {"label_issues": [_issue(found, items["train"], run.labels) for found in issues],
             "duplicates": [_pair(pair, items) for pair in sorted(pairs, key=lambda p: -p[4])],

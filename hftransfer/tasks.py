@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_dataset
 
 from .anatomy import ModelError, architecture, input_embeddings, is_decoder_classifier
-from .data import DataError, DataReport
+from .data import DataError, DataReport, column_values
 from .outputs import EXAMPLES_FILE
 from .pixels import FastPixels, size_entries, to_rgb
 
@@ -677,7 +677,7 @@ class TextTask(TaskAdapter):
         return apply
 
     def lengths(self, dataset, tokenizer):
-        texts = [list(dataset[c]) for c in self.columns]
+        texts = [column_values(dataset, c) for c in self.columns]
         encoded = tokenizer(*texts, truncation=True, max_length=tokenizer.model_max_length)
         return [len(ids) for ids in encoded["input_ids"]]
 
