@@ -99,12 +99,16 @@ def main() -> None:
     if args.child:
         child(args.child, args.rows[0])
         return
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import machine
+
     results = [measure(rows) for rows in args.rows]
     for row in results:
         print(f"{row['rows']:>7} texts: plain {row['plain']['extra_mb']} MB in {row['plain']['seconds']} s, "
               f"hftransfer {row['hftransfer']['extra_mb']} MB in {row['hftransfer']['seconds']} s "
               f"({row['memory_ratio']}x less memory), same pairs: {row['same_pairs']}")
-    RESULT.write_text(json.dumps(results, indent=1) + "\n")
+    RESULT.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": results},
+                                 indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -203,8 +203,26 @@ def write_markdown(result: dict, path: Path) -> None:
                   f"({d['rows']['hftransfer demo']['p50_ms']} ms against {floor['p50_ms']:.1f} ms), "
                   f"{d['ratio_p95']}x at p95. With 8 concurrent clients: {d['throughput_8_clients_rps']['demo']} "
                   f"requests/s (no-op app: {d['throughput_8_clients_rps']['noop']}).\n"]
+    lines += fingerprint_section(ROOT / "benchmarks" / "results" / "fingerprint_memory.json")
     lines += gpu_section(ROOT / "benchmarks" / "results" / "gpu_check.json")
     path.write_text("\n".join(lines))
+
+
+def fingerprint_section(path: Path) -> list[str]:
+    """The data-quality pass's text fingerprints at scale (`fingerprint_memory.py`, its JSON kept in
+    benchmarks/results), against dense rows."""
+    if not path.is_file():
+        return []
+    from hftransfer.report import markdown_table
+
+    measured = json.loads(path.read_text())
+    rows = [{"training texts": f"{r['rows']:,}", "dense rows (MB)": r["plain"]["extra_mb"],
+             "hftransfer (MB)": r["hftransfer"]["extra_mb"], "memory ratio": r["memory_ratio"],
+             "dense (s)": r["plain"]["seconds"], "hftransfer (s)": r["hftransfer"]["seconds"],
+             "same pairs": r["same_pairs"]} for r in measured["rows"]]
+    return ["## Data quality at scale\n", f"`python benchmarks/fingerprint_memory.py` on {measured['machine']}, "
+            f"{measured['date']}: the texts' near-copy fingerprints and the search of 1,000 validation texts among "
+            "them, each way in its own process (peak memory over the texts').\n", markdown_table(rows), ""]
 
 
 def gpu_section(path: Path) -> list[str]:
