@@ -346,9 +346,10 @@ def _check_columns(splits: DatasetDict, needed: list[str], where: Callable[[str]
 
 
 def column_values(dataset: Dataset, column: str) -> list:
-    """A whole column as a list, read at once: `datasets` 4+ hands back a lazy `Column`, which `torch.tensor`,
-    `Counter` and loops read one row at a time (200,000 labels: 17 s in `torch.tensor`, a few ms this way)."""
-    values = dataset[column]
+    """A whole column of labels or texts as a list, read at once and as stored (no transform or format applies):
+    `datasets` 4+ hands back a lazy `Column`, which `torch.tensor`, `Counter` and loops read one row at a time
+    (200,000 labels: 17 s in `torch.tensor`, a few ms this way). Not for images: they would all be read at once."""
+    values = dataset.with_format(None)[column]
     return values if isinstance(values, list) else values[:]
 
 
@@ -562,7 +563,7 @@ def _encode_multi_labels(splits: DatasetDict, column: str, where: Callable[[str]
     inner = splits["train"].features[column].feature
     splits = DatasetDict({split: _labels_as_names(dataset, column) for split, dataset in splits.items()})
     names = (list(inner.names) if isinstance(inner, ClassLabel)  # a List(ClassLabel) keeps its names and order
-             else sorted({str(v) for row in splits["train"][column] for v in (row or [])}))
+             else sorted({str(v) for row in column_values(splits["train"], column) for v in (row or [])}))
     if len(names) < 2:
         raise DataError(f"{where('train')}: column '{column}' holds fewer than two distinct labels")
     encoded = {}

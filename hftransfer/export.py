@@ -170,7 +170,7 @@ def _validation_source(rows: int, results: dict) -> str:
 
 
 def _run_splits(run: dict, reference: Predictor):
-    from .data import label_names, prepare_splits
+    from .data import column_values, label_names, prepare_splits
 
     if run.get("multi_label"):
         return None  # checked on probabilities only, from the examples
@@ -181,7 +181,7 @@ def _run_splits(run: dict, reference: Predictor):
     to_model = {i: reference.labels.index(name) for i, name in enumerate(names) if name in reference.labels}
     raw = {split: task.inputs_of(d) for split, d in splits.items()}
     validation = [(value, to_model.get(label)) for value, label in zip(raw["validation"],
-                                                                       splits["validation"]["label"])]
+                                                                       column_values(splits["validation"], "label"))]
     step = max(1, len(raw["train"]) // CALIBRATION_INPUTS)
     return validation, raw["train"][::step][:CALIBRATION_INPUTS]
 

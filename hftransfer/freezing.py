@@ -101,7 +101,8 @@ def match(pattern: str, names: list[str], saved: dict[str, str] | None = None) -
         raise PatternError(f"Pattern '{pattern}' is not a valid regular expression: {err}") from err
     found = [n for n in names if matcher(n)]
     if saved:
-        found += by_saved_name(pattern, [n for n in names if n not in set(found)], saved, matcher)
+        matched = set(found)
+        found += by_saved_name(pattern, [n for n in names if n not in matched], saved, matcher)
     if not found:
         candidates = sorted({p for n in names for p in _prefixes(n)})
         bare = pattern.removeprefix("re:").replace("*", "").replace("?", "")

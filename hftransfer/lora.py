@@ -76,7 +76,8 @@ def _named_by(pattern: str, names: list[str], saved: dict[str, str]) -> list[str
     def peft_rule(name: str) -> bool:
         return name == pattern or name.endswith("." + pattern)
     named = [n for n in names if peft_rule(n)]
-    named += by_saved_name(pattern, [n for n in names if n not in set(named)], saved, peft_rule)
+    matched = set(named)
+    named += by_saved_name(pattern, [n for n in names if n not in matched], saved, peft_rule)
     return named or match(pattern, names, saved)
 
 

@@ -64,6 +64,7 @@ FINGERPRINT_SIZE = 32  # image fingerprint side, pixels
 FINGERPRINT_BLUR = 1.5  # Gaussian blur radius, pixels at FINGERPRINT_SIZE: evens out resampling and JPEG blocks
 TEXT_GRAMS, TEXT_BUCKETS = 4, 4096
 _CHUNK = 1 << 24  # similarities, or values of a block of rows, computed at once: at most this many (64 MB of float32)
+_TIE = 1e-6  # cosine similarities this close are the same (float32 rounding)
 
 
 # ---------------------------------------------------------------- label issues
@@ -172,43 +173,45 @@ def _low_self_confidence(probs: torch.Tensor, labels: torch.Tensor, num_classes:
 
 def near_duplicates(query, reference=None, threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[tuple[int, int, float]]:
     """Pairs (i, j, cosine similarity) at or above `threshold`, most similar first. With `reference` None, within
-    `query`: each row j with the earlier row i it is most like (ties: the first), so n copies of one row are n - 1
-    pairs, not n(n - 1)/2 (2,000 repeats of "thank you" were two million); else each query row's best reference
-    match, if close enough. `query` and `reference` are (N, F) tensors or `TextPrints`, read a block of rows at a
-    time, so 100,000 x 100,000 never builds the whole matrix. The threshold belongs to the vectors: see the
-    constants."""
+    `query`: each row j with the earlier row i it is most like (a tie: the first), so n copies of one row are n - 1
+    pairs, not n(n - 1)/2 (2,000 repeats of "thank you" were two million); else each query row i with its best
+    reference row j (a tie: the first), if close enough. `query` and `reference` are (N, F) tensors or
+    `TextPrints`, read a block of rows at a time, so 100,000 x 100,000 never builds the whole matrix. The threshold
+    belongs to the vectors: see the constants."""
     within = reference is None
     r = query if within else reference
     width = query.shape[1]  # a block of rows is densified and normalised: at most _CHUNK values too
     step_q = max(1, min(len(query), 4096, _CHUNK // width))
     step_r = max(1, min(_CHUNK // step_q, _CHUNK // width))
-    earlier, earlier_at = torch.full((len(r),), -2.0), torch.zeros(len(r), dtype=torch.long)  # within: by column
-    pairs = []
+    best = torch.full((len(r) if within else len(query),), -2.0)  # within: by row j; else by query row i
+    best_at = torch.zeros(len(best), dtype=torch.long)
     for start in range(0, len(query), step_q):
         block = _unit_rows(query, start, start + step_q)
-        best = torch.full((len(block),), -2.0)
-        best_at = torch.zeros(len(block), dtype=torch.long)
         for ref_start in range(start if within else 0, len(r), step_r):
             sims = block @ _unit_rows(r, ref_start, ref_start + step_r).T
-            if within:  # each column's best earlier row; an earlier block keeps a tie
+            if within:  # only earlier rows: row i < column j
                 rows = torch.arange(start, start + len(block))[:, None]
                 cols = torch.arange(ref_start, ref_start + sims.shape[1])[None, :]
-                value, at = sims.masked_fill(cols <= rows, -2.0).max(0)
-                end = ref_start + len(value)
-                better = value > earlier[ref_start:end]
-                earlier[ref_start:end] = torch.where(better, value, earlier[ref_start:end])
-                earlier_at[ref_start:end] = torch.where(better, at + start, earlier_at[ref_start:end])
+                _keep_best(best, best_at, ref_start, sims.masked_fill(cols <= rows, -2.0).T, start)
             else:
-                value, at = sims.max(1)
-                better = value > best
-                best, best_at = torch.where(better, value, best), torch.where(better, at + ref_start, best_at)
-        if not within:
-            pairs += [(start + i, int(best_at[i]), float(best[i]))
-                      for i in torch.nonzero(best >= threshold).flatten().tolist()]
-    if within:
-        pairs = [(int(earlier_at[j]), j, float(earlier[j]))
-                 for j in torch.nonzero(earlier >= threshold).flatten().tolist()]
-    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
+                _keep_best(best, best_at, start, sims, ref_start)
+    found = torch.nonzero(best >= threshold).flatten().tolist()
+    pairs = [(int(best_at[n]), n) if within else (n, int(best_at[n])) for n in found]
+    return sorted(((i, j, min(1.0, float(best[j if within else i]))) for i, j in pairs),
+                  key=lambda p: (-p[2], p[0], p[1]))
+
+
+def _keep_best(best: torch.Tensor, best_at: torch.Tensor, first: int, sims: torch.Tensor, offset: int) -> None:
+    """Each row of `sims` (rows `first`... of `best`) keeps its most similar column (`offset`...) where it beats
+    what an earlier block found. Values within `_TIE` of each other are a tie, won by the first: the same pair of
+    rows gives values a float's last digits apart in blocks of other shapes."""
+    top = sims.max(1).values
+    at = (sims >= top[:, None] - _TIE).float().argmax(1)  # the first column within a tie of the best
+    value = sims.gather(1, at[:, None]).squeeze(1)
+    kept, kept_at = best[first:first + len(sims)], best_at[first:first + len(sims)]
+    better = value > kept + _TIE
+    kept.copy_(torch.where(better, value, kept))
+    kept_at.copy_(torch.where(better, at + offset, kept_at))
 
 
 def _unit_rows(vectors, start: int, stop: int) -> torch.Tensor:
@@ -267,8 +270,8 @@ def _text_buckets(text: str) -> torch.Tensor:
 
 class TextPrints:
     """Texts' fingerprints held as their 4-grams' bucket numbers (about one a character, 2 bytes each) and counted
-    into dense unit rows a block at a time (`prints[a:b]`): 200,000 short reviews as dense rows of 4,096 floats
-    took 3.3 GB, 6.5 GB while they were stacked, beside a run's 300 MB of features."""
+    into dense unit rows a block at a time (`prints[a:b]`): 200,000 short texts as dense rows of 4,096 floats took
+    6.5 to 9.5 GB while built and searched, beside a run's 300 MB of features (benchmarks/fingerprint_memory.py)."""
 
     def __init__(self, texts):
         buckets = [_text_buckets(text) for text in texts]
@@ -283,6 +286,8 @@ class TextPrints:
         return len(self), TEXT_BUCKETS
 
     def __getitem__(self, rows: slice) -> torch.Tensor:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError(f"TextPrints are read by a block of rows ([a:b]), not by {rows!r}")
         start, stop, _ = rows.indices(len(self))
         stop = max(start, stop)
         lengths = self.offsets[start + 1:stop + 1] - self.offsets[start:stop]
@@ -302,9 +307,9 @@ class Signatures(NamedTuple):
 
     @classmethod
     def of(cls, values) -> Signatures:
-        texts = bool(len(values)) and isinstance(values[0], str)
-        return cls([content_key(v) for v in values], fingerprints(values) if len(values) else torch.zeros(0, 1),
-                   TEXT_NEAR_DUPLICATE_THRESHOLD if texts else IMAGE_NEAR_DUPLICATE_THRESHOLD)
+        prints = fingerprints(values)
+        return cls([content_key(v) for v in values], prints,
+                   TEXT_NEAR_DUPLICATE_THRESHOLD if isinstance(prints, TextPrints) else IMAGE_NEAR_DUPLICATE_THRESHOLD)
 
 
 def duplicates(query: Signatures, reference: Signatures | None = None,

@@ -609,11 +609,10 @@ class TextTask(TaskAdapter):
         return Dataset.from_dict({self.columns[0]: texts, "label": labels})
 
     def raw_inputs(self, dataset):
-        columns = self.columns
-        return [" / ".join(row[c] for c in columns) for row in dataset.select_columns(columns)]
+        return [" / ".join(parts) for parts in zip(*(column_values(dataset, c) for c in self.columns))]
 
     def inputs_of(self, dataset):
-        return list(zip(*(dataset[c] for c in self.columns))) if self.pairs else self.raw_inputs(dataset)
+        return list(zip(*(column_values(dataset, c) for c in self.columns))) if self.pairs else self.raw_inputs(dataset)
 
     def item(self, raw, index):
         return raw

@@ -129,6 +129,21 @@ def test_chunking_gives_the_same_pairs(monkeypatch, reference):
     assert np.allclose([s for *_, s in whole], [s for *_, s in chunked])
 
 
+@pytest.mark.parametrize("width, chunk", [(8, 56), (16, 16 * 24), (16, 16 * 50), (64, 64 * 7), (64, 64 * 13)])
+def test_copies_across_blocks_name_the_first_copy(monkeypatch, width, chunk):
+    """Identical rows give similarities a float's last digit apart in blocks of other shapes; a copy still names
+    the first copy (these layouts paired some with a later copy, or scored a copy 1.0000001)."""
+    rows = torch.randn(300, width, generator=torch.Generator().manual_seed(0))
+    copies = list(range(9, 300, 7))
+    rows[copies] = rows[9].clone()
+    monkeypatch.setattr(quality, "_CHUNK", chunk)
+    found = quality.near_duplicates(rows, threshold=0.9999)
+    assert {j: i for i, j, _ in found} == {j: 9 for j in copies[1:]}
+    assert all(s <= 1.0 for *_, s in found)
+    across = quality.near_duplicates(rows[copies[3:]], rows, threshold=0.9999)
+    assert [i_j[:2] for i_j in across] == [(i, 9) for i in range(len(copies) - 3)]
+
+
 def png_bytes(array, fmt="PNG", **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt, **options)
@@ -187,7 +202,7 @@ def test_duplicates_within_one_set():
     assert pairs == {(0, 1), (0, 3)}
 
 
-def test_text_fingerprints_are_held_compactly_and_find_what_dense_rows_find():
+def test_text_fingerprints_are_held_compactly_and_find_what_dense_rows_find(monkeypatch):
     """200,000 reviews' fingerprints were held as dense rows of 4,096 floats: 3.3 GB, 6.5 GB while stacked and
     more while normalised, where the run's features take 300 MB. They are held as 4-gram buckets and counted a
     block of rows at a time; the rows and the copies found are those of the dense vectors, computed here apart."""
@@ -215,6 +230,8 @@ def test_text_fingerprints_are_held_compactly_and_find_what_dense_rows_find():
     found = quality.near_duplicates(prints, threshold=0.8)
     assert (5, 17, pytest.approx(float(expected[5] @ expected[17]))) in found
     assert found == quality.near_duplicates(expected, threshold=0.8)
+    monkeypatch.setattr(quality, "_CHUNK", 4096 * 200)  # blocks of 200 rows: the same pairs across blocks
+    assert [p[:2] for p in quality.near_duplicates(prints, threshold=0.8)] == [p[:2] for p in found]
     queries = texts[:40]
     assert quality.near_duplicates(quality.fingerprints(queries), prints, 0.8) == \
         quality.near_duplicates(expected[:40], expected, 0.8)
