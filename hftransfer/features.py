@@ -251,24 +251,34 @@ class Precision:
 
 def extract(model: nn.Module, loader, layout: Layout, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the frozen model once over `loader`; return packed features and labels. After the first batch the base's
-    BatchNorm layers are folded into their convolutions where that gives the same features (see `folded_base`)."""
-    features, labels = [], []
+    BatchNorm layers are folded into their convolutions where that gives the same features (see `folded_base`).
+    Each batch is copied into matrices made once for all rows: kept batch by batch, their small blocks sat between
+    the batches' freed pixels and activations, which the allocator then never gave back (60,000 Fashion-MNIST
+    images at 112 px: 10.8 GB resident for 307 MB of features)."""
     model.eval()
     batches = iter(tqdm(loader, desc=desc, leave=False))
     first = next(batches, None)
     if first is None:
         return torch.zeros(0, layout.width()), torch.zeros(0, dtype=torch.long)
-    labels.append(first.pop("labels"))
+    total = len(loader.sampler)
+    first_labels = first.pop("labels")
+    labels = torch.empty((total, *first_labels.shape[1:]), dtype=first_labels.dtype)
     inputs = {k: v.to(model.device) for k, v in first.items()}
     with torch.inference_mode():
-        features.append(base_features(model, inputs, layout).cpu())
+        first_features = base_features(model, inputs, layout).cpu()
+    matrix = torch.empty(total, first_features.shape[1], dtype=first_features.dtype)
+    matrix[:len(first_features)], labels[:len(first_labels)] = first_features, first_labels
+    done = len(first_features)
     probe = {k: v[:8] for k, v in inputs.items()}  # a few examples find and check the folds
-    faster = folded_base(model, probe, layout, features[0][:8])
+    faster = folded_base(model, probe, layout, first_features[:8])
+    del first, inputs, first_features
     with torch.inference_mode(), swapped_base(model, faster) if faster is not None else nullcontext():
         for batch in batches:
-            labels.append(batch.pop("labels"))
-            features.append(base_features(model, {k: v.to(model.device) for k, v in batch.items()}, layout).cpu())
-    return torch.cat(features), torch.cat(labels)
+            batch_labels = batch.pop("labels")
+            rows = base_features(model, {k: v.to(model.device) for k, v in batch.items()}, layout)
+            matrix[done:done + len(rows)], labels[done:done + len(rows)] = rows, batch_labels
+            done += len(rows)
+    return matrix[:done], labels[:done]
 
 
 def base_features(model, inputs, layout: Layout) -> torch.Tensor:
