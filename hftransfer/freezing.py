@@ -99,10 +99,7 @@ def match(pattern: str, names: list[str], saved: dict[str, str] | None = None) -
         matcher = _compile(pattern)
     except (re.error, OverflowError) as err:  # a{99999999999}: an OverflowError
         raise PatternError(f"Pattern '{pattern}' is not a valid regular expression: {err}") from err
-    found = [n for n in names if matcher(n)]
-    if saved:
-        matched = set(found)
-        found += by_saved_name(pattern, [n for n in names if n not in matched], saved, matcher)
+    found = in_either_naming(pattern, names, saved or {}, matcher)
     if not found:
         candidates = sorted({p for n in names for p in _prefixes(n)})
         bare = pattern.removeprefix("re:").replace("*", "").replace("?", "")
@@ -136,15 +133,18 @@ def saved_names(model: nn.Module) -> dict[str, str]:
     return renamed
 
 
-def by_saved_name(pattern: str, names: list[str], saved: dict[str, str], matches) -> list[str]:
-    """The `names` whose checkpoint-file name (in `saved`) `matches`, said in the log with what the model calls
-    them (a pattern that mixes both namings matched the model's part alone, in silence)."""
-    found = [name for name in names if name in saved and matches(saved[name])]
-    if found:
+def in_either_naming(pattern: str, names: list[str], saved: dict[str, str], matches) -> list[str]:
+    """The `names` that `matches`, then those whose checkpoint-file name (in `saved`) does, the latter said in the
+    log with what the model calls them (a pattern that mixes both namings matched the model's part alone, in
+    silence)."""
+    own = [name for name in names if matches(name)]
+    matched = set(own)
+    by_file = [name for name in names if name not in matched and name in saved and matches(saved[name])]
+    if by_file:
         logger.info("'%s' names the checkpoint files' layout, which transformers renames on loading: read as %d "
-                    "name(s) of this model (%s%s)", pattern, len(found), ", ".join(found[:3]),
-                    ", ..." if len(found) > 3 else "")
-    return found
+                    "name(s) of this model (%s%s)", pattern, len(by_file), ", ".join(by_file[:3]),
+                    ", ..." if len(by_file) > 3 else "")
+    return own + by_file
 
 
 # ---------------------------------------------------------------- applying a plan

@@ -26,7 +26,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .anatomy import POOLING_GROUP, head_modules, param_groups
-from .freezing import PatternError, by_saved_name, match, saved_names
+from .freezing import PatternError, in_either_naming, match, saved_names
 
 logger = logging.getLogger(__name__)
 ADAPTABLE = (nn.Linear, Conv1D, nn.Conv2d)
@@ -75,10 +75,7 @@ def _named_by(pattern: str, names: list[str], saved: dict[str, str]) -> list[str
     checkpoint files' names where the model's differ (`saved`: `query` for ViT's `q_proj`)."""
     def peft_rule(name: str) -> bool:
         return name == pattern or name.endswith("." + pattern)
-    named = [n for n in names if peft_rule(n)]
-    matched = set(named)
-    named += by_saved_name(pattern, [n for n in names if n not in matched], saved, peft_rule)
-    return named or match(pattern, names, saved)
+    return in_either_naming(pattern, names, saved, peft_rule) or match(pattern, names, saved)
 
 
 def _match_adaptable(model: nn.Module, pattern: str, adaptable: list[str], saved: dict[str, str]) -> list[str]:
