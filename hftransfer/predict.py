@@ -11,7 +11,8 @@ A multi-label model's `label` is every label scoring above `--threshold` (joined
 An input that cannot be read (a corrupt image, an empty text) is skipped, counted and listed, in the summary and in
 FILE.skipped.csv: one bad file never stops a run over thousands. Where every input carries a reference label (a class
 folder named like a label, a label column; for a multi-label model, a column of label lists), the summary gives the
-accuracy against it (multi-label: exact match, every label of an input right, as the run's `eval_accuracy`).
+accuracy against it (multi-label: exact match, every label of an input right, as the run's `eval_accuracy`); where
+some give one the model lacks, it says how many and which instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -73,7 +75,7 @@ class Summary:
             text += f"; {kind} against the reference labels: {self.correct / self.referenced:.4f}"
         elif self.foreign:  # the accuracy was left out without a word
             shown = ", ".join(sorted(set(self.foreign))[:5])
-            text += (f"; no accuracy: {len(self.foreign):,} row(s) give a reference label that is none of the "
+            text += (f"; no accuracy: {len(self.foreign):,} input(s) give a reference label that is none of the "
                      f"model's ({shown})")
         return text
 
@@ -112,12 +114,15 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
         if path.is_dir() and is_saved_dataset(path):
             yield from _datasets_items(path, task.name, labels, columns, usual)
         elif path.is_dir():
-            for file in _files_under(path):
-                yield from _skipped_if_unreadable(_text_file_items(file, path, labels, columns, usual), file)
+            files = _files_under(path)
+            folders = _class_folders(files, path, labels)
+            for file in files:
+                items = _text_file_items(file, folders.get(file.parent, NO_FOLDER), labels, columns, usual)
+                yield from _skipped_if_unreadable(items, file)
         else:
             if path.suffix.lower() == ".txt" and task.pairs:
                 raise PredictError(f"{path}: {_pairs_need_tables(columns)}")
-            yield from _text_file_items(path, path.parent, labels, columns, usual)
+            yield from _text_file_items(path, NO_FOLDER, labels, columns, usual)
 
 
 def _images_once(inputs: list[str], labels, columns: list[str] | None, usual: RunColumns) -> Iterator[Item]:
@@ -215,27 +220,51 @@ def _files_under(folder: Path) -> list[Path]:
     return [p for p in files_under(folder) if not is_metadata(p.relative_to(folder))]
 
 
-def _folder_label(file: Path, root: Path, labels: list[str]) -> str | None:
-    """The class folder a file sits in, when it is named like one of the model's labels."""
-    parent = file.parent.name if file.parent != root else None
-    return parent if parent in labels else None
+class FolderLabel(NamedTuple):
+    reference: str | None  # the model's label the folder a file sits in names
+    foreign: str | None  # the folder's name, where it names none while folders beside it do
+
+
+NO_FOLDER = FolderLabel(None, None)
+
+
+def _class_folders(files: list[Path], root: Path, labels: list[str]) -> dict[Path, FolderLabel]:
+    """What each folder below `root` that holds files says of their label. Where some are named like the model's
+    labels, they are class folders, and one named like none is said in place of the accuracy (it was left out
+    without a word); where none is (folders by date), they say nothing."""
+    named = {folder: _label_named(folder.name, labels) for folder in {file.parent for file in files} - {root}}
+    class_folders = any(named.values())
+    return {folder: FolderLabel(label, folder.name if class_folders and label is None else None)
+            for folder, label in named.items()}
+
+
+def _label_named(folder: str, labels: list[str]) -> str | None:
+    """The model's label a folder's name is: the label itself, or one with a slash, which no folder name can hold,
+    written with another separator or none ("T-shirt-top" or "T-shirt_top" for Fashion-MNIST's "T-shirt/top")."""
+    if folder in labels:
+        return folder
+    slashed = [label for label in labels
+               if "/" in label and re.fullmatch(re.escape(label).replace("/", r"[\W_]?"), folder)]
+    return slashed[0] if len(slashed) == 1 else None
 
 
 def _image_items(path: Path, labels: list[str]) -> Iterator[Item]:
     files = _files_under(path) if path.is_dir() else [path]
-    root = path if path.is_dir() else path.parent
+    folders = _class_folders(files, path, labels) if path.is_dir() else {}
     for file in files:
-        yield Item(str(file), file, _folder_label(file, root, labels))
+        folder = folders.get(file.parent, NO_FOLDER)
+        yield Item(str(file), file, folder.reference, foreign=folder.foreign)
 
 
-def _text_file_items(file: Path, root: Path, labels, columns: list[str] | None, usual: RunColumns) -> Iterator[Item]:
+def _text_file_items(file: Path, folder: FolderLabel, labels, columns: list[str] | None,
+                     usual: RunColumns) -> Iterator[Item]:
     suffix = file.suffix.lower()
     pairs = columns is not None and len(columns) == 2
     if suffix == ".txt" and pairs:  # one text: in a folder a counted skip, as any file of another kind
         yield Item(str(file), None, problem=_pairs_need_tables(columns))
     elif suffix == ".txt":
         text = _read_text_file(file)
-        yield Item(str(file), text, _folder_label(file, root, labels), None if text is not None else "not UTF-8 text")
+        yield Item(str(file), text, folder.reference, None if text is not None else "not UTF-8 text", folder.foreign)
     elif suffix in TABLE_SUFFIXES:
         try:
             table = load_file(str(file), "predict")

@@ -85,6 +85,36 @@ def test_predict_over_a_validation_folder_reproduces_eval_accuracy_and_lists_the
     assert not skipped_file(output).exists()
 
 
+def test_class_folders_the_model_lacks_are_said_and_a_label_with_a_slash_matches_its_folder(image_run, tmp_path):
+    """A class folder named like none of the model's labels left the accuracy out without a word, and a label with a
+    slash (Fashion-MNIST's "T-shirt/top"), which no folder name can hold, never matched its class folder."""
+    root, metrics = image_run
+    model = tmp_path / "model"
+    shutil.copytree(root / "out", model)
+    config = json.loads((model / "config.json").read_text())
+    config["id2label"] = {i: "h/stripes" if name == "hstripes" else name for i, name in config["id2label"].items()}
+    config["label2id"] = {name: int(i) for i, name in config["id2label"].items()}
+    (model / "config.json").write_text(json.dumps(config))
+    photos = tmp_path / "photos"
+    shutil.copytree(root / "validation", photos)
+    (photos / "hstripes").rename(photos / "horizontal")
+    output = tmp_path / "out.csv"
+    line = predict(str(model), [str(photos)], output, progress=False).line(output)
+    horizontal = len(list((photos / "horizontal").iterdir()))
+    assert line.endswith(f"; no accuracy: {horizontal} input(s) give a reference label that is none of the model's "
+                         "(horizontal)")
+    for written in ("h-stripes", "h_stripes", "h stripes", "hstripes"):
+        (photos / "horizontal").rename(photos / written)
+        summary = predict(str(model), [str(photos)], output, progress=False)
+        assert summary.referenced == summary.predicted
+        assert summary.correct / summary.referenced == pytest.approx(metrics["eval_accuracy"])
+        (photos / written).rename(photos / "horizontal")
+    for i, folder in enumerate(sorted(photos.iterdir())):  # folders by date name no label: they say nothing
+        folder.rename(photos / f"2026-0{i + 1}")
+    assert predict(str(model), [str(photos)], output, progress=False).line(output).endswith(
+        f"predictions written to {output}; 1 input(s) skipped (listed in {skipped_file(output)})")
+
+
 def test_an_image_models_column_names_a_datasets_image_column_and_nothing_else(image_run, tmp_path):
     """--text_column was ignored, in silence, over image files and folders."""
     from datasets import Dataset, Image
@@ -492,7 +522,7 @@ def test_reference_labels_the_model_lacks_are_said_and_a_threshold_for_one_label
     table.write_text("text,label\na wonderful film,good\nawful,neutral\nok,GOOD\n")
     output = tmp_path / "out.csv"
     line = predict(str(root / "out"), [str(table)], output, progress=False).line(output)
-    assert line.endswith("; no accuracy: 2 row(s) give a reference label that is none of the model's (GOOD, neutral)")
+    assert line.endswith("; no accuracy: 2 input(s) give a reference label that is none of the model's (GOOD, neutral)")
     table.write_text("text,label\na wonderful film,good\nawful,bad\n")  # every reference the model's: the accuracy
     assert "; accuracy against the reference labels: " in predict(str(root / "out"), [str(table)], output,
                                                                   progress=False).line(output)
