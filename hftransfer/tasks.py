@@ -620,9 +620,8 @@ class TextTask(TaskAdapter):
 
     def drop_unusable(self, dataset, split, report):
         good = []
-        columns = self.columns
-        for index, row in enumerate(dataset.select_columns(columns)):
-            problem = next((_text_problem(row[c], c) for c in columns if _text_problem(row[c], c)), None)
+        for index, cells in enumerate(zip(*(column_values(dataset, c) for c in self.columns))):
+            problem = next(filter(None, map(_text_problem, cells, self.columns)), None)  # row by row: 3 s a 200,000
             if problem:
                 report.skip(split, problem, f"row {index}")
             else:
