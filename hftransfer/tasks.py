@@ -620,8 +620,9 @@ class TextTask(TaskAdapter):
 
     def drop_unusable(self, dataset, split, report):
         good = []
+        # the columns read whole: the dataset's rows, one by one, took 3 s for 200,000 texts
         for index, cells in enumerate(zip(*(column_values(dataset, c) for c in self.columns))):
-            problem = next(filter(None, map(_text_problem, cells, self.columns)), None)  # row by row: 3 s a 200,000
+            problem = next(filter(None, map(_text_problem, cells, self.columns)), None)
             if problem:
                 report.skip(split, problem, f"row {index}")
             else:
