@@ -54,7 +54,7 @@ class Item:
     value: object
     reference: str | list[str] | None = None  # a list for a multi-label table's row
     problem: str | None = None  # why it cannot be read, found while listing
-    foreign: str | None = None  # a reference label the table gives that is none of the model's
+    foreign: str | None = None  # a reference label the table or class folder gives that is none of the model's
 
 
 @dataclass
@@ -93,10 +93,13 @@ class RunColumns(NamedTuple):
     label: str
 
 
-def gather(task, inputs: list[str], labels: list[str], text_column: str | None) -> Iterator[Item]:
+def gather(task, inputs: list[str], labels: list[str], text_column: str | None,
+           multi_label: bool = False) -> Iterator[Item]:
     """Every input named, in order (an image model's tables first: `_images_once`); what cannot even be listed (a
     missing path) is an error before any work.
-    `text_column`: a column name, or a sentence-pair model's two ("a,b")."""
+    `text_column`: a column name, or a sentence-pair model's two ("a,b"). A multi-label model's inputs take no
+    reference from their folder: a folder names one class, and such an input has a list of them."""
+    folder_labels = [] if multi_label else labels
     columns = _text_columns(task, text_column) if task.name == "text" else [text_column] if text_column else None
     usual = RunColumns(task.input_columns(task.data_args)[0], task.data_args.label_column_name)
     if task.name == "image" and text_column and not any(is_saved_dataset(Path(given)) or _is_table(Path(given))
@@ -107,7 +110,7 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
         if not Path(given).exists():
             raise PredictError(f"input not found: {given}")
     if task.name == "image":
-        yield from _images_once(inputs, labels, columns, usual)
+        yield from _images_once(inputs, labels, folder_labels, columns, usual)
         return
     for given in inputs:
         path = Path(given)
@@ -115,7 +118,7 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
             yield from _datasets_items(path, task.name, labels, columns, usual)
         elif path.is_dir():
             files = _files_under(path)
-            folders = _class_folders(files, path, labels)
+            folders = _class_folders(files, path, folder_labels)
             for file in files:
                 items = _text_file_items(file, folders.get(file.parent, NO_FOLDER), labels, columns, usual)
                 yield from _skipped_if_unreadable(items, file)
@@ -125,7 +128,8 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None) 
             yield from _text_file_items(path, NO_FOLDER, labels, columns, usual)
 
 
-def _images_once(inputs: list[str], labels, columns: list[str] | None, usual: RunColumns) -> Iterator[Item]:
+def _images_once(inputs: list[str], labels, folder_labels: list[str], columns: list[str] | None,
+                 usual: RunColumns) -> Iterator[Item]:
     """Image inputs, tables first, and an image file once: a file that a table's row names (an imagefolder's
     `metadata.csv` globbed with its images), or that an earlier input listed, is predicted from the first (every
     image was predicted twice). The rows of a table are kept as it lists them, and images held as bytes are never
@@ -139,7 +143,7 @@ def _images_once(inputs: list[str], labels, columns: list[str] | None, usual: Ru
             items = _image_table_items(path, labels, columns, usual)
             items = _skipped_if_unreadable(items, path) if len(inputs) > 1 else items
         else:
-            items = _image_items(path, labels)
+            items = _image_items(path, folder_labels)
         for item in items:
             file = _image_file(item)
             if file is not None and isinstance(item.value, Path) and file in seen:
@@ -221,21 +225,37 @@ def _files_under(folder: Path) -> list[Path]:
 
 
 class FolderLabel(NamedTuple):
-    reference: str | None  # the model's label the folder a file sits in names
-    foreign: str | None  # the folder's name, where it names none while folders beside it do
+    reference: str | None  # the model's label a file's folder names
+    foreign: str | None  # among class folders: the top folder of a file in none of them, or OUTSIDE
 
 
 NO_FOLDER = FolderLabel(None, None)
+OUTSIDE = "outside any class folder"
 
 
 def _class_folders(files: list[Path], root: Path, labels: list[str]) -> dict[Path, FolderLabel]:
-    """What each folder below `root` that holds files says of their label. Where some are named like the model's
-    labels, they are class folders, and one named like none is said in place of the accuracy (it was left out
-    without a word); where none is (folders by date), they say nothing."""
-    named = {folder: _label_named(folder.name, labels) for folder in {file.parent for file in files} - {root}}
-    class_folders = any(named.values())
-    return {folder: FolderLabel(label, folder.name if class_folders and label is None else None)
-            for folder, label in named.items()}
+    """What the folder each file sits in says of its label: the nearest folder between them named like one of the
+    model's labels (`cat/` for `cat/closeups/1.png`, as training reads its first folder). Where at least half of
+    the folders in `root` hold such files, they are class folders, and a file under none of them, or beside them in
+    `root`, is counted and said in place of the accuracy (it was left out without a word); else (folders by date, a
+    day named like a digit class) they say nothing."""
+    named = {folder: _nearest_label(folder, root, labels) for folder in {file.parent for file in files} - {root}}
+    top = {folder: folder.relative_to(root).parts[0] for folder in named}
+    labelled = {top[folder] for folder, label in named.items() if label is not None}
+    if 2 * len(labelled) < max(len(set(top.values())), 1):
+        return {folder: FolderLabel(label, None) for folder, label in named.items()}
+    found = {folder: FolderLabel(label, None if label else top[folder]) for folder, label in named.items()}
+    return {**found, root: FolderLabel(None, OUTSIDE)}
+
+
+def _nearest_label(folder: Path, root: Path, labels: list[str]) -> str | None:
+    for ancestor in (folder, *folder.parents):
+        if ancestor == root:
+            return None
+        label = _label_named(ancestor.name, labels)
+        if label is not None:
+            return label
+    return None
 
 
 def _label_named(folder: str, labels: list[str]) -> str | None:
@@ -508,7 +528,7 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
         raise PredictError(f"--threshold {threshold}: for multi-label models; {model} gives each input one label, its "
                            "top score")
     threshold = 0.5 if threshold is None else threshold
-    items = list(gather(predictor.task, inputs, predictor.labels, text_column))
+    items = list(gather(predictor.task, inputs, predictor.labels, text_column, predictor.multi_label))
     if not items:
         raise PredictError(f"no inputs found in {', '.join(inputs)}")
     writer.open()

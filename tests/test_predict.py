@@ -88,6 +88,8 @@ def test_predict_over_a_validation_folder_reproduces_eval_accuracy_and_lists_the
 def test_class_folders_the_model_lacks_are_said_and_a_label_with_a_slash_matches_its_folder(image_run, tmp_path):
     """A class folder named like none of the model's labels left the accuracy out without a word, and a label with a
     slash (Fashion-MNIST's "T-shirt/top"), which no folder name can hold, never matched its class folder."""
+    from hftransfer.predict import gather
+
     root, metrics = image_run
     model = tmp_path / "model"
     shutil.copytree(root / "out", model)
@@ -99,20 +101,33 @@ def test_class_folders_the_model_lacks_are_said_and_a_label_with_a_slash_matches
     shutil.copytree(root / "validation", photos)
     (photos / "hstripes").rename(photos / "horizontal")
     output = tmp_path / "out.csv"
-    line = predict(str(model), [str(photos)], output, progress=False).line(output)
+
+    def line() -> str:
+        return predict(str(model), [str(photos)], output, progress=False).line(output)
+
     horizontal = len(list((photos / "horizontal").iterdir()))
-    assert line.endswith(f"; no accuracy: {horizontal} input(s) give a reference label that is none of the model's "
-                         "(horizontal)")
+    assert line().endswith(f"; no accuracy: {horizontal} input(s) give a reference label that is none of the "
+                           "model's (horizontal)")
+    task = Predictor(str(model)).task  # a multi-label model's inputs take no label from a folder
+    assert not any(item.reference or item.foreign for item in gather(task, [str(photos)], ["square", "vstripes"],
+                                                                     None, multi_label=True))
+    closeups = photos / "vstripes" / "closeups"  # a folder inside a class folder is of its class, as in training
+    closeups.mkdir()
+    for image in sorted((photos / "vstripes").glob("*.png"))[:3]:
+        image.rename(closeups / image.name)
     for written in ("h-stripes", "h_stripes", "h stripes", "hstripes"):
         (photos / "horizontal").rename(photos / written)
         summary = predict(str(model), [str(photos)], output, progress=False)
         assert summary.referenced == summary.predicted
         assert summary.correct / summary.referenced == pytest.approx(metrics["eval_accuracy"])
         (photos / written).rename(photos / "horizontal")
-    for i, folder in enumerate(sorted(photos.iterdir())):  # folders by date name no label: they say nothing
-        folder.rename(photos / f"2026-0{i + 1}")
-    assert predict(str(model), [str(photos)], output, progress=False).line(output).endswith(
-        f"predictions written to {output}; 1 input(s) skipped (listed in {skipped_file(output)})")
+    shutil.copy(photos / "square" / "0.png", photos / "loose.png")  # beside the class folders, in none
+    assert line().endswith(f"; no accuracy: {horizontal + 1} input(s) give a reference label that is none of the "
+                           "model's (horizontal, outside any class folder)")
+    skipped = f"predictions written to {output}; 1 input(s) skipped (listed in {skipped_file(output)})"
+    (photos / "horizontal").rename(photos / "2026-01")  # fewer than half the folders named like labels: by date, a
+    (photos / "square").rename(photos / "2026-02")  # day named like a class; they say nothing
+    assert line().endswith(skipped)
 
 
 def test_an_image_models_column_names_a_datasets_image_column_and_nothing_else(image_run, tmp_path):
