@@ -18,7 +18,7 @@ import transformers as tf
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
-from .families import (LABELS, SEQ2SEQ_IDS, decoder_tokenizer, minilm_tokenizer, save_decoder,
+from .families import (LABELS, SEQ2SEQ_IDS, decoder_tokenizer, keep_activations, minilm_tokenizer, save_decoder,
                        seq2seq_tokenizer)
 
 WIDER_TEXT = ["camembert", "deberta", "longformer", "big_bird", "xlnet", "mobilebert", "roformer", "convbert", "ernie",
@@ -34,6 +34,10 @@ WIDER_IMAGE = ["swinv2", "cvt", "levit", "pvt_v2", "segformer", "focalnet", "bit
 # Their base is spread over several children beside the head (HGNet V2: `embedder`, `encoder`, then `fc`), with no
 # `base_model_prefix` child: a clear error before training
 NO_BASE_IMAGE = ["hgnet_v2"]
+# Their outputs change with the padding a batch carries (as Funnel's and FNet's; seen once their init let two
+# texts' logits differ by more than the check's tolerance): the pipeline's one unpadded text is compared with the
+# model on that text alone, not with its row of the run's padded batch
+PADDING_DEPENDENT = {"canine", "nystromformer", "convbert"}
 # Their blocks hold no Linear, Conv1D or ungrouped Conv2d (grouped Conv1d; I-BERT's QuantLinear): lora is a clear
 # error before training
 NO_LORA_TARGETS = {"squeezebert", "ibert"}
@@ -98,6 +102,7 @@ def save_wider_text_checkpoint(folder: Path, family: str) -> Path:
     model = tf.AutoModelForSequenceClassification.from_config(config)
     if family in WIDER_DECODERS:
         return save_decoder(folder, model, tokenizer)
+    model = keep_activations(model) if family in WIDER_TEXT else model  # as the matrix's encoders (families.py)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
