@@ -117,11 +117,8 @@ def gather(task, inputs: list[str], labels: list[str], text_column: str | None,
         if path.is_dir() and is_saved_dataset(path):
             yield from _datasets_items(path, task.name, labels, columns, usual)
         elif path.is_dir():
-            files = _files_under(path)
-            folders = _class_folders(files, path, folder_labels)
-            for file in files:
-                items = _text_file_items(file, folders.get(file.parent, NO_FOLDER), labels, columns, usual)
-                yield from _skipped_if_unreadable(items, file)
+            for file, folder in _files_in_folders(path, folder_labels):
+                yield from _skipped_if_unreadable(_text_file_items(file, folder, labels, columns, usual), file)
         else:
             if path.suffix.lower() == ".txt" and task.pairs:
                 raise PredictError(f"{path}: {_pairs_need_tables(columns)}")
@@ -233,6 +230,15 @@ NO_FOLDER = FolderLabel(None, None)
 OUTSIDE = "outside any class folder"
 
 
+def _files_in_folders(path: Path, labels: list[str]) -> list[tuple[Path, FolderLabel]]:
+    """Every file under `path` (a folder, or one file), with what its folder says of its label."""
+    if not path.is_dir():
+        return [(path, NO_FOLDER)]
+    files = _files_under(path)
+    folders = _class_folders(files, path, labels)
+    return [(file, folders.get(file.parent, NO_FOLDER)) for file in files]
+
+
 def _class_folders(files: list[Path], root: Path, labels: list[str]) -> dict[Path, FolderLabel]:
     """What the folder each file sits in says of its label: the nearest folder between them named like one of the
     model's labels (`cat/` for `cat/closeups/1.png`, as training reads its first folder). Where at least half of
@@ -260,7 +266,7 @@ def _nearest_label(folder: Path, root: Path, labels: list[str]) -> str | None:
 
 def _label_named(folder: str, labels: list[str]) -> str | None:
     """The model's label a folder's name is: the label itself, or one with a slash, which no folder name can hold,
-    written with another separator or none ("T-shirt-top" or "T-shirt_top" for Fashion-MNIST's "T-shirt/top")."""
+    written with one other character or none ("T-shirt-top", "T-shirt top" for Fashion-MNIST's "T-shirt/top")."""
     if folder in labels:
         return folder
     slashed = [label for label in labels
@@ -269,10 +275,7 @@ def _label_named(folder: str, labels: list[str]) -> str | None:
 
 
 def _image_items(path: Path, labels: list[str]) -> Iterator[Item]:
-    files = _files_under(path) if path.is_dir() else [path]
-    folders = _class_folders(files, path, labels) if path.is_dir() else {}
-    for file in files:
-        folder = folders.get(file.parent, NO_FOLDER)
+    for file, folder in _files_in_folders(path, labels):
         yield Item(str(file), file, folder.reference, foreign=folder.foreign)
 
 
