@@ -43,6 +43,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .hardware import thread_map
 from .pixels import to_rgb
 
 # Measured in benchmarks/results/data_quality.json (Fashion-MNIST at zoo:mobilenet_v2, Rotten Tomatoes and the 2016
@@ -246,8 +247,8 @@ def fingerprints(values):
     if len(values) and isinstance(values[0], str):
         return TextPrints(values)
     prints = torch.empty(len(values), FINGERPRINT_SIZE * FINGERPRINT_SIZE)
-    for row, value in enumerate(values):  # filled in place: a stack of the rows held them twice
-        prints[row] = image_fingerprint(value)
+    for row, vector in enumerate(thread_map(image_fingerprint, values)):  # in place: a stack held the rows twice
+        prints[row] = vector
     return prints
 
 

@@ -19,6 +19,7 @@ from datasets import Dataset, DatasetDict, Image as ImageFeature, Value, load_da
 
 from .anatomy import ModelError, architecture, input_embeddings, is_decoder_classifier
 from .data import DataError, DataReport, column_values
+from .hardware import thread_map
 from .outputs import EXAMPLES_FILE
 from .pixels import FastPixels, size_entries, to_rgb
 
@@ -202,6 +203,8 @@ def _locate(path: str | None, folder: Path) -> str | None:
 
 
 def _image_problem(value) -> str | None:
+    if not value:
+        return "missing image"
     try:
         _read_image(value)
     except ValueError as err:
@@ -258,10 +261,9 @@ class ImageTask(TaskAdapter):
 
     def drop_unusable(self, dataset, split, report):
         dataset = as_image_column(dataset, self.column, report.tables.get(split))
-        raw = dataset.cast_column(self.column, ImageFeature(decode=False))
+        cells = dataset.cast_column(self.column, ImageFeature(decode=False))[self.column]
         good = []
-        for index, cell in enumerate(raw[self.column]):
-            problem = _image_problem(cell) if cell else "missing image"
+        for index, (cell, problem) in enumerate(thread_map(lambda cell: (cell, _image_problem(cell)), cells)):
             if problem:
                 report.skip(split, problem, (cell or {}).get("path") or f"row {index}")
             else:

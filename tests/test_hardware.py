@@ -242,3 +242,31 @@ def test_fsdp_classes_are_narrowed_on_the_model_to_those_it_holds_outside_the_in
     mobilenet = tiny_image_model("mobilenet_v2")  # no input embeddings; a listed class it never builds
     hardware.prepare_for_fsdp(mobilenet)
     assert mobilenet._no_split_modules == ["MobileNetV2InvertedResidual"]
+
+
+def test_thread_map_keeps_order_spreads_over_the_cores_and_reads_a_window_ahead(monkeypatch):
+    """The image passes before training (the unusable-image check, the data-quality fingerprints) ran on one core;
+    an executor's `map` would read every item at once (every image's bytes, for a table that embeds them)."""
+    import threading
+    import time
+
+    monkeypatch.setattr(hardware, "cores_per_process", lambda: 2)
+    drawn, threads = [], set()
+
+    def items():
+        for n in range(1000):
+            drawn.append(n)
+            yield n
+
+    def square(n):
+        threads.add(threading.get_ident())
+        time.sleep(0.001)  # a decode's worth: both threads get work
+        return n * n
+
+    results = hardware.thread_map(square, items(), window=4)
+    assert next(results) == 0 and len(drawn) <= 2 * 4 + 1
+    assert list(results) == [n * n for n in range(1, 1000)]
+    assert len(threads) == 2
+    monkeypatch.setattr(hardware, "cores_per_process", lambda: 1)
+    threads.clear()
+    assert list(hardware.thread_map(square, range(5))) == [0, 1, 4, 9, 16] and threads == {threading.get_ident()}
