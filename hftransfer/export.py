@@ -224,16 +224,31 @@ def _dynamic_axes(names: list[str]) -> dict:
 
 
 def write_onnx(model: torch.nn.Module, sample: dict, path: Path) -> list[str]:
-    """Trace the model on `sample` and write the graph; returns its input names. Where the model's attention cannot
-    be traced, its written-out form is (`_traced_with_eager_attention`)."""
+    """Trace the model on `sample` and write the graph; returns its input names. Where the model's code cannot be
+    traced as it stands, transformers' traceable equivalents are (`_traced_another_way`)."""
     names = list(sample)
     model = model.to(memory_format=torch.contiguous_format).eval()
     try:
         program = _trace(model, sample, names)
-    except Exception as error:  # XLNet's code cannot be traced for any batch and sequence length; T5's SDPA can't
-        program = _traced_with_eager_attention(model, sample, names, error)
+    except Exception as error:  # T5's SDPA and Mixtral's grouped experts as they stand; XLNet's code in no way
+        program = _traced_another_way(model, sample, names, error)
+    _check_axes_stay_dynamic(program, model)
     program.save(str(path))
     return names
+
+
+def _check_axes_stay_dynamic(program, model: torch.nn.Module) -> None:
+    """torch.export fixes an axis at the sample's size, without an error, where the model's code allows no other
+    when traced (CANINE's sequence length: its character downsampling). Such a graph refuses every other input
+    (onnxruntime's "Got invalid dimensions for input"), or passes the check where the validation batches happen to
+    have that size and fails later: an error, not an export."""
+    for tensor in program.model.graph.inputs:
+        for axis, label in _dynamic_axes([tensor.name])[tensor.name].items():
+            if isinstance(size := tensor.shape[axis], int):
+                raise ExportError(f"torch.onnx fixed the {label} axis of {type(model).__name__}'s '{tensor.name}' at "
+                                  f"{size}, the traced sample's: the graph would refuse inputs of any other {label}. "
+                                  "Not exported; the saved model itself is unaffected: it runs in transformers and "
+                                  "in hftransfer predict")
 
 
 def _trace(model: torch.nn.Module, sample: dict, names: list[str]):
@@ -244,27 +259,50 @@ def _trace(model: torch.nn.Module, sample: dict, names: list[str]):
                              external_data=False, verbose=False)
 
 
-def _traced_with_eager_attention(model: torch.nn.Module, sample: dict, names: list[str], error: Exception):
-    """PyTorch's fused attention (SDPA) with a relative-position bias as its mask, T5's, Swin's and BEiT's, cannot
-    be traced for a dynamic batch size; transformers' written-out attention (`eager`) computes the same and can. The
-    graph is then checked against the PyTorch model like any other (`export`). Any other failure is an error."""
-    config = getattr(model, "config", None)
+def _traced_another_way(model: torch.nn.Module, sample: dict, names: list[str], error: Exception):
+    """Where the model's code cannot be traced as it stands, transformers' own switches to code that computes the
+    same and can be: each token's experts' weights gathered (`batched_mm`) for a mixture-of-experts layer's grouped
+    matmul, a custom op with no ONNX function (Mixtral's, Qwen2-MoE's, GPT-OSS's), then written-out attention
+    (`eager`) for PyTorch's fused attention (SDPA) with a relative-position bias as its mask, which cannot be traced
+    for a dynamic batch size (T5's, Swin's, BEiT's). Each switch stays on for the next try; all are undone after.
+    The graph is then checked against the PyTorch model like any other (`export`). Any other failure is an error."""
     unexportable = ExportError(f"torch.onnx cannot export {type(model).__name__} for any batch size and input length "
                                f"({_root_cause(error)}). The saved model itself is unaffected: it runs in "
                                "transformers and in hftransfer predict")
-    if getattr(config, "_attn_implementation", "eager") == "eager" or not hasattr(model, "set_attn_implementation"):
-        raise unexportable from error
-    fused = config._attn_implementation
+    switched = []  # (what the graph uses, what the model used, how to switch back)
     try:
-        model.set_attn_implementation("eager")
-        program = _trace(model, sample, names)
-    except Exception:
+        for switch in (_batched_experts, _eager_attention):
+            if (done := switch(model)) is None:
+                continue
+            switched.append(done)
+            try:
+                program = _trace(model, sample, names)
+            except Exception:
+                continue
+            logger.info("Traced with transformers' %s: its %s cannot be traced (%s)",
+                        " and ".join(used for used, _, _ in switched), " and ".join(was for _, was, _ in switched),
+                        _root_cause(error))
+            return program
         raise unexportable from error
     finally:
-        model.set_attn_implementation(fused)
-    logger.info("Traced with transformers' eager attention: its %s attention cannot be traced (%s)", fused,
-                _root_cause(error))
-    return program
+        for _, _, switch_back in reversed(switched):
+            switch_back()
+
+
+def _batched_experts(model: torch.nn.Module):
+    current = model.get_experts_implementation() if hasattr(model, "get_experts_implementation") else {}
+    if "grouped_mm" not in current.values():
+        return None
+    model.set_experts_implementation({k: "batched_mm" if v == "grouped_mm" else v for k, v in current.items()})
+    return "batched_mm experts", "grouped_mm experts", lambda: model.set_experts_implementation(current)
+
+
+def _eager_attention(model: torch.nn.Module):
+    fused = getattr(getattr(model, "config", None), "_attn_implementation", "eager")
+    if fused == "eager" or not hasattr(model, "set_attn_implementation"):
+        return None
+    model.set_attn_implementation("eager")
+    return "eager attention", f"{fused} attention", lambda: model.set_attn_implementation(fused)
 
 
 def _root_cause(error: BaseException) -> str:
