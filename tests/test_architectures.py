@@ -19,8 +19,8 @@ from conftest import make_image_folder, write_reviews_csv
 from support.families import (DECODER_FAMILIES, IMAGE_FAMILIES, SEQ2SEQ_FAMILIES, TEXT_FAMILIES,
                               save_image_checkpoint, save_text_checkpoint)
 from support.family_runs import check_reload, check_stages, no_report, train_quick  # noqa: F401 - no_report: autouse
-from support.wider_families import (NO_BASE_IMAGE, NO_LORA_TARGETS, WIDER_DECODERS, WIDER_IMAGE, WIDER_SEQ2SEQ,
-                                    WIDER_TEXT)
+from support.wider_families import (NO_BASE_IMAGE, NO_LORA_TARGETS, PADDING_DEPENDENT, WIDER_DECODERS, WIDER_IMAGE,
+                                    WIDER_SEQ2SEQ, WIDER_TEXT)
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from hftransfer import anatomy, freezing
@@ -150,6 +150,7 @@ def test_text_family(family, text_data, tmp_path, caplog):
     _check_anatomy(staged, family)
     check_stages(tmp_path / "staged", expected_cache, caplog.text)
     check_reload(staged, tmp_path / "staged", AutoModelForSequenceClassification, "text-classification")
+    assert ("with the padding its batch adds" in caplog.text) == (family in PADDING_DEPENDENT)
 
     if family in NO_LORA_TARGETS:
         with pytest.raises(freezing.PatternError, match="hold no Linear, Conv1D or ungrouped Conv2d"):
