@@ -262,7 +262,7 @@ def _trace(model: torch.nn.Module, sample: dict, names: list[str]):
 def _traced_another_way(model: torch.nn.Module, sample: dict, names: list[str], error: Exception):
     """Where the model's code cannot be traced as it stands, transformers' own switches to code that computes the
     same and can be: each token's experts' weights gathered (`batched_mm`) for a mixture-of-experts layer's grouped
-    matmul, a custom op with no ONNX function (Mixtral's, Qwen2-MoE's, GPT-OSS's), then written-out attention
+    matmul, a custom op with no ONNX function (Mixtral's, Qwen2/3-MoE's, GPT-OSS's), then written-out attention
     (`eager`) for PyTorch's fused attention (SDPA) with a relative-position bias as its mask, which cannot be traced
     for a dynamic batch size (T5's, Swin's, BEiT's). Each switch stays on for the next try; all are undone after.
     The graph is then checked against the PyTorch model like any other (`export`). Any other failure is an error."""
@@ -272,14 +272,14 @@ def _traced_another_way(model: torch.nn.Module, sample: dict, names: list[str], 
     switched = []  # (what the graph uses, what the model used, how to switch back)
     try:
         for switch in (_batched_experts, _eager_attention):
-            if (done := switch(model)) is None:
-                continue
-            switched.append(done)
             try:
+                if (done := switch(model)) is None:
+                    continue
+                switched.append(done)
                 program = _trace(model, sample, names)
             except Exception:
                 continue
-            logger.info("Traced with transformers' %s: its %s cannot be traced (%s)",
+            logger.info("Traced with transformers' %s in place of its %s (the model as it stands cannot be traced: %s)",
                         " and ".join(used for used, _, _ in switched), " and ".join(was for _, was, _ in switched),
                         _root_cause(error))
             return program

@@ -266,24 +266,59 @@ def load_classifier(model_name_or_path: str, revision: str = "main", trust_remot
     return model.eval(), not_in_checkpoint(loading)
 
 
-def check_runs(model, inputs, collator, processor, device) -> None:
-    """One forward pass on two rows of the run's own `inputs` before anything trains: a model that cannot run on them
-    (SigLIP 2's NaFlex classifiers need more than pixels) is an error now that names them, not a crash inside the
-    first stage. In eval mode (no BatchNorm statistics change, no dropout draws from the seeded stream), each
-    module's mode restored after."""
-    rows = [inputs[i] for i in range(min(2, len(inputs)))]
-    names = ", ".join(k for k in rows[0] if k != "labels")
+@contextmanager
+def evaluating(model):
+    """Eval mode (no BatchNorm statistics change, no dropout draws from the seeded stream), each module's mode
+    restored after."""
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def check_runs(model, inputs, collator, processor, device) -> None:
+    """One forward pass on two rows of the run's own `inputs` before anything trains: a model that cannot run on them
+    (SigLIP 2's NaFlex classifiers need more than pixels) is an error now that names them, not a crash inside the
+    first stage."""
+    rows = [inputs[i] for i in range(min(2, len(inputs)))]
+    names = ", ".join(k for k in rows[0] if k != "labels")
+    try:
         batch = {k: v.to(device) for k, v in collator(rows).items() if k != "labels"}
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(**batch)
     except torch.OutOfMemoryError:
         raise  # the device's limit, not the model's inputs
     except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise ModelError(f"{type(model).__name__} cannot run on the inputs this run makes ({names}, from "
                          f"{type(processor).__name__}): {type(err).__name__}: {err}") from err
-    finally:
-        for module, training in modes.items():
-            module.training = training
+
+
+# An input scored alone and padded differs by about 1e-7 where a model masks its padding (README, Families tested)
+PADDING_TOLERANCE = 1e-4
+
+
+def check_padding(model, probe, device) -> None:
+    """CANINE, Nystromformer and ConvBERT read the padding a batch adds to a text into its scores (their
+    downsampling, landmarks and convolutions span it): the run's evaluation, `predict` and the demo, which pad
+    batches, then score a text by the batch it is in, and `pipeline`, which reads one text alone, can differ. Said
+    before training, from the task's `padding_probe`; not mended. A probe that cannot run says so at INFO: this is
+    a warning, never a reason to stop."""
+    if probe is None:
+        return
+    try:
+        with evaluating(model), torch.no_grad():
+            alone, padded = (model(**{k: v.to(device) for k, v in inputs.items()}).logits[0].float().softmax(-1)
+                             for inputs in probe)
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
+        logger.info("Padding probe not run (%s: %s)", type(err).__name__, err)
+        return
+    moved = float((alone - padded).abs().max())
+    if moved > PADDING_TOLERANCE:
+        logger.warning("%s scores an input differently with the padding its batch adds (a training text alone and "
+                       "in a batch with a longer one: up to %.2g apart in the softmax of its logits): the run's "
+                       "evaluation, predict and the demo, which pad batches, score a text by the batch it is in, and "
+                       "transformers' pipeline, which reads one text alone, can differ from them", type(model).__name__,
+                       moved)

@@ -61,6 +61,11 @@ class TaskAdapter:
     def drop_unusable(self, dataset: Dataset, split: str, report: DataReport) -> Dataset:
         return dataset
 
+    def padding_probe(self, processor, train: Dataset):
+        """(an input alone, it in a batch where padding is added to it) as model inputs, for
+        `modeling.check_padding`; None where inputs are never padded (images)."""
+        return None
+
     def is_input_feature(self, feature) -> bool:
         """Whether a column of this `datasets` feature type could hold this task's inputs."""
         raise NotImplementedError
@@ -558,10 +563,6 @@ def _accepts_size(model, size: int) -> bool:
 
 # ---------------------------------------------------------------- text
 
-# A text scored alone and padded differs by about 1e-7 where a model masks its padding (README, families)
-PADDING_TOLERANCE = 1e-4
-
-
 class TextTask(TaskAdapter):
     name = "text"
     default_model = "zoo:all-MiniLM-L6-v2"
@@ -651,8 +652,7 @@ class TextTask(TaskAdapter):
         almost none of the training texts' words, is an error."""
         _check_vocabulary(tokenizer, model)
         train = splits.get("train")
-        first = train.select(range(min(256, len(train)))) if train else None
-        _check_known_words(tokenizer, self.raw_inputs(first) if first is not None else [])
+        _check_known_words(tokenizer, self.raw_inputs(train.select(range(min(256, len(train))))) if train else [])
         limits = [tokenizer.model_max_length, _position_limit(model), self.max_length_cap]
         natural = min(int(v) for v in limits if v and v > 0)
         wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else None
@@ -672,33 +672,16 @@ class TextTask(TaskAdapter):
         _give_pad_token(tokenizer, model)
         if self.pairs:
             _separate_pairs(tokenizer, choices)
-        if first is not None and not is_decoder_classifier(model):  # decoders read their last real token (tested)
-            shortest = min(self.inputs_of(first), key=lambda text: len(text) if isinstance(text, str) else
-                           sum(map(len, text)))
-            self._warn_if_padding_moves_scores(tokenizer, model, shortest)  # a long one could fill the limit alone
         return tokenizer
 
-    def _warn_if_padding_moves_scores(self, tokenizer, model, text) -> None:
-        """CANINE, Nystromformer and ConvBERT read the padding a batch adds to a text into its scores (their
-        downsampling, landmarks and convolutions span it): the run's evaluation, `predict` and the demo, which pad
-        batches, then score a text by the batch it is in, and `pipeline`, which reads one text alone, can differ.
-        Measured once on the shortest of the first 256 training texts, alone and beside itself twice over; said,
-        not mended."""
-        if any(p.is_meta for p in model.parameters()):  # FSDP's processes but the first load no weights
-            return
-        longer = tuple(f"{t} {t}" for t in text) if self.pairs else f"{text} {text}"
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            alone, padded = (_first_probabilities(model, self.model_inputs(tokenizer, texts))
-                             for texts in ([text], [text, longer]))
-        model.train(was_training)
-        moved = float((alone - padded).abs().max())
-        if moved > PADDING_TOLERANCE:
-            logger.warning("%s scores a text differently with the padding its batch adds (a training text alone and "
-                           "beside a longer one: %.2g apart in probability): the run's evaluation, predict and the "
-                           "demo, which pad batches, score a text by the batch it is in, and transformers' pipeline, "
-                           "which reads one text alone, can differ from them", type(model).__name__, moved)
+    def padding_probe(self, tokenizer, train):
+        """The shortest of the first 256 training texts, cut to a quarter of the token limit (so that, doubled, it
+        still fits and is longer), alone and in a batch beside itself twice over, where it is padded."""
+        shortest = min(self.inputs_of(train.select(range(min(256, len(train))))), key=_text_length)
+        cut = tokenizer.model_max_length // 4
+        text = tuple(part[:cut] for part in shortest) if self.pairs else shortest[:cut]
+        longer = tuple(f"{part} {part}" for part in text) if self.pairs else f"{text} {text}"
+        return self.model_inputs(tokenizer, [text]), self.model_inputs(tokenizer, [text, longer])
 
     def transform(self, tokenizer, train):
         columns = self.columns
@@ -792,8 +775,8 @@ def _position_limit(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def _first_probabilities(model, inputs: dict) -> torch.Tensor:
-    return model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[0].float().softmax(-1)
+def _text_length(text) -> int:
+    return len(text) if isinstance(text, str) else sum(map(len, text))
 
 
 def _check_vocabulary(tokenizer, model) -> None:

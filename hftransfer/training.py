@@ -22,7 +22,7 @@ from .choices import Choices, choose_for_labels, choose_for_model, choose_stages
 from .data import class_counts, is_multi_label, label_names, prepare_splits
 from .feature_store import FeatureStore, Source
 from .metrics import check_best_metric
-from .modeling import check_runs, load_model
+from .modeling import check_padding, check_runs, load_model
 from .outputs import ADAPTER_FOLDER
 from .resume import StageCheckpoints
 from .selection import BestEpoch, ClassLoss
@@ -98,6 +98,9 @@ class TransferRun:
                     len(self.splits["validation"]), len(self.labels))
         if not hardware.shards_parameters(self.args):  # a sharded model runs only once wrapped
             check_runs(self.model, self.eval_raw, self.collator, self.processor, self.args.device)
+            if not self.decoder:  # a decoder reads its last real token: equal batched and alone (tested)
+                probe = self.task.padding_probe(self.processor, self.splits["train"])
+                check_padding(self.model, probe, self.args.device)
 
     def _load_model(self) -> None:
         transfer = self.run.transfer

@@ -246,7 +246,8 @@ def test_fsdp_classes_are_narrowed_on_the_model_to_those_it_holds_outside_the_in
 
 def test_thread_map_keeps_order_spreads_over_the_cores_and_reads_a_window_ahead(monkeypatch):
     """The image passes before training (the unusable-image check, the data-quality fingerprints) ran on one core;
-    an executor's `map` would read every item at once (every image's bytes, for a table that embeds them)."""
+    an executor's `map` would read every item at once (every image's bytes, for a table that embeds them), and
+    leaving the pool waits for all it has queued."""
     import threading
     import time
 
@@ -267,6 +268,18 @@ def test_thread_map_keeps_order_spreads_over_the_cores_and_reads_a_window_ahead(
     assert next(results) == 0 and len(drawn) <= 2 * 4 + 1
     assert list(results) == [n * n for n in range(1, 1000)]
     assert len(threads) == 2
+    calls = []
+
+    def fails_at_20(n):  # an image that raises: the work queued behind it is dropped, not run
+        calls.append(n)
+        time.sleep(0.001)
+        if n == 20:
+            raise ValueError(n)
+        return n
+
+    with pytest.raises(ValueError):
+        list(hardware.thread_map(fails_at_20, range(1000), window=50))  # 100 queued when 20 raises
+    assert len(calls) < 60
     monkeypatch.setattr(hardware, "cores_per_process", lambda: 1)
     threads.clear()
     assert list(hardware.thread_map(square, range(5))) == [0, 1, 4, 9, 16] and threads == {threading.get_ident()}

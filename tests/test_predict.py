@@ -447,7 +447,7 @@ def test_a_model_whose_fused_attention_cannot_be_traced_exports_with_eager_atten
     assert model.config._attn_implementation == "sdpa"
     with caplog.at_level("INFO", logger="hftransfer.export"):
         export_module.write_onnx(model, {"pixel_values": torch.randn(2, 3, 32, 32)}, tmp_path / "model.onnx")
-    assert "Traced with transformers' eager attention: its sdpa attention cannot be traced" in caplog.text
+    assert "Traced with transformers' eager attention in place of its sdpa attention" in caplog.text
     assert model.config._attn_implementation == "sdpa"
     pixels = torch.randn(5, 3, 32, 32)
     graph = onnxruntime.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"pixel_values": pixels.numpy()})[0]
@@ -471,7 +471,7 @@ def test_a_mixture_of_experts_exports_with_batched_experts(tmp_path, caplog):
     sample = {"input_ids": torch.randint(1, 99, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
     with caplog.at_level("INFO", logger="hftransfer.export"):
         export_module.write_onnx(model, sample, tmp_path / "model.onnx")
-    assert "Traced with transformers' batched_mm experts: its grouped_mm experts cannot be traced" in caplog.text
+    assert "Traced with transformers' batched_mm experts in place of its grouped_mm experts" in caplog.text
     assert model.get_experts_implementation() == {"": "grouped_mm"} and model.config._attn_implementation == "sdpa"
     inputs = {"input_ids": torch.randint(1, 99, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
     inputs["attention_mask"][1, 6:] = 0

@@ -231,26 +231,29 @@ def test_a_model_without_a_position_table_keeps_the_tokenizers_limit():
 def test_a_model_whose_scores_move_with_padding_is_said_before_training(caplog):
     """ConvBERT's convolutions span the padding a batch adds to a text (as CANINE's downsampling and Nystromformer's
     landmarks do), so evaluation, predict and the demo score a text by the batch it is in: nothing said it. A BERT,
-    which masks its padding, is not named."""
+    which masks its padding, is not named; a text that fills the token limit alone is cut so that it is padded."""
     from datasets import Dataset
     from support.families import keep_activations
     from transformers import (BertConfig, BertForSequenceClassification, ConvBertConfig,
                               ConvBertForSequenceClassification)
 
     from hftransfer import zoo
-    from hftransfer.choices import Choices
+    from hftransfer.modeling import check_padding
 
     sizes = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-    splits = {"train": Dataset.from_dict({"text": ["a gripping, funny and moving film"], "label": [0]})}
+    tokenizer = AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"), model_max_length=16)
+    train = Dataset.from_dict({"text": ["a gripping, funny and moving film " * 8, "x " * 40], "label": [0, 1]})
+    alone, padded = TextTask(DataArguments()).padding_probe(tokenizer, train)
+    assert alone["input_ids"].shape[1] < padded["input_ids"].shape[1] <= 16 and not padded["attention_mask"][0].all()
     for model, named in ((ConvBertForSequenceClassification(ConvBertConfig(**sizes, embedding_size=32)), True),
                          (BertForSequenceClassification(BertConfig(**sizes)), False)):
-        model = keep_activations(model)  # at N(0, 0.02) the tiny ConvBERT's scores barely move with anything
-        tokenizer = AutoTokenizer.from_pretrained(zoo.prepare("all-MiniLM-L6-v2"))
+        model = keep_activations(model).train()  # at N(0, 0.02) the tiny ConvBERT's scores barely move with anything
         caplog.clear()
         with caplog.at_level("WARNING"):
-            TextTask(DataArguments()).adapt_processor(tokenizer, model.train(), splits, Choices())
-        said = f"{type(model).__name__} scores a text differently with the padding its batch adds" in caplog.text
-        assert said is named and model.training  # the probe runs in eval mode, and the model is left as it was
+            check_padding(model, (alone, padded), "cpu")
+        said = f"{type(model).__name__} scores an input differently with the padding its batch adds" in caplog.text
+        assert said is named and model.training  # probed in eval mode, and left as it was
+
 
 def test_a_token_limit_that_leaves_no_room_for_a_word_is_an_error():
     """--max_seq_length 2 cut every text to [CLS] [SEP]: one answer for every text, exit 0."""
