@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .inference import OnnxEngine, Predictor, is_exported, model_folder, text_length
+from .inference import OnnxEngine, Predictor, is_exported, model_folder
 from .outputs import (ALL_RESULTS, CONFIG, DATA_QUALITY, EXAMPLES_FOLDER, EXPORT_RECORD, ONNX_FILE, PLAN_FILE,
                       REPORT_DIR, RUN_RECORD, OutputFolder, write_json)
+from .tasks import text_length
 
 logger = logging.getLogger(__name__)
 

@@ -78,12 +78,6 @@ class OnnxEngine:
         return self.session.run(["logits"], feed)[0]
 
 
-def text_length(value) -> int:
-    """How long an input's text is (a sentence pair's two together); 0 for other inputs."""
-    texts = value if isinstance(value, (tuple, list)) else [value]
-    return sum(len(text) for text in texts if isinstance(text, str))
-
-
 class Predictor:
     """A trained classifier and its processor, loaded once: raw inputs (image paths or images, texts) -> scores."""
 

@@ -266,6 +266,10 @@ def load_classifier(model_name_or_path: str, revision: str = "main", trust_remot
     return model.eval(), not_in_checkpoint(loading)
 
 
+# What a model's forward pass raises on inputs it cannot take (not the machine's limits: out of memory)
+INPUT_ERRORS = (RuntimeError, TypeError, ValueError, AttributeError, IndexError)
+
+
 @contextmanager
 def evaluating(model):
     """Eval mode (no BatchNorm statistics change, no dropout draws from the seeded stream), each module's mode
@@ -291,7 +295,7 @@ def check_runs(model, inputs, collator, processor, device) -> None:
             model(**batch)
     except torch.OutOfMemoryError:
         raise  # the device's limit, not the model's inputs
-    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
+    except INPUT_ERRORS as err:
         raise ModelError(f"{type(model).__name__} cannot run on the inputs this run makes ({names}, from "
                          f"{type(processor).__name__}): {type(err).__name__}: {err}") from err
 
@@ -312,7 +316,7 @@ def check_padding(model, probe, device) -> None:
         with evaluating(model), torch.no_grad():
             alone, padded = (model(**{k: v.to(device) for k, v in inputs.items()}).logits[0].float().softmax(-1)
                              for inputs in probe)
-    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
+    except INPUT_ERRORS as err:
         logger.info("Padding probe not run (%s: %s)", type(err).__name__, err)
         return
     moved = float((alone - padded).abs().max())

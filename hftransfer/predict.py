@@ -522,7 +522,8 @@ def predict(model: str, inputs: list[str], output: str | Path, top_k: int = 5, b
     (multi-label models only): a label is chosen above it, 0.5 unless given."""
     from tqdm.auto import tqdm
 
-    from .inference import Predictor, text_length
+    from .inference import Predictor
+    from .tasks import text_length
 
     output = Path(output)
     writer = Writer(output, inputs)  # a wrong output fails before the model loads

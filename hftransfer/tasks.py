@@ -677,7 +677,7 @@ class TextTask(TaskAdapter):
     def padding_probe(self, tokenizer, train):
         """The shortest of the first 256 training texts, cut to a quarter of the token limit (so that, doubled, it
         still fits and is longer), alone and in a batch beside itself twice over, where it is padded."""
-        shortest = min(self.inputs_of(train.select(range(min(256, len(train))))), key=_text_length)
+        shortest = min(self.inputs_of(train.select(range(min(256, len(train))))), key=text_length)
         cut = tokenizer.model_max_length // 4
         text = tuple(part[:cut] for part in shortest) if self.pairs else shortest[:cut]
         longer = tuple(f"{part} {part}" for part in text) if self.pairs else f"{text} {text}"
@@ -775,8 +775,10 @@ def _position_limit(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def _text_length(text) -> int:
-    return len(text) if isinstance(text, str) else sum(map(len, text))
+def text_length(value) -> int:
+    """How long an input's text is (a sentence pair's two together); 0 for other inputs."""
+    texts = value if isinstance(value, (tuple, list)) else [value]
+    return sum(len(text) for text in texts if isinstance(text, str))
 
 
 def _check_vocabulary(tokenizer, model) -> None:
