@@ -6,6 +6,8 @@
   floats, stacked into one matrix, normalised as a whole, then each validation text's best match found against it.
 - hftransfer: `quality.fingerprints` (the texts' 4-gram buckets, counted into dense rows a block at a time) and the
   same `quality.near_duplicates`.
+- the hashing alone, in this process, the same texts: each 4-gram's `zlib.crc32`, one Python call a gram (hftransfer
+  before 2026-12-07), against `quality.fingerprints`' multiply-shift hash of every window of a block of texts at once.
 
 Texts: review-like sentences made by joining halves of two of the embedded Rotten Tomatoes snippets (seed 0); the
 validation set is 1,000 snippets as they are. Each way runs in its own process; its peak resident memory is read
@@ -18,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import resource
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,13 +54,13 @@ def plain(train: list[str], validation: list[str]):
 
     from hftransfer import quality
 
-    def dense(text: str) -> torch.Tensor:
-        counts = torch.bincount(quality._text_buckets(text).long(), minlength=quality.TEXT_BUCKETS).float()
-        return torch.nn.functional.normalize(counts, dim=0)
+    def dense(texts: list[str]) -> torch.Tensor:
+        prints = quality.TextPrints(texts)
+        return torch.stack([torch.bincount(prints.buckets[start:stop].long(), minlength=quality.TEXT_BUCKETS).float()
+                            for start, stop in zip(prints.offsets[:-1], prints.offsets[1:])])
 
-    stacked = torch.stack([dense(text) for text in train])
-    whole = torch.nn.functional.normalize(stacked.float(), dim=1)
-    queries = torch.stack([dense(text) for text in validation])
+    whole = torch.nn.functional.normalize(dense(train), dim=1)
+    queries = dense(validation)
     return quality.near_duplicates(queries, whole, quality.TEXT_NEAR_DUPLICATE_THRESHOLD)
 
 
@@ -80,6 +84,27 @@ def child(way: str, rows: int) -> None:
                       "pairs": [(i, j) for i, j, _ in pairs]}))
 
 
+def crc32_buckets(text: str) -> list[int]:
+    """The 4-gram hashing hftransfer had before: one `zlib.crc32` call a gram."""
+    normal = " " + " ".join(re.sub(r"\W+", " ", text.casefold()).split()) + " "
+    return [zlib.crc32(normal[i:i + 4].encode()) % 4096 for i in range(max(1, len(normal) - 3))]
+
+
+def hashing(rows: int) -> dict:
+    from hftransfer import quality
+
+    train, _ = texts(rows)
+    start = time.perf_counter()
+    grams = sum(len(crc32_buckets(text)) for text in train)
+    loop = time.perf_counter() - start
+    start = time.perf_counter()
+    prints = quality.fingerprints(train)
+    vectorised = time.perf_counter() - start
+    assert len(prints.buckets) == grams  # one gram a character either way (a short text: one)
+    return {"crc32_loop_s": round(loop, 1), "hftransfer_s": round(vectorised, 1),
+            "speedup": round(loop / vectorised, 1)}
+
+
 def measure(rows: int) -> dict:
     result = {}
     for way in ("plain", "hftransfer"):
@@ -87,7 +112,7 @@ def measure(rows: int) -> dict:
                              capture_output=True, text=True).stdout
         result[way] = json.loads(out.strip().splitlines()[-1])
     same = result["plain"].pop("pairs") == result["hftransfer"].pop("pairs")
-    return {"rows": rows, "same_pairs": same, **result,
+    return {"rows": rows, "same_pairs": same, **result, "hashing": hashing(rows),
             "memory_ratio": round(result["plain"]["extra_mb"] / max(1, result["hftransfer"]["extra_mb"]), 1)}
 
 
@@ -106,7 +131,9 @@ def main() -> None:
     for row in results:
         print(f"{row['rows']:>7} texts: plain {row['plain']['extra_mb']} MB in {row['plain']['seconds']} s, "
               f"hftransfer {row['hftransfer']['extra_mb']} MB in {row['hftransfer']['seconds']} s "
-              f"({row['memory_ratio']}x less memory), same pairs: {row['same_pairs']}")
+              f"({row['memory_ratio']}x less memory), same pairs: {row['same_pairs']}; hashing: crc32 loop "
+              f"{row['hashing']['crc32_loop_s']} s, hftransfer {row['hashing']['hftransfer_s']} s "
+              f"({row['hashing']['speedup']}x)")
     RESULT.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": results},
                                  indent=1) + "\n")
 

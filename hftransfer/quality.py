@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import os
 import re
-import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -262,11 +260,34 @@ def image_fingerprint(value) -> torch.Tensor:
     return torch.nn.functional.normalize(pixels, dim=0)
 
 
-def _text_buckets(text: str) -> torch.Tensor:
-    """The hash buckets of the text's character 4-grams, case, punctuation and spacing removed."""
-    normal = " " + " ".join(re.sub(r"\W+", " ", text.casefold()).split()) + " "
-    grams = [normal[i:i + TEXT_GRAMS] for i in range(max(1, len(normal) - TEXT_GRAMS + 1))]
-    return torch.tensor([zlib.crc32(g.encode()) % TEXT_BUCKETS for g in grams], dtype=torch.int16)
+def _normal_text(text: str) -> str:
+    """Case, punctuation and spacing removed, a space at each end (a 4-gram sees where words start and end), filled
+    to one 4-gram with NULs (an empty text or a one-letter word is one gram)."""
+    return (" " + " ".join(re.sub(r"\W+", " ", text.casefold()).split()) + " ").ljust(TEXT_GRAMS, "\0")
+
+
+# Multiply-shift hashing of a 4-gram's code points, top 12 bits: the same buckets for the same 4-gram in any text,
+# computed for every window of a block of texts at once (zlib.crc32 of each gram, a Python call each, took 7.1 s for
+# 200,000 review-like texts, this 2.3 s: benchmarks/fingerprint_memory.py)
+_GRAM_FACTORS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], np.uint64)
+_MIX, _BUCKET_SHIFT = np.uint64(0xFF51AFD7ED558CCD), np.uint64(64 - (TEXT_BUCKETS - 1).bit_length())  # a power of 2
+_HASH_BLOCK = 10_000  # texts hashed together: their code points' temporaries stay small
+
+
+def _text_buckets(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The texts' 4-gram counts (one gram a character, at least one a text) and their grams' buckets, in order."""
+    normals = [_normal_text(text) for text in texts]
+    lengths = np.fromiter(map(len, normals), np.int64, len(normals))
+    codes = np.frombuffer("".join(normals).encode("utf-32-le"), np.uint32).astype(np.uint64)
+    windows = len(codes) - TEXT_GRAMS + 1
+    mixed = np.zeros(windows, np.uint64)
+    for k, factor in enumerate(_GRAM_FACTORS):  # uint64 products wrap, as the hash means them to
+        mixed += codes[k:k + windows] * factor
+    every = ((mixed * _MIX) >> _BUCKET_SHIFT).astype(np.int16)  # windows across two texts are dropped below
+    counts = lengths - TEXT_GRAMS + 1
+    starts = np.cumsum(lengths) - lengths
+    first_gram = np.cumsum(counts) - counts
+    return counts, every[np.arange(counts.sum()) + np.repeat(starts - first_gram, counts)]
 
 
 class TextPrints:
@@ -275,9 +296,11 @@ class TextPrints:
     6.5 to 9.5 GB while built and searched, beside a run's 300 MB of features (benchmarks/fingerprint_memory.py)."""
 
     def __init__(self, texts):
-        buckets = [_text_buckets(text) for text in texts]
-        self.offsets = torch.tensor([0, *itertools.accumulate(len(b) for b in buckets)])
-        self.buckets = torch.cat(buckets) if buckets else torch.zeros(0, dtype=torch.int16)
+        texts = list(texts)
+        blocks = [_text_buckets(texts[start:start + _HASH_BLOCK]) for start in range(0, len(texts), _HASH_BLOCK)]
+        counts = np.concatenate([np.zeros(1, np.int64), *(counts for counts, _ in blocks)])
+        self.offsets = torch.from_numpy(np.cumsum(counts))
+        self.buckets = torch.from_numpy(np.concatenate([np.zeros(0, np.int16), *(grams for _, grams in blocks)]))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

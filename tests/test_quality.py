@@ -207,20 +207,23 @@ def test_text_fingerprints_are_held_compactly_and_find_what_dense_rows_find(monk
     more while normalised, where the run's features take 300 MB. They are held as 4-gram buckets and counted a
     block of rows at a time; the rows and the copies found are those of the dense vectors, computed here apart."""
     import re
-    import zlib
 
     rng = np.random.default_rng(0)
-    words = ["good", "bad", "film", "plot", "actors", "slow", "funny", "moving", "dull", "score", "the", "a"]
-    texts = [" ".join(rng.choice(words, rng.integers(1, 15))) for _ in range(1500)] + ["", "!!!", "Good film."]
+    words = ["good", "bad", "film", "plot", "actors", "slow", "funny", "moving", "dull", "score", "the", "a", "été"]
+    texts = [" ".join(rng.choice(words, rng.integers(1, 15))) for _ in range(1500)] + ["", "!!!", "Good film.", "ä"]
     texts[17] = texts[5] + " indeed"  # a near copy
+    factors, mix = [int(f) for f in quality._GRAM_FACTORS], int(quality._MIX)
 
-    def dense(text):
+    def dense(text):  # gram by gram, in Python integers: the hash the blocks of texts compute at once
         normal = " " + " ".join(re.sub(r"\W+", " ", text.casefold()).split()) + " "
+        normal += "\0" * (4 - len(normal))  # an empty text or a one-letter word is one gram
         counts = np.zeros(4096, np.float32)
-        for i in range(max(1, len(normal) - 3)):
-            counts[zlib.crc32(normal[i:i + 4].encode()) % 4096] += 1
+        for i in range(len(normal) - 3):
+            gram = sum(ord(c) * f for c, f in zip(normal[i:i + 4], factors)) % 2**64
+            counts[(gram * mix % 2**64) >> 52] += 1
         return torch.nn.functional.normalize(torch.from_numpy(counts), dim=0)
 
+    monkeypatch.setattr(quality, "_HASH_BLOCK", 600)  # hashed in blocks of 600 texts: rows across blocks
     prints = quality.fingerprints(texts)
     held = sum(t.nbytes for t in vars(prints).values()) if not isinstance(prints, torch.Tensor) else prints.nbytes
     assert held < len(texts) * 4096 * 4 / 50
