@@ -652,7 +652,7 @@ class TextTask(TaskAdapter):
         almost none of the training texts' words, is an error."""
         _check_vocabulary(tokenizer, model)
         train = splits.get("train")
-        _check_known_words(tokenizer, self.raw_inputs(train.select(range(min(256, len(train))))) if train else [])
+        _check_known_words(tokenizer, self.raw_inputs(_first_rows(train)) if train else [])
         limits = [tokenizer.model_max_length, _position_limit(model), self.max_length_cap]
         natural = min(int(v) for v in limits if v and v > 0)
         wanted = self.data_args.max_seq_length if self.data_args and self.data_args.max_seq_length else None
@@ -675,9 +675,9 @@ class TextTask(TaskAdapter):
         return tokenizer
 
     def padding_probe(self, tokenizer, train):
-        """The shortest of the first 256 training texts, cut to a quarter of the token limit (so that, doubled, it
-        still fits and is longer), alone and in a batch beside itself twice over, where it is padded."""
-        shortest = min(self.inputs_of(train.select(range(min(256, len(train))))), key=text_length)
+        """The shortest of the first training texts (`_first_rows`), cut to a quarter of the token limit (so that,
+        doubled, it still fits and is longer), alone and in a batch beside itself twice over, where it is padded."""
+        shortest = min(self.inputs_of(_first_rows(train)), key=text_length)
         cut = tokenizer.model_max_length // 4
         text = tuple(part[:cut] for part in shortest) if self.pairs else shortest[:cut]
         longer = tuple(f"{part} {part}" for part in text) if self.pairs else f"{text} {text}"
@@ -773,6 +773,13 @@ def _position_limit(model) -> int | None:
                 and module.padding_idx is not None:
             return module.num_embeddings - module.padding_idx - 1
     return getattr(model.config, "max_position_embeddings", None)
+
+
+SAMPLED_ROWS = 256  # the training rows the set-up's text checks read: enough to see the data, in no time
+
+
+def _first_rows(train: Dataset) -> Dataset:
+    return train.select(range(min(SAMPLED_ROWS, len(train))))
 
 
 def text_length(value) -> int:
