@@ -227,7 +227,6 @@ def test_a_model_without_a_position_table_keeps_the_tokenizers_limit():
     assert tokenizer.model_max_length == choices.made["max_seq_length"]["value"] == 256
 
 
-
 def test_a_model_whose_scores_move_with_padding_is_said_before_training(caplog):
     """ConvBERT's convolutions span the padding a batch adds to a text (as CANINE's downsampling and Nystromformer's
     landmarks do), so evaluation, predict and the demo score a text by the batch it is in: nothing said it. A BERT,
