@@ -61,16 +61,18 @@ def build_demo(model: str, title: str | None = None):
     folder = predictor.folder
     title = title or (folder.name if Path(model).exists() else model)
 
-    def check(*values):  # one input: a value from each widget (a sentence pair's two texts)
-        problem = predictor.task.demo_problem(*values)
-        if problem:
-            raise gr.Error(problem, print_exception=False)
+    def read(*values):  # one input: a value from each widget (a sentence pair's two texts)
+        try:
+            return predictor.task.demo_input(*values)
+        except ValueError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+
+    def check(*values):
+        read(*values)
 
     def predict(*columns):  # Gradio batches: one list per input widget, one list per output
-        inputs = list(zip(*columns)) if len(columns) > 1 else columns[0]
-        for values in zip(*columns):  # the browser checked already; API callers reach this directly
-            check(*values)
-        return [predictor.predict(inputs)]
+        # The browser checked already; API callers reach this directly. Each image is decoded once, here.
+        return [predictor.predict([read(*values) for values in zip(*columns)])]
 
     with gr.Blocks(title=f"{title} - hftransfer") as demo:
         gr.Markdown(f"# {title}\n{len(predictor.labels)} classes: {', '.join(predictor.labels[:20])}"

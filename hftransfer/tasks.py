@@ -122,8 +122,9 @@ class TaskAdapter:
         """The Gradio input widgets of one input (gradio is passed in: the core does not import it)."""
         raise NotImplementedError
 
-    def demo_problem(self, *values) -> str | None:
-        """Why one demo input (a value from each widget) cannot be classified, said to the user, or None."""
+    def demo_input(self, *values):
+        """One demo input (a value from each widget) read once, ready for `model_inputs`; ValueError saying to the
+        user why it cannot be classified."""
         raise NotImplementedError
 
     def read_input(self, value):
@@ -369,22 +370,25 @@ class ImageTask(TaskAdapter):
         component.preprocess = preprocess
         return [component]
 
-    def demo_problem(self, value):
+    def demo_input(self, value):
         from PIL import Image
 
         if not value:
-            return "No image: upload one, or pick an example"
+            raise ValueError("No image: upload one, or pick an example")
         try:
             with Image.open(value) as image:  # the header only: size is known before anything is decoded
                 width, height = image.size
         except Image.DecompressionBombError:
-            return f"Image too large (limit {DEMO_MAX_PIXELS // 10**6} megapixels)"
+            raise ValueError(f"Image too large (limit {DEMO_MAX_PIXELS // 10**6} megapixels)") from None
         except (OSError, ValueError, SyntaxError):
-            return f"Not an image that can be read: {Path(value).name}"
+            raise ValueError(f"Not an image that can be read: {Path(value).name}") from None
         if width * height > DEMO_MAX_PIXELS:
-            return f"Image too large: {width} x {height} pixels (limit {DEMO_MAX_PIXELS // 10**6} megapixels)"
-        problem = _image_problem(value)
-        return f"{Path(value).name}: {problem}" if problem else None
+            raise ValueError(f"Image too large: {width} x {height} pixels (limit {DEMO_MAX_PIXELS // 10**6} "
+                             "megapixels)")
+        try:
+            return _read_image(value)  # decoded here only: the prediction takes these pixels
+        except ValueError as err:
+            raise ValueError(f"{Path(value).name}: {err}") from None
 
     def read_input(self, value):
         return _read_image(value)
@@ -717,11 +721,12 @@ class TextTask(TaskAdapter):
                     for i, column in enumerate(self.columns)]
         return [gr.Textbox(label="Text", lines=4, elem_id="text-input", placeholder="Type a text to classify")]
 
-    def demo_problem(self, *values):
+    def demo_input(self, *values):
         empty = [c for c, v in zip(self.columns, values) if not isinstance(v, str) or _is_blank(v)]
-        if not empty:
-            return None
-        return f"Empty {empty[0]}: type both texts" if self.pairs else "Empty text: type something to classify"
+        if empty:
+            raise ValueError(f"Empty {empty[0]}: type both texts" if self.pairs else
+                             "Empty text: type something to classify")
+        return tuple(values) if self.pairs else values[0]
 
     def read_input(self, value):
         """A text, or for a pair model a (first, second) pair of texts."""
