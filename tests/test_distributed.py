@@ -74,19 +74,29 @@ def test_two_processes_match_one(strategy, checkpoint, image_folders, tmp_path):
     assert results["train_loss"] == pytest.approx(single_results["train_loss"], rel=0.3, abs=0.05)
 
 
-def test_train_accuracy_counts_every_process_batches(image_folders, tmp_path):
-    """At a learning rate of 0 a head never changes, so each epoch's train_accuracy is its accuracy on the whole
-    training set: what one process logs, and what two log when both processes' batches are counted (one process's
-    half, drawn anew each epoch, wanders from epoch to epoch). The head is trained a little first, so that it is
-    right on some images and wrong on others."""
+def test_under_ddp_train_accuracy_and_validation_loss_count_each_example_once(image_folders, tmp_path):
+    """One launch of two processes against one process, both at a learning rate of 0, where a head never changes.
+    Train accuracy: each epoch's is then the head's accuracy on the whole training set, what one process logs, and
+    what two log when both processes' batches are counted (one process's half, drawn anew each epoch, wanders from
+    epoch to epoch); the head is trained a little first, so that it is right on some images and wrong on others.
+    Validation loss: 13 images on 2 processes in batches of 4, the last batch filled with a repeated image; the
+    reported loss is the saved model's mean loss over the 13, as one process would report it."""
+    import numpy as np
+    from conftest import make_image_folder
+
+    from hftransfer.inference import Predictor
+
+    validation = image_folders[1]
+    make_image_folder(tmp_path / "one_more", 1, classes=("square",), seed=2)
+    (tmp_path / "one_more" / "square" / "0.png").rename(validation / "square" / "extra.png")  # 13 images
     torch.manual_seed(0)
     start = tmp_path / "start"
     head = parse_args(["--model_name_or_path", str(save_tiny_checkpoint(tmp_path / "ckpt", "vit")), "--train_dir",
-                       str(image_folders[0]), "--validation_dir", str(image_folders[1]), "--output_dir", str(start),
+                       str(image_folders[0]), "--validation_dir", str(validation), "--output_dir", str(start),
                        "--strategy", "feature_extraction", "--head_epochs", "1", "--seed", "0", "--disable_tqdm",
                        "true"])
     TransferRun(head, ImageTask(head.data)).execute()
-    still = ["--head_epochs", "4", "--head_learning_rate", "0"]
+    still = ["--head_epochs", "4", "--head_learning_rate", "0", "--per_device_eval_batch_size", "4"]
     one = parse_args([*flags(start, image_folders, tmp_path / "one", "feature_extraction", 4), *still,
                       "--disable_tqdm", "true"])
     TransferRun(one, ImageTask(one.data)).execute()
@@ -96,6 +106,15 @@ def test_train_accuracy_counts_every_process_batches(image_folders, tmp_path):
                ["stages"][0]["log"] if "train_accuracy" in entry] for out in ("one", "two")]
     assert len(logged[1]) == 4 and len(set(logged[0])) == 1 and 0 < logged[0][0] < 1, logged
     assert logged[1] == logged[0], logged
+
+    results = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    assert results["eval_samples"] == 13
+    predictor = Predictor(tmp_path / "two")
+    paths = sorted(validation.rglob("*.png"))
+    scores = predictor.scores(predictor.inputs([str(p) for p in paths]))
+    truth = [predictor.labels.index(p.parent.name) for p in paths]
+    expected = float(np.mean([-np.log(row[label]) for row, label in zip(scores, truth)]))
+    assert results["eval_loss"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_adversarial_training_runs_under_ddp_with_gradient_accumulation(tmp_path):
@@ -170,29 +189,3 @@ def test_shipped_accelerate_configs_load(name):
         assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] is False  # the new head is never left on meta
     if name == "deepspeed_zero2":
         assert config.deepspeed_config["zero_stage"] == 2
-
-
-def test_under_ddp_the_validation_loss_counts_each_example_once(checkpoint, tmp_path):
-    """13 validation images on 2 processes in batches of 4: the last batch is filled with a repeated image. The
-    reported loss is the saved model's mean loss over the 13, as one process would report it."""
-    import numpy as np
-    from conftest import make_image_folder
-
-    from hftransfer.inference import Predictor
-
-    train = make_image_folder(tmp_path / "train", 6, seed=0)
-    validation = make_image_folder(tmp_path / "validation", 4, seed=1)
-    make_image_folder(tmp_path / "one_more", 1, classes=("square",), seed=2)
-    (tmp_path / "one_more" / "square" / "0.png").rename(validation / "square" / "extra.png")  # 13 images
-    out = tmp_path / "two"
-    accelerate_launch(["--model_name_or_path", str(checkpoint), "--train_dir", str(train), "--validation_dir",
-                       str(validation), "--output_dir", str(out), "--strategy", "feature_extraction", "--head_epochs",
-                       "2", "--per_device_eval_batch_size", "4", "--seed", "0"], processes=2)
-    results = json.loads((out / "all_results.json").read_text())
-    assert results["eval_samples"] == 13
-    predictor = Predictor(out)
-    paths = sorted(validation.rglob("*.png"))
-    scores = predictor.scores(predictor.inputs([str(p) for p in paths]))
-    truth = [predictor.labels.index(p.parent.name) for p in paths]
-    expected = float(np.mean([-np.log(row[label]) for row, label in zip(scores, truth)]))
-    assert results["eval_loss"] == pytest.approx(expected, abs=1e-4)
