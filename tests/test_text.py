@@ -1,10 +1,8 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import NEGATIVE, POSITIVE, ROOT, save_tiny_text_checkpoint, tiny_text_model, write_reviews_csv
+from conftest import NEGATIVE, POSITIVE, save_tiny_text_checkpoint, tiny_text_model, write_reviews_csv
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hftransfer import freezing
@@ -128,14 +126,14 @@ def test_a_file_of_no_rows_or_a_broken_json_line_says_so(tmp_path, name, content
 
 
 @pytest.mark.long
-def test_minilm_zoo_transfers_through_accelerate_and_reloads(tmp_path):
+def test_minilm_zoo_transfers_and_reloads(tmp_path):
+    """The text recipe's default, in this process (`accelerate launch` of the text recipe: test_publish's push and
+    test_distributed's DDP runs; of the image default: test_recipe)."""
+    from hftransfer.recipe import main
+
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "text.py"),
-               "--output_dir", str(out), "--max_train_samples", "256", "--max_eval_samples", "200",
-               "--num_train_epochs", "1", "--disable_tqdm", "true"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    main("text", ["--output_dir", str(out), "--max_train_samples", "256", "--max_eval_samples", "200",
+                  "--num_train_epochs", "1", "--disable_tqdm", "true"])
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_accuracy"] > 0.65  # balanced binary: chance is 0.5
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
