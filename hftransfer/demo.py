@@ -71,7 +71,8 @@ def build_demo(model: str, title: str | None = None):
         read(*values)
 
     def predict(*columns):  # Gradio batches: one list per input widget, one list per output
-        # The browser checked already; API callers reach this directly. Each image is decoded once, here.
+        # The browser checked already; API callers reach this directly. One read serves the check and the
+        # prediction (an image was decoded for each).
         return [predictor.predict([read(*values) for values in zip(*columns)])]
 
     with gr.Blocks(title=f"{title} - hftransfer") as demo:
