@@ -18,7 +18,7 @@ from PIL import Image
 from hftransfer.fastpath import imports_without_gc
 
 with imports_without_gc():  # as the recipes do: accelerate's gc.collect() after each stage then skips the libraries
-    import datasets  # noqa: F401
+    import datasets
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
@@ -59,6 +59,12 @@ def _one_thread_a_worker():
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_cache(tmp_path_factory):
     os.environ["HFTRANSFER_CACHE"] = str(tmp_path_factory.mktemp("hftransfer-cache"))
+    # The tables `datasets` builds from the tests' files: in the session's folder, not the user's cache (466 MB
+    # there after a few dozen runs). This process read the variable when it imported datasets; recipes it launches
+    # read it from the environment.
+    datasets_cache = tmp_path_factory.mktemp("datasets-cache")
+    os.environ["HF_DATASETS_CACHE"] = str(datasets_cache)
+    datasets.config.HF_DATASETS_CACHE = datasets_cache
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     yield
