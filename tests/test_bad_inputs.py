@@ -164,6 +164,17 @@ def recipe(capsys, script, *args):
     return str(exit_.value.code), capsys.readouterr().out
 
 
+def test_missing_label_column_fails_before_training(tmp_path, capsys):
+    from datasets import Dataset
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    table = tmp_path / "d.parquet"
+    Dataset.from_dict({"image": [str(tmp_path / "a.png")] * 4, "kind": ["a", "b"] * 2}).to_parquet(table)
+    message, _ = recipe(capsys, "image.py", "--train_file", str(table), "--output_dir", str(tmp_path / "out"))
+    assert "no column 'label'" in message and "kind" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_config_errors_come_before_training(tmp_path, image_folders, capsys):
     """Each an exit with one message before any training step (--metric_for_best_model by a metric computed only at
     the end failed after the first epoch, a KeyError)."""

@@ -10,7 +10,6 @@ from support.launch import accelerate_launch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hftransfer.args import parse_args
-from hftransfer.recipe import main
 from hftransfer.tasks import ImageTask
 from hftransfer.training import TransferRun
 
@@ -64,18 +63,6 @@ def test_bad_files_are_skipped_and_the_run_goes_on(tmp_path, image_folders):
     assert metrics["skipped_examples"] == 2
     record = json.loads((tmp_path / "out" / "hftransfer_run.json").read_text())
     assert sum(record["data"]["skipped"]["train"].values()) == 2
-
-
-def test_missing_label_column_fails_before_training(tmp_path):
-    from datasets import Dataset
-    from PIL import Image
-
-    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    Dataset.from_dict({"image": [str(tmp_path / "a.png")] * 4, "kind": ["a", "b"] * 2}).to_parquet(tmp_path / "d.parquet")
-    with pytest.raises(SystemExit) as exit_:  # the recipe's main in this process: a process of its own took 6 s
-        main("image", ["--train_file", str(tmp_path / "d.parquet"), "--output_dir", str(tmp_path / "out")])
-    assert "no column 'label'" in str(exit_.value.code) and "kind" in str(exit_.value.code)
-    assert not (tmp_path / "out").exists()
 
 
 def test_no_file_in_the_output_holds_the_hub_token(tmp_path, image_folders):
