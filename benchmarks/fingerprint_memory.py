@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import resource
 import subprocess
 import sys
@@ -85,9 +84,11 @@ def child(way: str, rows: int) -> None:
 
 
 def crc32_buckets(text: str) -> list[int]:
-    """The 4-gram hashing hftransfer had before: one `zlib.crc32` call a gram."""
-    normal = " " + " ".join(re.sub(r"\W+", " ", text.casefold()).split()) + " "
-    return [zlib.crc32(normal[i:i + 4].encode()) % 4096 for i in range(max(1, len(normal) - 3))]
+    """The 4-gram hashing hftransfer had before: one `zlib.crc32` call a gram (of the same normal text)."""
+    from hftransfer import quality
+
+    normal = quality._normal_text(text)
+    return [zlib.crc32(normal[i:i + 4].encode()) % 4096 for i in range(len(normal) - 3)]
 
 
 def hashing(rows: int) -> dict:
