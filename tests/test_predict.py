@@ -546,6 +546,29 @@ def test_int8_export_of_a_real_mobilenet_stays_within_a_point(tmp_path):
     assert "ONNX int8" in card and f"{record['onnx_int8']['accuracy']}" in card
 
 
+def test_an_int8_export_that_loses_accuracy_is_refused(image_run, tmp_path):
+    """The tiny ViT with one feature of its classifier's input shifted by 1e4 and read with weight 0: the same
+    predictions in fp32, but int8 activations quantized per batch share one scale with that value, and the rest
+    round to 0. More than --max_int8_drop points lost is an error, and nothing is written."""
+    from hftransfer.modeling import load_trained
+
+    root, metrics = image_run
+    source = tmp_path / "outlier"
+    shutil.copytree(root / "out", source)
+    model = load_trained(str(source))
+    with torch.no_grad():
+        model.vit.layernorm.bias[0] = 1e4
+        model.classifier.weight[:, 0] = 0
+    model.save_pretrained(source)
+    with pytest.raises(ExportError, match=r"int8 accuracy [\d.]+ is [\d.]+ points under PyTorch's [\d.]+ on .*"
+                                          r"\(--max_int8_drop 1.0\); export fp32 instead"):
+        export(str(source), tmp_path / "int8", quantize="int8")
+    assert not (tmp_path / "int8").exists() and not list(tmp_path.glob("*.exporting"))
+    record = export(str(source), tmp_path / "int8", quantize="int8", max_int8_drop=100)  # allowed: recorded
+    assert record["pytorch"]["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-4)  # fp32 unchanged
+    assert record["onnx_fp32"]["agreement"] == 1.0 and record["int8_accuracy_drop_points"] > 1, record["onnx_int8"]
+
+
 def test_demo_and_space_serve_an_exported_folder(text_run, tmp_path):
     from support.served_demo import Served
 
