@@ -15,7 +15,7 @@ it on mr_b. Each lever changes one thing:
     pooler trained   the pooler's dense layer trains too (tanh: a one-hidden-layer head, saved as the model's own)
     standardised     each feature scaled to the training set's spread (folded into the pooler's weights)
     centred          the training mean taken out before the LayerNorm (folded into the pooling layer's value bias)
-    whitened         PCA-whitened before the LayerNorm (eigenvalues floored at their mean)
+    whitened         PCA-whitened before the LayerNorm (each eigenvalue plus their mean, so small ones stay bounded)
     feature noise    Gaussian noise of half the features' spread on the training batches
     weight average   each epoch's head averaged with those before it (evaluated as the average)
     label smoothing  0.1
