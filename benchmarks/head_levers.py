@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +43,13 @@ sys.path.insert(0, str(ROOT))
 
 from linear_ceiling import encoder, mean_pooled, read_csv  # noqa: E402
 
-from hftransfer.args import TransferArguments  # noqa: E402
+from hftransfer.args import TransferArguments, TransferTrainingArguments  # noqa: E402
 from hftransfer.choices import EARLY_STOPPING_PATIENCE, EPOCH_RANGE, HEAD_MIN_STEPS, HEAD_ONLY_WEIGHT_DECAY  # noqa: E402
 from hftransfer.pooling import POOLER_SCALE  # noqa: E402
 
-HEAD_RATE = next(f.default for f in fields(TransferArguments) if f.name == "head_learning_rate") / POOLER_SCALE
-BATCH, DROPOUT, WARMUP = 32, 0.1, 0.1
+HEAD_RATE = TransferArguments.head_learning_rate / POOLER_SCALE
+BATCH, WARMUP = TransferTrainingArguments.per_device_train_batch_size, TransferTrainingArguments.warmup_steps
+DROPOUT = 0.1  # all-MiniLM-L6-v2's hidden_dropout_prob, before BERT's classifier
 LEVERS = {"default": {}, "pooler trained": {"train_pooler": True}, "standardised": {"features": "standardised"},
           "centred": {"features": "centred"}, "whitened": {"features": "whitened"}, "feature noise": {"noise": 0.5},
           "weight average": {"average": True}, "label smoothing": {"smoothing": 0.1},
